@@ -1,0 +1,3 @@
+from mnist_pipeline.cli import main
+
+main()

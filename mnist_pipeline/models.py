@@ -1,0 +1,36 @@
+"""Model builders. The network reads like the study's table: Dense layers, Dropout after each."""
+
+from __future__ import annotations
+
+import keras
+
+from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.data import IMAGE_SHAPE, NUM_CLASSES
+
+
+def build_model(cfg: TrainConfig) -> keras.Model:
+    """A compiled dense network taking raw (n, 28, 28) pixels 0-255, giving 10 probabilities."""
+    kernel_regularizer = keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
+    hidden = []
+    for units in cfg.hidden_units:
+        hidden += [
+            keras.layers.Dense(units, activation="relu", kernel_regularizer=kernel_regularizer),
+            keras.layers.Dropout(cfg.dropout),
+        ]
+    model = keras.Sequential(
+        [
+            keras.Input(shape=IMAGE_SHAPE, dtype="float32"),
+            # scale inside the model, so every consumer sends the same raw images
+            keras.layers.Rescaling(1.0 / 255),
+            keras.layers.Flatten(),
+            *hidden,
+            keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+        ],
+        name=cfg.variant,
+    )
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=cfg.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model

@@ -1,0 +1,70 @@
+"""Matplotlib figures from histories and predictions. Figures are returned, not saved."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: runs on machines without a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+
+def learning_curves(history: pd.DataFrame, title: str) -> Figure:
+    """Accuracy and loss per epoch, training beside validation."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.plot(history.index, history[metric], "o-", label="train")
+        ax.plot(history.index, history[f"val_{metric}"], "o-", label="validation")
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{title}: {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figure:
+    """Counts of true digit (rows) against predicted digit (columns) on the test set."""
+    fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
+    ConfusionMatrixDisplay.from_predictions(
+        y_true, y_pred, labels=range(10), ax=ax, colorbar=False, cmap="Blues"
+    )
+    ax.set_title(f"{title}: test confusion matrix")
+    return fig
+
+
+def misclassified(
+    images: np.ndarray, y_true: np.ndarray, probabilities: np.ndarray, title: str, limit: int = 36
+) -> Figure:
+    """The most confidently wrong test digits, each with its true and predicted label."""
+    y_pred = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(y_pred != y_true)
+    wrong = wrong[np.argsort(-probabilities[wrong, y_pred[wrong]])][:limit]
+    cols = 6
+    rows = max(1, int(np.ceil(len(wrong) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8), layout="constrained")
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, i in zip(np.ravel(axes), wrong):
+        ax.imshow(images[i], cmap="gray")
+        ax.set_title(f"true {y_true[i]} / pred {y_pred[i]}\np={probabilities[i, y_pred[i]]:.2f}", fontsize=8)
+    fig.suptitle(f"{title}: {len(wrong)} most confident of {int((y_pred != y_true).sum())} errors")
+    return fig
+
+
+def validation_overlay(curves: dict[str, pd.DataFrame]) -> Figure:
+    """Validation accuracy and loss per epoch, one line per variant."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    for ax, metric in zip(axes, ("val_accuracy", "val_loss")):
+        for name, history in curves.items():
+            ax.plot(history.index, history[metric], "o-", label=name)
+        ax.set(xlabel="epoch", ylabel=metric, title=metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)

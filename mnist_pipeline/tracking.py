@@ -1,0 +1,298 @@
+"""The one module that talks to MLflow: what a training run and a comparison run log.
+
+Artifact paths, metric names and tag keys below are part of the interface: they are the
+same for every variant, so the MLflow UI's compare view lines runs up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import types
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import sklearn.metrics
+import tensorflow as tf
+from mlflow.models import Model, ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from mnist_pipeline import config, plots
+from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.data import IMAGE_SHAPE, NUM_CLASSES, Mnist, split_validation
+from mnist_pipeline.train import TrainResult, train
+from mnist_pipeline.variants import VARIANTS
+
+# Artifacts of a training run.
+CURVES = "plots/learning_curves.png"
+CONFUSION = "plots/confusion_matrix.png"
+MISCLASSIFIED = "plots/misclassified.png"
+HISTORY = "tables/history.csv"  # one row per epoch, epochs numbered from 1
+PER_CLASS = "tables/per_class.csv"  # precision, recall, f1 and support per digit
+MODEL = "model"  # name of the logged model (a LoggedModel, on the experiment's Models tab)
+# Artifacts of a `main` run.
+COMPARISON_CSV = "comparison/comparison.csv"
+COMPARISON_MD = "comparison/comparison.md"
+OVERLAY = "comparison/validation_curves.png"
+
+SUMMARY_METRICS = (
+    "best_val_accuracy",
+    "best_epoch",
+    "test_accuracy",
+    "test_loss",
+    "train_seconds",
+    "samples_per_second",
+)
+# Tags. RUN_KEY identifies (configuration, code, data): a FINISHED run with the same key
+# is reused by `main` instead of training again.
+TAG_VARIANT, TAG_DESCRIPTION, TAG_RUN_KEY = "variant", "description", "run_key"
+TAG_CODE_VERSION, TAG_DATA_DIGEST, TAG_REUSED = "code_version", "data_digest", "reused_run_id"
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *IMAGE_SHAPE))]),
+    outputs=Schema([TensorSpec(np.dtype("float32"), (-1, NUM_CLASSES))]),
+)
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    variant: str
+    run_id: str
+    reused: bool
+
+
+def code_version() -> str:
+    """Digest of the package's source files: changes whenever the training code does."""
+    md5 = hashlib.md5()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        md5.update(path.name.encode() + path.read_bytes())
+    return md5.hexdigest()[:12]
+
+
+def run_key(cfg: TrainConfig, data_digest: str) -> str:
+    identity = {"config": cfg.as_params(), "code": code_version(), "data": data_digest}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def track_training(cfg: TrainConfig, data: Mnist, nested: bool = False) -> str:
+    """Train ``cfg`` inside one MLflow run named after the variant; returns the run id.
+
+    Logs params, per-epoch metrics (step = epoch, from 1), summary metrics, plots,
+    tables, the datasets and the Keras model. An exception ends the run as FAILED.
+    """
+    variant = VARIANTS[cfg.variant]
+    tags = {
+        TAG_VARIANT: cfg.variant,
+        TAG_DESCRIPTION: variant.description,
+        TAG_RUN_KEY: run_key(cfg, data.digest),
+        TAG_CODE_VERSION: code_version(),
+        TAG_DATA_DIGEST: data.digest,
+    }
+    with mlflow.start_run(
+        run_name=cfg.variant, nested=nested, tags=tags, description=variant.description
+    ) as run:
+        mlflow.log_params(
+            {
+                **cfg.as_params(),
+                "optimizer": config.OPTIMIZER,
+                "loss": config.LOSS,
+                "data_source": data.source,
+                "data_digest": data.digest,
+            }
+        )
+        _log_datasets(data, cfg.validation_split)
+        result = train(cfg, data, on_epoch=lambda epoch, row: mlflow.log_metrics(row, step=epoch))
+        mlflow.log_param("num_parameters", result.model.count_params())
+        mlflow.log_metrics(_summary_metrics(result))
+        _log_evaluation(result, data, cfg.variant)
+        log_keras_model(result.model, data.x_test[:3])
+    return run.info.run_id
+
+
+def _summary_metrics(result: TrainResult) -> dict[str, float]:
+    return {
+        "best_val_accuracy": result.best_val_accuracy,
+        "best_epoch": result.best_epoch,
+        "test_accuracy": result.test_accuracy,
+        "test_loss": result.test_loss,
+        "train_seconds": result.train_seconds,
+        "samples_per_second": result.samples_per_second,
+    }
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    md5 = hashlib.md5()
+    for array in arrays:
+        md5.update(np.ascontiguousarray(array).tobytes())
+    return md5.hexdigest()[:16]
+
+
+def _log_datasets(data: Mnist, validation_split: float) -> None:
+    (x_fit, y_fit), (x_val, y_val) = split_validation(data.x_train, data.y_train, validation_split)
+    splits = {
+        "training": ("mnist-train", x_fit, y_fit),
+        "validation": ("mnist-validation", x_val, y_val),
+        "test": ("mnist-test", data.x_test, data.y_test),
+    }
+    for context, (name, x, y) in splits.items():
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice and warns that a path is
+            # ambiguous between the two identical candidates.
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+            dataset = mlflow.data.from_numpy(
+                x, targets=y, source=data.source, name=name, digest=_digest(x, y)
+            )
+        mlflow.log_input(dataset, context=context)
+
+
+def _log_evaluation(result: TrainResult, data: Mnist, title: str) -> None:
+    y_pred = result.test_probabilities.argmax(axis=1)
+    report = sklearn.metrics.classification_report(
+        data.y_test, y_pred, labels=range(NUM_CLASSES), output_dict=True, zero_division=0
+    )
+    per_class = pd.DataFrame({str(d): report[str(d)] for d in range(NUM_CLASSES)}).T
+    per_class.index.name = "digit"
+    mlflow.log_text(result.history.to_csv(), HISTORY)
+    mlflow.log_text(per_class.to_csv(), PER_CLASS)
+    figures = {
+        CURVES: plots.learning_curves(result.history, title),
+        CONFUSION: plots.confusion_matrix(data.y_test, y_pred, title),
+        MISCLASSIFIED: plots.misclassified(
+            data.x_test, data.y_test, result.test_probabilities, title
+        ),
+    }
+    for path, fig in figures.items():
+        mlflow.log_figure(fig, path)
+        plots.close(fig)
+
+
+def _save_keras_model(path, **kwargs):
+    # MLflow 3.17 and 3.18: mlflow.keras.save_model writes input_example.json before it
+    # creates the model folder, so mlflow.keras.log_model(..., input_example=...) raises
+    # FileNotFoundError. Creating the folder first is the whole fix; save_model itself is
+    # unchanged. tests/test_tracking.py checks both the bug and this workaround.
+    os.makedirs(path, exist_ok=True)
+    mlflow.keras.save_model(path=path, **kwargs)
+
+
+# The `mlflow.keras` flavor, as Model.log calls it, with the folder created first.
+_KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
+
+
+def pip_requirements() -> list[str]:
+    """What a serving environment needs; given explicitly, so MLflow does not spend
+    seconds re-importing the model in a subprocess to infer them."""
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"tensorflow=={tf.__version__}",
+        f"keras=={keras.__version__}",
+        f"numpy=={np.__version__}",
+    ]
+
+
+def log_keras_model(model: keras.Model, example_images: np.ndarray):
+    """Log ``model`` in Keras' native .keras format with signature and input example."""
+    return Model.log(
+        artifact_path=None,
+        name=MODEL,
+        flavor=_KERAS_FLAVOR,
+        model=model,
+        signature=SIGNATURE,
+        input_example=example_images.astype("float32"),
+        pip_requirements=pip_requirements(),
+    )
+
+
+def track_train_entry(cfg: TrainConfig, data: Mnist) -> str:
+    """The `train` entry point. Launched by `mlflow run`, whose run already holds the
+    entry point's raw parameters ('' for "the variant's value", and MLflow forbids changing
+    a logged param), the training run is a child of that run; otherwise it is top-level."""
+    if mlflow.environment_variables.MLFLOW_RUN_ID.get():
+        with mlflow.start_run():
+            return track_training(cfg, data, nested=True)
+    return track_training(cfg, data)
+
+
+def _log_missing_params(params: dict[str, str]) -> None:
+    """Log ``params`` except keys already on the active run (`mlflow run` logs its own)."""
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+
+
+def find_reusable_run(key: str) -> str | None:
+    """Id of the newest FINISHED run in the active experiment with ``key``, if any."""
+    runs = mlflow.search_runs(
+        filter_string=f"tags.{TAG_RUN_KEY} = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def track_main(configs: list[TrainConfig], data: Mnist, force: bool = False) -> pd.DataFrame:
+    """Train each config as a child run of one parent run, reusing FINISHED runs with the
+    same run key unless ``force``; logs and returns the comparison table."""
+    with mlflow.start_run(run_name="main", tags={TAG_DATA_DIGEST: data.digest}) as parent:
+        _log_missing_params(
+            {"variants": ",".join(c.variant for c in configs), "force": str(force).lower()}
+        )
+        mlflow.set_tag("data_source", data.source)
+        children = []
+        for cfg in configs:
+            reused = None if force else find_reusable_run(run_key(cfg, data.digest))
+            if reused:
+                print(f"{cfg.variant}: reusing FINISHED run {reused} (same config, code and data)")
+                mlflow.set_tag(f"{TAG_REUSED}.{cfg.variant}", reused)
+            run_id = reused or track_training(cfg, data, nested=True)
+            children.append(ChildRun(cfg.variant, run_id, reused is not None))
+        table = comparison_table(children)
+        mlflow.log_text(table.to_csv(index=False), COMPARISON_CSV)
+        mlflow.log_text(table.to_markdown(index=False, floatfmt=".4g"), COMPARISON_MD)
+        fig = plots.validation_overlay({c.variant: metric_history(c.run_id) for c in children})
+        mlflow.log_figure(fig, OVERLAY)
+        plots.close(fig)
+    print(f"main run {parent.info.run_id}:\n{table.to_markdown(index=False, floatfmt='.4g')}")
+    return table
+
+
+def metric_history(run_id: str) -> pd.DataFrame:
+    """Per-epoch validation metrics of a run, read back from the tracking store."""
+    client = mlflow.MlflowClient()
+    columns = {
+        name: {m.step: m.value for m in client.get_metric_history(run_id, name)}
+        for name in ("val_accuracy", "val_loss")
+    }
+    return pd.DataFrame(columns).sort_index().rename_axis("epoch")
+
+
+def comparison_table(children: list[ChildRun]) -> pd.DataFrame:
+    """One row per variant: its params and scores, read from the tracking store."""
+    client = mlflow.MlflowClient()
+    rows = []
+    for child in children:
+        run = client.get_run(child.run_id).data
+        rows.append(
+            {
+                "variant": child.variant,
+                "hidden_units": run.params["hidden_units"],
+                "dropout": float(run.params["dropout"]),
+                "l2": float(run.params["l2"]),
+                "epochs": int(run.params["epochs"]),
+                "best_val_accuracy": run.metrics["best_val_accuracy"],
+                "best_epoch": int(run.metrics["best_epoch"]),
+                "test_accuracy": run.metrics["test_accuracy"],
+                "test_loss": run.metrics["test_loss"],
+                "study_test_accuracy": VARIANTS[child.variant].study_test_accuracy,
+                "train_seconds": run.metrics["train_seconds"],
+                "run_id": child.run_id,
+                "reused": child.reused,
+            }
+        )
+    return pd.DataFrame(rows)
