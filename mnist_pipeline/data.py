@@ -25,6 +25,7 @@ IDX_FILES = {  # split -> (images file, labels file), canonical names
 IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 NPZ_FILE = "mnist.npz"
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")  # as keras.datasets.mnist writes it
 KERAS_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 HOW_TO_POINT = (
     f"pass data_dir (-P data_dir=...) or set {DATA_DIR_ENV} to a folder holding the four "
@@ -141,11 +142,12 @@ def _load_idx_folder(folder: Path) -> Mnist:
 def _load_npz(path: Path) -> Mnist:
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in ("x_train", "y_train", "x_test", "y_test")}
-    except KeyError as err:
-        raise DataError(f"{path}: missing array {err}; expected x_train, y_train, x_test, y_test")
+            arrays = {key: npz[key] for key in NPZ_KEYS if key in npz.files}
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from None
+    missing = [key for key in NPZ_KEYS if key not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing array {missing[0]!r}; expected {', '.join(NPZ_KEYS)}")
     for key, array in arrays.items():
         if array.dtype != np.uint8:
             raise DataError(f"{path}: {key} has dtype {array.dtype}, expected uint8")
@@ -181,6 +183,6 @@ def _check_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
 def _content_digest(arrays: dict[str, np.ndarray]) -> str:
     """md5 over the four arrays in a fixed order: IDX and npz copies of MNIST agree."""
     md5 = hashlib.md5()
-    for key in ("x_train", "y_train", "x_test", "y_test"):
+    for key in NPZ_KEYS:
         md5.update(np.ascontiguousarray(arrays[key]).tobytes())
     return md5.hexdigest()[:16]

@@ -225,6 +225,18 @@ def _log_missing_params(params: dict[str, str]) -> None:
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
 
 
+def logged_model_uri(run_id: str) -> str:
+    """``models:/<model_id>`` of the model a training run logged."""
+    models = mlflow.search_logged_models(
+        experiment_ids=[mlflow.get_run(run_id).info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL}'",
+        output_format="list",
+    )
+    if not models:
+        raise LookupError(f"run {run_id} has no logged model named {MODEL!r}")
+    return models[0].model_uri
+
+
 def find_reusable_run(key: str) -> str | None:
     """Id of the newest FINISHED run in the active experiment with ``key``, if any."""
     runs = mlflow.search_runs(

@@ -1,0 +1,64 @@
+"""Assertions shared by the tests that inspect what a run logged."""
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from mnist_pipeline import tracking
+from mnist_pipeline.config import parse_overrides, resolve
+from mnist_pipeline.train import EPOCH_METRICS
+
+TRAINING_ARTIFACTS = {
+    tracking.CURVES,
+    tracking.CONFUSION,
+    tracking.MISCLASSIFIED,
+    tracking.HISTORY,
+    tracking.PER_CLASS,
+}
+
+
+def tiny(variant: str, epochs: int = 2):
+    return resolve(variant, parse_overrides({"epochs": str(epochs), "batch_size": "64"}))
+
+
+def artifact_paths(run_id: str) -> set[str]:
+    client = mlflow.MlflowClient()
+    found = set()
+    for folder in client.list_artifacts(run_id):
+        found |= {f.path for f in client.list_artifacts(run_id, folder.path)} if folder.is_dir else {folder.path}
+    return found
+
+
+def check_training_run(run_id: str, cfg, data_digest: str) -> None:
+    """Everything a training run must hold, whatever launched it."""
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == cfg.variant
+    params = run.data.params
+    for key, value in cfg.as_params().items():
+        assert params[key] == str(value), key
+    assert {"optimizer", "loss", "data_source", "num_parameters"} <= set(params)
+    assert params["data_digest"] == data_digest
+    for name in EPOCH_METRICS:
+        steps = [m.step for m in client.get_metric_history(run_id, name)]
+        assert steps == list(range(1, cfg.epochs + 1)), name
+    assert set(tracking.SUMMARY_METRICS) <= set(run.data.metrics)
+    assert 1 <= run.data.metrics["best_epoch"] <= cfg.epochs
+    assert run.data.tags[tracking.TAG_VARIANT] == cfg.variant
+    assert run.data.tags[tracking.TAG_DESCRIPTION]
+    assert TRAINING_ARTIFACTS <= artifact_paths(run_id)
+    contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
+    assert contexts == {"training", "validation", "test"}
+    history = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=tracking.HISTORY))
+    assert list(history["epoch"]) == list(range(1, cfg.epochs + 1))
+
+    uri = tracking.logged_model_uri(run_id)
+    info = mlflow.models.get_model_info(uri)
+    assert info.flavors["keras"]["save_exported_model"] is False  # native .keras file
+    assert info.signature.inputs.inputs[0].shape == (-1, 28, 28)
+    assert info.signature.outputs.inputs[0].shape == (-1, 10)
+    example = mlflow.models.Model.load(uri).load_input_example()
+    assert example.shape[1:] == (28, 28) and example.dtype == np.float32
+    probabilities = mlflow.pyfunc.load_model(uri).predict(example)
+    assert probabilities.shape == (len(example), 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)

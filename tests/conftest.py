@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny synthetic MNIST folders and a private MLflow store per test."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_pipeline import data
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+REAL_MNIST = Path(os.environ.get(data.DATA_DIR_ENV) or PROJECT_ROOT.parent / "shared/data/mnist")
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable stand-ins for digits: label k lights a 6x6 block at a k-dependent place."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    rng.shuffle(labels)
+    images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+    for i, k in enumerate(labels):
+        row, col = 2 + 8 * (k // 4), 2 + 6 * (k % 4)
+        images[i, row : row + 6, col : col + 6] = 255
+    return images, labels
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    magic = data.IMAGES_MAGIC if array.ndim == 3 else data.LABELS_MAGIC
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx_folder(folder: Path, arrays: dict[str, np.ndarray], gz: bool = True) -> Path:
+    """The four IDX files (gzip-compressed or not) and an MD5SUMS of the decompressed bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sums = []
+    for split, (images_name, labels_name) in data.IDX_FILES.items():
+        for name, key in ((images_name, f"x_{split}"), (labels_name, f"y_{split}")):
+            raw = idx_bytes(arrays[key])
+            target = folder / (f"{name}.gz" if gz else name)
+            target.write_bytes(gzip.compress(raw, compresslevel=1) if gz else raw)
+            sums.append(f"{hashlib.md5(raw).hexdigest()}  {name}")
+    (folder / "MD5SUMS").write_text("\n".join(sums) + "\n")
+    return folder
+
+
+def tiny_arrays(n_train: int = 400, n_test: int = 100) -> dict[str, np.ndarray]:
+    x_train, y_train = synthetic_digits(n_train, seed=1)
+    x_test, y_test = synthetic_digits(n_test, seed=2)
+    return dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
+
+@pytest.fixture
+def tiny_mnist_dir(tmp_path) -> Path:
+    return write_idx_folder(tmp_path / "tiny-mnist", tiny_arrays())
+
+
+@pytest.fixture
+def tiny_mnist(tiny_mnist_dir) -> data.Mnist:
+    return data.load(tiny_mnist_dir)
+
+
+@pytest.fixture
+def tracking_store(tmp_path, monkeypatch) -> str:
+    """A private SQLite store; artifacts land in tmp_path/mlruns (cwd is tmp_path)."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run("FAILED")
+    mlflow.set_tracking_uri(None)
+
+
+def all_runs(uri: str):
+    """Every run in every experiment of the store at ``uri``."""
+    import mlflow
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return []  # MLflow creates the database with the first run: no file, no run
+    client = mlflow.MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids, max_results=1000) if ids else []

@@ -1,0 +1,69 @@
+"""`mlflow run` of this project, end to end, each with its own tracking store."""
+
+import os
+import subprocess
+
+import pytest
+
+from checks import check_training_run
+from conftest import PROJECT_ROOT, REAL_MNIST, all_runs
+from mnist_pipeline.config import parse_overrides, resolve
+
+ACCURACY_FLOORS = {"baseline": 0.970, "regularized": 0.960, "final": 0.979}
+
+
+def mlflow_run(tmp_path, *params: str, entry_point: str = "main") -> subprocess.CompletedProcess:
+    """`mlflow run <project> -e <entry_point> --env-manager local -P ...` from ``tmp_path``."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = uri
+    command = ["mlflow", "run", str(PROJECT_ROOT), "-e", entry_point, "--env-manager", "local"]
+    for param in params:
+        command += ["-P", param]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    result.uri = uri
+    return result
+
+
+def test_train_entry_point(tmp_path, tiny_mnist_dir, tiny_mnist, monkeypatch):
+    params = {"variant": "baseline", "epochs": "2", "batch_size": "64", "dropout": "0.25"}
+    result = mlflow_run(
+        tmp_path, f"data_dir={tiny_mnist_dir}", *(f"{k}={v}" for k, v in params.items()), entry_point="train"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Epoch 2/2" in result.stdout  # progress per epoch on the console
+    runs = all_runs(result.uri)
+    [project_run] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    [training_run] = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == project_run.info.run_id]
+    assert project_run.info.status == "FINISHED"
+    assert project_run.data.tags["mlflow.project.entryPoint"] == "train"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", result.uri)
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve("baseline", parse_overrides({k: v for k, v in params.items() if k != "variant"}))
+    check_training_run(training_run.info.run_id, cfg, tiny_mnist.digest)
+
+
+def test_bad_parameter_through_mlflow_run_fails_before_training(tmp_path, tiny_mnist_dir):
+    result = mlflow_run(tmp_path, f"data_dir={tiny_mnist_dir}", "dropout=1.5")
+    assert result.returncode != 0
+    assert "mnist-pipeline: error: dropout=1.5 is not allowed: must be a number in [0, 1)" in result.stderr
+    runs = all_runs(result.uri)
+    # only the run `mlflow run` itself creates before it starts our command, ended FAILED
+    assert [(r.data.tags["mlflow.project.entryPoint"], r.info.status) for r in runs] == [("main", "FAILED")]
+
+
+@pytest.mark.slow
+def test_default_main_reproduces_the_study_on_real_mnist(tmp_path):
+    """The README's run command with the study's epochs: every variant above its floor,
+    final above the other two."""
+    result = mlflow_run(tmp_path, f"data_dir={REAL_MNIST}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = all_runs(result.uri)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    children = {r.data.tags["variant"]: r.data.metrics for r in runs if "variant" in r.data.tags}
+    accuracy = {name: metrics["test_accuracy"] for name, metrics in children.items()}
+    print("test accuracy:", accuracy)
+    for name, floor in ACCURACY_FLOORS.items():
+        assert accuracy[name] >= floor, (name, accuracy[name])
+    assert accuracy["final"] > max(accuracy["baseline"], accuracy["regularized"])
+    assert children["final"]["best_epoch"] <= 13

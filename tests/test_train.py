@@ -1,0 +1,67 @@
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from mnist_pipeline.config import parse_overrides, resolve
+from mnist_pipeline.models import build_model
+from mnist_pipeline.train import EPOCH_METRICS, best_epoch, train
+from mnist_pipeline.variants import VARIANTS
+
+
+def _dense(model):
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_models_read_like_the_study_table(name):
+    variant = VARIANTS[name]
+    model = build_model(resolve(name))
+    dense = _dense(model)
+    assert [d.units for d in dense] == [*variant.hidden_units, 10]
+    dropouts = [l for l in model.layers if isinstance(l, keras.layers.Dropout)]
+    assert [d.rate for d in dropouts] == [variant.dropout] * len(variant.hidden_units)
+    assert all((d.kernel_regularizer is not None) == (variant.l2 > 0) for d in dense[:-1])
+    assert dense[-1].kernel_regularizer is None
+    assert isinstance(model.optimizer, keras.optimizers.RMSprop)
+
+
+def test_model_scales_raw_pixels_itself():
+    model = build_model(resolve("baseline"))
+    raw = np.full((2, 28, 28), 255.0, np.float32)
+    probabilities = model.predict(raw, verbose=0)
+    assert probabilities.shape == (2, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert isinstance(model.layers[0], keras.layers.Rescaling)
+
+
+def test_train_returns_history_per_epoch_and_test_scores(tiny_mnist):
+    cfg = resolve("baseline", parse_overrides({"epochs": "3", "batch_size": "32"}))
+    seen = []
+    result = train(cfg, tiny_mnist, on_epoch=lambda epoch, row: seen.append((epoch, row)), verbose=0)
+    assert list(result.history.index) == [1, 2, 3]
+    assert list(result.history.columns) == list(EPOCH_METRICS)
+    assert [epoch for epoch, _ in seen] == [1, 2, 3]
+    assert seen[-1][1] == result.history.loc[3].to_dict()
+    assert result.num_train == 360 and result.num_validation == 40
+    assert result.test_probabilities.shape == (100, 10)
+    assert result.test_accuracy == pytest.approx(
+        (result.test_probabilities.argmax(1) == tiny_mnist.y_test).mean(), abs=1e-6
+    )
+    assert result.test_accuracy > 0.5  # the synthetic digits are easy: it must learn
+
+
+def test_same_seed_same_result(tiny_mnist):
+    cfg = resolve("baseline", parse_overrides({"epochs": "1", "batch_size": "64"}))
+    first, second = (train(cfg, tiny_mnist, verbose=0) for _ in range(2))
+    pd.testing.assert_frame_equal(
+        first.history.drop(columns="epoch_seconds"), second.history.drop(columns="epoch_seconds")
+    )
+
+
+def test_best_epoch_breaks_ties_on_lower_val_loss():
+    history = pd.DataFrame(
+        {"val_accuracy": [0.9, 0.95, 0.95, 0.94], "val_loss": [0.3, 0.2, 0.1, 0.05]},
+        index=pd.RangeIndex(1, 5, name="epoch"),
+    )
+    assert best_epoch(history) == 3
