@@ -11,7 +11,15 @@ import argparse
 import os
 import sys
 
-from mnist_pipeline.config import OVERRIDABLE, ConfigError, parse_bool, parse_overrides, parse_variants, resolve
+from mnist_pipeline.config import (
+    OVERRIDABLE,
+    ConfigError,
+    TrainConfig,
+    parse_bool,
+    parse_overrides,
+    parse_variants,
+    resolve,
+)
 from mnist_pipeline.data import DataError
 from mnist_pipeline.variants import DEFAULT_VARIANTS
 
@@ -50,10 +58,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "else keras.datasets.mnist download)",
     )
     for name in OVERRIDABLE:
+        shared = getattr(TrainConfig, name, None)  # None: each variant has its own value
+        default = "the variant's value" if shared is None else shared
         parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            default=DEFAULTS[name],
-            help=f"{HELP[name]} (default: the variant's value)",
+            f"--{name.replace('_', '-')}", default=DEFAULTS[name], help=f"{HELP[name]} (default: {default})"
         )
 
 

@@ -13,7 +13,7 @@ import pytest
 from mnist_pipeline import data
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-REAL_MNIST = Path(os.environ.get(data.DATA_DIR_ENV) or PROJECT_ROOT.parent / "shared/data/mnist")
+REAL_MNIST = Path(os.environ.get(data.DATA_DIR_ENV) or PROJECT_ROOT.parent / "shared/data/mnist").resolve()
 
 
 def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
