@@ -1,4 +1,4 @@
-"""Command line: one sub-command per MLproject entry point.
+"""Command line: one sub-command per MLproject entry point, plus `predict`.
 
 Every parameter arrives as a string (as MLproject passes it) and is validated here,
 with the data, before any MLflow run exists. A bad value exits with status 2 and one
@@ -13,24 +13,27 @@ import sys
 
 from mnist_pipeline.config import (
     OVERRIDABLE,
-    ConfigError,
     TrainConfig,
     parse_bool,
     parse_overrides,
     parse_variants,
     resolve,
 )
-from mnist_pipeline.data import DataError
+from mnist_pipeline.errors import UserError
 from mnist_pipeline.variants import DEFAULT_VARIANTS
 
 PROG = "mnist-pipeline"
 USAGE_ERROR = 2
+MODEL_NAME = "mnist-digits"  # registered model name (registry.MODEL_NAME, without importing MLflow)
 
 DEFAULTS = {  # the single source MLproject's defaults are checked against
     "variant": "final",
     "variants": ",".join(DEFAULT_VARIANTS),
     "data_dir": "",
     "force": "false",
+    "model_name": MODEL_NAME,
+    "run_id": "",
+    "model_uri": f"models:/{MODEL_NAME}@champion",
     **{name: "" for name in OVERRIDABLE},  # empty: the variant's own value
 }
 HELP = {
@@ -50,62 +53,122 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{PROG}: error: {message}\n")
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir",
-        default=DEFAULTS["data_dir"],
-        help="folder with the MNIST IDX files or mnist.npz (default: $MNIST_DATA_DIR, "
-        "else keras.datasets.mnist download)",
-    )
+def _add(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    parser.add_argument(f"--{name.replace('_', '-')}", default=DEFAULTS[name], help=help)
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    _add(parser, "data_dir", "folder with the MNIST IDX files or mnist.npz "
+         "(default: $MNIST_DATA_DIR, else keras.datasets.mnist download)")
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
     for name in OVERRIDABLE:
         shared = getattr(TrainConfig, name, None)  # None: each variant has its own value
         default = "the variant's value" if shared is None else shared
-        parser.add_argument(
-            f"--{name.replace('_', '-')}", default=DEFAULTS[name], help=f"{HELP[name]} (default: {default})"
-        )
+        _add(parser, name, f"{HELP[name]} (default: {default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Train and compare the MNIST study's variants.")
+    parser = _Parser(prog=PROG, description="Train, compare, register and use the MNIST study's models.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser("train", help="train one variant as one MLflow run")
-    train.add_argument("--variant", default=DEFAULTS["variant"], help="baseline, regularized or final")
-    _add_common(train)
-    main = commands.add_parser("main", help="train variants as child runs and compare them")
-    main.add_argument("--variants", default=DEFAULTS["variants"], help="comma-separated variant names")
-    main.add_argument(
-        "--force", default=DEFAULTS["force"], help="true: retrain even if a matching FINISHED run exists"
-    )
-    _add_common(main)
+    _add(train, "variant", "baseline, regularized or final")
+    _add_data_dir(train)
+    _add_overrides(train)
+    main = commands.add_parser("main", help="train variants as child runs, compare, register the best")
+    _add(main, "variants", "comma-separated variant names")
+    _add(main, "force", "true: retrain even if a matching FINISHED run exists")
+    _add(main, "model_name", "registered model name for the best run ('' : do not register)")
+    _add_data_dir(main)
+    _add_overrides(main)
+    register = commands.add_parser("register", help="register the best run of a main run")
+    _add(register, "run_id", "id of a main run (default: the latest FINISHED one)")
+    _add(register, "model_name", "registered model name")
+    evaluate = commands.add_parser("evaluate", help="evaluate a model on the MNIST test set")
+    _add(evaluate, "model_uri", "model to evaluate")
+    _add_data_dir(evaluate)
+    predict = commands.add_parser("predict", help="predict digits in PNG/JPEG or IDX files")
+    _add(predict, "model_uri", "model to predict with")
+    predict.add_argument("files", nargs="+", help="pictures of digits, or IDX images files")
     return parser
 
 
-def _configs(args: argparse.Namespace) -> list:
+def _configs(args: argparse.Namespace) -> list[TrainConfig]:
     overrides = parse_overrides({name: getattr(args, name) for name in OVERRIDABLE})
     names = [args.variant] if args.command == "train" else parse_variants(args.variants)
     return [resolve(name, overrides) for name in names]
 
 
-def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from mnist_pipeline import data  # after parsing: --help needs no data and no TensorFlow
+def _load_data(args: argparse.Namespace, configs: list[TrainConfig] = ()):
+    from mnist_pipeline import data
 
-    try:
-        configs = _configs(args)
-        force = parse_bool("force", args.force) if args.command == "main" else False
-        mnist = data.load(args.data_dir or None)
-        for cfg in configs:
-            data.split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
-    except (ConfigError, DataError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return USAGE_ERROR
+    mnist = data.load(args.data_dir or None)
+    for cfg in configs:
+        data.split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
+    return mnist
 
+
+def _prepare_training(args):
+    configs = _configs(args)
+    return configs, _load_data(args, configs)
+
+
+def _train(args):
+    configs, mnist = _prepare_training(args)
     from mnist_pipeline import tracking  # imports TensorFlow and MLflow: slow
 
-    if args.command == "train":
-        tracking.track_train_entry(configs[0], mnist)
-    else:
-        tracking.track_main(configs, mnist, force=force)
+    tracking.track_train_entry(configs[0], mnist)
+
+
+def _main(args):
+    configs, mnist = _prepare_training(args)
+    force = parse_bool("force", args.force)
+    from mnist_pipeline import registry, tracking
+
+    def register(run_ids):
+        if args.model_name:
+            registry.register_best(run_ids, args.model_name, chosen_from="this main run's variants")
+
+    tracking.track_main(configs, mnist, force=force, finish=register)
+
+
+def _register(args):
+    from mnist_pipeline import registry
+
+    parent_id, children = registry.children_of(args.run_id or None)
+    registry.register_best(list(children.values()), args.model_name, chosen_from=f"main run {parent_id}")
+
+
+def _evaluate(args):
+    mnist = _load_data(args)
+    from mnist_pipeline import tracking
+
+    model = tracking.load_pyfunc(args.model_uri)  # before the run: a bad URI creates no run
+    tracking.track_evaluation(args.model_uri, model, mnist)
+
+
+def _predict(args):
+    from mnist_pipeline.inputs import load_inputs
+
+    names, images = load_inputs(args.files)
+    from mnist_pipeline import tracking
+
+    probabilities = tracking.predict_probabilities(tracking.load_pyfunc(args.model_uri), images)
+    for name, p in zip(names, probabilities):
+        print(f"{name}: {p.argmax()} (p={p.max():.3f})")
+
+
+COMMANDS = {"train": _train, "main": _main, "register": _register, "evaluate": _evaluate, "predict": _predict}
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return USAGE_ERROR
     return 0
 
 

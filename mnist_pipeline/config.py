@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+from mnist_pipeline.errors import UserError
 from mnist_pipeline.variants import VARIANTS
 
 # Defaults shared by every variant. The study names the optimizer (RMSprop) and loss
@@ -34,7 +35,7 @@ OVERRIDABLE = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A parameter value that is not allowed; the message is one line for the user."""
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_pipeline.errors import UserError
+
 DATA_DIR_ENV = "MNIST_DATA_DIR"
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
@@ -33,7 +35,7 @@ HOW_TO_POINT = (
 )
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Data that cannot be used; the message names the file and the problem in one line."""
 
 
@@ -70,6 +72,11 @@ def split_validation(x: np.ndarray, y: np.ndarray, fraction: float):
     if n_val >= len(x):
         raise DataError(f"validation_split={fraction} leaves no training images of {len(x)}")
     return (x[:-n_val], y[:-n_val]), (x[-n_val:], y[-n_val:])
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """One IDX file (.gz or not), checked against ``magic`` and its own header."""
+    return _parse_idx(path, _read_bytes(path), magic)
 
 
 def _find(folder: Path, name: str) -> Path | None:

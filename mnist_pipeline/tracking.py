@@ -11,6 +11,7 @@ import json
 import os
 import types
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +21,13 @@ import numpy as np
 import pandas as pd
 import sklearn.metrics
 import tensorflow as tf
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from mnist_pipeline import config, plots
 from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.errors import UserError
 from mnist_pipeline.data import IMAGE_SHAPE, NUM_CLASSES, Mnist, split_validation
 from mnist_pipeline.train import TrainResult, train
 from mnist_pipeline.variants import VARIANTS
@@ -53,6 +56,8 @@ SUMMARY_METRICS = (
 # is reused by `main` instead of training again.
 TAG_VARIANT, TAG_DESCRIPTION, TAG_RUN_KEY = "variant", "description", "run_key"
 TAG_CODE_VERSION, TAG_DATA_DIGEST, TAG_REUSED = "code_version", "data_digest", "reused_run_id"
+TAG_ROLE = "role"  # "main" on a comparison parent run
+TAG_CHILDREN = "children"  # on a main run: JSON {variant: training run id}, reused ones included
 
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *IMAGE_SHAPE))]),
@@ -110,7 +115,9 @@ def track_training(cfg: TrainConfig, data: Mnist, nested: bool = False) -> str:
         result = train(cfg, data, on_epoch=lambda epoch, row: mlflow.log_metrics(row, step=epoch))
         mlflow.log_param("num_parameters", result.model.count_params())
         mlflow.log_metrics(_summary_metrics(result))
-        _log_evaluation(result, data, cfg.variant)
+        mlflow.log_text(result.history.to_csv(), HISTORY)
+        _log_figure(plots.learning_curves(result.history, cfg.variant), CURVES)
+        _log_test_report(data, result.test_probabilities, cfg.variant)
         log_keras_model(result.model, data.x_test[:3])
     return run.info.run_id
 
@@ -151,25 +158,26 @@ def _log_datasets(data: Mnist, validation_split: float) -> None:
         mlflow.log_input(dataset, context=context)
 
 
-def _log_evaluation(result: TrainResult, data: Mnist, title: str) -> None:
-    y_pred = result.test_probabilities.argmax(axis=1)
+def _log_test_report(data: Mnist, probabilities: np.ndarray, title: str) -> None:
+    """Per-class table, confusion matrix and misclassified digits of the test set."""
+    y_pred = probabilities.argmax(axis=1)
     report = sklearn.metrics.classification_report(
         data.y_test, y_pred, labels=range(NUM_CLASSES), output_dict=True, zero_division=0
     )
     per_class = pd.DataFrame({str(d): report[str(d)] for d in range(NUM_CLASSES)}).T
     per_class.index.name = "digit"
-    mlflow.log_text(result.history.to_csv(), HISTORY)
     mlflow.log_text(per_class.to_csv(), PER_CLASS)
     figures = {
-        CURVES: plots.learning_curves(result.history, title),
         CONFUSION: plots.confusion_matrix(data.y_test, y_pred, title),
-        MISCLASSIFIED: plots.misclassified(
-            data.x_test, data.y_test, result.test_probabilities, title
-        ),
+        MISCLASSIFIED: plots.misclassified(data.x_test, data.y_test, probabilities, title),
     }
     for path, fig in figures.items():
-        mlflow.log_figure(fig, path)
-        plots.close(fig)
+        _log_figure(fig, path)
+
+
+def _log_figure(fig, path: str) -> None:
+    mlflow.log_figure(fig, path)
+    plots.close(fig)
 
 
 def _save_keras_model(path, **kwargs):
@@ -248,10 +256,16 @@ def find_reusable_run(key: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def track_main(configs: list[TrainConfig], data: Mnist, force: bool = False) -> pd.DataFrame:
+def track_main(
+    configs: list[TrainConfig],
+    data: Mnist,
+    force: bool = False,
+    finish: Callable[[list[str]], object] | None = None,
+) -> pd.DataFrame:
     """Train each config as a child run of one parent run, reusing FINISHED runs with the
-    same run key unless ``force``; logs and returns the comparison table."""
-    with mlflow.start_run(run_name="main", tags={TAG_DATA_DIGEST: data.digest}) as parent:
+    same run key unless ``force``; logs and returns the comparison table. ``finish`` gets
+    the training run ids while the parent run is still active (registration uses it)."""
+    with mlflow.start_run(run_name="main", tags={TAG_DATA_DIGEST: data.digest, TAG_ROLE: "main"}) as parent:
         _log_missing_params(
             {"variants": ",".join(c.variant for c in configs), "force": str(force).lower()}
         )
@@ -264,12 +278,13 @@ def track_main(configs: list[TrainConfig], data: Mnist, force: bool = False) -> 
                 mlflow.set_tag(f"{TAG_REUSED}.{cfg.variant}", reused)
             run_id = reused or track_training(cfg, data, nested=True)
             children.append(ChildRun(cfg.variant, run_id, reused is not None))
+        mlflow.set_tag(TAG_CHILDREN, json.dumps({c.variant: c.run_id for c in children}))
         table = comparison_table(children)
         mlflow.log_text(table.to_csv(index=False), COMPARISON_CSV)
         mlflow.log_text(table.to_markdown(index=False, floatfmt=".4g"), COMPARISON_MD)
-        fig = plots.validation_overlay({c.variant: metric_history(c.run_id) for c in children})
-        mlflow.log_figure(fig, OVERLAY)
-        plots.close(fig)
+        _log_figure(plots.validation_overlay({c.variant: metric_history(c.run_id) for c in children}), OVERLAY)
+        if finish is not None:
+            finish([c.run_id for c in children])
     print(f"main run {parent.info.run_id}:\n{table.to_markdown(index=False, floatfmt='.4g')}")
     return table
 
@@ -299,6 +314,7 @@ def comparison_table(children: list[ChildRun]) -> pd.DataFrame:
                 "epochs": int(run.params["epochs"]),
                 "best_val_accuracy": run.metrics["best_val_accuracy"],
                 "best_epoch": int(run.metrics["best_epoch"]),
+                "val_accuracy": run.metrics["val_accuracy"],  # last epoch: what selection uses
                 "test_accuracy": run.metrics["test_accuracy"],
                 "test_loss": run.metrics["test_loss"],
                 "study_test_accuracy": VARIANTS[child.variant].study_test_accuracy,
@@ -308,3 +324,41 @@ def comparison_table(children: list[ChildRun]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+class ModelURIError(UserError, LookupError):
+    """A model URI that does not resolve to a model; the message is one line."""
+
+
+def load_pyfunc(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
+    """The model at ``model_uri`` (``models:/name@alias``, ``models:/<id>``, ``runs:/...``)."""
+    keras.utils.disable_interactive_logging()  # no progress bar per predict() call
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelURIError(f"model_uri={model_uri!r} cannot be loaded: {first_line}") from None
+
+
+def predict_probabilities(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (n, 10) for raw uint8/float pixels (n, 28, 28)."""
+    return np.asarray(model.predict(images.astype("float32")))
+
+
+def track_evaluation(model_uri: str, model: mlflow.pyfunc.PyFuncModel, data: Mnist) -> dict[str, float]:
+    """One run named "evaluate": ``model`` through pyfunc on the test set."""
+    with mlflow.start_run(run_name="evaluate", tags={TAG_ROLE: "evaluate", "model_uri": model_uri}):
+        _log_missing_params({"model_uri": model_uri, "data_source": data.source, "data_digest": data.digest})
+        if getattr(model.metadata, "model_id", None):
+            mlflow.set_tag("model_id", model.metadata.model_id)
+        probabilities = predict_probabilities(model, data.x_test)
+        metrics = {
+            "test_accuracy": float((probabilities.argmax(axis=1) == data.y_test).mean()),
+            "test_loss": float(
+                sklearn.metrics.log_loss(data.y_test, probabilities, labels=range(NUM_CLASSES))
+            ),
+        }
+        mlflow.log_metrics(metrics)
+        _log_test_report(data, probabilities, model_uri)
+    print(f"{model_uri}: test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}")
+    return metrics

@@ -90,3 +90,13 @@ def all_runs(uri: str):
     client = mlflow.MlflowClient(uri)
     ids = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(ids, max_results=1000) if ids else []
+
+
+@pytest.fixture
+def registered(tracking_store, tiny_mnist_dir):
+    """A `main` run of two tiny variants that registered its best child."""
+    from mnist_pipeline import cli
+
+    argv = ["main", "--variants", "baseline,final", "--epochs", "2", "--batch-size", "64", "--data-dir", str(tiny_mnist_dir)]
+    assert cli.run(argv) == 0
+    return tracking_store

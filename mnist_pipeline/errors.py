@@ -1,0 +1,5 @@
+"""The one exception family the command line reports as a one-line error (exit status 2)."""
+
+
+class UserError(Exception):
+    """Bad input from the user: a parameter, a data file, a run id or a model URI."""

@@ -1,0 +1,72 @@
+"""Files a user wants predicted -> raw (n, 28, 28) pixels as MNIST has them. No MLflow.
+
+A picture of any size becomes what MNIST holds: a white digit on black, its ink scaled
+to fit 20x20 and centred by centre of mass in a 28x28 frame. An IDX images file is read
+as it is.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
+
+from mnist_pipeline.data import IMAGES_MAGIC, DataError, read_idx
+
+DIGIT_BOX = 20  # MNIST fits each digit's ink in 20x20, then centres it in 28x28
+FRAME = 28
+
+
+def load_inputs(paths: list[str | Path]) -> tuple[list[str], np.ndarray]:
+    """(one name per image, uint8 pixels (n, 28, 28)) for PNG/JPEG/... files and IDX files."""
+    names, images = [], []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        if _is_idx(path):
+            batch = read_idx(path, IMAGES_MAGIC)
+            names += [f"{path}[{i}]" for i in range(len(batch))]
+            images.append(batch)
+        else:
+            names.append(str(path))
+            images.append(picture_to_mnist(path)[None])
+    return names, np.concatenate(images)
+
+
+def _is_idx(path: Path) -> bool:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            return f.read(4) == IMAGES_MAGIC.to_bytes(4, "big")
+    except (OSError, EOFError):
+        return False
+
+
+def picture_to_mnist(path: Path) -> np.ndarray:
+    """A picture file as a 28x28 uint8 MNIST-style digit."""
+    try:
+        with Image.open(path) as image:
+            grey = np.asarray(image.convert("L"), dtype=np.float32)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable image ({type(err).__name__}); give PNG, JPEG or an IDX file") from None
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if border.mean() > 127:  # dark digit on light paper: MNIST is white on black
+        grey = 255 - grey
+    ink = np.argwhere(grey > 0.25 * grey.max()) if grey.max() > 0 else np.empty((0, 2))
+    if len(ink) == 0:
+        return np.zeros((FRAME, FRAME), np.uint8)
+    (top, left), (bottom, right) = ink.min(axis=0), ink.max(axis=0) + 1
+    digit = Image.fromarray(grey[top:bottom, left:right].astype(np.uint8))
+    scale = DIGIT_BOX / max(digit.size)
+    size = (max(1, round(digit.width * scale)), max(1, round(digit.height * scale)))
+    digit = np.asarray(digit.resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
+    frame = np.zeros((FRAME, FRAME), np.float32)
+    row, col = (FRAME - digit.shape[0]) // 2, (FRAME - digit.shape[1]) // 2
+    frame[row : row + digit.shape[0], col : col + digit.shape[1]] = digit
+    centre_row, centre_col = ndimage.center_of_mass(frame)
+    middle = (FRAME - 1) / 2
+    frame = ndimage.shift(frame, (middle - centre_row, middle - centre_col), order=1)
+    return np.clip(frame, 0, 255).round().astype(np.uint8)

@@ -1,0 +1,182 @@
+"""Model Registry: pick the best training run by validation, register it, move aliases.
+
+Selection uses the **last epoch's** ``val_accuracy`` (ties: lower ``val_loss``), because the
+logged model holds the last epoch's weights: the registered weights are the ones whose
+validation score chose them. Test accuracy is recorded beside it, never used to choose.
+
+Aliases: ``challenger`` always points at the newest registered candidate. ``champion``
+points at the version with the highest ``val_accuracy`` tag; a new version takes it only
+if it beats the current champion (an equal score keeps the older version).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from mnist_pipeline import tracking
+from mnist_pipeline.errors import UserError
+
+MODEL_NAME = "mnist-digits"  # default registered model name
+CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
+# Tags on each model version.
+VERSION_TAGS = ("variant", "run_id", "val_accuracy", "test_accuracy", "data_digest")
+_ALIAS_ROUNDS = 5  # re-checks of the champion alias against concurrent registrations
+
+
+class RegistryError(UserError, LookupError):
+    """Nothing suitable to register; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    version: ModelVersion
+    created: bool  # False: this run was registered before, and that version is returned
+    champion: bool  # this version holds the champion alias now
+    reason: str  # one line: why it did or did not become champion
+
+
+def selection_key(run: Run) -> tuple[float, float]:
+    """Higher is better: last-epoch val_accuracy, then lower last-epoch val_loss."""
+    return run.data.metrics["val_accuracy"], -run.data.metrics["val_loss"]
+
+
+def best_run(run_ids: list[str]) -> Run:
+    runs = [mlflow.get_run(run_id) for run_id in run_ids]
+    finished = [r for r in runs if r.info.status == "FINISHED" and "val_accuracy" in r.data.metrics]
+    if not finished:
+        raise RegistryError(f"none of the runs {', '.join(run_ids)} is a FINISHED training run")
+    return max(finished, key=selection_key)
+
+
+def children_of(parent_run_id: str | None) -> tuple[str, dict[str, str]]:
+    """(parent id, {variant: training run id}) of a `main` run; the latest one if no id."""
+    if not parent_run_id:
+        parents = mlflow.search_runs(
+            filter_string=f"tags.{tracking.TAG_ROLE} = 'main' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+            output_format="list",
+        )
+        if not parents:
+            raise RegistryError("no FINISHED main run in this experiment: run `mlflow run .` first")
+        parent = parents[0]
+    else:
+        try:
+            parent = mlflow.get_run(parent_run_id)
+        except MlflowException:
+            raise RegistryError(f"run_id={parent_run_id!r} is not a run in this tracking store") from None
+    children = parent.data.tags.get(tracking.TAG_CHILDREN)
+    if not children:
+        raise RegistryError(f"run {parent.info.run_id} is not a main run (no {tracking.TAG_CHILDREN} tag)")
+    return parent.info.run_id, json.loads(children)
+
+
+def register_best(run_ids: list[str], model_name: str = MODEL_NAME, chosen_from: str = "") -> Registration:
+    """Register the best of ``run_ids`` and update the aliases; logs the decision on the
+    active run, if any."""
+    run = best_run(run_ids)
+    registration = register_run(run, model_name, chosen_from or f"runs {', '.join(run_ids)}")
+    version = registration.version
+    print(f"{model_name} version {version.version} ({run.data.tags.get('variant')}, run {run.info.run_id}): {registration.reason}")
+    if mlflow.active_run():
+        mlflow.set_tags(
+            {
+                "registered_model": model_name,
+                "registered_version": version.version,
+                "champion_decision": registration.reason,
+            }
+        )
+    return registration
+
+
+def _existing_version(client, model_name: str, run_id: str) -> ModelVersion | None:
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}' and tags.run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def _description(run: Run, chosen_from: str) -> str:
+    m, tags = run.data.metrics, run.data.tags
+    return (
+        f"MNIST digit classifier, variant `{tags.get('variant')}` ({tags.get('description')}). "
+        f"Chosen from {chosen_from} as the run with the highest last-epoch validation accuracy "
+        f"({m['val_accuracy']:.4f}); test accuracy {m['test_accuracy']:.4f} is reported, not "
+        "used to choose. Input: raw pixels 0-255, float32, shape (n, 28, 28); output: 10 "
+        f"class probabilities. Training run {run.info.run_id}."
+    )
+
+
+def register_run(run: Run, model_name: str = MODEL_NAME, chosen_from: str = "") -> Registration:
+    """Register ``run``'s logged model (once per run) and update the aliases."""
+    client = mlflow.MlflowClient()
+    existing = _existing_version(client, model_name, run.info.run_id)
+    if existing is not None:
+        version, created = existing, False
+    else:
+        tags = {
+            "variant": run.data.tags.get("variant", ""),
+            "run_id": run.info.run_id,
+            "val_accuracy": f"{run.data.metrics['val_accuracy']:.6f}",
+            "test_accuracy": f"{run.data.metrics['test_accuracy']:.6f}",
+            "data_digest": run.data.tags.get(tracking.TAG_DATA_DIGEST, ""),
+        }
+        version = mlflow.register_model(tracking.logged_model_uri(run.info.run_id), model_name, tags=tags)
+        client.update_model_version(model_name, version.version, _description(run, chosen_from))
+        client.set_registered_model_alias(model_name, CHALLENGER, version.version)
+        created = True
+    champion, reason = _settle_champion(client, model_name, version)
+    client.set_model_version_tag(model_name, version.version, "champion_decision", reason)
+    return Registration(version, created, champion, reason)
+
+
+def _champion(client, model_name: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _score(version: ModelVersion) -> tuple[float, int]:
+    """Champion order: higher val_accuracy; on a tie the older version stays."""
+    return float(version.tags.get("val_accuracy", "-inf")), -int(version.version)
+
+
+def _settle_champion(client, model_name: str, version: ModelVersion) -> tuple[bool, str]:
+    """Point the champion alias at the best version. Re-read after writing, so that two
+    processes registering at once end on the better version whoever writes last."""
+    current = _champion(client, model_name)
+    if current is None:
+        reason = "first version with a score: takes the champion alias"
+    elif str(current.version) == str(version.version):
+        reason = "already the champion"
+    elif _score(version) > _score(current):
+        reason = (
+            f"val_accuracy {version.tags['val_accuracy']} beats champion version "
+            f"{current.version} ({current.tags.get('val_accuracy')}): takes the champion alias"
+        )
+    else:
+        reason = (
+            f"val_accuracy {version.tags['val_accuracy']} does not beat champion version "
+            f"{current.version} ({current.tags.get('val_accuracy')}): registered without the alias"
+        )
+    for _ in range(_ALIAS_ROUNDS):
+        versions = client.search_model_versions(f"name = '{model_name}'")
+        best = max(versions, key=_score)
+        current = _champion(client, model_name)
+        if current is not None and str(current.version) == str(best.version):
+            break
+        client.set_registered_model_alias(model_name, CHAMPION, best.version)
+    holder = _champion(client, model_name)
+    is_champion = holder is not None and str(holder.version) == str(version.version)
+    if not is_champion and holder is not None and "takes the champion alias" in reason:
+        reason += f"; version {holder.version} has since taken it"
+    return is_champion, reason
