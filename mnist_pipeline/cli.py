@@ -13,6 +13,7 @@ import sys
 
 from mnist_pipeline.config import (
     OVERRIDABLE,
+    ConfigError,
     TrainConfig,
     parse_bool,
     parse_overrides,
@@ -34,6 +35,9 @@ DEFAULTS = {  # the single source MLproject's defaults are checked against
     "model_name": MODEL_NAME,
     "run_id": "",
     "model_uri": f"models:/{MODEL_NAME}@champion",
+    "bench_epochs": "4",  # 1 warm-up epoch + 3 timed
+    "out": "bench-results",
+    "end_to_end": "true",
     **{name: "" for name in OVERRIDABLE},  # empty: the variant's own value
 }
 HELP = {
@@ -91,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="predict digits in PNG/JPEG or IDX files")
     _add(predict, "model_uri", "model to predict with")
     predict.add_argument("files", nargs="+", help="pictures of digits, or IDX images files")
+    bench = commands.add_parser("bench", help="time the pipeline against bare Keras and the roofline")
+    _add_data_dir(bench)
+    _add(bench, "bench_epochs", "epochs per timed training, >= 2 (the first is a warm-up)")
+    _add(bench, "out", "folder for bench.json, bench.md and scaling.png")
+    _add(bench, "end_to_end", "true: also time `mlflow run .` and pyfunc prediction")
     return parser
 
 
@@ -159,7 +168,20 @@ def _predict(args):
         print(f"{name}: {p.argmax()} (p={p.max():.3f})")
 
 
-COMMANDS = {"train": _train, "main": _main, "register": _register, "evaluate": _evaluate, "predict": _predict}
+def _bench(args):
+    epochs = parse_overrides({"epochs": args.bench_epochs})["epochs"]
+    if epochs < 2:
+        raise ConfigError(f"bench_epochs={epochs} is not allowed: must be an integer >= 2")
+    end_to_end = parse_bool("end_to_end", args.end_to_end)
+    mnist = _load_data(args)
+    from pathlib import Path
+
+    from mnist_pipeline import bench
+
+    bench.bench(mnist, epochs, Path(args.out), end_to_end)
+
+
+COMMANDS = {"train": _train, "main": _main, "register": _register, "evaluate": _evaluate, "predict": _predict, "bench": _bench}
 
 
 def run(argv: list[str] | None = None) -> int:

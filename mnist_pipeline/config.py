@@ -18,6 +18,9 @@ BATCH_SIZE = 128  # images per gradient step
 LEARNING_RATE = 1e-3  # RMSprop step size (Keras' default)
 VALIDATION_SPLIT = 0.1  # fraction of the 60,000 training images held out for validation
 SEED = 42  # seeds Python, NumPy and TensorFlow once per run
+# Gradient steps per call from Python into TensorFlow. It changes no number (the same
+# updates in the same order) and cut an epoch by 25-30% here (see `mnist-pipeline bench`).
+STEPS_PER_EXECUTION = 128
 
 OPTIMIZER = "rmsprop"
 LOSS = "categorical_crossentropy"
@@ -52,6 +55,7 @@ class TrainConfig:
     learning_rate: float = LEARNING_RATE
     validation_split: float = VALIDATION_SPLIT
     seed: int = SEED
+    steps_per_execution: int = STEPS_PER_EXECUTION  # speed only; not a study parameter
 
     def __post_init__(self):
         for name, (allowed, ok) in _CHECKS.items():
@@ -90,6 +94,7 @@ _CHECKS = {
         lambda v: _finite(v) and 0 < v < 1,
     ),
     "seed": ("must be an integer >= 0", lambda v: _int(v) and v >= 0),
+    "steps_per_execution": ("must be an integer >= 1", lambda v: _int(v) and v >= 1),
 }
 
 

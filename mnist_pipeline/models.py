@@ -32,5 +32,6 @@ def build_model(cfg: TrainConfig) -> keras.Model:
         optimizer=keras.optimizers.RMSprop(learning_rate=cfg.learning_rate),
         loss="categorical_crossentropy",
         metrics=["accuracy"],
+        steps_per_execution=cfg.steps_per_execution,
     )
     return model

@@ -65,3 +65,15 @@ def test_best_epoch_breaks_ties_on_lower_val_loss():
         index=pd.RangeIndex(1, 5, name="epoch"),
     )
     assert best_epoch(history) == 3
+
+
+def test_steps_per_execution_changes_no_number(tiny_mnist):
+    import dataclasses
+
+    cfg = resolve("final", parse_overrides({"epochs": "2", "batch_size": "32"}))
+    one_by_one = train(dataclasses.replace(cfg, steps_per_execution=1), tiny_mnist, verbose=0)
+    grouped = train(dataclasses.replace(cfg, steps_per_execution=8), tiny_mnist, verbose=0)
+    pd.testing.assert_frame_equal(
+        one_by_one.history.drop(columns="epoch_seconds"), grouped.history.drop(columns="epoch_seconds")
+    )
+    np.testing.assert_array_equal(one_by_one.test_probabilities, grouped.test_probabilities)

@@ -1,0 +1,233 @@
+"""Speed measurements: bare Keras, the tracked pipeline, the matmul roofline, prediction.
+
+Every epoch time is a median over epochs after a warm-up epoch, taken from epoch-end
+timestamps: for the pipeline, the store's timestamps of each epoch's logged metrics, so
+the logging itself is inside the epoch. The roofline is the time of the matrix multiplies
+one epoch needs (forward and backward over the training images, forward over the
+validation images) at the rate TensorFlow reaches here for exactly those shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mnist_pipeline import data
+from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.data import Mnist, split_validation
+from mnist_pipeline.models import build_model
+from mnist_pipeline.train import one_hot
+
+WARMUP_EPOCHS = 1  # the first epoch traces the graph: never counted
+MATMUL_REPEATS = 5  # timings of the matmul loop; the median is used
+SCALING_WIDTHS = (1, 2, 4)  # multiples of the final variant's hidden widths
+SCALING_BATCHES = (64, 128, 256, 512)
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where MLproject is, in a source checkout
+
+
+def layer_shapes(cfg: TrainConfig) -> list[tuple[int, int]]:
+    widths = [28 * 28, *cfg.hidden_units, 10]
+    return list(zip(widths[:-1], widths[1:]))
+
+
+def epoch_flops(cfg: TrainConfig, n_train: int, n_val: int) -> float:
+    """Multiply-add FLOPs of one epoch: 2 per MAC forward, 4 more backward (inputs, weights)."""
+    macs = sum(a * b for a, b in layer_shapes(cfg))
+    return 6.0 * macs * n_train + 2.0 * macs * n_val
+
+
+def matmul_step_seconds(cfg: TrainConfig, steps: int = 50) -> float:
+    """Seconds per training step of the step's matmuls alone, at its exact shapes."""
+    shapes, batch = layer_shapes(cfg), cfg.batch_size
+    weights = [tf.random.normal(shape) for shape in shapes]
+    x = tf.random.normal((batch, shapes[0][0]))
+
+    @tf.function
+    def loop(x, n):
+        total = tf.constant(0.0)
+        for _ in tf.range(n):
+            activations, h = [], x
+            for w in weights:
+                activations.append(h)
+                h = tf.matmul(h, w)
+            grad = h
+            for a, w in zip(reversed(activations), reversed(weights)):
+                total += tf.reduce_sum(tf.matmul(a, grad, transpose_a=True)[0])  # weight gradient
+                grad = tf.matmul(grad, w, transpose_b=True)  # input gradient
+        return total
+
+    loop(x, tf.constant(2)).numpy()  # trace
+    times = []
+    for _ in range(MATMUL_REPEATS):
+        start = time.perf_counter()
+        loop(x, tf.constant(steps)).numpy()
+        times.append((time.perf_counter() - start) / steps)
+    return statistics.median(times)
+
+
+def roofline(cfg: TrainConfig, n_train: int, n_val: int) -> dict[str, float]:
+    step = matmul_step_seconds(cfg)
+    train_flops = 6.0 * sum(a * b for a, b in layer_shapes(cfg)) * cfg.batch_size
+    gflops = train_flops / step / 1e9
+    return {"matmul_gflops": gflops, "roofline_s": epoch_flops(cfg, n_train, n_val) / (gflops * 1e9)}
+
+
+def median_epoch(ends: list[float]) -> float:
+    """Median epoch time from epoch-end timestamps, the warm-up epoch(s) left out: the first
+    end has no start, so the intervals are the durations of epochs 2, 3, ..."""
+    intervals = np.diff(ends)[WARMUP_EPOCHS - 1 :]
+    if len(intervals) == 0:
+        raise ValueError("need at least WARMUP_EPOCHS + 1 epochs to time one")
+    return float(np.median(intervals))
+
+
+class _EpochEnds(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.ends: list[float] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ends.append(time.perf_counter())
+
+
+def bare_keras(cfg: TrainConfig, mnist: Mnist) -> float:
+    """Median s/epoch of a plain ``fit`` of the same model on the same data."""
+    keras.utils.set_random_seed(cfg.seed)
+    (x, y), (xv, yv) = split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
+    ends = _EpochEnds()
+    build_model(cfg).fit(
+        x.astype("float32"), one_hot(y), batch_size=cfg.batch_size, epochs=cfg.epochs,
+        validation_data=(xv.astype("float32"), one_hot(yv)), callbacks=[ends], verbose=0,
+    )
+    return median_epoch(ends.ends)
+
+
+@contextlib.contextmanager
+def isolated_store(folder: str):
+    """A throw-away tracking store in ``folder``, hiding any run this process was launched
+    in (``mlflow run`` sets MLFLOW_RUN_ID); everything is put back afterwards."""
+    import mlflow
+
+    hidden = {k: os.environ.pop(k) for k in ISOLATED_ENV if k in os.environ}
+    previous = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+        os.environ["MLFLOW_EXPERIMENT_ID"] = mlflow.create_experiment("bench", f"{folder}/artifacts")
+        yield
+    finally:
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        os.environ.update(hidden)
+        mlflow.set_tracking_uri(previous)
+
+
+ISOLATED_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")
+
+
+def pipeline(cfg: TrainConfig, mnist: Mnist) -> tuple[float, float]:
+    """(median s/epoch, test accuracy) of the pipeline's tracked training in a temp store.
+    Epoch ends are the store's timestamps of each epoch's logged metrics."""
+    import mlflow
+
+    from mnist_pipeline import tracking
+
+    with tempfile.TemporaryDirectory() as tmp, isolated_store(tmp):
+        run_id = tracking.track_training(cfg, mnist)
+        client = mlflow.MlflowClient()
+        ends = sorted(m.timestamp / 1000 for m in client.get_metric_history(run_id, "epoch_seconds"))
+        accuracy = client.get_run(run_id).data.metrics["test_accuracy"]
+    return median_epoch(ends), accuracy
+
+
+def variant_row(cfg: TrainConfig, mnist: Mnist) -> dict:
+    """One row of the main table, every ratio computed from this row's own timings."""
+    n_train = len(split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)[0][0])
+    n_val = len(mnist.x_train) - n_train
+    bare = bare_keras(cfg, mnist)
+    tracked, accuracy = pipeline(cfg, mnist)
+    limit = roofline(cfg, n_train, n_val)
+    return {
+        "variant": cfg.variant,
+        "epochs_timed": cfg.epochs - WARMUP_EPOCHS,
+        "bare_s": bare,
+        "pipeline_s": tracked,
+        "overhead": tracked / bare,
+        "roofline_s": limit["roofline_s"],
+        "roofline_fraction": limit["roofline_s"] / tracked,
+        "pipeline_over_roofline": tracked / limit["roofline_s"],
+        "matmul_gflops": limit["matmul_gflops"],
+        "test_accuracy": accuracy,
+    }
+
+
+def scaling_row(cfg: TrainConfig, mnist: Mnist) -> dict:
+    n_train = len(split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)[0][0])
+    bare = bare_keras(cfg, mnist)
+    limit = roofline(cfg, n_train, len(mnist.x_train) - n_train)
+    return {
+        "hidden_units": ",".join(map(str, cfg.hidden_units)),
+        "batch_size": cfg.batch_size,
+        "bare_s": bare,
+        "roofline_s": limit["roofline_s"],
+        "roofline_fraction": limit["roofline_s"] / bare,
+        "matmul_gflops": limit["matmul_gflops"],
+    }
+
+
+def knob_rows(cfg: TrainConfig, mnist: Mnist) -> list[dict]:
+    """Before/after of each speed knob that changes no number, on bare Keras."""
+    rows = []
+    for spe in sorted({1, cfg.steps_per_execution}):
+        bare = bare_keras(dataclasses.replace(cfg, steps_per_execution=spe), mnist)
+        rows.append({"variant": cfg.variant, "knob": f"steps_per_execution={spe}", "bare_s": bare})
+    return rows
+
+
+def end_to_end(data_dir: str) -> dict:
+    """Wall time of the default `mlflow run .`, then pyfunc prediction speed of its champion."""
+    if not (PROJECT_ROOT / "MLproject").is_file():
+        raise FileNotFoundError(f"{PROJECT_ROOT}/MLproject: end-to-end timing needs a source checkout")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
+        env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", MNIST_DATA_DIR=str(data_dir))
+        start = time.perf_counter()
+        subprocess.run(
+            ["mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local"],
+            cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wall = time.perf_counter() - start
+        with isolated_store(tmp):
+            serving = prediction_speed(f"sqlite:///{tmp}/mlflow.db", data.load(data_dir).x_test)
+    return {"mlflow_run_s": wall, **serving}
+
+
+def prediction_speed(tracking_uri: str, images: np.ndarray, single: int = 50) -> dict:
+    import mlflow
+
+    from mnist_pipeline import registry, tracking
+
+    mlflow.set_tracking_uri(tracking_uri)
+    model = tracking.load_pyfunc(registry.CHAMPION_URI)
+    batch = images.astype("float32")
+    model.predict(batch[:10])  # warm up
+    batched = [_seconds(lambda: model.predict(batch)) for _ in range(3)]
+    one = [_seconds(lambda i=i: model.predict(batch[i : i + 1])) for i in range(single)]
+    return {
+        "pyfunc_images_per_s": len(batch) / statistics.median(batched),
+        "pyfunc_one_image_ms": 1000 * statistics.median(one),
+    }
+
+
+def _seconds(work) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start

@@ -1,0 +1,72 @@
+"""The benchmark machinery on tiny synthetic data: structure and self-consistent ratios.
+No wall-clock assertion: speed is reported by `mnist-pipeline bench`, not tested."""
+
+import json
+
+import mlflow
+import pytest
+
+from mnist_pipeline import bench, cli, speed
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    from conftest import tiny_arrays, write_idx_folder
+    from mnist_pipeline import data
+
+    mnist = data.load(write_idx_folder(tmp_path_factory.mktemp("bench") / "tiny", tiny_arrays()))
+    return bench.run_benchmark(
+        mnist, variants=("baseline", "final"), epochs=3, widths=(1, 2), batches=(64, 128), scaling_epochs=2
+    )
+
+
+def test_variant_rows_compute_their_ratios_from_their_own_timings(report):
+    assert [row["variant"] for row in report["variants"]] == ["baseline", "final"]
+    for row in report["variants"]:
+        assert row["epochs_timed"] == 2
+        assert all(row[key] > 0 for key in ("bare_s", "pipeline_s", "roofline_s", "matmul_gflops"))
+        assert row["overhead"] == pytest.approx(row["pipeline_s"] / row["bare_s"])
+        assert row["roofline_fraction"] == pytest.approx(row["roofline_s"] / row["pipeline_s"])
+        assert row["pipeline_over_roofline"] == pytest.approx(1 / row["roofline_fraction"])
+        assert 0 <= row["test_accuracy"] <= 1
+
+
+def test_knobs_and_scaling_tables(report):
+    assert [k["knob"] for k in report["knobs"]] == ["steps_per_execution=1", "steps_per_execution=128"]
+    grid = [(r["width"], r["batch_size"]) for r in report["scaling"]]
+    assert grid == [("x1", 64), ("x1", 128), ("x2", 64), ("x2", 128)]
+    x2 = report["scaling"][2]
+    assert x2["hidden_units"] == "1024,512,256"
+    for row in report["scaling"]:
+        assert row["roofline_fraction"] == pytest.approx(row["roofline_s"] / row["bare_s"])
+    assert report["end_to_end"] is None
+
+
+def test_roofline_arithmetic():
+    from mnist_pipeline.config import resolve
+
+    cfg = resolve("baseline")
+    macs = 784 * 128 + 128 * 10
+    assert speed.layer_shapes(cfg) == [(784, 128), (128, 10)]
+    assert speed.epoch_flops(cfg, 100, 10) == 6 * macs * 100 + 2 * macs * 10
+    # epoch ends at 5 s (the warm-up), 6, 8 and 9.5 s: epochs of 1, 2 and 1.5 s
+    assert speed.median_epoch([5.0, 6.0, 8.0, 9.5]) == 1.5
+
+
+def test_report_files_and_logging(report, tracking_store, tmp_path):
+    paths = bench.write_report(report, tmp_path / "out")
+    assert [p.name for p in paths] == ["bench.json", "bench.md", "scaling.png"]
+    assert json.loads(paths[0].read_text()) == json.loads(json.dumps(report))
+    text = paths[1].read_text()
+    assert "## Variants" in text and "| final" in text and "steps_per_execution=1" in text
+    with mlflow.start_run() as run:
+        bench.log_report(report, paths)
+    logged = mlflow.get_run(run.info.run_id).data.metrics
+    assert logged["final.overhead"] == pytest.approx(report["variants"][1]["overhead"])
+    artifacts = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id, "bench")}
+    assert artifacts == {"bench/bench.json", "bench/bench.md", "bench/scaling.png"}
+
+
+def test_bench_refuses_too_few_epochs(capsys, tiny_mnist_dir):
+    assert cli.run(["bench", "--bench-epochs", "1", "--data-dir", str(tiny_mnist_dir)]) == cli.USAGE_ERROR
+    assert "bench_epochs=1 is not allowed" in capsys.readouterr().err
