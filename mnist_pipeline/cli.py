@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from mnist_pipeline.config import (
@@ -194,6 +195,16 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
-    sys.exit(run())
+    signal.signal(signal.SIGTERM, _interrupt)  # a polite kill ends runs KILLED, as Ctrl-C does
+    try:
+        sys.exit(run())
+    except KeyboardInterrupt as stop:
+        name = str(stop) or "SIGINT"
+        print(f"{PROG}: interrupted by {name}: open runs ended KILLED", file=sys.stderr)
+        sys.exit(128 + signal.Signals[name].value)

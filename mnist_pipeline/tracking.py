@@ -6,6 +6,7 @@ same for every variant, so the MLflow UI's compare view lines runs up.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -89,7 +90,9 @@ def track_training(cfg: TrainConfig, data: Mnist, nested: bool = False) -> str:
     """Train ``cfg`` inside one MLflow run named after the variant; returns the run id.
 
     Logs params, per-epoch metrics (step = epoch, from 1), summary metrics, plots,
-    tables, the datasets and the Keras model. An exception ends the run as FAILED.
+    tables, the datasets and the Keras model. An interruption (SIGINT, SIGTERM) ends the
+    run KILLED, any other exception FAILED; either way the epochs that finished keep their
+    metrics, history table and curves.
     """
     variant = VARIANTS[cfg.variant]
     tags = {
@@ -99,7 +102,7 @@ def track_training(cfg: TrainConfig, data: Mnist, nested: bool = False) -> str:
         TAG_CODE_VERSION: code_version(),
         TAG_DATA_DIGEST: data.digest,
     }
-    with mlflow.start_run(
+    with ended_run(
         run_name=cfg.variant, nested=nested, tags=tags, description=variant.description
     ) as run:
         mlflow.log_params(
@@ -112,14 +115,45 @@ def track_training(cfg: TrainConfig, data: Mnist, nested: bool = False) -> str:
             }
         )
         _log_datasets(data, cfg.validation_split)
-        result = train(cfg, data, on_epoch=lambda epoch, row: mlflow.log_metrics(row, step=epoch))
+        finished = {}  # epoch -> metrics, for the history of an interrupted run
+
+        def on_epoch(epoch: int, row: dict[str, float]) -> None:
+            mlflow.log_metrics(row, step=epoch)
+            finished[epoch] = row
+
+        try:
+            result = train(cfg, data, on_epoch=on_epoch)
+        except BaseException:
+            if finished:
+                _log_history(pd.DataFrame.from_dict(finished, orient="index").rename_axis("epoch"), cfg.variant)
+            raise
         mlflow.log_param("num_parameters", result.model.count_params())
         mlflow.log_metrics(_summary_metrics(result))
-        mlflow.log_text(result.history.to_csv(), HISTORY)
-        _log_figure(plots.learning_curves(result.history, cfg.variant), CURVES)
+        _log_history(result.history, cfg.variant)
         _log_test_report(data, result.test_probabilities, cfg.variant)
         log_keras_model(result.model, data.x_test[:3])
     return run.info.run_id
+
+
+@contextlib.contextmanager
+def ended_run(**start_run_kwargs):
+    """``mlflow.start_run`` that always ends its run: FINISHED, KILLED on KeyboardInterrupt
+    (the CLI turns SIGTERM into one), FAILED on any other exception."""
+    run = mlflow.start_run(**start_run_kwargs)
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        mlflow.end_run(status)
+
+
+def _log_history(history: pd.DataFrame, title: str) -> None:
+    mlflow.log_text(history.to_csv(), HISTORY)
+    _log_figure(plots.learning_curves(history, title), CURVES)
 
 
 def _summary_metrics(result: TrainResult) -> dict[str, float]:
@@ -222,7 +256,7 @@ def track_train_entry(cfg: TrainConfig, data: Mnist) -> str:
     entry point's raw parameters ('' for "the variant's value", and MLflow forbids changing
     a logged param), the training run is a child of that run; otherwise it is top-level."""
     if mlflow.environment_variables.MLFLOW_RUN_ID.get():
-        with mlflow.start_run():
+        with ended_run():
             return track_training(cfg, data, nested=True)
     return track_training(cfg, data)
 
@@ -265,7 +299,7 @@ def track_main(
     """Train each config as a child run of one parent run, reusing FINISHED runs with the
     same run key unless ``force``; logs and returns the comparison table. ``finish`` gets
     the training run ids while the parent run is still active (registration uses it)."""
-    with mlflow.start_run(run_name="main", tags={TAG_DATA_DIGEST: data.digest, TAG_ROLE: "main"}) as parent:
+    with ended_run(run_name="main", tags={TAG_DATA_DIGEST: data.digest, TAG_ROLE: "main"}) as parent:
         _log_missing_params(
             {"variants": ",".join(c.variant for c in configs), "force": str(force).lower()}
         )
@@ -347,7 +381,7 @@ def predict_probabilities(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray) 
 
 def track_evaluation(model_uri: str, model: mlflow.pyfunc.PyFuncModel, data: Mnist) -> dict[str, float]:
     """One run named "evaluate": ``model`` through pyfunc on the test set."""
-    with mlflow.start_run(run_name="evaluate", tags={TAG_ROLE: "evaluate", "model_uri": model_uri}):
+    with ended_run(run_name="evaluate", tags={TAG_ROLE: "evaluate", "model_uri": model_uri}):
         _log_missing_params({"model_uri": model_uri, "data_source": data.source, "data_digest": data.digest})
         if getattr(model.metadata, "model_id", None):
             mlflow.set_tag("model_id", model.metadata.model_id)
