@@ -128,6 +128,7 @@ def _train(args):
     configs, mnist = _prepare_training(args)
     from mnist_pipeline import tracking  # imports TensorFlow and MLflow: slow
 
+    tracking.check_tracking_store()
     tracking.track_train_entry(configs[0], mnist)
 
 
@@ -136,6 +137,7 @@ def _main(args):
     force = parse_bool("force", args.force)
     from mnist_pipeline import registry, tracking
 
+    tracking.check_tracking_store()
     def register(run_ids):
         if args.model_name:
             registry.register_best(run_ids, args.model_name, chosen_from="this main run's variants")
@@ -144,8 +146,9 @@ def _main(args):
 
 
 def _register(args):
-    from mnist_pipeline import registry
+    from mnist_pipeline import registry, tracking
 
+    tracking.check_tracking_store()
     parent_id, children = registry.children_of(args.run_id or None)
     registry.register_best(list(children.values()), args.model_name, chosen_from=f"main run {parent_id}")
 
@@ -154,6 +157,7 @@ def _evaluate(args):
     mnist = _load_data(args)
     from mnist_pipeline import tracking
 
+    tracking.check_tracking_store()
     model = tracking.load_pyfunc(args.model_uri)  # before the run: a bad URI creates no run
     tracking.track_evaluation(args.model_uri, model, mnist)
 
@@ -164,6 +168,7 @@ def _predict(args):
     names, images = load_inputs(args.files)
     from mnist_pipeline import tracking
 
+    tracking.check_tracking_store()
     probabilities = tracking.predict_probabilities(tracking.load_pyfunc(args.model_uri), images)
     for name, p in zip(names, probabilities):
         print(f"{name}: {p.argmax()} (p={p.max():.3f})")

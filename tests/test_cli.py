@@ -69,3 +69,24 @@ def test_mlproject_defaults_and_flags_match_the_cli():
         args = parser.parse_args([entry])
         for name in params:
             assert getattr(args, name) == cli.DEFAULTS[name], (entry, name)
+
+
+def test_unreachable_tracking_server_fails_fast_naming_the_uri(tiny_mnist_dir, tmp_path):
+    """Bounded retries: the command ends with one line, before any training starts."""
+    import os
+    import time
+
+    from test_serving import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_pipeline", "train", "--data-dir", str(tiny_mnist_dir)],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    print(f"failed after {time.monotonic() - start:.1f} s")  # measured, reported, not asserted
+    assert result.returncode == cli.USAGE_ERROR
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"mnist-pipeline: error: tracking server {uri} cannot be reached")
+    assert "Epoch 1" not in result.stdout

@@ -1,7 +1,6 @@
 """A real training process stopped by SIGINT or SIGTERM mid-training ends its run KILLED,
 keeps the epochs it finished, and leaves nothing RUNNING."""
 
-import os
 import signal
 import subprocess
 import sys
