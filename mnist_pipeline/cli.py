@@ -119,6 +119,12 @@ def _load_data(args: argparse.Namespace, configs: list[TrainConfig] = ()):
     return mnist
 
 
+def _check_store() -> None:
+    from mnist_pipeline import store  # MLflow without TensorFlow: a dead server shows fast
+
+    store.check_tracking_store()
+
+
 def _prepare_training(args):
     configs = _configs(args)
     return configs, _load_data(args, configs)
@@ -126,18 +132,18 @@ def _prepare_training(args):
 
 def _train(args):
     configs, mnist = _prepare_training(args)
-    from mnist_pipeline import tracking  # imports TensorFlow and MLflow: slow
+    _check_store()
+    from mnist_pipeline import tracking  # imports TensorFlow: slow
 
-    tracking.check_tracking_store()
     tracking.track_train_entry(configs[0], mnist)
 
 
 def _main(args):
     configs, mnist = _prepare_training(args)
     force = parse_bool("force", args.force)
+    _check_store()
     from mnist_pipeline import registry, tracking
 
-    tracking.check_tracking_store()
     def register(run_ids):
         if args.model_name:
             registry.register_best(run_ids, args.model_name, chosen_from="this main run's variants")
@@ -146,18 +152,18 @@ def _main(args):
 
 
 def _register(args):
-    from mnist_pipeline import registry, tracking
+    _check_store()
+    from mnist_pipeline import registry
 
-    tracking.check_tracking_store()
     parent_id, children = registry.children_of(args.run_id or None)
     registry.register_best(list(children.values()), args.model_name, chosen_from=f"main run {parent_id}")
 
 
 def _evaluate(args):
     mnist = _load_data(args)
+    _check_store()
     from mnist_pipeline import tracking
 
-    tracking.check_tracking_store()
     model = tracking.load_pyfunc(args.model_uri)  # before the run: a bad URI creates no run
     tracking.track_evaluation(args.model_uri, model, mnist)
 
@@ -166,9 +172,9 @@ def _predict(args):
     from mnist_pipeline.inputs import load_inputs
 
     names, images = load_inputs(args.files)
+    _check_store()
     from mnist_pipeline import tracking
 
-    tracking.check_tracking_store()
     probabilities = tracking.predict_probabilities(tracking.load_pyfunc(args.model_uri), images)
     for name, p in zip(names, probabilities):
         print(f"{name}: {p.argmax()} (p={p.max():.3f})")

@@ -360,36 +360,6 @@ def comparison_table(children: list[ChildRun]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# Bounded retries against an HTTP tracking server: a dead one fails the command in seconds
-# instead of MLflow's default minutes. Environment values set by the user win.
-HTTP_SETTINGS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.5",  # seconds, doubled each retry
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.2",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",  # seconds per request
-}
-
-
-class TrackingStoreError(UserError, ConnectionError):
-    """The tracking server cannot be reached; the message names its URI."""
-
-
-def check_tracking_store() -> None:
-    """Fail fast, before any training, if the tracking URI is a server that does not answer."""
-    for name, value in HTTP_SETTINGS.items():
-        os.environ.setdefault(name, value)
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return  # a local database or folder: nothing to reach
-    try:
-        mlflow.MlflowClient().search_experiments(max_results=1)
-    except Exception as err:  # connection refused, timeouts, 5xx after retries: all fatal here
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise TrackingStoreError(
-            f"tracking server {uri} cannot be reached ({reason}); start it or set MLFLOW_TRACKING_URI"
-        ) from None
-
-
 class ModelURIError(UserError, LookupError):
     """A model URI that does not resolve to a model; the message is one line."""
 

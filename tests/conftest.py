@@ -100,3 +100,48 @@ def registered(tracking_store, tiny_mnist_dir):
     argv = ["main", "--variants", "baseline,final", "--epochs", "2", "--batch-size", "64", "--data-dir", str(tiny_mnist_dir)]
     assert cli.run(argv) == 0
     return tracking_store
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory):
+    """URI of an `mlflow server` backed by a fresh PostgreSQL, for the whole session."""
+    import shutil
+    import tempfile
+
+    from servers import MlflowServer, Postgres, postgres_bin
+
+    if not (postgres_bin("initdb") and postgres_bin("pg_ctl")):
+        pytest.skip("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
+    pytest.importorskip("psycopg2", reason="the server's PostgreSQL driver: pip install -e '.[test]'")
+    # not under pytest's 0700 temp folder: the `postgres` user must reach it
+    pg_root = Path(tempfile.mkdtemp(prefix="mnist-pg-"))
+    postgres, server = Postgres(pg_root), None
+    try:
+        postgres.start()
+        server = MlflowServer(postgres.url, tmp_path_factory.mktemp("mlflow-server")).start()
+        yield server.uri
+    finally:
+        if server is not None:
+            server.stop()
+        postgres.stop()
+        shutil.rmtree(pg_root, ignore_errors=True)
+
+
+@pytest.fixture
+def server_store(tracking_server, request, monkeypatch, tmp_path):
+    """The shared server as this test's tracking URI, in an experiment of its own."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    experiment = f"{request.node.name}-{os.getpid()}"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    mlflow.set_tracking_uri(tracking_server)
+    mlflow.set_experiment(experiment)
+    yield tracking_server
+    while mlflow.active_run():
+        mlflow.end_run("FAILED")
+    mlflow.set_tracking_uri(None)
+    mlflow.tracking.fluent._active_experiment_id = None

@@ -89,4 +89,15 @@ def test_unreachable_tracking_server_fails_fast_naming_the_uri(tiny_mnist_dir, t
     assert result.returncode == cli.USAGE_ERROR
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"mnist-pipeline: error: tracking server {uri} cannot be reached")
+    assert "Max retries exceeded" in last
     assert "Epoch 1" not in result.stdout
+
+
+def test_http_settings_parse_as_mlflow_reads_them(monkeypatch):
+    import mlflow.environment_variables as variables
+
+    from mnist_pipeline import store
+
+    for name, value in {**store.HTTP_SETTINGS, **store.CHECK_SETTINGS}.items():
+        monkeypatch.setenv(name, value)
+        assert getattr(variables, name).get() is not None, name  # raises if MLflow cannot parse it

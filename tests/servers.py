@@ -1,0 +1,115 @@
+"""PostgreSQL and an `mlflow server` on loopback, for the tests that need a real server.
+
+PostgreSQL comes from Debian's packages (`.ci/run` installs it). As root, initdb and the
+server run as the `postgres` user; each process is stopped by its own process id.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+STARTUP_SECONDS = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def postgres_bin(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """initdb and postgres refuse to run as root: run them as the `postgres` user then."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+def wait_for(check, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while not check():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text()[-2000:] if log else ''}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not up after {STARTUP_SECONDS} s")
+        time.sleep(0.3)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class Postgres:
+    """A throw-away cluster in ``root``: start(), url, stop()."""
+
+    def __init__(self, root: Path):
+        self.root, self.port = root, free_port()
+        self.data = root / "pgdata"
+        self.url = f"postgresql+psycopg2://mlflow@127.0.0.1:{self.port}/mlflow"
+
+    def start(self) -> "Postgres":
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        subprocess.run(_as_postgres([postgres_bin("initdb"), "-D", str(self.data), "-U", "mlflow",
+                                     "-A", "trust", "--no-sync", "-E", "UTF8"]),
+                       check=True, capture_output=True)
+        log = self.root / "postgres.log"
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(_as_postgres([postgres_bin("pg_ctl"), "-D", str(self.data), "-o", options,
+                                     "-l", str(log), "-w", "-t", str(STARTUP_SECONDS), "start"]),
+                       check=True, capture_output=True)
+        subprocess.run([postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlflow", "mlflow"],
+                       check=True, capture_output=True)
+        return self
+
+    def stop(self) -> None:
+        pid_file = self.data / "postmaster.pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
+            deadline = time.monotonic() + 60
+            while pid_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+
+class MlflowServer:
+    """`mlflow server` on a PostgreSQL backend, serving artifacts through its proxy."""
+
+    def __init__(self, backend_url: str, root: Path):
+        self.port, self.root, self.backend_url = free_port(), root, backend_url
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "MlflowServer":
+        log = self.root / "mlflow-server.log"
+        command = ["mlflow", "server", "--backend-store-uri", self.backend_url,
+                   "--artifacts-destination", str(self.root / "artifacts"),
+                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        self.process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                        env=env, cwd=self.root, start_new_session=True)
+        wait_for(lambda: _answers(f"{self.uri}/health"), "mlflow server", self.process, log)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()

@@ -1,0 +1,95 @@
+"""Against a real `mlflow server` on PostgreSQL: concurrent registration, the pipeline end to end."""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+
+import mlflow
+import pytest
+
+from conftest import PROJECT_ROOT, REAL_MNIST
+from mnist_pipeline import registry
+
+REGISTER_AT = """
+import sys, time, mlflow
+from mnist_pipeline import registry
+run_id, name, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
+run = mlflow.get_run(run_id)
+time.sleep(max(0.0, start_at - time.time()))  # both processes register at the same moment
+r = registry.register_run(run, name)
+print(r.version.version, r.champion)
+"""
+
+
+def rest(uri: str, endpoint: str, **query) -> dict:
+    url = f"{uri}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_concurrent_registrations_lose_no_version_and_the_better_one_is_champion(server_store, request):
+    import time
+
+    from test_registry import scored_run
+
+    name = f"digits-{request.node.name}-{os.getpid()}"
+    worse, better = scored_run(0.91), scored_run(0.97)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server_store}
+    start_at = time.time() + 8  # after both interpreters have imported MLflow
+    workers = [
+        subprocess.Popen([sys.executable, "-c", REGISTER_AT, run_id, name, str(start_at)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for run_id in (better, worse)
+    ]
+    outputs = [w.communicate(timeout=180) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in outputs]
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert sorted(v.tags["run_id"] for v in versions) == sorted([worse, better])
+    champion = client.get_model_version_by_alias(name, registry.CHAMPION)
+    assert champion.tags["run_id"] == better
+
+
+@pytest.mark.slow
+def test_main_against_the_server_end_to_end(server_store, tmp_path):
+    """`mlflow run .` (1 epoch per variant, real MNIST): everything visible over REST, artifacts
+    through the server's proxy."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")}
+    name = f"digits-e2e-{os.getpid()}"
+    result = subprocess.run(
+        ["mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local", "--experiment-name",
+         os.environ["MLFLOW_EXPERIMENT_NAME"], "-P", "epochs=1", "-P", f"data_dir={REAL_MNIST}",
+         "-P", f"model_name={name}"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = rest(server_store, "experiments/get-by-name", experiment_name=os.environ["MLFLOW_EXPERIMENT_NAME"])
+    experiment_id = experiment["experiment"]["experiment_id"]
+    request = urllib.request.Request(
+        f"{server_store}/api/2.0/mlflow/runs/search",
+        data=json.dumps({"experiment_ids": [experiment_id], "max_results": 100}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        runs = json.loads(response.read())["runs"]
+    assert len(runs) == 4 and {r["info"]["status"] for r in runs} == {"FINISHED"}
+    training = [r for r in runs if any(t["key"] == "variant" for t in r["data"].get("tags", []))]
+    assert len(training) == 3
+    for run in training:
+        assert run["info"]["artifact_uri"].startswith("mlflow-artifacts:")
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        assert {"val_accuracy", "test_accuracy", "epoch_seconds"} <= metrics
+        listed = rest(server_store, "artifacts/list", run_id=run["info"]["run_id"], path="plots")
+        assert {f["path"] for f in listed["files"]} >= {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+    model = rest(server_store, "registered-models/get", name=name)["registered_model"]
+    assert {a["alias"] for a in model["aliases"]} == {"champion", "challenger"}
+    champion = rest(server_store, "registered-models/alias", name=name, alias="champion")["model_version"]
+    assert champion["source"].startswith("models:/")
+    # the champion's files come back through the server's artifact proxy
+    probabilities = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(
+        __import__("numpy").zeros((2, 28, 28), "float32")
+    )
+    assert probabilities.shape == (2, 10)
