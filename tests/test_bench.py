@@ -16,7 +16,7 @@ def report(tmp_path_factory):
 
     mnist = data.load(write_idx_folder(tmp_path_factory.mktemp("bench") / "tiny", tiny_arrays()))
     return bench.run_benchmark(
-        mnist, variants=("baseline", "final"), epochs=3, widths=(1, 2), batches=(64, 128), scaling_epochs=2
+        mnist, variants=("baseline", "final"), epochs=3, widths=(1, 2), batches=(64,), scaling_epochs=2
     )
 
 
@@ -34,8 +34,8 @@ def test_variant_rows_compute_their_ratios_from_their_own_timings(report):
 def test_knobs_and_scaling_tables(report):
     assert [k["knob"] for k in report["knobs"]] == ["steps_per_execution=1", "steps_per_execution=128"]
     grid = [(r["width"], r["batch_size"]) for r in report["scaling"]]
-    assert grid == [("x1", 64), ("x1", 128), ("x2", 64), ("x2", 128)]
-    x2 = report["scaling"][2]
+    assert grid == [("x1", 64), ("x2", 64)]
+    x2 = report["scaling"][1]
     assert x2["hidden_units"] == "1024,512,256"
     for row in report["scaling"]:
         assert row["roofline_fraction"] == pytest.approx(row["roofline_s"] / row["bare_s"])
