@@ -139,8 +139,8 @@ def _train(args):
 
 
 def _main(args):
-    configs, mnist = _prepare_training(args)
     force = parse_bool("force", args.force)
+    configs, mnist = _prepare_training(args)
     _check_store()
     from mnist_pipeline import registry, tracking
 
@@ -181,9 +181,10 @@ def _predict(args):
 
 
 def _bench(args):
-    epochs = parse_overrides({"epochs": args.bench_epochs})["epochs"]
-    if epochs < 2:
-        raise ConfigError(f"bench_epochs={epochs} is not allowed: must be an integer >= 2")
+    allowed = "must be an integer >= 2 (the first epoch is a warm-up)"
+    if not args.bench_epochs.strip().isdigit() or int(args.bench_epochs) < 2:
+        raise ConfigError(f"bench_epochs={args.bench_epochs!r} is not allowed: {allowed}")
+    epochs = int(args.bench_epochs)
     end_to_end = parse_bool("end_to_end", args.end_to_end)
     mnist = _load_data(args)
     from pathlib import Path
@@ -193,7 +194,14 @@ def _bench(args):
     bench.bench(mnist, epochs, Path(args.out), end_to_end)
 
 
-COMMANDS = {"train": _train, "main": _main, "register": _register, "evaluate": _evaluate, "predict": _predict, "bench": _bench}
+COMMANDS = {
+    "train": _train,
+    "main": _main,
+    "register": _register,
+    "evaluate": _evaluate,
+    "predict": _predict,
+    "bench": _bench,
+}
 
 
 def run(argv: list[str] | None = None) -> int:
