@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
+import time
 import types
 import warnings
 from collections.abc import Callable
@@ -22,6 +24,7 @@ import numpy as np
 import pandas as pd
 import sklearn.metrics
 import tensorflow as tf
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import Schema, TensorSpec
@@ -115,24 +118,81 @@ def track_training(cfg: TrainConfig, data: Mnist, nested: bool = False) -> str:
             }
         )
         _log_datasets(data, cfg.validation_split)
-        finished = {}  # epoch -> metrics, for the history of an interrupted run
-
-        def on_epoch(epoch: int, row: dict[str, float]) -> None:
-            mlflow.log_metrics(row, step=epoch)
-            finished[epoch] = row
-
+        epochs = EpochLogger(run.info.run_id)
         try:
-            result = train(cfg, data, on_epoch=on_epoch)
+            result = train(cfg, data, on_epoch=epochs)
         except BaseException:
-            if finished:
-                _log_history(pd.DataFrame.from_dict(finished, orient="index").rename_axis("epoch"), cfg.variant)
+            if epochs.finished:
+                epochs.flush()  # best effort: an interrupted run does not wait for the server
+                _log_history(pd.DataFrame.from_dict(epochs.finished, orient="index").rename_axis("epoch"), cfg.variant)
             raise
+        epochs.flush(final=True)  # anything kept while the server was away
         mlflow.log_param("num_parameters", result.model.count_params())
         mlflow.log_metrics(_summary_metrics(result))
         _log_history(result.history, cfg.variant)
         _log_test_report(data, result.test_probabilities, cfg.variant)
         log_keras_model(result.model, data.x_test[:3])
     return run.info.run_id
+
+
+class EpochLogger:
+    """Logs each epoch's metrics (step = epoch) as it ends. If the tracking server stops
+    answering, training goes on: the metrics are kept, with the time they were measured,
+    and sent when it answers again. ``flush(final=True)`` at the end waits up to
+    FINAL_WAIT_SECONDS for the server, then raises."""
+
+    # While the server is away, try again at most this often (seconds).
+    RETRY_SECONDS = float(os.environ.get("MNIST_PIPELINE_RETRY_SECONDS", "20"))
+    FINAL_WAIT_SECONDS = 120.0
+    BATCH = 1000  # metrics per request: MLflow's log_batch limit
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.finished: dict[int, dict[str, float]] = {}  # epoch -> metrics, for the history
+        self._pending: list[Metric] = []
+        self._retry_at = 0.0  # monotonic time of the next attempt while the server is away
+        self._sent_while_away = 0
+
+    def __call__(self, epoch: int, row: dict[str, float]) -> None:
+        self.finished[epoch] = row
+        now = int(time.time() * 1000)
+        self._pending += [Metric(name, value, now, epoch) for name, value in row.items()]
+        if time.monotonic() >= self._retry_at:
+            self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        give_up_at = time.monotonic() + self.FINAL_WAIT_SECONDS
+        self._send()
+        while final and self._pending:
+            if time.monotonic() > give_up_at:
+                raise ConnectionError(
+                    f"tracking server {mlflow.get_tracking_uri()} did not answer for "
+                    f"{self.FINAL_WAIT_SECONDS:.0f} s after training: metrics of "
+                    f"{len({m.step for m in self._pending})} epochs could not be logged"
+                )
+            time.sleep(self.RETRY_SECONDS)
+            self._send()
+
+    def _send(self) -> None:
+        if not self._pending:
+            return
+        try:
+            client = mlflow.MlflowClient()
+            while self._pending:
+                client.log_batch(self.run_id, metrics=self._pending[: self.BATCH])
+                sent, self._pending = self._pending[: self.BATCH], self._pending[self.BATCH :]
+                self._sent_while_away += len({m.step for m in sent}) if self._retry_at else 0
+        except Exception as err:  # the server's errors reach us in many types
+            if not self._retry_at:
+                print(f"warning: tracking server {mlflow.get_tracking_uri()} did not take the metrics "
+                      f"of epoch {self._pending[-1].step} ({type(err).__name__}); training goes on and "
+                      "they are sent when it answers again", file=sys.stderr)
+            self._retry_at = time.monotonic() + self.RETRY_SECONDS
+            return
+        if self._retry_at:
+            print(f"tracking server answers again: sent the metrics of {self._sent_while_away} kept epochs",
+                  file=sys.stderr)
+        self._retry_at, self._sent_while_away = 0.0, 0
 
 
 @contextlib.contextmanager

@@ -103,28 +103,36 @@ def registered(tracking_store, tiny_mnist_dir):
 
 
 @pytest.fixture(scope="session")
-def tracking_server(tmp_path_factory):
-    """URI of an `mlflow server` backed by a fresh PostgreSQL, for the whole session."""
+def postgres():
+    """A fresh PostgreSQL cluster on loopback for the whole session (its .url for SQLAlchemy)."""
     import shutil
     import tempfile
 
-    from servers import MlflowServer, Postgres, postgres_bin
+    from servers import Postgres, postgres_bin
 
     if not (postgres_bin("initdb") and postgres_bin("pg_ctl")):
         pytest.skip("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
     pytest.importorskip("psycopg2", reason="the server's PostgreSQL driver: pip install -e '.[test]'")
     # not under pytest's 0700 temp folder: the `postgres` user must reach it
     pg_root = Path(tempfile.mkdtemp(prefix="mnist-pg-"))
-    postgres, server = Postgres(pg_root), None
+    cluster = Postgres(pg_root)
     try:
-        postgres.start()
-        server = MlflowServer(postgres.url, tmp_path_factory.mktemp("mlflow-server")).start()
-        yield server.uri
+        yield cluster.start()
     finally:
-        if server is not None:
-            server.stop()
-        postgres.stop()
+        cluster.stop()
         shutil.rmtree(pg_root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tracking_server(postgres, tmp_path_factory):
+    """URI of an `mlflow server` on the session's PostgreSQL, proxying artifacts."""
+    from servers import MlflowServer
+
+    server = MlflowServer(postgres.url, tmp_path_factory.mktemp("mlflow-server"))
+    try:
+        yield server.start().uri
+    finally:
+        server.stop()
 
 
 @pytest.fixture

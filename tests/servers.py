@@ -89,8 +89,8 @@ class Postgres:
 class MlflowServer:
     """`mlflow server` on a PostgreSQL backend, serving artifacts through its proxy."""
 
-    def __init__(self, backend_url: str, root: Path):
-        self.port, self.root, self.backend_url = free_port(), root, backend_url
+    def __init__(self, backend_url: str, root: Path, port: int | None = None):
+        self.port, self.root, self.backend_url = port or free_port(), root, backend_url
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 

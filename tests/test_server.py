@@ -93,3 +93,53 @@ def test_main_against_the_server_end_to_end(server_store, tmp_path):
         __import__("numpy").zeros((2, 28, 28), "float32")
     )
     assert probabilities.shape == (2, 10)
+
+
+def test_training_outlives_a_server_that_stops_and_comes_back(postgres, tmp_path, tiny_mnist_dir):
+    """The server dies after epoch 2 and returns: training goes on, the kept epochs are sent
+    when it answers again, and the run ends FINISHED with every epoch."""
+    import time
+
+    from servers import MlflowServer
+
+    server = MlflowServer(postgres.url, tmp_path).start()
+    experiment = f"outage-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=server.uri, MLFLOW_EXPERIMENT_NAME=experiment, MNIST_PIPELINE_RETRY_SECONDS="2")
+    epochs = 40  # the outage starts after epoch 2; the end may wait for the server
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mnist_pipeline", "train", "--variant", "baseline", "--epochs", str(epochs),
+         "--batch-size", "64", "--data-dir", str(tiny_mnist_dir)],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    client = mlflow.MlflowClient(server.uri)
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # two epochs logged, then the server goes away
+            assert child.poll() is None, child.stderr.read()[-3000:]
+            assert time.monotonic() < deadline
+            found = client.search_experiments(filter_string=f"name = '{experiment}'")
+            runs = client.search_runs([found[0].experiment_id]) if found else []
+            if runs and len(client.get_metric_history(runs[0].info.run_id, "val_accuracy")) >= 2:
+                break
+            time.sleep(0.3)
+        run_id = runs[0].info.run_id
+        server.stop()
+        time.sleep(4)  # training goes on without the server
+        assert child.poll() is None, child.stderr.read()[-3000:]
+        server = MlflowServer(postgres.url, tmp_path, port=server.port).start()
+        _, stderr = child.communicate(timeout=600)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        server.stop()
+    assert child.returncode == 0, stderr[-3000:]
+    assert "did not take the metrics" in stderr and "answers again" in stderr
+    server = MlflowServer(postgres.url, tmp_path, port=server.port).start()
+    try:
+        run = client.get_run(run_id)
+        steps = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
+    finally:
+        server.stop()
+    assert run.info.status == "FINISHED"
+    assert sorted(steps) == list(range(1, epochs + 1))
