@@ -108,9 +108,10 @@ def log_report(report: dict, paths: list[Path]) -> None:
             mlflow.log_artifact(str(path), "bench")
 
 
-def bench(mnist: data.Mnist, epochs: int, out: Path, end_to_end: bool) -> dict:
-    """The `bench` command after its parameters were checked: measure, write, log, print."""
-    report = run_benchmark(mnist, epochs=epochs, data_dir=mnist.source if end_to_end else None)
+def bench(mnist: data.Mnist, epochs: int, out: Path, data_dir: Path | None) -> dict:
+    """The `bench` command after its parameters were checked: measure, write, log, print.
+    ``data_dir``: the data folder, to also time `mlflow run .` and serving; None skips that."""
+    report = run_benchmark(mnist, epochs=epochs, data_dir=str(data_dir) if data_dir else None)
     paths = write_report(report, out)
     log_report(report, paths)
     print(markdown(report))

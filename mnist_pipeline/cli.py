@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 
@@ -152,6 +153,8 @@ def _main(args):
 
 
 def _register(args):
+    if not args.model_name.strip():
+        raise ConfigError("model_name='' is not allowed: give the registered model's name")
     _check_store()
     from mnist_pipeline import registry
 
@@ -182,7 +185,7 @@ def _predict(args):
 
 def _bench(args):
     allowed = "must be an integer >= 2 (the first epoch is a warm-up)"
-    if not args.bench_epochs.strip().isdigit() or int(args.bench_epochs) < 2:
+    if not re.fullmatch(r"[0-9]+", args.bench_epochs.strip()) or int(args.bench_epochs) < 2:
         raise ConfigError(f"bench_epochs={args.bench_epochs!r} is not allowed: {allowed}")
     epochs = int(args.bench_epochs)
     end_to_end = parse_bool("end_to_end", args.end_to_end)
@@ -191,7 +194,11 @@ def _bench(args):
 
     from mnist_pipeline import bench
 
-    bench.bench(mnist, epochs, Path(args.out), end_to_end)
+    source = Path(mnist.source)
+    folder = source if source.is_dir() else source.parent if source.is_file() else None
+    if end_to_end and folder is None:
+        raise ConfigError("end_to_end=true needs data on disk: pass data_dir or set MNIST_DATA_DIR")
+    bench.bench(mnist, epochs, Path(args.out), folder if end_to_end else None)
 
 
 COMMANDS = {

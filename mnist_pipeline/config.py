@@ -93,7 +93,7 @@ _CHECKS = {
         "must be a number in (0, 1)",
         lambda v: _finite(v) and 0 < v < 1,
     ),
-    "seed": ("must be an integer >= 0", lambda v: _int(v) and v >= 0),
+    "seed": ("must be an integer in [0, 2**32)", lambda v: _int(v) and 0 <= v < 2**32),
     "steps_per_execution": ("must be an integer >= 1", lambda v: _int(v) and v >= 1),
 }
 

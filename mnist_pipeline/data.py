@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def _load_npz(path: Path) -> Mnist:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in NPZ_KEYS if key in npz.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from None
     missing = [key for key in NPZ_KEYS if key not in arrays]
     if missing:

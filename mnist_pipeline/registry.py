@@ -171,6 +171,10 @@ def _settle_champion(client, model_name: str, version: ModelVersion) -> tuple[bo
     for _ in range(_ALIAS_ROUNDS):
         versions = client.search_model_versions(f"name = '{model_name}'")
         best = max(versions, key=_score)
+        newest = max(versions, key=lambda v: int(v.version))
+        aliases = client.get_registered_model(model_name).aliases
+        if str(aliases.get(CHALLENGER)) != str(newest.version):  # a concurrent registrar wrote last
+            client.set_registered_model_alias(model_name, CHALLENGER, newest.version)
         current = _champion(client, model_name)
         if current is not None and str(current.version) == str(best.version):
             break

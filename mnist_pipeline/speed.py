@@ -200,10 +200,12 @@ def end_to_end(data_dir: str) -> dict:
         env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
         env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", MNIST_DATA_DIR=str(data_dir))
         start = time.perf_counter()
-        subprocess.run(
+        done = subprocess.run(
             ["mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local"],
-            cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"`mlflow run .` failed in the benchmark: {done.stderr[-2000:]}")
         wall = time.perf_counter() - start
         with isolated_store(tmp):
             serving = prediction_speed(f"sqlite:///{tmp}/mlflow.db", data.load(data_dir).x_test)

@@ -24,6 +24,8 @@ HTTP_SETTINGS = {
 # The start-up check asks once more after a second: a server that is not there is not
 # waited for.
 CHECK_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+# One attempt, short timeout: for calls that have their own way to try again later.
+ONE_SHOT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 
 class TrackingStoreError(UserError, ConnectionError):
@@ -31,7 +33,7 @@ class TrackingStoreError(UserError, ConnectionError):
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]):
+def environment(values: dict[str, str]):
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:
@@ -52,7 +54,7 @@ def check_tracking_store() -> None:
     if not uri.startswith(("http://", "https://")):
         return  # a local database or folder: nothing to reach
     try:
-        with _environment(CHECK_SETTINGS):
+        with environment(CHECK_SETTINGS):
             mlflow.MlflowClient().search_experiments(max_results=1)
     except Exception as err:  # refused, timed out, 5xx after the retry: all fatal here
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__

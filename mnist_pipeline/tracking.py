@@ -32,6 +32,7 @@ from mlflow.types import Schema, TensorSpec
 from mnist_pipeline import config, plots
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.errors import UserError
+from mnist_pipeline.store import ONE_SHOT, TrackingStoreError, environment
 from mnist_pipeline.data import IMAGE_SHAPE, NUM_CLASSES, Mnist, split_validation
 from mnist_pipeline.train import TrainResult, train
 from mnist_pipeline.variants import VARIANTS
@@ -122,9 +123,11 @@ def track_training(cfg: TrainConfig, data: Mnist, nested: bool = False) -> str:
         try:
             result = train(cfg, data, on_epoch=epochs)
         except BaseException:
-            if epochs.finished:
-                epochs.flush()  # best effort: an interrupted run does not wait for the server
-                _log_history(pd.DataFrame.from_dict(epochs.finished, orient="index").rename_axis("epoch"), cfg.variant)
+            if epochs.finished:  # best effort: the original error is what the user must see
+                with contextlib.suppress(Exception):
+                    epochs.flush()
+                    history = pd.DataFrame.from_dict(epochs.finished, orient="index").rename_axis("epoch")
+                    _log_history(history, cfg.variant)
             raise
         epochs.flush(final=True)  # anything kept while the server was away
         mlflow.log_param("num_parameters", result.model.count_params())
@@ -165,7 +168,7 @@ class EpochLogger:
         self._send()
         while final and self._pending:
             if time.monotonic() > give_up_at:
-                raise ConnectionError(
+                raise TrackingStoreError(
                     f"tracking server {mlflow.get_tracking_uri()} did not answer for "
                     f"{self.FINAL_WAIT_SECONDS:.0f} s after training: metrics of "
                     f"{len({m.step for m in self._pending})} epochs could not be logged"
@@ -178,10 +181,12 @@ class EpochLogger:
             return
         try:
             client = mlflow.MlflowClient()
-            while self._pending:
-                client.log_batch(self.run_id, metrics=self._pending[: self.BATCH])
-                sent, self._pending = self._pending[: self.BATCH], self._pending[self.BATCH :]
-                self._sent_while_away += len({m.step for m in sent}) if self._retry_at else 0
+            # no retries here: a server that is away must not stall training for seconds
+            with environment(ONE_SHOT):
+                while self._pending:
+                    client.log_batch(self.run_id, metrics=self._pending[: self.BATCH])
+                    sent, self._pending = self._pending[: self.BATCH], self._pending[self.BATCH :]
+                    self._sent_while_away += len({m.step for m in sent}) if self._retry_at else 0
         except Exception as err:  # the server's errors reach us in many types
             if not self._retry_at:
                 print(f"warning: tracking server {mlflow.get_tracking_uri()} did not take the metrics "
@@ -208,7 +213,13 @@ def ended_run(**start_run_kwargs):
         status = "KILLED"
         raise
     finally:
-        mlflow.end_run(status)
+        if status == "FINISHED":
+            mlflow.end_run(status)
+        else:  # an error is on its way out: ending the run must not replace it
+            try:
+                mlflow.end_run(status)
+            except Exception as err:
+                print(f"warning: could not mark run {run.info.run_id} {status}: {err}", file=sys.stderr)
 
 
 def _log_history(history: pd.DataFrame, title: str) -> None:

@@ -68,6 +68,6 @@ def test_report_files_and_logging(report, tracking_store, tmp_path):
 
 
 def test_bench_refuses_too_few_epochs(capsys, tiny_mnist_dir):
-    for bad in ("1", "two", "-3"):
+    for bad in ("1", "two", "-3", "²"):
         assert cli.run(["bench", "--bench-epochs", bad, "--data-dir", str(tiny_mnist_dir)]) == cli.USAGE_ERROR
         assert f"bench_epochs={bad!r} is not allowed: must be an integer >= 2" in capsys.readouterr().err

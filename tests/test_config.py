@@ -67,7 +67,8 @@ def test_params_are_flat_and_identical_in_keys_across_variants():
         ("l2", "-0.5", ">= 0"),
         ("learning_rate", "0", "> 0"),
         ("batch_size", "0", ">= 1"),
-        ("seed", "-1", ">= 0"),
+        ("seed", "-1", "[0, 2**32)"),
+        ("seed", "4294967296", "[0, 2**32)"),
     ],
 )
 def test_bad_values_name_parameter_value_and_what_is_allowed(name, text, allowed):

@@ -112,6 +112,12 @@ def test_bad_npz(tmp_path, change, problem):
     assert problem in str(err.value)
 
 
+def test_corrupt_npz(tmp_path):
+    (tmp_path / data.NPZ_FILE).write_bytes(b"PK\x03\x04 not really a zip archive")
+    with pytest.raises(DataError, match="not a readable .npz file"):
+        data.load(tmp_path)
+
+
 def test_validation_split_takes_the_last_fraction():
     x, y = np.arange(100).reshape(100, 1), np.arange(100)
     (x_fit, y_fit), (x_val, y_val) = data.split_validation(x, y, 0.1)

@@ -51,6 +51,8 @@ def test_concurrent_registrations_lose_no_version_and_the_better_one_is_champion
     assert sorted(v.tags["run_id"] for v in versions) == sorted([worse, better])
     champion = client.get_model_version_by_alias(name, registry.CHAMPION)
     assert champion.tags["run_id"] == better
+    challenger = client.get_model_version_by_alias(name, registry.CHALLENGER)
+    assert str(challenger.version) == str(max(int(v.version) for v in versions))
 
 
 @pytest.mark.slow

@@ -50,6 +50,26 @@ def test_failure_during_training_ends_the_run_failed_with_epochs_kept(
     assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")] == [1]
 
 
+def test_metrics_kept_while_the_server_is_away_fail_in_one_named_line(monkeypatch):
+    from test_serving import free_port
+
+    from mnist_pipeline.store import TrackingStoreError
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    mlflow.set_tracking_uri(uri)
+    try:
+        logger = tracking.EpochLogger("0" * 32)
+        monkeypatch.setattr(logger, "RETRY_SECONDS", 0.1)
+        monkeypatch.setattr(logger, "FINAL_WAIT_SECONDS", 0.5)
+        logger(1, {"val_accuracy": 0.5})  # kept, not raised: training goes on
+        logger(2, {"val_accuracy": 0.6})
+        assert logger.finished == {1: {"val_accuracy": 0.5}, 2: {"val_accuracy": 0.6}}
+        with pytest.raises(TrackingStoreError, match=rf"{uri} did not answer .* metrics of 2 epochs"):
+            logger.flush(final=True)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def test_main_compares_children_and_reuses_finished_runs(tracking_store, tiny_mnist):
     configs = [tiny("baseline", 2), tiny("final", 1)]
     table = tracking.track_main(configs, tiny_mnist)
