@@ -165,9 +165,9 @@ def _register(args):
 def _evaluate(args):
     mnist = _load_data(args)
     _check_store()
-    from mnist_pipeline import tracking
+    from mnist_pipeline import logged_model, tracking
 
-    model = tracking.load_pyfunc(args.model_uri)  # before the run: a bad URI creates no run
+    model = logged_model.load_pyfunc(args.model_uri)  # before the run: a bad URI creates no run
     tracking.track_evaluation(args.model_uri, model, mnist)
 
 
@@ -176,9 +176,9 @@ def _predict(args):
 
     names, images = load_inputs(args.files)
     _check_store()
-    from mnist_pipeline import tracking
+    from mnist_pipeline import logged_model
 
-    probabilities = tracking.predict_probabilities(tracking.load_pyfunc(args.model_uri), images)
+    probabilities = logged_model.predict_probabilities(logged_model.load_pyfunc(args.model_uri), images)
     for name, p in zip(names, probabilities):
         print(f"{name}: {p.argmax()} (p={p.max():.3f})")
 

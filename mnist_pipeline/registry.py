@@ -19,7 +19,7 @@ from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from mnist_pipeline import tracking
+from mnist_pipeline import logged_model, tracking
 from mnist_pipeline.errors import UserError
 
 MODEL_NAME = "mnist-digits"  # default registered model name
@@ -129,7 +129,7 @@ def register_run(run: Run, model_name: str = MODEL_NAME, chosen_from: str = "") 
             "test_accuracy": f"{run.data.metrics['test_accuracy']:.6f}",
             "data_digest": run.data.tags.get(tracking.TAG_DATA_DIGEST, ""),
         }
-        version = mlflow.register_model(tracking.logged_model_uri(run.info.run_id), model_name, tags=tags)
+        version = mlflow.register_model(logged_model.logged_model_uri(run.info.run_id), model_name, tags=tags)
         client.update_model_version(model_name, version.version, _description(run, chosen_from))
         client.set_registered_model_alias(model_name, CHALLENGER, version.version)
         created = True

@@ -215,10 +215,10 @@ def end_to_end(data_dir: str) -> dict:
 def prediction_speed(tracking_uri: str, images: np.ndarray, single: int = 50) -> dict:
     import mlflow
 
-    from mnist_pipeline import registry, tracking
+    from mnist_pipeline import logged_model, registry
 
     mlflow.set_tracking_uri(tracking_uri)
-    model = tracking.load_pyfunc(registry.CHAMPION_URI)
+    model = logged_model.load_pyfunc(registry.CHAMPION_URI)
     batch = images.astype("float32")
     model.predict(batch[:10])  # warm up
     batched = [_seconds(lambda: model.predict(batch)) for _ in range(3)]

@@ -1,4 +1,5 @@
-"""The one module that talks to MLflow: what a training run and a comparison run log.
+"""MLflow runs: what a training run, a comparison (`main`) run and an evaluation run log.
+The logged model lives in logged_model.py, the registry in registry.py.
 
 Artifact paths, metric names and tag keys below are part of the interface: they are the
 same for every variant, so the MLflow UI's compare view lines runs up.
@@ -12,28 +13,22 @@ import json
 import os
 import sys
 import time
-import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import mlflow
 import numpy as np
 import pandas as pd
 import sklearn.metrics
-import tensorflow as tf
 from mlflow.entities import Metric
-from mlflow.exceptions import MlflowException
-from mlflow.models import Model, ModelSignature
-from mlflow.types import Schema, TensorSpec
 
 from mnist_pipeline import config, plots
 from mnist_pipeline.config import TrainConfig
-from mnist_pipeline.errors import UserError
 from mnist_pipeline.store import ONE_SHOT, TrackingStoreError, environment
-from mnist_pipeline.data import IMAGE_SHAPE, NUM_CLASSES, Mnist, split_validation
+from mnist_pipeline.data import NUM_CLASSES, Mnist, split_validation
+from mnist_pipeline.logged_model import log_keras_model, predict_probabilities
 from mnist_pipeline.train import TrainResult, train
 from mnist_pipeline.variants import VARIANTS
 
@@ -43,7 +38,6 @@ CONFUSION = "plots/confusion_matrix.png"
 MISCLASSIFIED = "plots/misclassified.png"
 HISTORY = "tables/history.csv"  # one row per epoch, epochs numbered from 1
 PER_CLASS = "tables/per_class.csv"  # precision, recall, f1 and support per digit
-MODEL = "model"  # name of the logged model (a LoggedModel, on the experiment's Models tab)
 # Artifacts of a `main` run.
 COMPARISON_CSV = "comparison/comparison.csv"
 COMPARISON_MD = "comparison/comparison.md"
@@ -64,10 +58,7 @@ TAG_CODE_VERSION, TAG_DATA_DIGEST, TAG_REUSED = "code_version", "data_digest", "
 TAG_ROLE = "role"  # "main" on a comparison parent run
 TAG_CHILDREN = "children"  # on a main run: JSON {variant: training run id}, reused ones included
 
-SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *IMAGE_SHAPE))]),
-    outputs=Schema([TensorSpec(np.dtype("float32"), (-1, NUM_CLASSES))]),
-)
+
 
 
 @dataclass(frozen=True)
@@ -285,43 +276,6 @@ def _log_figure(fig, path: str) -> None:
     plots.close(fig)
 
 
-def _save_keras_model(path, **kwargs):
-    # MLflow 3.17 and 3.18: mlflow.keras.save_model writes input_example.json before it
-    # creates the model folder, so mlflow.keras.log_model(..., input_example=...) raises
-    # FileNotFoundError. Creating the folder first is the whole fix; save_model itself is
-    # unchanged. tests/test_tracking.py checks both the bug and this workaround.
-    os.makedirs(path, exist_ok=True)
-    mlflow.keras.save_model(path=path, **kwargs)
-
-
-# The `mlflow.keras` flavor, as Model.log calls it, with the folder created first.
-_KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
-
-
-def pip_requirements() -> list[str]:
-    """What a serving environment needs; given explicitly, so MLflow does not spend
-    seconds re-importing the model in a subprocess to infer them."""
-    return [
-        f"mlflow=={mlflow.__version__}",
-        f"tensorflow=={tf.__version__}",
-        f"keras=={keras.__version__}",
-        f"numpy=={np.__version__}",
-    ]
-
-
-def log_keras_model(model: keras.Model, example_images: np.ndarray):
-    """Log ``model`` in Keras' native .keras format with signature and input example."""
-    return Model.log(
-        artifact_path=None,
-        name=MODEL,
-        flavor=_KERAS_FLAVOR,
-        model=model,
-        signature=SIGNATURE,
-        input_example=example_images.astype("float32"),
-        pip_requirements=pip_requirements(),
-    )
-
-
 def track_train_entry(cfg: TrainConfig, data: Mnist) -> str:
     """The `train` entry point. Launched by `mlflow run`, whose run already holds the
     entry point's raw parameters ('' for "the variant's value", and MLflow forbids changing
@@ -336,18 +290,6 @@ def _log_missing_params(params: dict[str, str]) -> None:
     """Log ``params`` except keys already on the active run (`mlflow run` logs its own)."""
     logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
-
-
-def logged_model_uri(run_id: str) -> str:
-    """``models:/<model_id>`` of the model a training run logged."""
-    models = mlflow.search_logged_models(
-        experiment_ids=[mlflow.get_run(run_id).info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL}'",
-        output_format="list",
-    )
-    if not models:
-        raise LookupError(f"run {run_id} has no logged model named {MODEL!r}")
-    return models[0].model_uri
 
 
 def find_reusable_run(key: str) -> str | None:
@@ -429,25 +371,6 @@ def comparison_table(children: list[ChildRun]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-class ModelURIError(UserError, LookupError):
-    """A model URI that does not resolve to a model; the message is one line."""
-
-
-def load_pyfunc(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
-    """The model at ``model_uri`` (``models:/name@alias``, ``models:/<id>``, ``runs:/...``)."""
-    keras.utils.disable_interactive_logging()  # no progress bar per predict() call
-    try:
-        return mlflow.pyfunc.load_model(model_uri)
-    except (MlflowException, OSError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelURIError(f"model_uri={model_uri!r} cannot be loaded: {first_line}") from None
-
-
-def predict_probabilities(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray) -> np.ndarray:
-    """Class probabilities (n, 10) for raw uint8/float pixels (n, 28, 28)."""
-    return np.asarray(model.predict(images.astype("float32")))
 
 
 def track_evaluation(model_uri: str, model: mlflow.pyfunc.PyFuncModel, data: Mnist) -> dict[str, float]:

@@ -4,7 +4,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from mnist_pipeline import tracking
+from mnist_pipeline import logged_model, tracking
 from mnist_pipeline.config import parse_overrides, resolve
 from mnist_pipeline.train import EPOCH_METRICS
 
@@ -52,7 +52,7 @@ def check_training_run(run_id: str, cfg, data_digest: str) -> None:
     history = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=tracking.HISTORY))
     assert list(history["epoch"]) == list(range(1, cfg.epochs + 1))
 
-    uri = tracking.logged_model_uri(run_id)
+    uri = logged_model.logged_model_uri(run_id)
     info = mlflow.models.get_model_info(uri)
     assert info.flavors["keras"]["save_exported_model"] is False  # native .keras file
     assert info.signature.inputs.inputs[0].shape == (-1, 28, 28)

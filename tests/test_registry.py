@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import all_runs, idx_bytes
-from mnist_pipeline import cli, registry, tracking
+from mnist_pipeline import cli, logged_model, registry, tracking
 from mnist_pipeline.data import IMAGE_SHAPE
 
 
@@ -19,7 +19,7 @@ def scored_run(val_accuracy: float, val_loss: float = 0.1, variant: str = "final
     model = keras.Sequential([keras.Input(IMAGE_SHAPE), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
     with mlflow.start_run(tags={tracking.TAG_VARIANT: variant, tracking.TAG_DATA_DIGEST: "d1"}) as run:
         mlflow.log_metrics({"val_accuracy": val_accuracy, "val_loss": val_loss, "test_accuracy": val_accuracy - 0.01})
-        tracking.log_keras_model(model, np.zeros((1, *IMAGE_SHAPE), np.uint8))
+        logged_model.log_keras_model(model, np.zeros((1, *IMAGE_SHAPE), np.uint8))
     return run.info.run_id
 
 

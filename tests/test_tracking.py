@@ -7,7 +7,7 @@ import pytest
 
 from checks import artifact_paths, check_training_run, tiny
 from conftest import all_runs
-from mnist_pipeline import tracking
+from mnist_pipeline import logged_model, tracking
 
 def test_training_run_logs_params_epochs_artifacts_and_model(tracking_store, tiny_mnist):
     cfg = tiny("final", epochs=3)
@@ -26,7 +26,7 @@ def test_mlflow_keras_input_example_bug_still_needs_the_workaround(tracking_stor
         if mlflow.__version__.startswith(("3.17.", "3.18.")):
             with pytest.raises(FileNotFoundError):
                 mlflow.keras.log_model(model, name="m", input_example=example)
-        info = tracking.log_keras_model(model, example)
+        info = logged_model.log_keras_model(model, example)
     assert mlflow.models.Model.load(info.model_uri).load_input_example().shape == (1, 2)
 
 

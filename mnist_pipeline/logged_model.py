@@ -1,0 +1,96 @@
+"""The logged Keras model: how it is logged, found, loaded and asked for predictions.
+
+In MLflow 3 a logged model is its own object (``models:/<model_id>``), linked to the run
+that logged it and listed on the experiment's Models tab.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from mnist_pipeline.data import IMAGE_SHAPE, NUM_CLASSES
+from mnist_pipeline.errors import UserError
+
+MODEL = "model"  # name of the logged model
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *IMAGE_SHAPE))]),
+    outputs=Schema([TensorSpec(np.dtype("float32"), (-1, NUM_CLASSES))]),
+)
+
+
+def _save_keras_model(path, **kwargs):
+    # MLflow 3.17 and 3.18: mlflow.keras.save_model writes input_example.json before it
+    # creates the model folder, so mlflow.keras.log_model(..., input_example=...) raises
+    # FileNotFoundError. Creating the folder first is the whole fix; save_model itself is
+    # unchanged. tests/test_tracking.py checks both the bug and this workaround.
+    os.makedirs(path, exist_ok=True)
+    mlflow.keras.save_model(path=path, **kwargs)
+
+
+# The `mlflow.keras` flavor, as Model.log calls it, with the folder created first.
+_KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
+
+
+def pip_requirements() -> list[str]:
+    """What a serving environment needs; given explicitly, so MLflow does not spend
+    seconds re-importing the model in a subprocess to infer them."""
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"tensorflow=={tf.__version__}",
+        f"keras=={keras.__version__}",
+        f"numpy=={np.__version__}",
+    ]
+
+
+def log_keras_model(model: keras.Model, example_images: np.ndarray):
+    """Log ``model`` in Keras' native .keras format with signature and input example."""
+    return Model.log(
+        artifact_path=None,
+        name=MODEL,
+        flavor=_KERAS_FLAVOR,
+        model=model,
+        signature=SIGNATURE,
+        input_example=example_images.astype("float32"),
+        pip_requirements=pip_requirements(),
+    )
+
+
+def logged_model_uri(run_id: str) -> str:
+    """``models:/<model_id>`` of the model a training run logged."""
+    models = mlflow.search_logged_models(
+        experiment_ids=[mlflow.get_run(run_id).info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL}'",
+        output_format="list",
+    )
+    if not models:
+        raise LookupError(f"run {run_id} has no logged model named {MODEL!r}")
+    return models[0].model_uri
+
+
+class ModelURIError(UserError, LookupError):
+    """A model URI that does not resolve to a model; the message is one line."""
+
+
+def load_pyfunc(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
+    """The model at ``model_uri`` (``models:/name@alias``, ``models:/<id>``, ``runs:/...``)."""
+    keras.utils.disable_interactive_logging()  # no progress bar per predict() call
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelURIError(f"model_uri={model_uri!r} cannot be loaded: {first_line}") from None
+
+
+def predict_probabilities(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (n, 10) for raw uint8/float pixels (n, 28, 28)."""
+    return np.asarray(model.predict(images.astype("float32")))
