@@ -188,9 +188,14 @@ def _check_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
             raise DataError(f"{where}: {split} labels include {int(y.max())}, allowed 0-9")
 
 
-def _content_digest(arrays: dict[str, np.ndarray]) -> str:
-    """md5 over the four arrays in a fixed order: IDX and npz copies of MNIST agree."""
+def array_digest(*arrays: np.ndarray) -> str:
+    """Short md5 of the arrays' bytes, in the order given."""
     md5 = hashlib.md5()
-    for key in NPZ_KEYS:
-        md5.update(np.ascontiguousarray(arrays[key]).tobytes())
+    for array in arrays:
+        md5.update(np.ascontiguousarray(array).tobytes())
     return md5.hexdigest()[:16]
+
+
+def _content_digest(arrays: dict[str, np.ndarray]) -> str:
+    """The four arrays in a fixed order: IDX and npz copies of MNIST agree."""
+    return array_digest(*(arrays[key] for key in NPZ_KEYS))

@@ -26,8 +26,8 @@ from mlflow.entities import Metric
 
 from mnist_pipeline import config, plots
 from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.data import NUM_CLASSES, Mnist, array_digest, split_validation
 from mnist_pipeline.store import ONE_SHOT, TrackingStoreError, environment
-from mnist_pipeline.data import NUM_CLASSES, Mnist, split_validation
 from mnist_pipeline.logged_model import log_keras_model, predict_probabilities
 from mnist_pipeline.train import TrainResult, train
 from mnist_pipeline.variants import VARIANTS
@@ -229,13 +229,6 @@ def _summary_metrics(result: TrainResult) -> dict[str, float]:
     }
 
 
-def _digest(*arrays: np.ndarray) -> str:
-    md5 = hashlib.md5()
-    for array in arrays:
-        md5.update(np.ascontiguousarray(array).tobytes())
-    return md5.hexdigest()[:16]
-
-
 def _log_datasets(data: Mnist, validation_split: float) -> None:
     (x_fit, y_fit), (x_val, y_val) = split_validation(data.x_train, data.y_train, validation_split)
     splits = {
@@ -249,7 +242,7 @@ def _log_datasets(data: Mnist, validation_split: float) -> None:
             # ambiguous between the two identical candidates.
             warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
             dataset = mlflow.data.from_numpy(
-                x, targets=y, source=data.source, name=name, digest=_digest(x, y)
+                x, targets=y, source=data.source, name=name, digest=array_digest(x, y)
             )
         mlflow.log_input(dataset, context=context)
 
