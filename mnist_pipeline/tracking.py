@@ -8,6 +8,7 @@ same for every variant, so the MLflow UI's compare view lines runs up.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -68,6 +69,7 @@ class ChildRun:
     reused: bool
 
 
+@functools.cache  # the source does not change while the process runs
 def code_version() -> str:
     """Digest of the package's source files: changes whenever the training code does."""
     md5 = hashlib.md5()
