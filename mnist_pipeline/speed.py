@@ -75,7 +75,10 @@ def matmul_step_seconds(cfg: TrainConfig, steps: int = 50) -> float:
     return statistics.median(times)
 
 
-def roofline(cfg: TrainConfig, n_train: int, n_val: int) -> dict[str, float]:
+def roofline(cfg: TrainConfig, mnist: Mnist) -> dict[str, float]:
+    """This machine's matmul rate at ``cfg``'s shapes, and the epoch time it allows."""
+    n_train = len(split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)[0][0])
+    n_val = len(mnist.x_train) - n_train
     step = matmul_step_seconds(cfg)
     train_flops = 6.0 * sum(a * b for a, b in layer_shapes(cfg)) * cfg.batch_size
     gflops = train_flops / step / 1e9
@@ -150,11 +153,9 @@ def pipeline(cfg: TrainConfig, mnist: Mnist) -> tuple[float, float]:
 
 def variant_row(cfg: TrainConfig, mnist: Mnist) -> dict:
     """One row of the main table, every ratio computed from this row's own timings."""
-    n_train = len(split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)[0][0])
-    n_val = len(mnist.x_train) - n_train
     bare = bare_keras(cfg, mnist)
     tracked, accuracy = pipeline(cfg, mnist)
-    limit = roofline(cfg, n_train, n_val)
+    limit = roofline(cfg, mnist)
     return {
         "variant": cfg.variant,
         "epochs_timed": cfg.epochs - WARMUP_EPOCHS,
@@ -170,9 +171,8 @@ def variant_row(cfg: TrainConfig, mnist: Mnist) -> dict:
 
 
 def scaling_row(cfg: TrainConfig, mnist: Mnist) -> dict:
-    n_train = len(split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)[0][0])
     bare = bare_keras(cfg, mnist)
-    limit = roofline(cfg, n_train, len(mnist.x_train) - n_train)
+    limit = roofline(cfg, mnist)
     return {
         "hidden_units": ",".join(map(str, cfg.hidden_units)),
         "batch_size": cfg.batch_size,
