@@ -45,7 +45,8 @@ def wait_for(check, what: str, process: subprocess.Popen | None = None, log: Pat
         time.sleep(0.3)
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """True if a GET of ``url`` gives 200."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
@@ -102,14 +103,22 @@ class MlflowServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         self.process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                         env=env, cwd=self.root, start_new_session=True)
-        wait_for(lambda: _answers(f"{self.uri}/health"), "mlflow server", self.process, log)
+        wait_for(lambda: answers(f"{self.uri}/health"), "mlflow server", self.process, log)
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if self.process is not None:
+            stop_group(self.process)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to a process started with start_new_session=True and all it started; SIGKILL
+    after 30 s."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -76,7 +76,7 @@ def test_unreachable_tracking_server_fails_fast_naming_the_uri(tiny_mnist_dir, t
     import os
     import time
 
-    from test_serving import free_port
+    from servers import free_port
 
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}

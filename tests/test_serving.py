@@ -2,10 +2,7 @@
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
@@ -13,14 +10,7 @@ import numpy as np
 import pytest
 
 from mnist_pipeline import registry
-
-STARTUP_SECONDS = 120  # TensorFlow import and model load, on a loaded 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from servers import answers, free_port, stop_group, wait_for
 
 
 def post(url: str, body: bytes) -> tuple[int, dict | str]:
@@ -43,24 +33,10 @@ def served_champion(registered, tmp_path):
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            assert server.poll() is None, f"server exited: {(tmp_path / 'serve.log').read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "server not up in time"
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
+        wait_for(lambda: answers(f"{url}/ping"), "mlflow models serve", server, tmp_path / "serve.log")
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
         log.close()
 
 

@@ -51,7 +51,7 @@ def test_failure_during_training_ends_the_run_failed_with_epochs_kept(
 
 
 def test_metrics_kept_while_the_server_is_away_fail_in_one_named_line(monkeypatch):
-    from test_serving import free_port
+    from servers import free_port
 
     from mnist_pipeline.store import TrackingStoreError
 
