@@ -36,7 +36,7 @@ def run_benchmark(
     for name in variants:
         cfg = dataclasses.replace(config.resolve(name), epochs=epochs)
         rows.append(speed.variant_row(cfg, mnist))
-        knobs += speed.knob_rows(cfg, mnist) if name == FINAL else []
+        knobs += speed.knob_rows(cfg, mnist, rows[-1]["bare_s"]) if name == FINAL else []
     base = config.resolve(FINAL)
     for width in widths:
         for batch in batches:
