@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,43 @@ def all_runs(uri: str):
     return client.search_runs(ids, max_results=1000) if ids else []
 
 
+# Every tracking store the suite wrote, and the runs still RUNNING in it after the suite.
+RUNNING_AFTER_SUITE: dict[str, list[str]] = {}
+RUNS_CHECKED = [0]
+
+
+def _check_no_run_running(store: str, runs: list[tuple[str, str]]) -> None:
+    """Record ``runs`` ((run id, status) pairs) of ``store`` for the end-of-suite count."""
+    RUNS_CHECKED[0] += len(runs)
+    RUNNING_AFTER_SUITE[store] = [run_id for run_id, status in runs if status == "RUNNING"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_run_left_running(tmp_path_factory):
+    """After the whole suite, no run in any SQLite store a test wrote (the per-test stores
+    and those of `mlflow run` subprocesses) is RUNNING. The server's runs are counted by
+    the tracking_server fixture before it stops."""
+    yield
+    for db in sorted(tmp_path_factory.getbasetemp().rglob("mlflow.db")):
+        with contextlib.closing(sqlite3.connect(db)) as connection:
+            try:
+                runs = connection.execute("SELECT run_uuid, status FROM runs").fetchall()
+            except sqlite3.OperationalError:  # created but never reached a run
+                runs = []
+        _check_no_run_running(str(db), runs)
+    left = {store: ids for store, ids in RUNNING_AFTER_SUITE.items() if ids}
+    assert not left, f"runs left RUNNING after the suite: {left}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if RUNNING_AFTER_SUITE:
+        left = sum(len(ids) for ids in RUNNING_AFTER_SUITE.values())
+        terminalreporter.write_line(
+            f"tracking stores checked after the suite: {len(RUNNING_AFTER_SUITE)}, "
+            f"runs: {RUNS_CHECKED[0]}, left RUNNING: {left}"
+        )
+
+
 @pytest.fixture
 def registered(tracking_store, tiny_mnist_dir):
     """A `main` run of two tiny variants that registered its best child."""
@@ -128,9 +167,15 @@ def tracking_server(postgres, tmp_path_factory):
     """URI of an `mlflow server` on the session's PostgreSQL, proxying artifacts."""
     from servers import MlflowServer
 
+    import mlflow
+
     server = MlflowServer(postgres.url, tmp_path_factory.mktemp("mlflow-server"))
     try:
         yield server.start().uri
+        client = mlflow.MlflowClient(server.uri)
+        ids = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(ids, max_results=5000) if ids else []
+        _check_no_run_running(server.uri, [(r.info.run_id, r.info.status) for r in runs])
     finally:
         server.stop()
 
