@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input from the user: a parameter, a data file, a run id or a model URI."""
+
+
+class RegistrationError(UserError):
+    """Training finished and is kept, but registering its best run failed."""

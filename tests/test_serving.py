@@ -1,16 +1,19 @@
-"""`mlflow models serve` of the champion answers REST requests, bad ones with a 4xx."""
+"""`mnist-pipeline serve` of the champion (MLflow's scoring app, bounded) answers REST
+requests, bad ones with a 4xx, huge ones with 413."""
 
+import http.client
 import json
 import os
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
+from servers import answers, free_port, stop_group, wait_for
 
 from mnist_pipeline import registry
-from servers import answers, free_port, stop_group, wait_for
 
 
 def post(url: str, body: bytes) -> tuple[int, dict | str]:
@@ -22,18 +25,34 @@ def post(url: str, body: bytes) -> tuple[int, dict | str]:
         return err.code, err.read().decode(errors="replace")
 
 
+MAX_REQUEST_MB = 0.25  # 262,144 bytes: about 50 images as JSON
+
+
+def chunked_post(url: str, chunks) -> int:
+    """POST without a Content-Length (chunked transfer): the bound must count the bytes."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request("POST", "/invocations", body=chunks, encode_chunked=True,
+                           headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
 @pytest.fixture
 def served_champion(registered, tmp_path):
-    """The README's serve command on a free loopback port; stopped by its own process group."""
+    """The README's serve command on a free loopback port, with a request bound of
+    MAX_REQUEST_MB; stopped by its own process group."""
     port = free_port()
     log = open(tmp_path / "serve.log", "w+")
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered}
-    command = ["mlflow", "models", "serve", "-m", registry.CHAMPION_URI, "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    command = [sys.executable, "-m", "mnist_pipeline", "serve", "--model-uri", registry.CHAMPION_URI,
+               "--port", str(port), "--max-request-mb", str(MAX_REQUEST_MB)]
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: answers(f"{url}/ping"), "mlflow models serve", server, tmp_path / "serve.log")
+        wait_for(lambda: answers(f"{url}/ping"), "mnist-pipeline serve", server, tmp_path / "serve.log")
         yield url
     finally:
         stop_group(server)
@@ -58,6 +77,15 @@ def test_served_champion_answers_good_and_bad_requests(served_champion, tiny_mni
     for body in bad_requests:
         status, _ = post(f"{served_champion}/invocations", body)
         assert 400 <= status < 500, (body[:40], status)
+
+    huge = json.dumps({"inputs": np.repeat(images, 50, axis=0).astype(float).tolist()}).encode()
+    assert len(huge) > MAX_REQUEST_MB * 2**20
+    status, answer = post(f"{served_champion}/invocations", huge)
+    assert status == 413 and "REQUEST_TOO_LARGE" in answer, answer[:200]
+    pieces = (huge[i : i + 65536] for i in range(0, len(huge), 65536))
+    assert chunked_post(served_champion, pieces) == 413
+    small_pieces = (good[i : i + 1000] for i in range(0, len(good), 1000))
+    assert chunked_post(served_champion, small_pieces) == 200  # chunks add up under the bound
 
     status, again = post(f"{served_champion}/invocations", good)
     assert status == 200 and np.allclose(again["predictions"], probabilities)
