@@ -1,4 +1,5 @@
-"""Model builders. The network reads like the study's table: Dense layers, Dropout after each."""
+"""Model builders. The network reads like the study's table: optional conv/pool blocks,
+then Dense layers with Dropout after each."""
 
 from __future__ import annotations
 
@@ -9,8 +10,20 @@ from mnist_pipeline.data import IMAGE_SHAPE, NUM_CLASSES
 
 
 def build_model(cfg: TrainConfig) -> keras.Model:
-    """A compiled dense network taking raw (n, 28, 28) pixels 0-255, giving 10 probabilities."""
+    """A compiled network taking raw (n, 28, 28) pixels 0-255, giving 10 probabilities."""
     kernel_regularizer = keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
+    image = []  # conv blocks and shifts work on (28, 28, 1) images; the dense nets need neither
+    if cfg.conv_filters or cfg.augment_shift:
+        image.append(keras.layers.Reshape((*IMAGE_SHAPE, 1)))
+    if cfg.augment_shift:  # shifted copies of the training images, black borders; inactive at inference
+        shift = cfg.augment_shift
+        image.append(keras.layers.RandomTranslation(shift, shift, fill_mode="constant"))
+    conv = []
+    for filters in cfg.conv_filters:
+        conv += [
+            keras.layers.Conv2D(filters, 3, activation="relu", kernel_regularizer=kernel_regularizer),
+            keras.layers.MaxPooling2D(2),
+        ]
     hidden = []
     for units in cfg.hidden_units:
         hidden += [
@@ -22,6 +35,8 @@ def build_model(cfg: TrainConfig) -> keras.Model:
             keras.Input(shape=IMAGE_SHAPE, dtype="float32"),
             # scale inside the model, so every consumer sends the same raw images
             keras.layers.Rescaling(1.0 / 255),
+            *image,
+            *conv,
             keras.layers.Flatten(),
             *hidden,
             keras.layers.Dense(NUM_CLASSES, activation="softmax"),

@@ -19,7 +19,7 @@ from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from mnist_pipeline import logged_model, tracking
+from mnist_pipeline import logged_model, model_card, tracking
 from mnist_pipeline.errors import UserError
 
 MODEL_NAME = "mnist-digits"  # default registered model name
@@ -27,6 +27,8 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
 # Tags on each model version.
 VERSION_TAGS = ("variant", "run_id", "val_accuracy", "test_accuracy", "data_digest")
+MODEL_CARD_TAG = "model_card"  # version tag: runs:/ URI of the version's markdown model card
+MODEL_CARD_DIR = "model_card"  # on the training run: model_card/<model name>-v<version>.md
 _ALIAS_ROUNDS = 5  # re-checks of the champion alias against concurrent registrations
 
 
@@ -49,7 +51,8 @@ def selection_key(run: Run) -> tuple[float, float]:
 
 def best_run(run_ids: list[str]) -> Run:
     runs = [mlflow.get_run(run_id) for run_id in run_ids]
-    finished = [r for r in runs if r.info.status == "FINISHED" and "val_accuracy" in r.data.metrics]
+    finished = [r for r in runs if r.info.status == "FINISHED" and "val_accuracy" in r.data.metrics
+                and tracking.TAG_STOPPED not in r.data.tags]  # a pruned trial has no test scores, no model
     if not finished:
         raise RegistryError(f"none of the runs {', '.join(run_ids)} is a FINISHED training run")
     return max(finished, key=selection_key)
@@ -115,8 +118,30 @@ def _description(run: Run, chosen_from: str) -> str:
     )
 
 
+def _attach_card(client, run: Run, version: ModelVersion, chosen_from: str) -> str:
+    """Log the version's model card on its training run, link it from a version tag and
+    the description; returns the card's runs:/ URI."""
+    description = _description(run, chosen_from)
+    card = model_card.build(
+        model_name=version.name,
+        version=str(version.version),
+        chosen=description,
+        params=run.data.params,
+        metrics=run.data.metrics,
+        confusion=tracking.confusion_counts(run.info.run_id),
+        run_id=run.info.run_id,
+        model_uri=version.source,
+    )
+    path = f"{MODEL_CARD_DIR}/{version.name}-v{version.version}.md"
+    client.log_text(run.info.run_id, card, path)
+    uri = f"runs:/{run.info.run_id}/{path}"
+    client.set_model_version_tag(version.name, version.version, MODEL_CARD_TAG, uri)
+    client.update_model_version(version.name, version.version, f"{description} Model card: {uri}")
+    return uri
+
+
 def register_run(run: Run, model_name: str = MODEL_NAME, chosen_from: str = "") -> Registration:
-    """Register ``run``'s logged model (once per run) and update the aliases."""
+    """Register ``run``'s logged model (once per run) with its model card, and update the aliases."""
     client = mlflow.MlflowClient()
     existing = _existing_version(client, model_name, run.info.run_id)
     if existing is not None:
@@ -130,9 +155,17 @@ def register_run(run: Run, model_name: str = MODEL_NAME, chosen_from: str = "") 
             "data_digest": run.data.tags.get(tracking.TAG_DATA_DIGEST, ""),
         }
         version = mlflow.register_model(logged_model.logged_model_uri(run.info.run_id), model_name, tags=tags)
-        client.update_model_version(model_name, version.version, _description(run, chosen_from))
-        client.set_registered_model_alias(model_name, CHALLENGER, version.version)
-        created = True
+        first = _existing_version(client, model_name, run.info.run_id)
+        if first is not None and str(first.version) != str(version.version):
+            # Another process registered this run between our check and our create: the
+            # older version stays, ours goes, so a run is never registered twice.
+            client.delete_model_version(model_name, version.version)
+            version, created = first, False
+        else:
+            client.update_model_version(model_name, version.version, _description(run, chosen_from))
+            _attach_card(client, run, version, chosen_from)
+            client.set_registered_model_alias(model_name, CHALLENGER, version.version)
+            created = True
     champion, reason = _settle_champion(client, model_name, version)
     client.set_model_version_tag(model_name, version.version, "champion_decision", reason)
     return Registration(version, created, champion, reason)

@@ -14,6 +14,7 @@ TRAINING_ARTIFACTS = {
     tracking.MISCLASSIFIED,
     tracking.HISTORY,
     tracking.PER_CLASS,
+    tracking.CONFUSION_COUNTS,
 }
 
 

@@ -9,8 +9,9 @@ from mnist_pipeline.variants import VARIANTS
 def test_a_variant_alone_gives_its_study_values(name):
     cfg = resolve(name)
     variant = VARIANTS[name]
-    assert (cfg.hidden_units, cfg.dropout, cfg.l2, cfg.epochs) == (
+    assert (cfg.hidden_units, cfg.conv_filters, cfg.dropout, cfg.l2, cfg.epochs) == (
         variant.hidden_units,
+        variant.conv_filters,
         variant.dropout,
         variant.l2,
         variant.epochs,
@@ -29,6 +30,17 @@ def test_study_table():
     assert VARIANTS["regularized"].hidden_units == VARIANTS["final"].hidden_units == (512, 256, 128)
     assert VARIANTS["regularized"].l2 > 0 and VARIANTS["final"].l2 == 0
     assert (VARIANTS["regularized"].epochs, VARIANTS["final"].epochs) == (10, 13)
+    assert all(VARIANTS[name].conv_filters == () for name in ("baseline", "regularized", "final"))
+
+
+def test_main_trains_the_study_by_default_and_convnet_on_request():
+    from mnist_pipeline.variants import DEFAULT_VARIANTS
+
+    assert DEFAULT_VARIANTS == ("baseline", "regularized", "final")
+    assert VARIANTS["convnet"].conv_filters and parse_variants("final,convnet") == ("final", "convnet")
+    cfg = resolve("final", parse_overrides({"conv_filters": "16"}))  # any variant can take conv blocks
+    assert cfg.conv_filters == (16,) and cfg.as_params()["conv_filters"] == "16"
+    assert resolve("final").as_params()["conv_filters"] == ""
 
 
 def test_overrides_replace_only_what_is_given():
@@ -64,6 +76,9 @@ def test_params_are_flat_and_identical_in_keys_across_variants():
         ("hidden_units", "512,,128", "positive integers"),
         ("hidden_units", "512,-1", "positive integers"),
         ("hidden_units", "a,b", "positive integers"),
+        ("conv_filters", "32,0", "at most 3 positive integers"),
+        ("conv_filters", "32;64", "at most 3 positive integers"),
+        ("conv_filters", "8,16,32,64", "at most 3 positive integers"),
         ("l2", "-0.5", ">= 0"),
         ("learning_rate", "0", "> 0"),
         ("batch_size", "0", ">= 1"),
@@ -77,6 +92,14 @@ def test_bad_values_name_parameter_value_and_what_is_allowed(name, text, allowed
     message = str(err.value)
     assert message.startswith(f"{name}=") and text.split(",")[-1] in message
     assert allowed in message and "\n" not in message
+
+
+@pytest.mark.parametrize("shift", [-0.1, 0.5, float("nan")])
+def test_augment_shift_is_checked_though_only_a_variant_sets_it(shift):
+    import dataclasses
+
+    with pytest.raises(ConfigError, match=rf"augment_shift={shift} is not allowed: must be a number in \[0, 0.5\)"):
+        dataclasses.replace(resolve("convnet"), augment_shift=shift)
 
 
 def test_unknown_variant():

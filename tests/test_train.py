@@ -19,11 +19,22 @@ def test_models_read_like_the_study_table(name):
     model = build_model(resolve(name))
     dense = _dense(model)
     assert [d.units for d in dense] == [*variant.hidden_units, 10]
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    pools = [l for l in model.layers if isinstance(l, keras.layers.MaxPooling2D)]
+    assert [c.filters for c in convs] == list(variant.conv_filters) and len(pools) == len(convs)
     dropouts = [l for l in model.layers if isinstance(l, keras.layers.Dropout)]
     assert [d.rate for d in dropouts] == [variant.dropout] * len(variant.hidden_units)
     assert all((d.kernel_regularizer is not None) == (variant.l2 > 0) for d in dense[:-1])
     assert dense[-1].kernel_regularizer is None
     assert isinstance(model.optimizer, keras.optimizers.RMSprop)
+
+
+def test_the_most_conv_blocks_config_allows_still_fit_a_28x28_image():
+    from mnist_pipeline.config import MAX_CONV_BLOCKS
+
+    filters = ",".join(["4"] * MAX_CONV_BLOCKS)
+    model = build_model(resolve("convnet", parse_overrides({"conv_filters": filters})))
+    assert model.predict(np.zeros((1, 28, 28), np.float32), verbose=0).shape == (1, 10)
 
 
 def test_model_scales_raw_pixels_itself():
