@@ -6,11 +6,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: runs on machines without a display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay
 
 
 def learning_curves(history: pd.DataFrame, title: str) -> Figure:
@@ -78,6 +78,25 @@ def scaling(table: pd.DataFrame) -> Figure:
         ax.set_xticks(sorted(table["batch_size"].unique()), labels=map(str, sorted(table["batch_size"].unique())))
         ax.grid(alpha=0.3)
         ax.legend()
+    return fig
+
+
+def seed_spread(results: pd.DataFrame, study: dict[str, float]) -> Figure:
+    """Test accuracy of every seed per variant (dots), their mean ± std (bar) and the
+    study's single figure (red cross)."""
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    names = list(dict.fromkeys(results["variant"]))
+    rng = np.random.default_rng(0)  # jitter only spreads the dots sideways
+    for i, name in enumerate(names):
+        accuracy = 100 * results.loc[results["variant"] == name, "test_accuracy"].to_numpy()
+        ax.plot(i + rng.uniform(-0.12, 0.12, len(accuracy)), accuracy, "o", alpha=0.7, color="tab:blue")
+        ax.errorbar(i + 0.25, accuracy.mean(), yerr=accuracy.std(ddof=1) if len(accuracy) > 1 else 0,
+                    fmt="s", color="black", capsize=4, label="mean ± std" if i == 0 else None)
+        ax.plot(i, 100 * study[name], "x", color="tab:red", markersize=10, mew=2, label="study" if i == 0 else None)
+    ax.set_xticks(range(len(names)), labels=names)
+    ax.set(ylabel="test accuracy (%)", title=f"test accuracy over {results.groupby('variant').size().max()} seeds")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
     return fig
 
 

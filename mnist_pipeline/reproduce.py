@@ -1,0 +1,79 @@
+"""Seed statistics for `reproduce`: is a difference between variants larger than seed noise?
+
+Pure pandas/SciPy on a table of finished runs (one row per variant and seed); the runs
+themselves are trained and logged by tracking.track_reproduce.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+SEEDS = 5  # runs per variant: seeds seed, seed + 1, ..., seed + SEEDS - 1
+ALPHA = 0.05  # a difference counts as larger than seed noise if Welch's t-test p < ALPHA
+
+
+def seed_list(first: int, count: int) -> list[int]:
+    return list(range(first, first + count))
+
+
+def seed_table(results: pd.DataFrame, study: dict[str, float]) -> pd.DataFrame:
+    """Per variant: test accuracy mean, std (ddof 1), min, max over seeds, and the study's
+    figure with how far it lies from the mean in standard deviations."""
+    grouped = results.groupby("variant", sort=False)["test_accuracy"]
+    table = grouped.agg(seeds="count", mean="mean", std="std", min="min", max="max")
+    table["study"] = [study[name] for name in table.index]
+    table["study_minus_mean"] = table["study"] - table["mean"]
+    table["study_within_min_max"] = (table["study"] >= table["min"]) & (table["study"] <= table["max"])
+    return table.reset_index()
+
+
+def pairwise(results: pd.DataFrame) -> pd.DataFrame:
+    """Every pair of variants: difference of mean test accuracy, Welch's t-test p-value and
+    whether the difference is larger than the seed noise (p < ALPHA)."""
+    by_variant = {name: rows["test_accuracy"].to_numpy() for name, rows in results.groupby("variant", sort=False)}
+    rows = []
+    for a, b in itertools.combinations(by_variant, 2):
+        x, y = by_variant[a], by_variant[b]
+        if len(x) < 2 or len(y) < 2:
+            p = np.nan  # one seed: no noise estimate
+        elif np.ptp(x) == 0 and np.ptp(y) == 0:
+            p = 0.0 if x[0] != y[0] else 1.0  # no spread at all: any difference is real
+        else:
+            p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+        rows.append(
+            {
+                "a": a,
+                "b": b,
+                "mean_a_minus_b": float(x.mean() - y.mean()),
+                "p_value": p,
+                "larger_than_seed_noise": bool(p < ALPHA),
+            }
+        )
+    return pd.DataFrame(rows, columns=["a", "b", "mean_a_minus_b", "p_value", "larger_than_seed_noise"])
+
+
+def markdown(table: pd.DataFrame, pairs: pd.DataFrame) -> str:
+    """The two tables as the README and the parent run show them (accuracy in %)."""
+    shown = pd.DataFrame(
+        {
+            "variant": table["variant"],
+            "seeds": table["seeds"],
+            "test accuracy % (mean ± std)": [f"{m:.2%} ± {s:.2%}" for m, s in zip(table["mean"], table["std"].fillna(0))],
+            "min %": (100 * table["min"]).round(2),
+            "max %": (100 * table["max"]).round(2),
+            "study %": (100 * table["study"]).round(2).astype(object).where(table["study"].notna(), "—"),
+        }
+    )
+    differences = pd.DataFrame(
+        {
+            "pair": pairs["a"] + " - " + pairs["b"],
+            "mean difference (points)": (100 * pairs["mean_a_minus_b"]).round(2),
+            "Welch p": pairs["p_value"].map(lambda p: f"{p:.2g}"),
+            f"larger than seed noise (p < {ALPHA})": pairs["larger_than_seed_noise"].map({True: "yes", False: "no"}),
+        }
+    )
+    return f"{shown.to_markdown(index=False)}\n\n{differences.to_markdown(index=False)}\n"
