@@ -12,18 +12,25 @@ import os
 import re
 import signal
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 from mnist_pipeline.config import (
+    N_TRIALS,
+    OPTUNA_STORAGE,
     OVERRIDABLE,
+    STUDY_NAME,
     ConfigError,
     TrainConfig,
     parse_bool,
+    parse_model_name,
     parse_overrides,
+    parse_sweep,
     parse_variants,
     resolve,
 )
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.variants import DEFAULT_VARIANTS
+from mnist_pipeline.variants import DEFAULT_VARIANTS, VARIANTS
 
 PROG = "mnist-pipeline"
 USAGE_ERROR = 2
@@ -37,13 +44,22 @@ DEFAULTS = {  # the single source MLproject's defaults are checked against
     "model_name": MODEL_NAME,
     "run_id": "",
     "model_uri": f"models:/{MODEL_NAME}@champion",
+    "seeds": "5",
     "bench_epochs": "4",  # 1 warm-up epoch + 3 timed
     "out": "bench-results",
     "end_to_end": "true",
+    "host": "127.0.0.1",
+    "port": "5000",
+    "max_request_mb": "16",
+    "n_trials": str(N_TRIALS),
+    "timeout": "",  # seconds; empty: no limit
+    "storage": OPTUNA_STORAGE,
+    "study_name": STUDY_NAME,
     **{name: "" for name in OVERRIDABLE},  # empty: the variant's own value
 }
 HELP = {
     "hidden_units": "comma-separated widths of the hidden Dense layers, e.g. 512,256,128",
+    "conv_filters": "comma-separated filters of the 3x3 conv + 2x2 max-pool blocks, e.g. 32,64",
     "dropout": "Dropout rate after each hidden layer, in [0, 1)",
     "l2": "L2 factor on hidden kernels, >= 0 (0: none)",
     "epochs": "training epochs, >= 1",
@@ -79,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Train, compare, register and use the MNIST study's models.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser("train", help="train one variant as one MLflow run")
-    _add(train, "variant", "baseline, regularized or final")
+    _add(train, "variant", ", ".join(VARIANTS))
     _add_data_dir(train)
     _add_overrides(train)
     main = commands.add_parser("main", help="train variants as child runs, compare, register the best")
@@ -88,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add(main, "model_name", "registered model name for the best run ('' : do not register)")
     _add_data_dir(main)
     _add_overrides(main)
+    reproduce = commands.add_parser("reproduce", help="train variants with several seeds: mean ± std against seed noise")
+    _add(reproduce, "variants", "comma-separated variant names")
+    _add(reproduce, "seeds", "runs per variant, >= 2: seeds seed, seed+1, ... (--seed: the first, default 42)")
+    _add(reproduce, "force", "true: retrain even if a matching FINISHED run exists")
+    _add_data_dir(reproduce)
+    _add_overrides(reproduce)
     register = commands.add_parser("register", help="register the best run of a main run")
     _add(register, "run_id", "id of a main run (default: the latest FINISHED one)")
     _add(register, "model_name", "registered model name")
@@ -97,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="predict digits in PNG/JPEG or IDX files")
     _add(predict, "model_uri", "model to predict with")
     predict.add_argument("files", nargs="+", help="pictures of digits, or IDX images files")
+    serve = commands.add_parser("serve", help="serve a model over REST (MLflow's scoring server, bounded requests)")
+    _add(serve, "model_uri", "model to serve")
+    _add(serve, "host", "address to listen on")
+    _add(serve, "port", "port to listen on, 1-65535")
+    _add(serve, "max_request_mb", "largest request body in MiB, > 0 (larger: HTTP 413)")
+    sweep = commands.add_parser("sweep", help="an Optuna study of the final variant: trials as child runs, register the best")
+    _add(sweep, "n_trials", "trials in the study, all workers together (a worker stops when it holds them)")
+    _add(sweep, "timeout", "seconds after which this worker starts no new trial ('' or 0: no limit)")
+    _add(sweep, "storage", "SQLAlchemy URL of the Optuna database (PostgreSQL for several workers)")
+    _add(sweep, "study_name", "workers with the same study_name and storage share one study")
+    _add(sweep, "model_name", "registered model name for the best trial ('' : do not register)")
+    _add_data_dir(sweep)
+    _add(sweep, "seed", "training seed of every trial and the first worker's sampler seed (default: 42)")
     bench = commands.add_parser("bench", help="time the pipeline against bare Keras and the roofline")
     _add_data_dir(bench)
     _add(bench, "bench_epochs", "epochs per timed training, >= 2 (the first is a warm-up)")
@@ -121,7 +156,9 @@ def _load_data(args: argparse.Namespace, configs: list[TrainConfig] = ()):
 
 
 def _check_store() -> None:
-    from mnist_pipeline import store  # MLflow without TensorFlow: a dead server shows fast
+    from mnist_pipeline import (
+        store,  # MLflow without TensorFlow: a dead server shows fast
+    )
 
     store.check_tracking_store()
 
@@ -141,25 +178,39 @@ def _train(args):
 
 def _main(args):
     force = parse_bool("force", args.force)
+    model_name = parse_model_name(args.model_name, optional=True)
     configs, mnist = _prepare_training(args)
     _check_store()
     from mnist_pipeline import registry, tracking
 
     def register(run_ids):
-        if args.model_name:
-            registry.register_best(run_ids, args.model_name, chosen_from="this main run's variants")
+        registry.register_best(run_ids, model_name, chosen_from="this main run's variants")
 
-    tracking.track_main(configs, mnist, force=force, finish=register)
+    tracking.track_main(configs, mnist, force=force, register=register if model_name else None)
+
+
+def _reproduce(args):
+    allowed = "must be an integer >= 2 (the spread needs two runs per variant)"
+    if not re.fullmatch(r"[0-9]+", args.seeds.strip()) or int(args.seeds) < 2:
+        raise ConfigError(f"seeds={args.seeds!r} is not allowed: {allowed}")
+    force = parse_bool("force", args.force)
+    configs, mnist = _prepare_training(args)
+    from mnist_pipeline.reproduce import seed_list
+
+    runs = [replace(cfg, seed=seed) for cfg in configs for seed in seed_list(cfg.seed, int(args.seeds))]
+    _check_store()
+    from mnist_pipeline import tracking
+
+    tracking.track_reproduce(runs, mnist, force=force)
 
 
 def _register(args):
-    if not args.model_name.strip():
-        raise ConfigError("model_name='' is not allowed: give the registered model's name")
+    model_name = parse_model_name(args.model_name)
     _check_store()
     from mnist_pipeline import registry
 
     parent_id, children = registry.children_of(args.run_id or None)
-    registry.register_best(list(children.values()), args.model_name, chosen_from=f"main run {parent_id}")
+    registry.register_best(list(children.values()), model_name, chosen_from=f"main run {parent_id}")
 
 
 def _evaluate(args):
@@ -183,30 +234,59 @@ def _predict(args):
         print(f"{name}: {p.argmax()} (p={p.max():.3f})")
 
 
+def _serve(args):
+    if not re.fullmatch(r"[0-9]+", args.port.strip()) or not 1 <= int(args.port) <= 65535:
+        raise ConfigError(f"port={args.port!r} is not allowed: must be an integer in 1-65535")
+    try:
+        max_request_mb = float(args.max_request_mb)
+    except ValueError:
+        max_request_mb = float("nan")
+    if not max_request_mb > 0 or max_request_mb == float("inf"):
+        raise ConfigError(f"max_request_mb={args.max_request_mb!r} is not allowed: must be a number > 0")
+    _check_store()
+    from mnist_pipeline import logged_model, serving
+
+    model = logged_model.load_pyfunc(args.model_uri)
+    serving.serve(model, args.host, int(args.port), max_request_mb)
+
+
+def _sweep(args):
+    cfg = parse_sweep(args.n_trials, args.timeout, args.storage, args.study_name, args.model_name, args.seed)
+    mnist = _load_data(args, [resolve("final", {"seed": cfg.seed})])
+    _check_store()
+    from mnist_pipeline import sweep  # imports Optuna and TensorFlow: slow
+
+    sweep.run(cfg, mnist)
+
+
 def _bench(args):
     allowed = "must be an integer >= 2 (the first epoch is a warm-up)"
     if not re.fullmatch(r"[0-9]+", args.bench_epochs.strip()) or int(args.bench_epochs) < 2:
         raise ConfigError(f"bench_epochs={args.bench_epochs!r} is not allowed: {allowed}")
     epochs = int(args.bench_epochs)
     end_to_end = parse_bool("end_to_end", args.end_to_end)
+    out = Path(args.out)
+    if not args.out.strip() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"out={args.out!r} is not allowed: must be a folder (created if missing)")
     mnist = _load_data(args)
-    from pathlib import Path
-
     from mnist_pipeline import bench
 
     source = Path(mnist.source)
     folder = source if source.is_dir() else source.parent if source.is_file() else None
     if end_to_end and folder is None:
         raise ConfigError("end_to_end=true needs data on disk: pass data_dir or set MNIST_DATA_DIR")
-    bench.bench(mnist, epochs, Path(args.out), folder if end_to_end else None)
+    bench.bench(mnist, epochs, out, folder if end_to_end else None)
 
 
 COMMANDS = {
     "train": _train,
     "main": _main,
+    "reproduce": _reproduce,
     "register": _register,
     "evaluate": _evaluate,
     "predict": _predict,
+    "serve": _serve,
+    "sweep": _sweep,
     "bench": _bench,
 }
 

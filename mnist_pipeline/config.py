@@ -7,6 +7,7 @@ Every entry point turns its raw string parameters into a ``TrainConfig`` through
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 
 from mnist_pipeline.errors import UserError
@@ -22,12 +23,16 @@ SEED = 42  # seeds Python, NumPy and TensorFlow once per run
 # updates in the same order) and cut an epoch by 25-30% here (see `mnist-pipeline bench`).
 STEPS_PER_EXECUTION = 128
 
+# 3x3 conv + 2x2 max-pool blocks that fit a 28x28 image: 28 -> 13 -> 5 -> 1 pixels a side.
+MAX_CONV_BLOCKS = 3
+
 OPTIMIZER = "rmsprop"
 LOSS = "categorical_crossentropy"
 
 # Names of the fields a run may override; an override left unset takes the variant's value.
 OVERRIDABLE = (
     "hidden_units",
+    "conv_filters",
     "dropout",
     "l2",
     "epochs",
@@ -48,6 +53,7 @@ class TrainConfig:
 
     variant: str
     hidden_units: tuple[int, ...]
+    conv_filters: tuple[int, ...]  # () for the dense nets
     dropout: float
     l2: float
     epochs: int
@@ -55,6 +61,7 @@ class TrainConfig:
     learning_rate: float = LEARNING_RATE
     validation_split: float = VALIDATION_SPLIT
     seed: int = SEED
+    augment_shift: float = 0.0  # set by the variant only (not overridable)
     steps_per_execution: int = STEPS_PER_EXECUTION  # speed only; not a study parameter
 
     def __post_init__(self):
@@ -67,6 +74,7 @@ class TrainConfig:
         """Flat dict for logging: the same keys for every variant."""
         params = asdict(self)
         params["hidden_units"] = ",".join(map(str, self.hidden_units))
+        params["conv_filters"] = ",".join(map(str, self.conv_filters))  # "" for a dense net
         return params
 
 
@@ -84,6 +92,10 @@ _CHECKS = {
         "must be one or more positive integers separated by commas, e.g. 512,256,128",
         lambda v: len(v) > 0 and all(_int(u) and u > 0 for u in v),
     ),
+    "conv_filters": (
+        f"must be at most {MAX_CONV_BLOCKS} positive integers separated by commas, e.g. 32,64",
+        lambda v: len(v) <= MAX_CONV_BLOCKS and all(_int(f) and f > 0 for f in v),
+    ),
     "dropout": ("must be a number in [0, 1)", lambda v: _finite(v) and 0 <= v < 1),
     "l2": ("must be a number >= 0", lambda v: _finite(v) and v >= 0),
     "epochs": ("must be an integer >= 1", lambda v: _int(v) and v >= 1),
@@ -94,6 +106,7 @@ _CHECKS = {
         lambda v: _finite(v) and 0 < v < 1,
     ),
     "seed": ("must be an integer in [0, 2**32)", lambda v: _int(v) and 0 <= v < 2**32),
+    "augment_shift": ("must be a number in [0, 0.5)", lambda v: _finite(v) and 0 <= v < 0.5),
     "steps_per_execution": ("must be an integer >= 1", lambda v: _int(v) and v >= 1),
 }
 
@@ -115,6 +128,7 @@ def _parse_units(text: str) -> tuple[int, ...]:
 # How each overridable field is read from a command-line / MLproject string.
 _PARSERS = {
     "hidden_units": _parse_units,
+    "conv_filters": _parse_units,
     "dropout": float,
     "l2": float,
     "epochs": _parse_int,
@@ -171,3 +185,81 @@ def parse_bool(name: str, text: str) -> bool:
     if key not in values:
         raise ConfigError(f"{name}={text!r} is not allowed: must be true or false")
     return values[key]
+
+
+def parse_model_name(text: str, optional: bool = False) -> str:
+    """A registered model name as MLflow accepts it; '' only if ``optional`` (no registration)."""
+    if optional and text == "":
+        return text
+    if not text.strip() or text != text.strip() or any(c in text for c in "/:"):
+        allowed = "a registered model name: not empty, no '/' or ':', no surrounding spaces"
+        allowed += " ('' : do not register)" if optional else ""
+        raise ConfigError(f"model_name={text!r} is not allowed: {allowed}")
+    return text
+
+
+# The sweep (`mnist-pipeline sweep`, mnist_pipeline/sweep.py): an Optuna study over the
+# final variant's hyperparameters.
+N_TRIALS = 20  # trials in the study, all its workers together
+STUDY_NAME = "mnist-sweep"
+OPTUNA_STORAGE = "sqlite:///optuna.db"  # a file in the working directory; any SQLAlchemy URL
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # also safe inside MLflow filters
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One sweep worker's parameters; the workers of a study share study_name and storage."""
+
+    n_trials: int  # the study's trial budget: workers start trials until it holds this many
+    timeout: float | None  # seconds after which this worker starts no new trial; None: no limit
+    storage: str  # SQLAlchemy URL of the Optuna study's database
+    study_name: str
+    model_name: str  # registered model for the best trial; '' : do not register
+    seed: int  # training seed of every trial, and the sampler seed of the study's first worker
+
+
+def parse_sweep(n_trials: str, timeout: str, storage: str, study_name: str, model_name: str, seed: str) -> SweepConfig:
+    """Read the `sweep` entry point's strings; an empty ``seed`` is SEED, an empty
+    ``timeout`` (or 0) is no limit."""
+    if not _STUDY_NAME.fullmatch(study_name):
+        raise ConfigError(f"study_name={study_name!r} is not allowed: 1-100 letters, digits, '.', '_' "
+                          "or '-', starting with a letter or digit")
+    return SweepConfig(
+        n_trials=_read("n_trials", n_trials, int, lambda v: v >= 1, "must be an integer >= 1"),
+        timeout=_read("timeout", timeout.strip() or "0", float, lambda v: math.isfinite(v) and v >= 0,
+                      "must be a number of seconds >= 0 ('' or 0: no limit)") or None,
+        storage=_storage_url(storage),
+        study_name=study_name,
+        model_name=parse_model_name(model_name, optional=True),
+        seed=_read("seed", seed.strip() or str(SEED), int, _CHECKS["seed"][1], _CHECKS["seed"][0]),
+    )
+
+
+def _read(name: str, text: str, parse, ok, allowed: str):
+    try:
+        value = parse(text.strip())
+    except ValueError:
+        value = None
+    if value is None or not ok(value):
+        raise ConfigError(f"{name}={text!r} is not allowed: {allowed}")
+    return value
+
+
+def _storage_url(text: str) -> str:
+    """A SQLAlchemy URL whose dialect and driver are installed; messages hide its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(text.strip())
+        dialect = url.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise ConfigError(f"storage={text!r} is not allowed: must be a SQLAlchemy database URL, e.g. "
+                          f"{OPTUNA_STORAGE} or postgresql+psycopg2://user@host/optuna") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        shown = url.render_as_string(hide_password=True)
+        raise ConfigError(f"storage={shown!r} is not allowed: its database driver {err.name} is not "
+                          "installed") from None
+    return text.strip()

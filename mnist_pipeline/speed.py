@@ -32,6 +32,7 @@ WARMUP_EPOCHS = 1  # the first epoch traces the graph: never counted
 MATMUL_REPEATS = 5  # timings of the matmul loop; the median is used
 SCALING_WIDTHS = (1, 2, 4)  # multiples of the final variant's hidden widths
 SCALING_BATCHES = (64, 128, 256, 512)
+ROUNDS = 2  # bare and tracked trainings alternate this many times per variant
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where MLproject is, in a source checkout
 
 
@@ -85,13 +86,17 @@ def roofline(cfg: TrainConfig, mnist: Mnist) -> dict[str, float]:
     return {"matmul_gflops": gflops, "roofline_s": epoch_flops(cfg, n_train, n_val) / (gflops * 1e9)}
 
 
-def median_epoch(ends: list[float]) -> float:
-    """Median epoch time from epoch-end timestamps, the warm-up epoch(s) left out: the first
+def epoch_times(ends: list[float]) -> list[float]:
+    """Epoch durations from epoch-end timestamps, the warm-up epoch(s) left out: the first
     end has no start, so the intervals are the durations of epochs 2, 3, ..."""
     intervals = np.diff(ends)[WARMUP_EPOCHS - 1 :]
     if len(intervals) == 0:
         raise ValueError("need at least WARMUP_EPOCHS + 1 epochs to time one")
-    return float(np.median(intervals))
+    return [float(t) for t in intervals]
+
+
+def median_epoch(ends: list[float]) -> float:
+    return float(np.median(epoch_times(ends)))
 
 
 class _EpochEnds(keras.callbacks.Callback):
@@ -103,8 +108,8 @@ class _EpochEnds(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 
-def bare_keras(cfg: TrainConfig, mnist: Mnist) -> float:
-    """Median s/epoch of a plain ``fit`` of the same model on the same data."""
+def bare_keras_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
+    """Epoch times (after the warm-up) of a plain ``fit`` of the same model on the same data."""
     keras.utils.set_random_seed(cfg.seed)
     (x, y), (xv, yv) = split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
     ends = _EpochEnds()
@@ -112,7 +117,12 @@ def bare_keras(cfg: TrainConfig, mnist: Mnist) -> float:
         x.astype("float32"), one_hot(y), batch_size=cfg.batch_size, epochs=cfg.epochs,
         validation_data=(xv.astype("float32"), one_hot(yv)), callbacks=[ends], verbose=0,
     )
-    return median_epoch(ends.ends)
+    return epoch_times(ends.ends)
+
+
+def bare_keras(cfg: TrainConfig, mnist: Mnist) -> float:
+    """Median s/epoch of a plain ``fit`` of the same model on the same data."""
+    return float(np.median(bare_keras_epochs(cfg, mnist)))
 
 
 @contextlib.contextmanager
@@ -136,9 +146,10 @@ def isolated_store(folder: str):
 ISOLATED_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")
 
 
-def pipeline(cfg: TrainConfig, mnist: Mnist) -> tuple[float, float]:
-    """(median s/epoch, test accuracy) of the pipeline's tracked training in a temp store.
-    Epoch ends are the store's timestamps of each epoch's logged metrics."""
+def pipeline(cfg: TrainConfig, mnist: Mnist) -> dict:
+    """The pipeline's tracked training in a temp store: epoch times (after the warm-up),
+    test accuracy, and the seconds its per-epoch tracking took inside those epochs. Epoch
+    ends are the store's timestamps of each epoch's logged metrics."""
     import mlflow
 
     from mnist_pipeline import tracking
@@ -147,26 +158,40 @@ def pipeline(cfg: TrainConfig, mnist: Mnist) -> tuple[float, float]:
         run_id = tracking.track_training(cfg, mnist)
         client = mlflow.MlflowClient()
         ends = sorted(m.timestamp / 1000 for m in client.get_metric_history(run_id, "epoch_seconds"))
-        accuracy = client.get_run(run_id).data.metrics["test_accuracy"]
-    return median_epoch(ends), accuracy
+        metrics = client.get_run(run_id).data.metrics
+    return {
+        "epochs": epoch_times(ends),
+        "test_accuracy": metrics["test_accuracy"],
+        "tracking_s_per_epoch": metrics[tracking.TRACKING_SECONDS] / cfg.epochs,
+    }
 
 
-def variant_row(cfg: TrainConfig, mnist: Mnist) -> dict:
-    """One row of the main table, every ratio computed from this row's own timings."""
-    bare = bare_keras(cfg, mnist)
-    tracked, accuracy = pipeline(cfg, mnist)
+def variant_row(cfg: TrainConfig, mnist: Mnist, rounds: int = ROUNDS) -> dict:
+    """One row of the main table, every ratio computed from this row's own timings. Bare
+    and tracked trainings alternate for ``rounds`` rounds, so a slow spell of the host
+    falls on both; each time is the median over every timed epoch of its kind."""
+    bare, tracked, accuracy, tracking_s = [], [], [], []
+    for _ in range(rounds):
+        bare += bare_keras_epochs(cfg, mnist)
+        timed = pipeline(cfg, mnist)
+        tracked += timed["epochs"]
+        accuracy.append(timed["test_accuracy"])
+        tracking_s.append(timed["tracking_s_per_epoch"])
+    bare_s, pipeline_s = float(np.median(bare)), float(np.median(tracked))
     limit = roofline(cfg, mnist)
     return {
         "variant": cfg.variant,
-        "epochs_timed": cfg.epochs - WARMUP_EPOCHS,
-        "bare_s": bare,
-        "pipeline_s": tracked,
-        "overhead": tracked / bare,
+        "epochs_timed": len(bare),
+        "bare_s": bare_s,
+        "pipeline_s": pipeline_s,
+        "overhead": pipeline_s / bare_s,
+        "tracking_s": float(np.median(tracking_s)),
+        "tracking_overhead": 1 + float(np.median(tracking_s)) / bare_s,
         "roofline_s": limit["roofline_s"],
-        "roofline_fraction": limit["roofline_s"] / tracked,
-        "pipeline_over_roofline": tracked / limit["roofline_s"],
+        "roofline_fraction": limit["roofline_s"] / pipeline_s,
+        "pipeline_over_roofline": pipeline_s / limit["roofline_s"],
         "matmul_gflops": limit["matmul_gflops"],
-        "test_accuracy": accuracy,
+        "test_accuracy": accuracy[0],  # the same every round: the seed fixes it
     }
 
 

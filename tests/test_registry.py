@@ -2,14 +2,16 @@
 
 import gzip
 import json
+import zipfile
+from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
 import pytest
+from conftest import all_runs, idx_bytes
 from PIL import Image
 
-from conftest import all_runs, idx_bytes
 from mnist_pipeline import cli, logged_model, registry, tracking
 from mnist_pipeline.data import IMAGE_SHAPE
 
@@ -58,6 +60,46 @@ def test_champion_moves_only_when_val_accuracy_improves(tracking_store):
     assert "not used to choose" in v2.description
 
 
+def test_a_run_registered_by_two_processes_at_once_keeps_one_version(tracking_store, monkeypatch):
+    run_id = scored_run(0.9)
+    first = registry.register_run(mlflow.get_run(run_id))
+    # The other process's check ran before our create: it saw no version of this run.
+    real, calls = registry._existing_version, []
+
+    def check_before_the_other_create(*args):
+        calls.append(args)
+        return None if len(calls) == 1 else real(*args)
+
+    monkeypatch.setattr(registry, "_existing_version", check_before_the_other_create)
+    second = registry.register_run(mlflow.get_run(run_id))
+    assert len(calls) == 2  # checked again after creating
+    assert (str(second.version.version), second.created) == (str(first.version.version), False)
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{registry.MODEL_NAME}'")
+    assert [v.version for v in versions] == [first.version.version]
+    assert champion_and_challenger() == ("1", "1")
+
+
+def test_failed_registration_keeps_main_finished_and_says_how_to_retry(tracking_store, tiny_mnist_dir, monkeypatch, capsys):
+    def store_refuses(*args, **kwargs):
+        raise mlflow.exceptions.MlflowException("registry is read-only")
+
+    monkeypatch.setattr(registry, "register_run", store_refuses)
+    argv = ["main", "--variants", "baseline", "--epochs", "1", "--batch-size", "64", "--data-dir", str(tiny_mnist_dir)]
+    assert cli.run(argv) == cli.USAGE_ERROR
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    err = err.strip().splitlines()[-1]  # the lines before are MLflow's store creation
+    assert err.startswith("mnist-pipeline: error: registering the best run failed") and "registry is read-only" in err
+    runs = all_runs(tracking_store)
+    assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 2
+    [parent] = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "main"]
+    assert f"-P run_id={parent.info.run_id}" in err
+    assert "registry is read-only" in parent.data.tags[tracking.TAG_REGISTRATION_ERROR]
+    monkeypatch.undo()  # the retry the message suggests works
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_store)
+    assert cli.run(["register", "--run-id", parent.info.run_id]) == 0
+
+
 def test_selection_uses_validation_never_test(tracking_store):
     better_val = scored_run(0.96)
     with mlflow.start_run() as run:  # higher test accuracy, lower validation accuracy
@@ -96,6 +138,14 @@ def test_champion_through_pyfunc_and_evaluate(registered, tiny_mnist):
     assert probabilities.shape == (len(tiny_mnist.x_test), 10)
     accuracy = (probabilities.argmax(1) == tiny_mnist.y_test).mean()
     assert accuracy == pytest.approx(trained["test_accuracy"], abs=1e-6)
+
+    # What a consumer loads: one native .keras file (JSON config + HDF5 weights, nothing
+    # pickled), which Keras loads with safe mode on to the same predictions.
+    [keras_file] = Path(mlflow.artifacts.download_artifacts(registry.CHAMPION_URI)).rglob("*.keras")
+    with zipfile.ZipFile(keras_file) as archive:
+        assert set(archive.namelist()) == {"metadata.json", "config.json", "model.weights.h5"}
+    safe = keras.models.load_model(keras_file, safe_mode=True)
+    np.testing.assert_allclose(safe.predict(tiny_mnist.x_test.astype(np.float32), verbose=0), probabilities, rtol=1e-5)
 
     assert cli.run(["evaluate", "--data-dir", str(tiny_mnist.source)]) == 0
     [evaluation] = [r for r in all_runs(registered) if r.data.tags.get(tracking.TAG_ROLE) == "evaluate"]
