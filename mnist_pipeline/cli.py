@@ -20,6 +20,7 @@ from mnist_pipeline.config import (
     OPTUNA_STORAGE,
     OVERRIDABLE,
     STUDY_NAME,
+    TF_THREADS,
     ConfigError,
     TrainConfig,
     parse_bool,
@@ -307,6 +308,8 @@ def _interrupt(signum, frame):
 
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+    for name, value in TF_THREADS.items():  # before TensorFlow starts: see config.TF_THREADS
+        os.environ.setdefault(name, value)
     signal.signal(signal.SIGTERM, _interrupt)  # a polite kill ends runs KILLED, as Ctrl-C does
     try:
         sys.exit(run())

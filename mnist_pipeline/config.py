@@ -26,6 +26,13 @@ STEPS_PER_EXECUTION = 128
 # 3x3 conv + 2x2 max-pool blocks that fit a 28x28 image: 28 -> 13 -> 5 -> 1 pixels a side.
 MAX_CONV_BLOCKS = 3
 
+# Threads in each of TensorFlow's two pools (independent ops, and the inside of one op),
+# read by TensorFlow from the environment when it starts; a value already set there wins.
+# One each trained the dense nets here faster than TensorFlow's default of one per core,
+# with bit-identical weights: their small matmuls and element-wise optimizer updates lose
+# more handing work between threads than they gain (`mnist-pipeline bench`, knob table).
+TF_THREADS = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+
 OPTIMIZER = "rmsprop"
 LOSS = "categorical_crossentropy"
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_pipeline import data
+from mnist_pipeline import config, data
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import Mnist, split_validation
 from mnist_pipeline.models import build_model
@@ -210,14 +212,37 @@ def scaling_row(cfg: TrainConfig, mnist: Mnist) -> dict:
 
 def knob_rows(cfg: TrainConfig, mnist: Mnist, default_bare_s: float) -> list[dict]:
     """Before/after of each speed knob that changes no number, on bare Keras. The "after"
-    is ``cfg`` as configured, already timed as ``default_bare_s`` by its variant row."""
+    of steps_per_execution is ``cfg`` as configured, already timed as ``default_bare_s`` by
+    its variant row. Thread counts are fixed when TensorFlow starts, so both settings are
+    timed in fresh processes, side by side (data from a folder or .npz only)."""
     timings = {cfg.steps_per_execution: default_bare_s}
     if 1 not in timings:
         timings[1] = bare_keras(dataclasses.replace(cfg, steps_per_execution=1), mnist)
-    return [
+    rows = [
         {"variant": cfg.variant, "knob": f"steps_per_execution={spe}", "bare_s": timings[spe]}
         for spe in sorted(timings)
     ]
+    if Path(mnist.source).exists():
+        for label, threads in (("TensorFlow's default", None), ("1 (ours)", "1")):
+            epochs = bare_keras_elsewhere(cfg, mnist.source, threads)
+            rows.append({"variant": cfg.variant, "knob": f"threads={label}", "bare_s": float(np.median(epochs))})
+    return rows
+
+
+def bare_keras_elsewhere(cfg: TrainConfig, source: str, threads: str | None) -> list[float]:
+    """bare_keras_epochs in a fresh Python whose TensorFlow has ``threads`` threads per pool
+    (None: TensorFlow's own default, one per core)."""
+    env = {k: v for k, v in os.environ.items() if k not in config.TF_THREADS}
+    env.update({k: threads for k in config.TF_THREADS} if threads else {})
+    code = (
+        "import json, sys; from mnist_pipeline import config, data, speed; "
+        "cfg = config.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v "
+        "for k, v in json.loads(sys.argv[1]).items()}); "
+        "print(json.dumps(speed.bare_keras_epochs(cfg, data.load(sys.argv[2]))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(cfg)), source],
+                          env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def end_to_end(data_dir: str) -> dict:

@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_pipeline import data
+from mnist_pipeline import config, data
+
+for _name, _value in config.TF_THREADS.items():  # as the CLI does, before TensorFlow starts
+    os.environ.setdefault(_name, _value)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_MNIST = Path(os.environ.get(data.DATA_DIR_ENV) or PROJECT_ROOT.parent / "shared/data/mnist").resolve()
@@ -165,9 +168,8 @@ def postgres():
 @pytest.fixture(scope="session")
 def tracking_server(postgres, tmp_path_factory):
     """URI of an `mlflow server` on the session's PostgreSQL, proxying artifacts."""
-    from servers import MlflowServer
-
     import mlflow
+    from servers import MlflowServer
 
     server = MlflowServer(postgres.url, tmp_path_factory.mktemp("mlflow-server"))
     try:
