@@ -19,8 +19,8 @@ from mnist_pipeline.config import (
     N_TRIALS,
     OPTUNA_STORAGE,
     OVERRIDABLE,
+    SEEDS,
     STUDY_NAME,
-    TF_THREADS,
     ConfigError,
     TrainConfig,
     parse_bool,
@@ -45,20 +45,22 @@ DEFAULTS = {  # the single source MLproject's defaults are checked against
     "model_name": MODEL_NAME,
     "run_id": "",
     "model_uri": f"models:/{MODEL_NAME}@champion",
-    "seeds": "5",
+    "seeds": str(SEEDS),
     "bench_epochs": "4",  # 1 warm-up epoch + 3 timed
     "out": "bench-results",
     "end_to_end": "true",
     "host": "127.0.0.1",
     "port": "5000",
-    "max_request_mb": "16",
+    "max_request_mb": "16",  # serving.MAX_REQUEST_MB, without importing the server
     "n_trials": str(N_TRIALS),
     "timeout": "",  # seconds; empty: no limit
     "storage": OPTUNA_STORAGE,
     "study_name": STUDY_NAME,
     **{name: "" for name in OVERRIDABLE},  # empty: the variant's own value
 }
-HELP = {
+HELP = {  # parameters several commands share; the others have their help where they are added
+    "variants": "comma-separated variant names",
+    "force": "true: retrain even if a matching FINISHED run exists",
     "hidden_units": "comma-separated widths of the hidden Dense layers, e.g. 512,256,128",
     "conv_filters": "comma-separated filters of the 3x3 conv + 2x2 max-pool blocks, e.g. 32,64",
     "dropout": "Dropout rate after each hidden layer, in [0, 1)",
@@ -76,8 +78,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{PROG}: error: {message}\n")
 
 
-def _add(parser: argparse.ArgumentParser, name: str, help: str) -> None:
-    parser.add_argument(f"--{name.replace('_', '-')}", default=DEFAULTS[name], help=help)
+def _add(parser: argparse.ArgumentParser, name: str, help: str | None = None) -> None:
+    parser.add_argument(f"--{name.replace('_', '-')}", default=DEFAULTS[name], help=help or HELP[name])
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -100,15 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(train)
     _add_overrides(train)
     main = commands.add_parser("main", help="train variants as child runs, compare, register the best")
-    _add(main, "variants", "comma-separated variant names")
-    _add(main, "force", "true: retrain even if a matching FINISHED run exists")
+    _add(main, "variants")
+    _add(main, "force")
     _add(main, "model_name", "registered model name for the best run ('' : do not register)")
     _add_data_dir(main)
     _add_overrides(main)
     reproduce = commands.add_parser("reproduce", help="train variants with several seeds: mean ± std against seed noise")
-    _add(reproduce, "variants", "comma-separated variant names")
+    _add(reproduce, "variants")
     _add(reproduce, "seeds", "runs per variant, >= 2: seeds seed, seed+1, ... (--seed: the first, default 42)")
-    _add(reproduce, "force", "true: retrain even if a matching FINISHED run exists")
+    _add(reproduce, "force")
     _add_data_dir(reproduce)
     _add_overrides(reproduce)
     register = commands.add_parser("register", help="register the best run of a main run")
@@ -196,9 +198,13 @@ def _reproduce(args):
         raise ConfigError(f"seeds={args.seeds!r} is not allowed: {allowed}")
     force = parse_bool("force", args.force)
     configs, mnist = _prepare_training(args)
+    seeds = int(args.seeds)
+    if configs[0].seed + seeds > 2**32:
+        raise ConfigError(f"seed={configs[0].seed} with seeds={seeds} is not allowed: the last seed, "
+                          "seed + seeds - 1, must be below 2**32")
     from mnist_pipeline.reproduce import seed_list
 
-    runs = [replace(cfg, seed=seed) for cfg in configs for seed in seed_list(cfg.seed, int(args.seeds))]
+    runs = [replace(cfg, seed=seed) for cfg in configs for seed in seed_list(cfg.seed, seeds)]
     _check_store()
     from mnist_pipeline import tracking
 
@@ -308,8 +314,6 @@ def _interrupt(signum, frame):
 
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
-    for name, value in TF_THREADS.items():  # before TensorFlow starts: see config.TF_THREADS
-        os.environ.setdefault(name, value)
     signal.signal(signal.SIGTERM, _interrupt)  # a polite kill ends runs KILLED, as Ctrl-C does
     try:
         sys.exit(run())

@@ -26,12 +26,7 @@ STEPS_PER_EXECUTION = 128
 # 3x3 conv + 2x2 max-pool blocks that fit a 28x28 image: 28 -> 13 -> 5 -> 1 pixels a side.
 MAX_CONV_BLOCKS = 3
 
-# Threads in each of TensorFlow's two pools (independent ops, and the inside of one op),
-# read by TensorFlow from the environment when it starts; a value already set there wins.
-# One each trained the dense nets here faster than TensorFlow's default of one per core,
-# with bit-identical weights: their small matmuls and element-wise optimizer updates lose
-# more handing work between threads than they gain (`mnist-pipeline bench`, knob table).
-TF_THREADS = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+SEEDS = 5  # `reproduce`: runs per variant, seeds seed, seed + 1, ..., seed + SEEDS - 1
 
 OPTIMIZER = "rmsprop"
 LOSS = "categorical_crossentropy"
@@ -257,12 +252,15 @@ def _storage_url(text: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+    allowed = f"must be a SQLAlchemy database URL, e.g. {OPTUNA_STORAGE} or postgresql+psycopg2://user@host/optuna"
     try:
         url = make_url(text.strip())
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"storage={text!r} is not allowed: {allowed}") from None
+    try:
         dialect = url.get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError):
-        raise ConfigError(f"storage={text!r} is not allowed: must be a SQLAlchemy database URL, e.g. "
-                          f"{OPTUNA_STORAGE} or postgresql+psycopg2://user@host/optuna") from None
+        raise ConfigError(f"storage={url.render_as_string(hide_password=True)!r} is not allowed: {allowed}") from None
     try:
         dialect.import_dbapi()
     except ImportError as err:

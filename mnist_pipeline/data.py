@@ -144,7 +144,7 @@ def _load_idx_folder(folder: Path) -> Mnist:
                 )
             arrays[f"{key}_{split}"] = _parse_idx(path, raw, magic)
     _check_arrays(arrays, str(folder))
-    return Mnist(**arrays, source=str(folder.resolve()), digest=_content_digest(arrays))
+    return Mnist(**arrays, source=str(folder.resolve()), digest=content_digest(arrays))
 
 
 def _load_npz(path: Path) -> Mnist:
@@ -162,7 +162,7 @@ def _load_npz(path: Path) -> Mnist:
         if key.startswith("x") and array.shape[1:] != IMAGE_SHAPE:
             raise DataError(f"{path}: {key} has shape {array.shape}, expected (n, 28, 28)")
     _check_arrays(arrays, str(path))
-    return Mnist(**arrays, source=str(path.resolve()), digest=_content_digest(arrays))
+    return Mnist(**arrays, source=str(path.resolve()), digest=content_digest(arrays))
 
 
 def _load_keras_download() -> Mnist:
@@ -174,7 +174,7 @@ def _load_keras_download() -> Mnist:
         raise DataError(f"keras.datasets.mnist.load_data() failed ({err}); {HOW_TO_POINT}") from None
     arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     _check_arrays(arrays, KERAS_MNIST_URL)
-    return Mnist(**arrays, source=KERAS_MNIST_URL, digest=_content_digest(arrays))
+    return Mnist(**arrays, source=KERAS_MNIST_URL, digest=content_digest(arrays))
 
 
 def _check_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
@@ -196,6 +196,6 @@ def array_digest(*arrays: np.ndarray) -> str:
     return md5.hexdigest()[:16]
 
 
-def _content_digest(arrays: dict[str, np.ndarray]) -> str:
+def content_digest(arrays: dict[str, np.ndarray]) -> str:
     """The four arrays in a fixed order: IDX and npz copies of MNIST agree."""
     return array_digest(*(arrays[key] for key in NPZ_KEYS))

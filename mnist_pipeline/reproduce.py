@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-SEEDS = 5  # runs per variant: seeds seed, seed + 1, ..., seed + SEEDS - 1
 ALPHA = 0.05  # a difference counts as larger than seed noise if Welch's t-test p < ALPHA
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-MAX_REQUEST_MB = 16.0  # default bound on one request body; about 3,000 images as JSON
+MAX_REQUEST_MB = 16  # default bound (cli.DEFAULTS repeats it; a test checks) on one request body; about 3,000 images as JSON
 IMAGE_JSON_BYTES = 5_000  # about one 28x28 image of "123.0, " values in a JSON request
 
 

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_pipeline import config, data
+from mnist_pipeline import data
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import Mnist, split_validation
 from mnist_pipeline.models import build_model
@@ -35,6 +35,7 @@ MATMUL_REPEATS = 5  # timings of the matmul loop; the median is used
 SCALING_WIDTHS = (1, 2, 4)  # multiples of the final variant's hidden widths
 SCALING_BATCHES = (64, 128, 256, 512)
 ROUNDS = 2  # bare and tracked trainings alternate this many times per variant
+THREAD_ENV = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")  # TensorFlow reads them when it starts
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where MLproject is, in a source checkout
 
 
@@ -223,7 +224,7 @@ def knob_rows(cfg: TrainConfig, mnist: Mnist, default_bare_s: float) -> list[dic
         for spe in sorted(timings)
     ]
     if Path(mnist.source).exists():
-        for label, threads in (("TensorFlow's default", None), ("1 (ours)", "1")):
+        for label, threads in (("TensorFlow's default (one per core)", None), ("1", "1")):
             epochs = bare_keras_elsewhere(cfg, mnist.source, threads)
             rows.append({"variant": cfg.variant, "knob": f"threads={label}", "bare_s": float(np.median(epochs))})
     return rows
@@ -232,8 +233,8 @@ def knob_rows(cfg: TrainConfig, mnist: Mnist, default_bare_s: float) -> list[dic
 def bare_keras_elsewhere(cfg: TrainConfig, source: str, threads: str | None) -> list[float]:
     """bare_keras_epochs in a fresh Python whose TensorFlow has ``threads`` threads per pool
     (None: TensorFlow's own default, one per core)."""
-    env = {k: v for k, v in os.environ.items() if k not in config.TF_THREADS}
-    env.update({k: threads for k in config.TF_THREADS} if threads else {})
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
+    env.update({k: threads for k in THREAD_ENV} if threads else {})
     code = (
         "import json, sys; from mnist_pipeline import config, data, speed; "
         "cfg = config.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v "

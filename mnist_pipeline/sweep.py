@@ -126,6 +126,7 @@ def run(cfg: SweepConfig, data: Mnist, space: SearchSpace | None = None,
     study, parent_id = open_study(cfg, data.digest, worker, space, pruner or median_pruner())
     if project_run:
         tracking.set_run_tags(project_run, {TAG_STUDY: cfg.study_name, "sweep_parent_run_id": parent_id})
+    optuna.storages.fail_stale_trials(study)  # a killed worker's trial must not hold a place
     if _taken(study) >= cfg.n_trials:
         print(f"study {cfg.study_name} already holds {cfg.n_trials} trials: none to run (a larger n_trials adds more)")
     else:
@@ -269,15 +270,27 @@ def _end_stale_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None
     End its MLflow run KILLED too."""
     parent_id = study.user_attrs.get(PARENT_ATTR)
     if parent_id:
-        for run_id in tracking.end_running_children(parent_id, {TAG_TRIAL: str(trial.number)}):
+        _end_runs_of(parent_id, trial.number, "its worker went silent")
+
+
+def _end_runs_of(parent_id: str, number: int, why: str) -> None:
+    """End KILLED any run of trial ``number`` still RUNNING. Best effort: this worker's own
+    trials must go on even if the store refuses (summarize tries again at the end)."""
+    try:
+        for run_id in tracking.end_running_children(parent_id, {TAG_TRIAL: str(number)}):
             tracking.set_run_tags(run_id, {TAG_TRIAL_STATE: TrialState.FAIL.name})
-            print(f"trial {trial.number}: its worker went silent; run {run_id} ended KILLED")
+            print(f"trial {number}: {why}; run {run_id} ended KILLED")
+    except Exception as err:  # the store's errors come in many types
+        print(f"warning: could not end the run of failed trial {number}: {err}")
 
 
 def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str) -> pd.DataFrame:
     """Log the trials table and the best COMPLETE trial's params on the parent run, then
     register that trial's run (unless ``model_name`` is ''). Returns the table."""
     trials = study.get_trials(deepcopy=False)
+    for trial in trials:  # a FAILed trial's run left RUNNING by a worker that died
+        if trial.state == TrialState.FAIL:
+            _end_runs_of(parent_id, trial.number, "failed")
     runs = {r.info.run_id: r for r in tracking.child_runs(parent_id)}
     table = pd.DataFrame([_row(t, runs) for t in trials], columns=_COLUMNS)
     states = table["state"].value_counts()
@@ -318,7 +331,7 @@ def _register(best, model_name: str, chosen_from: str, parent_id: str) -> None:
         raise RegistrationError(
             f"registering the best trial's run {best.info.run_id} failed ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}); the trials are kept: run the same sweep "
-            "command again (a study that holds its n_trials only registers)") from None
+            "command again with --n-trials no larger than the trials the study holds (then it only registers)") from None
     version = registration.version
     print(f"{model_name} version {version.version} (run {best.info.run_id}): {registration.reason}")
     tracking.set_run_tags(parent_id, {"registered_model": model_name, "registered_version": version.version,

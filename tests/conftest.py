@@ -12,10 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_pipeline import config, data
-
-for _name, _value in config.TF_THREADS.items():  # as the CLI does, before TensorFlow starts
-    os.environ.setdefault(_name, _value)
+from mnist_pipeline import data
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_MNIST = Path(os.environ.get(data.DATA_DIR_ENV) or PROJECT_ROOT.parent / "shared/data/mnist").resolve()

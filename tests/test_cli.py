@@ -60,7 +60,7 @@ BAD_INPUT = [
     (["reproduce", "--seeds", "1"], "seeds='1' is not allowed: must be an integer >= 2"),
     (["reproduce", "--seeds", "five"], "seeds='five' is not allowed"),
     (["reproduce", "--variants", "base"], "variants='base' is not allowed"),
-    (["reproduce", "--seed", str(2**32 - 1)], f"seed={2**32} is not allowed"),
+    (["reproduce", "--seed", str(2**32 - 2)], f"seed={2**32 - 2} with seeds=5 is not allowed: the last seed"),
     (["reproduce", "--dropout", "2"], "dropout=2.0 is not allowed"),
     (["train", "--bogus", "1"], "unrecognized arguments: --bogus 1"),
     (["fly"], "invalid choice: 'fly'"),
@@ -97,6 +97,12 @@ def test_console_script_and_module_expose_the_same_commands():
     for command in ([sys.executable, "-m", "mnist_pipeline", "--help"], ["mnist-pipeline", "--help"]):
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         assert "train" in out and "main" in out
+
+
+def test_defaults_repeated_outside_config_agree():
+    from mnist_pipeline import serving
+
+    assert cli.DEFAULTS["max_request_mb"] == str(serving.MAX_REQUEST_MB)
 
 
 def test_mlproject_defaults_and_flags_match_the_cli():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from checks import check_training_run, tiny
 
+from mnist_pipeline import data as mnist_data
 from mnist_pipeline import model_card, registry, tracking
 
 
@@ -35,7 +36,8 @@ def test_convnet_is_tracked_like_the_dense_nets_and_its_version_carries_a_card(t
     y_test = tiny_mnist.y_test.copy()
     y_test[np.flatnonzero(y_test == 4)[:5]] = 9
     y_test[np.flatnonzero(y_test == 7)[:2]] = 1
-    data = dataclasses.replace(tiny_mnist, y_test=y_test)
+    arrays = {key: getattr(tiny_mnist, key) for key in mnist_data.NPZ_KEYS} | {"y_test": y_test}
+    data = dataclasses.replace(tiny_mnist, y_test=y_test, digest=mnist_data.content_digest(arrays))
     cfg = tiny("convnet", epochs=1)
     run_id = tracking.track_training(cfg, data)
     check_training_run(run_id, cfg, data.digest)  # same params, metrics, artifacts, signature

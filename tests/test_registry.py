@@ -83,9 +83,10 @@ def test_failed_registration_keeps_main_finished_and_says_how_to_retry(tracking_
     def store_refuses(*args, **kwargs):
         raise mlflow.exceptions.MlflowException("registry is read-only")
 
-    monkeypatch.setattr(registry, "register_run", store_refuses)
     argv = ["main", "--variants", "baseline", "--epochs", "1", "--batch-size", "64", "--data-dir", str(tiny_mnist_dir)]
-    assert cli.run(argv) == cli.USAGE_ERROR
+    with monkeypatch.context() as patched:
+        patched.setattr(registry, "register_run", store_refuses)
+        assert cli.run(argv) == cli.USAGE_ERROR
     err = capsys.readouterr().err
     assert "Traceback" not in err
     err = err.strip().splitlines()[-1]  # the lines before are MLflow's store creation
@@ -95,8 +96,7 @@ def test_failed_registration_keeps_main_finished_and_says_how_to_retry(tracking_
     [parent] = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "main"]
     assert f"-P run_id={parent.info.run_id}" in err
     assert "registry is read-only" in parent.data.tags[tracking.TAG_REGISTRATION_ERROR]
-    monkeypatch.undo()  # the retry the message suggests works
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_store)
+    # the retry the message suggests works
     assert cli.run(["register", "--run-id", parent.info.run_id]) == 0
 
 

@@ -88,3 +88,4 @@ def test_steps_per_execution_changes_no_number(tiny_mnist):
         one_by_one.history.drop(columns="epoch_seconds"), grouped.history.drop(columns="epoch_seconds")
     )
     np.testing.assert_array_equal(one_by_one.test_probabilities, grouped.test_probabilities)
+
