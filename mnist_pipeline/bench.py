@@ -30,12 +30,13 @@ def run_benchmark(
     widths=speed.SCALING_WIDTHS,
     batches=speed.SCALING_BATCHES,
     data_dir: str | None = None,
+    rounds: int = speed.ROUNDS,
 ) -> dict:
     """Every measurement, as one report; ``data_dir`` also times `mlflow run .` and serving."""
     rows, knobs, scaling = [], [], []
     for name in variants:
         cfg = dataclasses.replace(config.resolve(name), epochs=epochs)
-        rows.append(speed.variant_row(cfg, mnist))
+        rows.append(speed.variant_row(cfg, mnist, rounds))
         knobs += speed.knob_rows(cfg, mnist, rows[-1]["bare_s"]) if name == FINAL else []
     base = config.resolve(FINAL)
     for width in widths:

@@ -314,7 +314,10 @@ def _interrupt(signum, frame):
 
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
-    signal.signal(signal.SIGTERM, _interrupt)  # a polite kill ends runs KILLED, as Ctrl-C does
+    # A polite kill ends runs KILLED, as Ctrl-C does. SIGINT too is set here: a process
+    # started in the background of a non-interactive shell inherits SIGINT ignored.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         sys.exit(run())
     except KeyboardInterrupt as stop:

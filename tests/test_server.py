@@ -131,17 +131,13 @@ def test_training_outlives_a_server_that_stops_and_comes_back(postgres, tmp_path
         assert child.poll() is None, child.stderr.read()[-3000:]
         server = MlflowServer(postgres.url, tmp_path, port=server.port).start()
         _, stderr = child.communicate(timeout=600)
+        run = client.get_run(run_id)
+        steps = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
     finally:
         if child.poll() is None:
             child.kill()
         server.stop()
     assert child.returncode == 0, stderr[-3000:]
     assert "did not take the metrics" in stderr and "answers again" in stderr
-    server = MlflowServer(postgres.url, tmp_path, port=server.port).start()
-    try:
-        run = client.get_run(run_id)
-        steps = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
-    finally:
-        server.stop()
     assert run.info.status == "FINISHED"
     assert sorted(steps) == list(range(1, epochs + 1))
