@@ -98,10 +98,6 @@ def epoch_times(ends: list[float]) -> list[float]:
     return [float(t) for t in intervals]
 
 
-def median_epoch(ends: list[float]) -> float:
-    return float(np.median(epoch_times(ends)))
-
-
 class _EpochEnds(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -180,7 +176,7 @@ def variant_row(cfg: TrainConfig, mnist: Mnist, rounds: int = ROUNDS) -> dict:
         tracked += timed["epochs"]
         accuracy.append(timed["test_accuracy"])
         tracking_s.append(timed["tracking_s_per_epoch"])
-    bare_s, pipeline_s = float(np.median(bare)), float(np.median(tracked))
+    bare_s, pipeline_s, tracking_s = (float(np.median(t)) for t in (bare, tracked, tracking_s))
     limit = roofline(cfg, mnist)
     return {
         "variant": cfg.variant,
@@ -188,8 +184,8 @@ def variant_row(cfg: TrainConfig, mnist: Mnist, rounds: int = ROUNDS) -> dict:
         "bare_s": bare_s,
         "pipeline_s": pipeline_s,
         "overhead": pipeline_s / bare_s,
-        "tracking_s": float(np.median(tracking_s)),
-        "tracking_overhead": 1 + float(np.median(tracking_s)) / bare_s,
+        "tracking_s": tracking_s,
+        "tracking_overhead": 1 + tracking_s / bare_s,
         "roofline_s": limit["roofline_s"],
         "roofline_fraction": limit["roofline_s"] / pipeline_s,
         "pipeline_over_roofline": pipeline_s / limit["roofline_s"],

@@ -56,7 +56,7 @@ def test_roofline_arithmetic():
     assert speed.layer_shapes(cfg) == [(784, 128), (128, 10)]
     assert speed.epoch_flops(cfg, 100, 10) == 6 * macs * 100 + 2 * macs * 10
     # epoch ends at 5 s (the warm-up), 6, 8 and 9.5 s: epochs of 1, 2 and 1.5 s
-    assert speed.median_epoch([5.0, 6.0, 8.0, 9.5]) == 1.5
+    assert speed.epoch_times([5.0, 6.0, 8.0, 9.5]) == [1.0, 2.0, 1.5]
 
 
 def test_report_files_and_logging(report, tracking_store, tmp_path):
