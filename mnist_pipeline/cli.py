@@ -70,6 +70,8 @@ HELP = {  # parameters several commands share; the others have their help where 
     "learning_rate": "RMSprop learning rate, > 0",
     "validation_split": "fraction of training images held out, in (0, 1)",
     "seed": "random seed, integer >= 0",
+    "fused_rmsprop": "true: RMSprop in TensorFlow's one fused kernel (faster, other float rounding); "
+    "false: Keras' own ops",
 }
 
 

@@ -46,6 +46,7 @@ BAD_INPUT = [
     (["train", "--seed", "-1"], "seed=-1 is not allowed: must be an integer in [0, 2**32)"),
     (["train", "--seed", str(2**32)], f"seed={2**32} is not allowed"),
     (["train", "--seed", "lucky"], "seed='lucky' is not allowed"),
+    (["main", "--fused-rmsprop", "maybe"], "fused_rmsprop='maybe' is not allowed: must be true or false"),
     (["main", "--epochs", "0"], "epochs=0 is not allowed"),
     (["evaluate", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist: no such data folder"),
     (["bench", "--bench-epochs", "1"], "bench_epochs='1' is not allowed: must be an integer >= 2"),

@@ -89,3 +89,35 @@ def test_steps_per_execution_changes_no_number(tiny_mnist):
     )
     np.testing.assert_array_equal(one_by_one.test_probabilities, grouped.test_probabilities)
 
+
+
+def _fit_steps(cfg, x, y, steps: int):
+    """Weights and optimizer variables after ``steps`` full-batch steps from cfg's seed."""
+    import keras
+
+    from mnist_pipeline.models import build_model
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(cfg)
+    model.fit(x, y, batch_size=len(x), epochs=steps, shuffle=False, verbose=0)
+    return model
+
+
+def test_fused_rmsprop_is_keras_rmsprop_up_to_rounding(tiny_mnist):
+    import dataclasses
+
+    from mnist_pipeline.train import one_hot
+
+    cfg = resolve("regularized", parse_overrides({"hidden_units": "32,16", "dropout": "0"}))
+    x, y = tiny_mnist.x_train[:64].astype("float32"), one_hot(tiny_mnist.y_train[:64])
+    fused = _fit_steps(dataclasses.replace(cfg, fused_rmsprop=True), x, y, steps=5)
+    plain = _fit_steps(dataclasses.replace(cfg, fused_rmsprop=False), x, y, steps=5)
+    start = _fit_steps(dataclasses.replace(cfg, fused_rmsprop=False), x, y, steps=0)
+    for f, p, s in zip(fused.get_weights(), plain.get_weights(), start.get_weights()):
+        np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-6)  # the same update...
+        assert not np.array_equal(p, s)  # ...that moved the weights
+    # the optimizer the model carries is Keras' own RMSprop with its own slots, no others
+    assert type(fused.optimizer).__name__ == "RMSprop"
+    assert [v.shape for v in fused.optimizer.variables] == [v.shape for v in plain.optimizer.variables]
+    for f, p in zip(fused.optimizer.variables, plain.optimizer.variables):
+        np.testing.assert_allclose(f.numpy(), p.numpy(), rtol=1e-4, atol=1e-6)
