@@ -217,23 +217,37 @@ def scaling_row(cfg: TrainConfig, mnist: Mnist) -> dict:
     }
 
 
-def knob_rows(cfg: TrainConfig, mnist: Mnist, default_bare_s: float) -> list[dict]:
-    """Before/after of each speed knob that changes no number, on bare Keras. The "after"
-    of steps_per_execution is ``cfg`` as configured, already timed as ``default_bare_s`` by
-    its variant row. Thread counts are fixed when TensorFlow starts, so both settings are
-    timed in fresh processes, side by side (data from a folder or .npz only)."""
-    timings = {cfg.steps_per_execution: default_bare_s}
-    if 1 not in timings:
-        timings[1] = bare_keras(dataclasses.replace(cfg, steps_per_execution=1), mnist)
-    rows = [
-        {"variant": cfg.variant, "knob": f"steps_per_execution={spe}", "bare_s": timings[spe]}
-        for spe in sorted(timings)
-    ]
+def knob_rows(cfg: TrainConfig, mnist: Mnist, rounds: int = ROUNDS) -> list[dict]:
+    """Before/after of each speed knob on bare Keras, the two settings alternating for
+    ``rounds`` rounds. steps_per_execution and threads change no number; fused_rmsprop
+    changes float rounding (models.fuse_rmsprop). Thread counts are fixed when TensorFlow
+    starts, so those trainings run in fresh processes (data from a folder or .npz only)."""
+    knobs = {
+        "steps_per_execution": {str(spe): dataclasses.replace(cfg, steps_per_execution=spe)
+                                for spe in sorted({1, cfg.steps_per_execution})},
+        "fused_rmsprop": {str(on).lower(): dataclasses.replace(cfg, fused_rmsprop=on) for on in (False, True)},
+    }
+    rows = []
+    for knob, settings in knobs.items():
+        epochs = _alternate({label: (lambda c=c: bare_keras_epochs(c, mnist)) for label, c in settings.items()}, rounds)
+        rows += [{"variant": cfg.variant, "knob": f"{knob}={label}", "bare_s": float(np.median(epochs[label]))}
+                 for label in settings]
     if Path(mnist.source).exists():
-        for label, threads in (("TensorFlow's default (one per core)", None), ("1", "1")):
-            epochs = bare_keras_elsewhere(cfg, mnist.source, threads)
-            rows.append({"variant": cfg.variant, "knob": f"threads={label}", "bare_s": float(np.median(epochs))})
+        threads = {"TensorFlow's default (one per core)": None, "1": "1"}
+        epochs = _alternate({label: (lambda n=n: bare_keras_elsewhere(cfg, mnist.source, n))
+                             for label, n in threads.items()}, rounds)
+        rows += [{"variant": cfg.variant, "knob": f"threads={label}", "bare_s": float(np.median(epochs[label]))}
+                 for label in threads]
     return rows
+
+
+def _alternate(trainings: dict, rounds: int) -> dict[str, list[float]]:
+    """Each training's epoch times, the trainings taking turns for ``rounds`` rounds."""
+    epochs = {label: [] for label in trainings}
+    for _ in range(rounds):
+        for label, timed in trainings.items():
+            epochs[label] += timed()
+    return epochs
 
 
 def bare_keras_elsewhere(cfg: TrainConfig, source: str, threads: str | None) -> list[float]:
