@@ -76,6 +76,8 @@ def fuse_rmsprop(optimizer: keras.optimizers.RMSprop) -> None:
     scratch: list[tf.Variable] = []
 
     def build(variables):
+        if optimizer.built:  # as Keras' own build: once
+            return
         keras_build(variables)
         scratch[:] = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in variables]
 

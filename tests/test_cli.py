@@ -1,5 +1,6 @@
 """The command line: validation at the edge, before any MLflow run exists."""
 
+import re
 import subprocess
 import sys
 
@@ -117,9 +118,24 @@ def test_mlproject_defaults_and_flags_match_the_cli():
         for name, param in params.items():
             assert str(param["default"]) == cli.DEFAULTS[name], (entry, name)
             assert f"--{name.replace('_', '-')} {{{name}}}" in spec["command"], (entry, name)
+        assert set(re.findall(r"{(\w+)}", spec["command"])) == set(params), entry  # nothing undeclared
         args = parser.parse_args([entry])
         for name in params:
             assert getattr(args, name) == cli.DEFAULTS[name], (entry, name)
+
+
+def test_each_entry_point_command_as_mlflow_builds_it_parses():
+    """The command `mlflow run -e <entry>` runs with every default is one our CLI accepts."""
+    import shlex
+
+    from mlflow.projects import _project_spec
+
+    project = _project_spec.load_project(str(PROJECT_ROOT))
+    parser = cli.build_parser()
+    for entry in yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())["entry_points"]:
+        argv = shlex.split(project.get_entry_point(entry).compute_command({}, None))
+        assert argv[:3] == ["python", "-m", "mnist_pipeline"], entry
+        assert parser.parse_args(argv[3:]).command == entry
 
 
 def test_unreachable_tracking_server_fails_fast_naming_the_uri(tiny_mnist_dir, tmp_path):

@@ -103,15 +103,21 @@ def _fit_steps(cfg, x, y, steps: int):
     return model
 
 
-def test_fused_rmsprop_is_keras_rmsprop_up_to_rounding(tiny_mnist):
+def test_fused_rmsprop_is_keras_rmsprop_up_to_rounding(tiny_mnist, monkeypatch):
     import dataclasses
+
+    import tensorflow as tf
 
     from mnist_pipeline.train import one_hot
 
+    kernel, calls = tf.raw_ops.ResourceApplyRMSProp, []
+    monkeypatch.setattr(tf.raw_ops, "ResourceApplyRMSProp", lambda **kw: calls.append(1) or kernel(**kw))
     cfg = resolve("regularized", parse_overrides({"hidden_units": "32,16", "dropout": "0"}))
     x, y = tiny_mnist.x_train[:64].astype("float32"), one_hot(tiny_mnist.y_train[:64])
-    fused = _fit_steps(dataclasses.replace(cfg, fused_rmsprop=True), x, y, steps=5)
     plain = _fit_steps(dataclasses.replace(cfg, fused_rmsprop=False), x, y, steps=5)
+    assert calls == []  # Keras' own ops
+    fused = _fit_steps(dataclasses.replace(cfg, fused_rmsprop=True), x, y, steps=5)
+    assert len(calls) >= len(fused.trainable_variables)  # the kernel, traced once per weight
     start = _fit_steps(dataclasses.replace(cfg, fused_rmsprop=False), x, y, steps=0)
     for f, p, s in zip(fused.get_weights(), plain.get_weights(), start.get_weights()):
         np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-6)  # the same update...
