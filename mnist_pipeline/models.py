@@ -62,9 +62,9 @@ def fuse_rmsprop(optimizer: keras.optimizers.RMSprop) -> None:
     Keras 3 applies RMSprop (no momentum, not centered) as ~10 element-wise TensorFlow ops
     per weight per step, each a pass over memory: 42% of the final variant's op time in the
     profile, 19% with this kernel. ``ResourceApplyRMSProp`` (tf.keras 2's RMSprop ran it
-    when momentum > 0) computes Keras 3's formula, ``ms = rho*ms + (1-rho)*g**2``, ``var -= lr*g / sqrt(ms +
-    epsilon)``, in one pass, with its own order of float32 roundings: weights differ from
-    Keras' in the last bits.
+    when momentum > 0) computes Keras 3's formula, ``ms = rho*ms + (1-rho)*g**2``,
+    ``var -= lr*g / sqrt(ms + epsilon)``, in one pass, with its own order of float32
+    roundings: weights differ from Keras' in the last bits.
 
     The instance keeps its class, config and slots, so a saved model is a plain RMSprop one
     for any Keras. The kernel's momentum slot (with momentum 0 it only carries the step) is
