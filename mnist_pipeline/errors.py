@@ -7,3 +7,9 @@ class UserError(Exception):
 
 class RegistrationError(UserError):
     """Training finished and is kept, but registering its best run failed."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, for a one-line report; '' if it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""

@@ -18,7 +18,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from mnist_pipeline.data import IMAGE_SHAPE, NUM_CLASSES
-from mnist_pipeline.errors import UserError
+from mnist_pipeline.errors import UserError, first_line
 
 MODEL = "model"  # name of the logged model
 
@@ -87,8 +87,8 @@ def load_pyfunc(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
     try:
         return mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelURIError(f"model_uri={model_uri!r} cannot be loaded: {first_line}") from None
+        reason = first_line(err) or type(err).__name__
+        raise ModelURIError(f"model_uri={model_uri!r} cannot be loaded: {reason}") from None
 
 
 def predict_probabilities(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray) -> np.ndarray:

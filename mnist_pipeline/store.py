@@ -10,7 +10,7 @@ import os
 
 import mlflow
 
-from mnist_pipeline.errors import UserError
+from mnist_pipeline.errors import UserError, first_line
 
 # Bounded retries against an HTTP tracking server for the whole process: a server that
 # dies mid-run fails the run's next call after about 1 + 2 + 4 s of back-off instead of
@@ -57,7 +57,7 @@ def check_tracking_store() -> None:
         with environment(CHECK_SETTINGS):
             mlflow.MlflowClient().search_experiments(max_results=1)
     except Exception as err:  # refused, timed out, 5xx after the retry: all fatal here
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        reason = first_line(err)[:200] or type(err).__name__
         raise TrackingStoreError(
             f"tracking server {uri} cannot be reached ({reason}); start it or set MLFLOW_TRACKING_URI"
         ) from None

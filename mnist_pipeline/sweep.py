@@ -54,7 +54,7 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 from mnist_pipeline import registry, tracking
 from mnist_pipeline.config import SweepConfig, TrainConfig, resolve
 from mnist_pipeline.data import Mnist
-from mnist_pipeline.errors import RegistrationError, UserError
+from mnist_pipeline.errors import RegistrationError, UserError, first_line
 
 VARIANT = "final"  # the architecture whose hyperparameters the sweep tunes
 N_STARTUP_TRIALS = 4  # TPE samples at random until this many trials finished (sweeps here are ~10-20)
@@ -172,7 +172,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 def _unopened(url: str, err: Exception) -> UserError:
-    reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    reason = first_line(err)[:200] or type(err).__name__
     return UserError(f"Optuna storage {_shown(url)} cannot be opened ({reason})")
 
 
@@ -330,7 +330,7 @@ def _register(best, model_name: str, chosen_from: str, parent_id: str) -> None:
     except Exception as err:  # the store's errors come in many types
         raise RegistrationError(
             f"registering the best trial's run {best.info.run_id} failed ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); the trials are kept: run the same sweep "
+            f"{first_line(err)}); the trials are kept: run the same sweep "
             "command again with --n-trials no larger than the trials the study holds (then it only registers)") from None
     version = registration.version
     print(f"{model_name} version {version.version} (run {best.info.run_id}): {registration.reason}")

@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 from mnist_pipeline import config, plots, reproduce
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import NUM_CLASSES, Mnist, array_digest, split_validation
-from mnist_pipeline.errors import RegistrationError, UserError
+from mnist_pipeline.errors import RegistrationError, UserError, first_line
 from mnist_pipeline.logged_model import log_keras_model, predict_probabilities
 from mnist_pipeline.store import ONE_SHOT, TrackingStoreError, environment
 from mnist_pipeline.train import TrainResult, train
@@ -405,7 +405,7 @@ def track_main(
             try:
                 register([c.run_id for c in children])
             except Exception as err:  # the store's errors come in many types
-                failure = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                failure = f"{type(err).__name__}: {first_line(err)}"
                 with contextlib.suppress(Exception):  # the store may be what failed
                     mlflow.set_tag(TAG_REGISTRATION_ERROR, failure[:5000])
     if failure:
