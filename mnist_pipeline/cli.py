@@ -8,8 +8,8 @@ line naming the parameter, the value and what is allowed.
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import re
 import signal
 import sys
 from dataclasses import replace
@@ -24,10 +24,12 @@ from mnist_pipeline.config import (
     ConfigError,
     TrainConfig,
     parse_bool,
+    parse_digits,
     parse_model_name,
     parse_overrides,
     parse_sweep,
     parse_variants,
+    read_param,
     resolve,
 )
 from mnist_pipeline.errors import UserError
@@ -195,12 +197,10 @@ def _main(args):
 
 
 def _reproduce(args):
-    allowed = "must be an integer >= 2 (the spread needs two runs per variant)"
-    if not re.fullmatch(r"[0-9]+", args.seeds.strip()) or int(args.seeds) < 2:
-        raise ConfigError(f"seeds={args.seeds!r} is not allowed: {allowed}")
+    seeds = read_param("seeds", args.seeds, parse_digits,
+                       "must be an integer >= 2 (the spread needs two runs per variant)", lambda v: v >= 2)
     force = parse_bool("force", args.force)
     configs, mnist = _prepare_training(args)
-    seeds = int(args.seeds)
     if configs[0].seed + seeds > 2**32:
         raise ConfigError(f"seed={configs[0].seed} with seeds={seeds} is not allowed: the last seed, "
                           "seed + seeds - 1, must be below 2**32")
@@ -244,19 +244,14 @@ def _predict(args):
 
 
 def _serve(args):
-    if not re.fullmatch(r"[0-9]+", args.port.strip()) or not 1 <= int(args.port) <= 65535:
-        raise ConfigError(f"port={args.port!r} is not allowed: must be an integer in 1-65535")
-    try:
-        max_request_mb = float(args.max_request_mb)
-    except ValueError:
-        max_request_mb = float("nan")
-    if not max_request_mb > 0 or max_request_mb == float("inf"):
-        raise ConfigError(f"max_request_mb={args.max_request_mb!r} is not allowed: must be a number > 0")
+    port = read_param("port", args.port, parse_digits, "must be an integer in 1-65535", lambda v: 1 <= v <= 65535)
+    max_request_mb = read_param("max_request_mb", args.max_request_mb, float, "must be a number > 0",
+                                lambda v: math.isfinite(v) and v > 0)
     _check_store()
     from mnist_pipeline import logged_model, serving
 
     model = logged_model.load_pyfunc(args.model_uri)
-    serving.serve(model, args.host, int(args.port), max_request_mb)
+    serving.serve(model, args.host, port, max_request_mb)
 
 
 def _sweep(args):
@@ -269,10 +264,8 @@ def _sweep(args):
 
 
 def _bench(args):
-    allowed = "must be an integer >= 2 (the first epoch is a warm-up)"
-    if not re.fullmatch(r"[0-9]+", args.bench_epochs.strip()) or int(args.bench_epochs) < 2:
-        raise ConfigError(f"bench_epochs={args.bench_epochs!r} is not allowed: {allowed}")
-    epochs = int(args.bench_epochs)
+    epochs = read_param("bench_epochs", args.bench_epochs, parse_digits,
+                        "must be an integer >= 2 (the first epoch is a warm-up)", lambda v: v >= 2)
     end_to_end = parse_bool("end_to_end", args.end_to_end)
     out = Path(args.out)
     if not args.out.strip() or (out.exists() and not out.is_dir()):

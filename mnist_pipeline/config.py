@@ -143,6 +143,13 @@ def _parse_bool(text: str) -> bool:
     return _BOOLS[text.lower()]
 
 
+def parse_digits(text: str) -> int:
+    """A non-negative integer written in digits only (no sign, no underscores)."""
+    if not re.fullmatch(r"[0-9]+", text):
+        raise ValueError(text)
+    return int(text)
+
+
 # How each overridable field is read from a command-line / MLproject string.
 _PARSERS = {
     "hidden_units": _parse_units,
@@ -199,10 +206,7 @@ def parse_variants(text: str) -> tuple[str, ...]:
 
 
 def parse_bool(name: str, text: str) -> bool:
-    key = str(text).strip().lower()
-    if key not in _BOOLS:
-        raise ConfigError(f"{name}={text!r} is not allowed: must be true or false")
-    return _BOOLS[key]
+    return read_param(name, str(text), _parse_bool, "must be true or false")
 
 
 def parse_model_name(text: str, optional: bool = False) -> str:
@@ -243,17 +247,20 @@ def parse_sweep(n_trials: str, timeout: str, storage: str, study_name: str, mode
         raise ConfigError(f"study_name={study_name!r} is not allowed: 1-100 letters, digits, '.', '_' "
                           "or '-', starting with a letter or digit")
     return SweepConfig(
-        n_trials=_read("n_trials", n_trials, int, lambda v: v >= 1, "must be an integer >= 1"),
-        timeout=_read("timeout", timeout.strip() or "0", float, lambda v: math.isfinite(v) and v >= 0,
-                      "must be a number of seconds >= 0 ('' or 0: no limit)") or None,
+        n_trials=read_param("n_trials", n_trials, int, "must be an integer >= 1", lambda v: v >= 1),
+        timeout=read_param("timeout", timeout.strip() or "0", float,
+                           "must be a number of seconds >= 0 ('' or 0: no limit)",
+                           lambda v: math.isfinite(v) and v >= 0) or None,
         storage=_storage_url(storage),
         study_name=study_name,
         model_name=parse_model_name(model_name, optional=True),
-        seed=_read("seed", seed.strip() or str(SEED), int, _CHECKS["seed"][1], _CHECKS["seed"][0]),
+        seed=read_param("seed", seed.strip() or str(SEED), int, _CHECKS["seed"][0], _CHECKS["seed"][1]),
     )
 
 
-def _read(name: str, text: str, parse, ok, allowed: str):
+def read_param(name: str, text: str, parse, allowed: str, ok=lambda value: True):
+    """``parse(text.stripped)`` if it parses and is ``ok``, else the one-line ConfigError
+    naming the parameter, its value and what is ``allowed``."""
     try:
         value = parse(text.strip())
     except ValueError:
