@@ -44,19 +44,23 @@ def layer_shapes(cfg: TrainConfig) -> list[tuple[int, int]]:
     return list(zip(widths[:-1], widths[1:]))
 
 
+def layer_macs(cfg: TrainConfig) -> list[int]:
+    """Multiply-adds of each Dense layer's forward pass, per image."""
+    return [a * b for a, b in layer_shapes(cfg)]
+
+
 def training_macs(cfg: TrainConfig) -> int:
     """Multiply-adds per training image: forward, weight gradients, and the input gradients
     of every layer but the first (nothing trainable lies below it: TensorFlow skips that
     matmul, and so does the roofline)."""
-    macs = [a * b for a, b in layer_shapes(cfg)]
+    macs = layer_macs(cfg)
     return 3 * sum(macs) - macs[0]
 
 
 def epoch_flops(cfg: TrainConfig, n_train: int, n_val: int) -> float:
     """FLOPs (2 per multiply-add) of one epoch: training steps, then a forward pass over
     the validation images."""
-    forward = sum(a * b for a, b in layer_shapes(cfg))
-    return 2.0 * (training_macs(cfg) * n_train + forward * n_val)
+    return 2.0 * (training_macs(cfg) * n_train + sum(layer_macs(cfg)) * n_val)
 
 
 def matmul_step_seconds(cfg: TrainConfig, steps: int = 50) -> float:

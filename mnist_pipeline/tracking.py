@@ -162,8 +162,7 @@ def track_training(
             if epochs.finished:  # best effort: the original error is what the user must see
                 with contextlib.suppress(Exception):
                     epochs.flush()
-                    history = pd.DataFrame.from_dict(epochs.finished, orient="index").rename_axis("epoch")
-                    _log_history(history, cfg.variant)
+                    _log_history(epochs.history(), cfg.variant)
             raise
         else:
             epochs.flush(final=True)  # anything kept while the server was away
@@ -194,7 +193,7 @@ def _log_stopped(stop: TrainingStopped, epochs: EpochLogger, title: str) -> None
     """A run stopped on purpose keeps its finished epochs and loses its run key, so that
     `main` never reuses it and the registry never takes it."""
     epochs.flush(final=True)
-    _log_history(pd.DataFrame.from_dict(epochs.finished, orient="index").rename_axis("epoch"), title)
+    _log_history(epochs.history(), title)
     mlflow.delete_tag(TAG_RUN_KEY)
     mlflow.set_tags({TAG_STOPPED: str(stop), **stop.tags})
 
@@ -217,6 +216,10 @@ class EpochLogger:
         self._pending: list[Metric] = []
         self._retry_at = 0.0  # monotonic time of the next attempt while the server is away
         self._sent_while_away = 0
+
+    def history(self) -> pd.DataFrame:
+        """The finished epochs as a history table (index "epoch"), as train() returns it."""
+        return pd.DataFrame.from_dict(self.finished, orient="index").rename_axis("epoch")
 
     def __call__(self, epoch: int, row: dict[str, float]) -> None:
         start = time.perf_counter()
