@@ -14,12 +14,10 @@ import keras
 import numpy as np
 import pandas as pd
 
-from mnist_pipeline.config import TrainConfig
-from mnist_pipeline.data import NUM_CLASSES, Mnist, split_validation
-from mnist_pipeline.models import build_model
-
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
-
+from mnist_pipeline.names import EPOCH_METRICS
+from mnist_pipeline.core.config import TrainConfig
+from mnist_pipeline.core.data import NUM_CLASSES, Mnist, split_validation
+from mnist_pipeline.core.models import build_model
 
 @dataclass
 class TrainResult:

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 
-MAX_REQUEST_MB = 16  # default bound (cli.DEFAULTS repeats it; a test checks) on one request body; about 3,000 images as JSON
+import uvicorn
+
+from mnist_pipeline.core.params import ServeParams
+from mnist_pipeline.tracking import logged_model, store
+
 IMAGE_JSON_BYTES = 5_000  # about one 28x28 image of "123.0, " values in a JSON request
 
 
@@ -60,10 +64,10 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def serve(model, host: str, port: int, max_request_mb: float) -> None:
-    """Serve the loaded pyfunc ``model`` until interrupted."""
-    import uvicorn
-    from mlflow.pyfunc import scoring_server
+def run(params: ServeParams) -> None:
+    """Serve ``params.model_uri`` until interrupted."""
+    store.check_tracking_store()
 
-    app = BodyLimit(scoring_server.init(model), int(max_request_mb * 1024 * 1024))
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    model = logged_model.load_pyfunc(params.model_uri)
+    app = BodyLimit(logged_model.scoring_app(model), int(params.max_request_mb * 1024 * 1024))
+    uvicorn.run(app, host=params.host, port=params.port, log_level="info")

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
-from mnist_pipeline.data import IMAGES_MAGIC, DataError, read_idx
+from mnist_pipeline.core.data import IMAGES_MAGIC, DataError, read_idx
 
 DIGIT_BOX = 20  # MNIST fits each digit's ink in 20x20, then centres it in 28x28
 FRAME = 28

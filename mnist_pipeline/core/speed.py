@@ -1,22 +1,20 @@
-"""Speed measurements: bare Keras, the tracked pipeline, the matmul roofline, prediction.
+"""Speed measurements without MLflow: bare Keras epochs, speed knobs, the matmul roofline.
 
 Every epoch time is a median over epochs after a warm-up epoch, taken from epoch-end
-timestamps: for the pipeline, the store's timestamps of each epoch's logged metrics, so
-the logging itself is inside the epoch. The roofline is the time of the matrix multiplies
-one epoch needs (forward and backward over the training images, forward over the
-validation images) at the rate TensorFlow reaches here for exactly those shapes.
+timestamps. The roofline is the time of the matrix multiplies one epoch needs (forward
+and backward over the training images, forward over the validation images) at the rate
+TensorFlow reaches here for exactly those shapes. flows/bench.py times the tracked
+pipeline beside these.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,11 +22,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_pipeline import data
-from mnist_pipeline.config import TrainConfig
-from mnist_pipeline.data import Mnist, split_validation
-from mnist_pipeline.models import build_model
-from mnist_pipeline.train import one_hot
+from mnist_pipeline.core.config import TrainConfig
+from mnist_pipeline.core.data import Mnist, split_validation
+from mnist_pipeline.core.models import build_model
+from mnist_pipeline.core.training import one_hot
 
 WARMUP_EPOCHS = 1  # the first epoch traces the graph: never counted
 MATMUL_REPEATS = 5  # timings of the matmul loop; the median is used
@@ -36,7 +33,6 @@ SCALING_WIDTHS = (1, 2, 4)  # multiples of the final variant's hidden widths
 SCALING_BATCHES = (64, 128, 256, 512)
 ROUNDS = 2  # bare and tracked trainings alternate this many times per variant
 THREAD_ENV = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")  # TensorFlow reads them when it starts
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where MLproject is, in a source checkout
 
 
 def layer_shapes(cfg: TrainConfig) -> list[tuple[int, int]]:
@@ -138,76 +134,6 @@ def bare_keras(cfg: TrainConfig, mnist: Mnist) -> float:
     return float(np.median(bare_keras_epochs(cfg, mnist)))
 
 
-@contextlib.contextmanager
-def isolated_store(folder: str):
-    """A throw-away tracking store in ``folder``, hiding any run this process was launched
-    in (``mlflow run`` sets MLFLOW_RUN_ID); everything is put back afterwards."""
-    import mlflow
-
-    hidden = {k: os.environ.pop(k) for k in ISOLATED_ENV if k in os.environ}
-    previous = mlflow.get_tracking_uri()
-    try:
-        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
-        os.environ["MLFLOW_EXPERIMENT_ID"] = mlflow.create_experiment("bench", f"{folder}/artifacts")
-        yield
-    finally:
-        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-        os.environ.update(hidden)
-        mlflow.set_tracking_uri(previous)
-
-
-ISOLATED_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")
-
-
-def pipeline(cfg: TrainConfig, mnist: Mnist) -> dict:
-    """The pipeline's tracked training in a temp store: epoch times (after the warm-up),
-    test accuracy, and the seconds its per-epoch tracking took inside those epochs. Epoch
-    ends are the store's timestamps of each epoch's logged metrics."""
-    import mlflow
-
-    from mnist_pipeline import tracking
-
-    with tempfile.TemporaryDirectory() as tmp, isolated_store(tmp):
-        run_id = tracking.track_training(cfg, mnist)
-        client = mlflow.MlflowClient()
-        ends = sorted(m.timestamp / 1000 for m in client.get_metric_history(run_id, "epoch_seconds"))
-        metrics = client.get_run(run_id).data.metrics
-    return {
-        "epochs": epoch_times(ends),
-        "test_accuracy": metrics["test_accuracy"],
-        "tracking_s_per_epoch": metrics[tracking.TRACKING_SECONDS] / cfg.epochs,
-    }
-
-
-def variant_row(cfg: TrainConfig, mnist: Mnist, rounds: int = ROUNDS) -> dict:
-    """One row of the main table, every ratio computed from this row's own timings. Bare
-    and tracked trainings alternate for ``rounds`` rounds, so a slow spell of the host
-    falls on both; each time is the median over every timed epoch of its kind."""
-    bare, tracked, accuracy, tracking_s = [], [], [], []
-    for _ in range(rounds):
-        bare += bare_keras_epochs(cfg, mnist)
-        timed = pipeline(cfg, mnist)
-        tracked += timed["epochs"]
-        accuracy.append(timed["test_accuracy"])
-        tracking_s.append(timed["tracking_s_per_epoch"])
-    bare_s, pipeline_s, tracking_s = (float(np.median(t)) for t in (bare, tracked, tracking_s))
-    limit = roofline(cfg, mnist)
-    return {
-        "variant": cfg.variant,
-        "epochs_timed": len(bare),
-        "bare_s": bare_s,
-        "pipeline_s": pipeline_s,
-        "overhead": pipeline_s / bare_s,
-        "tracking_s": tracking_s,
-        "tracking_overhead": 1 + tracking_s / bare_s,
-        "roofline_s": limit["roofline_s"],
-        "roofline_fraction": limit["roofline_s"] / pipeline_s,
-        "pipeline_over_roofline": pipeline_s / limit["roofline_s"],
-        "matmul_gflops": limit["matmul_gflops"],
-        "test_accuracy": accuracy[0],  # the same every round: the seed fixes it
-    }
-
-
 def scaling_row(cfg: TrainConfig, mnist: Mnist) -> dict:
     bare = bare_keras(cfg, mnist)
     limit = roofline(cfg, mnist)
@@ -260,7 +186,7 @@ def bare_keras_elsewhere(cfg: TrainConfig, source: str, threads: str | None) -> 
     env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
     env.update({k: threads for k in THREAD_ENV} if threads else {})
     code = (
-        "import json, sys; from mnist_pipeline import config, data, speed; "
+        "import json, sys; from mnist_pipeline.core import config, data, speed; "
         "cfg = config.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v "
         "for k, v in json.loads(sys.argv[1]).items()}); "
         "print(json.dumps(speed.bare_keras_epochs(cfg, data.load(sys.argv[2]))))"
@@ -268,46 +194,3 @@ def bare_keras_elsewhere(cfg: TrainConfig, source: str, threads: str | None) -> 
     done = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(cfg)), source],
                           env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def end_to_end(data_dir: str) -> dict:
-    """Wall time of the default `mlflow run .`, then pyfunc prediction speed of its champion."""
-    if not (PROJECT_ROOT / "MLproject").is_file():
-        raise FileNotFoundError(f"{PROJECT_ROOT}/MLproject: end-to-end timing needs a source checkout")
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
-        env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", MNIST_DATA_DIR=str(data_dir))
-        start = time.perf_counter()
-        done = subprocess.run(
-            ["mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local"],
-            cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"`mlflow run .` failed in the benchmark: {done.stderr[-2000:]}")
-        wall = time.perf_counter() - start
-        with isolated_store(tmp):
-            serving = prediction_speed(f"sqlite:///{tmp}/mlflow.db", data.load(data_dir).x_test)
-    return {"mlflow_run_s": wall, **serving}
-
-
-def prediction_speed(tracking_uri: str, images: np.ndarray, single: int = 50) -> dict:
-    import mlflow
-
-    from mnist_pipeline import logged_model, registry
-
-    mlflow.set_tracking_uri(tracking_uri)
-    model = logged_model.load_pyfunc(registry.CHAMPION_URI)
-    batch = images.astype("float32")
-    model.predict(batch[:10])  # warm up
-    batched = [_seconds(lambda: model.predict(batch)) for _ in range(3)]
-    one = [_seconds(lambda i=i: model.predict(batch[i : i + 1])) for i in range(single)]
-    return {
-        "pyfunc_images_per_s": len(batch) / statistics.median(batched),
-        "pyfunc_one_image_ms": 1000 * statistics.median(one),
-    }
-
-
-def _seconds(work) -> float:
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start

@@ -1,7 +1,9 @@
-"""The logged Keras model: how it is logged, found, loaded and asked for predictions.
+"""The logged Keras model: how it is logged, found, loaded, asked for predictions and served.
 
 In MLflow 3 a logged model is its own object (``models:/<model_id>``), linked to the run
-that logged it and listed on the experiment's Models tab.
+that logged it and listed on the experiment's Models tab. Keras (and so TensorFlow) is
+imported only when a model is saved or loaded: the commands that read the registry check
+their input first.
 """
 
 from __future__ import annotations
@@ -9,18 +11,15 @@ from __future__ import annotations
 import os
 import types
 
-import keras
 import mlflow
 import numpy as np
-import tensorflow as tf
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from mnist_pipeline.data import IMAGE_SHAPE, NUM_CLASSES
-from mnist_pipeline.errors import UserError, first_line
-
-MODEL = "model"  # name of the logged model
+from mnist_pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES
+from mnist_pipeline.core.errors import UserError, first_line
+from mnist_pipeline.names import MODEL
 
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *IMAGE_SHAPE))]),
@@ -32,7 +31,9 @@ def _save_keras_model(path, **kwargs):
     # MLflow 3.17 and 3.18: mlflow.keras.save_model writes input_example.json before it
     # creates the model folder, so mlflow.keras.log_model(..., input_example=...) raises
     # FileNotFoundError. Creating the folder first is the whole fix; save_model itself is
-    # unchanged. tests/test_tracking.py checks both the bug and this workaround.
+    # unchanged. tests/tracking/test_training_run.py checks both the bug and this workaround.
+    import mlflow.keras  # imports TensorFlow
+
     os.makedirs(path, exist_ok=True)
     mlflow.keras.save_model(path=path, **kwargs)
 
@@ -44,6 +45,9 @@ _KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_
 def pip_requirements() -> list[str]:
     """What a serving environment needs; given explicitly, so MLflow does not spend
     seconds re-importing the model in a subprocess to infer them."""
+    import keras
+    import tensorflow as tf
+
     return [
         f"mlflow=={mlflow.__version__}",
         f"tensorflow=={tf.__version__}",
@@ -52,7 +56,7 @@ def pip_requirements() -> list[str]:
     ]
 
 
-def log_keras_model(model: keras.Model, example_images: np.ndarray):
+def log_keras_model(model, example_images: np.ndarray):
     """Log ``model`` in Keras' native .keras format with signature and input example."""
     return Model.log(
         artifact_path=None,
@@ -83,6 +87,8 @@ class ModelURIError(UserError, LookupError):
 
 def load_pyfunc(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
     """The model at ``model_uri`` (``models:/name@alias``, ``models:/<id>``, ``runs:/...``)."""
+    import keras
+
     keras.utils.disable_interactive_logging()  # no progress bar per predict() call
     try:
         return mlflow.pyfunc.load_model(model_uri)
@@ -94,3 +100,11 @@ def load_pyfunc(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
 def predict_probabilities(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray) -> np.ndarray:
     """Class probabilities (n, 10) for raw uint8/float pixels (n, 28, 28)."""
     return np.asarray(model.predict(images.astype("float32")))
+
+
+def scoring_app(model: mlflow.pyfunc.PyFuncModel):
+    """MLflow's scoring server app for ``model`` (FastAPI): /invocations, /ping, /health and
+    /version, as `mlflow models serve` runs it."""
+    from mlflow.pyfunc import scoring_server
+
+    return scoring_server.init(model)

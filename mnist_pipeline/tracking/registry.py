@@ -19,16 +19,23 @@ from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from mnist_pipeline import logged_model, model_card, tracking
-from mnist_pipeline.errors import UserError
-
-MODEL_NAME = "mnist-digits"  # default registered model name
-CHAMPION, CHALLENGER = "champion", "challenger"
-CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
-# Tags on each model version.
-VERSION_TAGS = ("variant", "run_id", "val_accuracy", "test_accuracy", "data_digest")
-MODEL_CARD_TAG = "model_card"  # version tag: runs:/ URI of the version's markdown model card
-MODEL_CARD_DIR = "model_card"  # on the training run: model_card/<model name>-v<version>.md
+from mnist_pipeline.core import model_card
+from mnist_pipeline.core.errors import UserError
+from mnist_pipeline.names import (
+    CHALLENGER,
+    CHAMPION,
+    MODEL_CARD_DIR,
+    MODEL_CARD_TAG,
+    MODEL_NAME,
+    TAG_CHAMPION_DECISION,
+    TAG_CHILDREN,
+    TAG_DATA_DIGEST,
+    TAG_REGISTERED_MODEL,
+    TAG_REGISTERED_VERSION,
+    TAG_ROLE,
+    TAG_STOPPED,
+)
+from mnist_pipeline.tracking import logged_model, readback
 _ALIAS_ROUNDS = 5  # re-checks of the champion alias against concurrent registrations
 
 
@@ -52,7 +59,7 @@ def selection_key(run: Run) -> tuple[float, float]:
 def best_run(run_ids: list[str]) -> Run:
     runs = [mlflow.get_run(run_id) for run_id in run_ids]
     finished = [r for r in runs if r.info.status == "FINISHED" and "val_accuracy" in r.data.metrics
-                and tracking.TAG_STOPPED not in r.data.tags]  # a pruned trial has no test scores, no model
+                and TAG_STOPPED not in r.data.tags]  # a pruned trial has no test scores, no model
     if not finished:
         raise RegistryError(f"none of the runs {', '.join(run_ids)} is a FINISHED training run")
     return max(finished, key=selection_key)
@@ -62,7 +69,7 @@ def children_of(parent_run_id: str | None) -> tuple[str, dict[str, str]]:
     """(parent id, {variant: training run id}) of a `main` run; the latest one if no id."""
     if not parent_run_id:
         parents = mlflow.search_runs(
-            filter_string=f"tags.{tracking.TAG_ROLE} = 'main' and attributes.status = 'FINISHED'",
+            filter_string=f"tags.{TAG_ROLE} = 'main' and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
             output_format="list",
@@ -75,9 +82,9 @@ def children_of(parent_run_id: str | None) -> tuple[str, dict[str, str]]:
             parent = mlflow.get_run(parent_run_id)
         except MlflowException:
             raise RegistryError(f"run_id={parent_run_id!r} is not a run in this tracking store") from None
-    children = parent.data.tags.get(tracking.TAG_CHILDREN)
+    children = parent.data.tags.get(TAG_CHILDREN)
     if not children:
-        raise RegistryError(f"run {parent.info.run_id} is not a main run (no {tracking.TAG_CHILDREN} tag)")
+        raise RegistryError(f"run {parent.info.run_id} is not a main run (no {TAG_CHILDREN} tag)")
     return parent.info.run_id, json.loads(children)
 
 
@@ -91,9 +98,9 @@ def register_best(run_ids: list[str], model_name: str = MODEL_NAME, chosen_from:
     if mlflow.active_run():
         mlflow.set_tags(
             {
-                "registered_model": model_name,
-                "registered_version": version.version,
-                "champion_decision": registration.reason,
+                TAG_REGISTERED_MODEL: model_name,
+                TAG_REGISTERED_VERSION: version.version,
+                TAG_CHAMPION_DECISION: registration.reason,
             }
         )
     return registration
@@ -128,7 +135,7 @@ def _attach_card(client, run: Run, version: ModelVersion, chosen_from: str) -> s
         chosen=description,
         params=run.data.params,
         metrics=run.data.metrics,
-        confusion=tracking.confusion_counts(run.info.run_id),
+        confusion=readback.confusion_counts(run.info.run_id),
         run_id=run.info.run_id,
         model_uri=version.source,
     )
@@ -152,7 +159,7 @@ def register_run(run: Run, model_name: str = MODEL_NAME, chosen_from: str = "") 
             "run_id": run.info.run_id,
             "val_accuracy": f"{run.data.metrics['val_accuracy']:.6f}",
             "test_accuracy": f"{run.data.metrics['test_accuracy']:.6f}",
-            "data_digest": run.data.tags.get(tracking.TAG_DATA_DIGEST, ""),
+            "data_digest": run.data.tags.get(TAG_DATA_DIGEST, ""),
         }
         version = mlflow.register_model(logged_model.logged_model_uri(run.info.run_id), model_name, tags=tags)
         first = _existing_version(client, model_name, run.info.run_id)
@@ -167,7 +174,7 @@ def register_run(run: Run, model_name: str = MODEL_NAME, chosen_from: str = "") 
             client.set_registered_model_alias(model_name, CHALLENGER, version.version)
             created = True
     champion, reason = _settle_champion(client, model_name, version)
-    client.set_model_version_tag(model_name, version.version, "champion_decision", reason)
+    client.set_model_version_tag(model_name, version.version, TAG_CHAMPION_DECISION, reason)
     return Registration(version, created, champion, reason)
 
 

@@ -10,8 +10,8 @@ import math
 import re
 from dataclasses import asdict, dataclass, fields
 
-from mnist_pipeline.errors import UserError
-from mnist_pipeline.variants import VARIANTS
+from mnist_pipeline.core.errors import UserError
+from mnist_pipeline.core.variants import VARIANTS
 
 # Defaults shared by every variant. The study names the optimizer (RMSprop) and loss
 # (categorical cross-entropy) but not these; the values below are ours.
@@ -76,7 +76,7 @@ class TrainConfig:
         for name, (allowed, ok) in _CHECKS.items():
             value = getattr(self, name)
             if not ok(value):
-                raise ConfigError(f"{name}={_show(value)} is not allowed: {allowed}")
+                raise ConfigError(f"{name}={show(value)} is not allowed: {allowed}")
 
     def as_params(self) -> dict[str, str | int | float]:
         """Flat dict for logging: the same keys for every variant."""
@@ -120,7 +120,12 @@ _CHECKS = {
 }
 
 
-def _show(value) -> str:
+def allowed(name: str) -> str:
+    """What a TrainConfig field allows, as its error messages say it."""
+    return _CHECKS[name][0]
+
+
+def show(value) -> str:
     if isinstance(value, tuple):
         return ",".join(map(str, value)) or "''"
     return repr(value) if isinstance(value, str) else str(value)
@@ -137,7 +142,8 @@ def _parse_units(text: str) -> tuple[int, ...]:
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
-def _parse_bool(text: str) -> bool:
+def to_bool(text: str) -> bool:
+    """true or false (also 1 or 0, yes or no, any case); ValueError otherwise."""
     if text.lower() not in _BOOLS:
         raise ValueError(text)
     return _BOOLS[text.lower()]
@@ -151,7 +157,7 @@ def parse_digits(text: str) -> int:
 
 
 # How each overridable field is read from a command-line / MLproject string.
-_PARSERS = {
+PARSERS = {
     "hidden_units": _parse_units,
     "conv_filters": _parse_units,
     "dropout": float,
@@ -161,7 +167,7 @@ _PARSERS = {
     "learning_rate": float,
     "validation_split": float,
     "seed": _parse_int,
-    "fused_rmsprop": _parse_bool,
+    "fused_rmsprop": to_bool,
 }
 
 
@@ -169,12 +175,12 @@ def parse_overrides(raw: dict[str, str | None]) -> dict:
     """Read string overrides; ``None`` or an empty string means "the variant's value"."""
     parsed = {}
     for name, text in raw.items():
-        if name not in _PARSERS:
-            raise ConfigError(f"{name} is not a parameter: use one of {', '.join(_PARSERS)}")
+        if name not in PARSERS:
+            raise ConfigError(f"{name} is not a parameter: use one of {', '.join(PARSERS)}")
         if text is None or str(text).strip() == "":
             continue
         try:
-            parsed[name] = _PARSERS[name](str(text).strip())
+            parsed[name] = PARSERS[name](str(text).strip())
         except ValueError:
             allowed = _CHECKS[name][0]
             raise ConfigError(f"{name}={text!r} is not allowed: {allowed}") from None
@@ -206,7 +212,7 @@ def parse_variants(text: str) -> tuple[str, ...]:
 
 
 def parse_bool(name: str, text: str) -> bool:
-    return read_param(name, str(text), _parse_bool, "must be true or false")
+    return read_param(name, str(text), to_bool, "must be true or false")
 
 
 def parse_model_name(text: str, optional: bool = False) -> str:
@@ -220,42 +226,18 @@ def parse_model_name(text: str, optional: bool = False) -> str:
     return text
 
 
-# The sweep (`mnist-pipeline sweep`, mnist_pipeline/sweep.py): an Optuna study over the
-# final variant's hyperparameters.
+# The sweep (`mnist-pipeline sweep`): an Optuna study over the final variant's hyperparameters.
 N_TRIALS = 20  # trials in the study, all its workers together
 STUDY_NAME = "mnist-sweep"
 OPTUNA_STORAGE = "sqlite:///optuna.db"  # a file in the working directory; any SQLAlchemy URL
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # also safe inside MLflow filters
 
 
-@dataclass(frozen=True)
-class SweepConfig:
-    """One sweep worker's parameters; the workers of a study share study_name and storage."""
-
-    n_trials: int  # the study's trial budget: workers start trials until it holds this many
-    timeout: float | None  # seconds after which this worker starts no new trial; None: no limit
-    storage: str  # SQLAlchemy URL of the Optuna study's database
-    study_name: str
-    model_name: str  # registered model for the best trial; '' : do not register
-    seed: int  # training seed of every trial, and the sampler seed of the study's first worker
-
-
-def parse_sweep(n_trials: str, timeout: str, storage: str, study_name: str, model_name: str, seed: str) -> SweepConfig:
-    """Read the `sweep` entry point's strings; an empty ``seed`` is SEED, an empty
-    ``timeout`` (or 0) is no limit."""
-    if not _STUDY_NAME.fullmatch(study_name):
-        raise ConfigError(f"study_name={study_name!r} is not allowed: 1-100 letters, digits, '.', '_' "
+def parse_study_name(text: str) -> str:
+    if not _STUDY_NAME.fullmatch(text):
+        raise ConfigError(f"study_name={text!r} is not allowed: 1-100 letters, digits, '.', '_' "
                           "or '-', starting with a letter or digit")
-    return SweepConfig(
-        n_trials=read_param("n_trials", n_trials, int, "must be an integer >= 1", lambda v: v >= 1),
-        timeout=read_param("timeout", timeout.strip() or "0", float,
-                           "must be a number of seconds >= 0 ('' or 0: no limit)",
-                           lambda v: math.isfinite(v) and v >= 0) or None,
-        storage=_storage_url(storage),
-        study_name=study_name,
-        model_name=parse_model_name(model_name, optional=True),
-        seed=read_param("seed", seed.strip() or str(SEED), int, _CHECKS["seed"][0], _CHECKS["seed"][1]),
-    )
+    return text
 
 
 def read_param(name: str, text: str, parse, allowed: str, ok=lambda value: True):
@@ -270,7 +252,7 @@ def read_param(name: str, text: str, parse, allowed: str, ok=lambda value: True)
     return value
 
 
-def _storage_url(text: str) -> str:
+def parse_storage(text: str) -> str:
     """A SQLAlchemy URL whose dialect and driver are installed; messages hide its password."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError

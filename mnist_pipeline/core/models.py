@@ -6,8 +6,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from mnist_pipeline.config import TrainConfig
-from mnist_pipeline.data import IMAGE_SHAPE, NUM_CLASSES
+from mnist_pipeline.core.config import TrainConfig
+from mnist_pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES
 
 
 def build_model(cfg: TrainConfig) -> keras.Model:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_pipeline.errors import UserError
+from mnist_pipeline.core.errors import UserError
 
 DATA_DIR_ENV = "MNIST_DATA_DIR"
 IMAGE_SHAPE = (28, 28)
@@ -65,6 +65,15 @@ def load(data_dir: str | os.PathLike | None = None) -> Mnist:
     if (path / NPZ_FILE).is_file():
         return _load_npz(path / NPZ_FILE)
     raise DataError(f"{path}: holds neither the MNIST IDX files nor {NPZ_FILE}; {HOW_TO_POINT}")
+
+
+def load_for(data_dir: str, validation_splits=()) -> Mnist:
+    """``load(data_dir or None)``, refused (DataError) if any of ``validation_splits`` would
+    leave no training images: a command checks its data before any run exists."""
+    mnist = load(data_dir or None)
+    for fraction in validation_splits:
+        split_validation(mnist.x_train, mnist.y_train, fraction)
+    return mnist
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, fraction: float):

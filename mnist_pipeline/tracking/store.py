@@ -1,4 +1,5 @@
-"""The tracking store: bounded HTTP retries, and a reachability check before any work.
+"""The tracking store: bounded HTTP retries, a reachability check before any work, and a
+throw-away store for measurements.
 
 Imports MLflow but not TensorFlow, so a dead server is reported in seconds.
 """
@@ -10,7 +11,7 @@ import os
 
 import mlflow
 
-from mnist_pipeline.errors import UserError, first_line
+from mnist_pipeline.core.errors import UserError, first_line
 
 # Bounded retries against an HTTP tracking server for the whole process: a server that
 # dies mid-run fails the run's next call after about 1 + 2 + 4 s of back-off instead of
@@ -61,3 +62,23 @@ def check_tracking_store() -> None:
         raise TrackingStoreError(
             f"tracking server {uri} cannot be reached ({reason}); start it or set MLFLOW_TRACKING_URI"
         ) from None
+
+
+# What `mlflow run` and a user set to point MLflow at a store, an experiment or a run.
+ISOLATED_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")
+
+
+@contextlib.contextmanager
+def isolated_store(folder: str):
+    """A throw-away tracking store in ``folder``, hiding any run this process was launched
+    in (``mlflow run`` sets MLFLOW_RUN_ID); everything is put back afterwards."""
+    hidden = {k: os.environ.pop(k) for k in ISOLATED_ENV if k in os.environ}
+    previous = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+        os.environ["MLFLOW_EXPERIMENT_ID"] = mlflow.create_experiment("bench", f"{folder}/artifacts")
+        yield
+    finally:
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        os.environ.update(hidden)
+        mlflow.set_tracking_uri(previous)

@@ -11,7 +11,8 @@ from dataclasses import fields
 
 import numpy as np
 
-from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.core.config import TrainConfig
+from mnist_pipeline.core.params import MAX_REQUEST_MB
 
 CONFUSED_PAIRS = 3  # (true, predicted) pairs listed under known weaknesses
 # Params shown as hyperparameters, in this order (data_* params go under "Data").
@@ -130,7 +131,7 @@ keras_model = mlflow.keras.load_model("{this}")  # the Keras model itself
 probabilities = model.predict(images.astype("float32"))  # raw pixels 0-255, (n, 28, 28) -> (n, 10)
 ```
 
-Serve it over REST (a request carries raw pixels under `inputs`; bodies over 16 MiB get 413):
+Serve it over REST (a request carries raw pixels under `inputs`; bodies over {MAX_REQUEST_MB} MiB get 413):
 
 ```bash
 mnist-pipeline serve --model-uri {this} --port 5000

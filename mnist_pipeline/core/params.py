@@ -1,0 +1,294 @@
+"""One parameter dataclass per command: its defaults, help text and validation.
+
+Each field's metadata holds its help, how its command-line / MLproject string is read
+(``parse``) and what it allows (``ok``, ``allowed``). ``from_strings`` reads the strings
+MLproject passes; construction checks typed values (``__post_init__``), so code past a
+params object trusts it. cli.py builds its parser from these classes, and a test checks
+MLproject's defaults against them. The command's data folder is checked by loading it,
+in the command's flow, before any run exists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+
+from mnist_pipeline import names
+from mnist_pipeline.core import config
+from mnist_pipeline.core.config import ConfigError, TrainConfig
+from mnist_pipeline.core.seeds import seed_list
+from mnist_pipeline.core.variants import DEFAULT_VARIANTS, VARIANTS
+
+BENCH_EPOCHS = 4  # 1 warm-up epoch + 3 timed
+MAX_REQUEST_MB = 16  # largest request body `serve` reads; about 3,000 images as JSON
+
+
+def param(default, help: str, parse=str, allowed: str = "", ok=None, positional: bool = False):
+    """A dataclass field with its help; ``parse(text)`` reads it (ValueError: not allowed),
+    ``ok(value)`` checks it, ``allowed`` says what is allowed in the error message."""
+    return field(default=default, metadata={"help": help, "parse": parse, "allowed": allowed, "ok": ok,
+                                            "positional": positional})
+
+
+def text(value) -> str:
+    """A field value as MLproject and the command line write it ('' for None)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _stripped(parse):
+    return lambda raw: parse(raw.strip())
+
+
+def _optional(parse):
+    """'' (after stripping) is None: "not given"."""
+    return lambda raw: parse(raw.strip()) if raw.strip() else None
+
+
+class Params:
+    """Base of the command dataclasses: reading strings, and checks at construction."""
+
+    def __post_init__(self):
+        for f in fields(self):
+            check, value = f.metadata.get("ok"), getattr(self, f.name)
+            if check is not None and value is not None and not check(value):
+                raise ConfigError(f"{f.name}={config.show(value)} is not allowed: {f.metadata['allowed']}")
+        self.check()
+
+    def check(self) -> None:
+        """Checks across fields; the default has none."""
+
+    @classmethod
+    def from_strings(cls, raw: Mapping[str, str | list[str]]):
+        """The command's params from its strings (a list for a positional field); a missing
+        name takes the default."""
+        return cls(**{f.name: _read(f, raw[f.name]) for f in fields(cls) if f.name in raw})
+
+    @classmethod
+    def defaults(cls) -> dict[str, str]:
+        """Every field's default as MLproject writes it."""
+        return {f.name: text(f.default) for f in fields(cls) if f.default is not MISSING}
+
+
+def _read(f, raw):
+    if isinstance(raw, list):
+        return tuple(raw)
+    meta = f.metadata
+    try:
+        value = meta["parse"](raw)
+    except ConfigError:  # a parser with a message of its own
+        raise
+    except ValueError:
+        raise ConfigError(f"{f.name}={raw!r} is not allowed: {meta['allowed']}") from None
+    if value is not None and meta["ok"] is not None and not meta["ok"](value):
+        raise ConfigError(f"{f.name}={raw!r} is not allowed: {meta['allowed']}")
+    return value
+
+
+DATA_DIR = "folder with the MNIST IDX files or mnist.npz (default: $MNIST_DATA_DIR, else keras.datasets.mnist download)"
+_OVERRIDE_HELP = {
+    "hidden_units": "comma-separated widths of the hidden Dense layers, e.g. 512,256,128",
+    "conv_filters": "comma-separated filters of the 3x3 conv + 2x2 max-pool blocks, e.g. 32,64",
+    "dropout": "Dropout rate after each hidden layer, in [0, 1)",
+    "l2": "L2 factor on hidden kernels, >= 0 (0: none)",
+    "epochs": "training epochs, >= 1",
+    "batch_size": "images per step, >= 1",
+    "learning_rate": "RMSprop learning rate, > 0",
+    "validation_split": "fraction of training images held out, in (0, 1)",
+    "seed": "random seed, integer >= 0",
+    "fused_rmsprop": "true: RMSprop in TensorFlow's one fused kernel (faster, other float rounding); "
+    "false: Keras' own ops",
+}
+
+
+def _override(name: str):
+    """An override of a TrainConfig field: None ('') takes the variant's value. Its range is
+    checked by TrainConfig itself (Overrides.check)."""
+    shared = getattr(TrainConfig, name, None)  # None: each variant has its own value
+    default = "the variant's value" if shared is None else text(shared)
+    return param(None, f"{_OVERRIDE_HELP[name]} (default: {default})", _optional(config.PARSERS[name]),
+                 config.allowed(name))
+
+
+def _bool(default: bool, help: str):
+    return param(default, help, _stripped(config.to_bool), "must be true or false")
+
+
+def _model_name(help: str, optional: bool):
+    return param(names.MODEL_NAME, help, lambda raw: config.parse_model_name(raw, optional=optional))
+
+
+def _variants():
+    return param(DEFAULT_VARIANTS, "comma-separated variant names", config.parse_variants)
+
+
+def _force():
+    return _bool(False, "true: retrain even if a matching FINISHED run exists")
+
+
+@dataclass(frozen=True)
+class Overrides(Params):
+    """The TrainConfig fields a training command may set; None: the variant's own value."""
+
+    hidden_units: tuple[int, ...] | None = _override("hidden_units")
+    conv_filters: tuple[int, ...] | None = _override("conv_filters")
+    dropout: float | None = _override("dropout")
+    l2: float | None = _override("l2")
+    epochs: int | None = _override("epochs")
+    batch_size: int | None = _override("batch_size")
+    learning_rate: float | None = _override("learning_rate")
+    validation_split: float | None = _override("validation_split")
+    seed: int | None = _override("seed")
+    fused_rmsprop: bool | None = _override("fused_rmsprop")
+
+    def overrides(self) -> dict:
+        return {name: getattr(self, name) for name in config.OVERRIDABLE if getattr(self, name) is not None}
+
+    def configs_of(self, variants) -> list[TrainConfig]:
+        return [config.resolve(name, self.overrides()) for name in variants]
+
+
+@dataclass(frozen=True)
+class TrainParams(Overrides):
+    """train one variant as one MLflow run"""
+
+    variant: str = param("final", ", ".join(VARIANTS))
+    data_dir: str = param("", DATA_DIR)
+
+    def check(self) -> None:
+        self.configs()
+
+    def configs(self) -> list[TrainConfig]:
+        return self.configs_of([self.variant])
+
+
+@dataclass(frozen=True)
+class MainParams(Overrides):
+    """train variants as child runs, compare, register the best"""
+
+    variants: tuple[str, ...] = _variants()
+    force: bool = _force()
+    model_name: str = _model_name("registered model name for the best run ('' : do not register)", optional=True)
+    data_dir: str = param("", DATA_DIR)
+
+    def check(self) -> None:
+        self.configs()
+
+    def configs(self) -> list[TrainConfig]:
+        return self.configs_of(self.variants)
+
+
+@dataclass(frozen=True)
+class ReproduceParams(Overrides):
+    """train variants with several seeds: mean ± std against seed noise"""
+
+    variants: tuple[str, ...] = _variants()
+    seeds: int = param(config.SEEDS, "runs per variant, >= 2: seeds seed, seed+1, ... (--seed: the first, default 42)",
+                       _stripped(config.parse_digits), "must be an integer >= 2 (the spread needs two runs per variant)",
+                       lambda v: v >= 2)
+    force: bool = _force()
+    data_dir: str = param("", DATA_DIR)
+
+    def check(self) -> None:
+        first = self.configs_of(self.variants)[0].seed
+        if first + self.seeds > 2**32:
+            raise ConfigError(f"seed={first} with seeds={self.seeds} is not allowed: the last seed, "
+                              "seed + seeds - 1, must be below 2**32")
+
+    def configs(self) -> list[TrainConfig]:
+        """Every variant at every seed, variant by variant."""
+        return [replace(cfg, seed=seed) for cfg in self.configs_of(self.variants)
+                for seed in seed_list(cfg.seed, self.seeds)]
+
+
+@dataclass(frozen=True)
+class RegisterParams(Params):
+    """register the best run of a main run"""
+
+    run_id: str = param("", "id of a main run (default: the latest FINISHED one)")
+    model_name: str = _model_name("registered model name", optional=False)
+
+
+@dataclass(frozen=True)
+class EvaluateParams(Params):
+    """evaluate a model on the MNIST test set"""
+
+    model_uri: str = param(names.CHAMPION_URI, "model to evaluate")
+    data_dir: str = param("", DATA_DIR)
+
+
+@dataclass(frozen=True)
+class PredictParams(Params):
+    """predict digits in PNG/JPEG or IDX files"""
+
+    model_uri: str = param(names.CHAMPION_URI, "model to predict with")
+    files: tuple[str, ...] = param((), "pictures of digits, or IDX images files", positional=True)
+
+
+@dataclass(frozen=True)
+class ServeParams(Params):
+    """serve a model over REST (MLflow's scoring server, bounded requests)"""
+
+    model_uri: str = param(names.CHAMPION_URI, "model to serve")
+    host: str = param("127.0.0.1", "address to listen on")
+    port: int = param(5000, "port to listen on, 1-65535", _stripped(config.parse_digits),
+                      "must be an integer in 1-65535", lambda v: 1 <= v <= 65535)
+    max_request_mb: float = param(MAX_REQUEST_MB, "largest request body in MiB, > 0 (larger: HTTP 413)",
+                                  _stripped(float), "must be a number > 0", lambda v: math.isfinite(v) and v > 0)
+
+
+@dataclass(frozen=True)
+class SweepParams(Params):
+    """an Optuna study of the final variant: trials as child runs, register the best"""
+
+    n_trials: int = param(config.N_TRIALS, "trials in the study, all workers together (a worker stops when it "
+                          "holds them)", _stripped(int), "must be an integer >= 1", lambda v: v >= 1)
+    timeout: float | None = param(None, "seconds after which this worker starts no new trial ('' or 0: no limit)",
+                                  _optional(float), "must be a number of seconds >= 0 ('' or 0: no limit)",
+                                  lambda v: math.isfinite(v) and v >= 0)
+    storage: str = param(config.OPTUNA_STORAGE, "SQLAlchemy URL of the Optuna database (PostgreSQL for several "
+                         "workers)", config.parse_storage)
+    study_name: str = param(config.STUDY_NAME, "workers with the same study_name and storage share one study",
+                            config.parse_study_name)
+    model_name: str = _model_name("registered model name for the best trial ('' : do not register)", optional=True)
+    data_dir: str = param("", DATA_DIR)
+    seed: int | None = param(None, f"training seed of every trial and the first worker's sampler seed (default: "
+                             f"{config.SEED})", _optional(int), config.allowed("seed"), lambda v: 0 <= v < 2**32)
+
+    @property
+    def training_seed(self) -> int:
+        return config.SEED if self.seed is None else self.seed
+
+
+@dataclass(frozen=True)
+class BenchParams(Params):
+    """time the pipeline against bare Keras and the roofline"""
+
+    data_dir: str = param("", DATA_DIR)
+    bench_epochs: int = param(BENCH_EPOCHS, "epochs per timed training, >= 2 (the first is a warm-up)",
+                              _stripped(config.parse_digits), "must be an integer >= 2 (the first epoch is a warm-up)",
+                              lambda v: v >= 2)
+    out: str = param("bench-results", "folder for bench.json, bench.md and scaling.png", str,
+                     "must be a folder (created if missing)",
+                     lambda v: bool(v.strip()) and not (Path(v).exists() and not Path(v).is_dir()))
+    end_to_end: bool = _bool(True, "true: also time `mlflow run .` and pyfunc prediction")
+
+
+COMMANDS: dict[str, type[Params]] = {
+    "train": TrainParams,
+    "main": MainParams,
+    "reproduce": ReproduceParams,
+    "register": RegisterParams,
+    "evaluate": EvaluateParams,
+    "predict": PredictParams,
+    "serve": ServeParams,
+    "sweep": SweepParams,
+    "bench": BenchParams,
+}

@@ -1,0 +1,203 @@
+"""`bench`: the tracked pipeline beside bare Keras and the roofline, in one run.
+
+Writes ``bench.json``, ``bench.md`` and ``scaling.png`` to ``--out``; launched by
+``mlflow run -e bench`` (or inside any active run) it logs them to that run too, with
+``<variant>.<ratio>`` metrics. Prints bench.md. It measures TensorFlow, so it imports it
+at once. The pipeline's epoch ends are the store's timestamps of each epoch's logged
+metrics, so the logging itself is inside the timed epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mnist_pipeline import names
+from mnist_pipeline.core import config, data, plots, speed
+from mnist_pipeline.core.config import TrainConfig
+from mnist_pipeline.core.data import Mnist
+from mnist_pipeline.core.params import BENCH_EPOCHS, BenchParams
+from mnist_pipeline.core.variants import DEFAULT_VARIANTS
+from mnist_pipeline.tracking import logged_model, readback, runs, store, training_run
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where MLproject is, in a source checkout
+SCALING_EPOCHS = 2  # 1 warm-up + 1 timed, for each of the 12 scaling points
+FINAL = "final"
+
+
+def run_benchmark(
+    mnist: data.Mnist,
+    variants=DEFAULT_VARIANTS,  # the study's dense nets: the roofline counts Dense matmuls only
+    epochs: int = BENCH_EPOCHS,
+    scaling_epochs: int = SCALING_EPOCHS,
+    widths=speed.SCALING_WIDTHS,
+    batches=speed.SCALING_BATCHES,
+    data_dir: str | None = None,
+    rounds: int = speed.ROUNDS,
+) -> dict:
+    """Every measurement, as one report; ``data_dir`` also times `mlflow run .` and serving."""
+    rows, knobs, scaling = [], [], []
+    for name in variants:
+        cfg = dataclasses.replace(config.resolve(name), epochs=epochs)
+        rows.append(variant_row(cfg, mnist, rounds))
+        knobs += speed.knob_rows(cfg, mnist, rounds) if name == FINAL else []
+    base = config.resolve(FINAL)
+    for width in widths:
+        for batch in batches:
+            cfg = dataclasses.replace(
+                base,
+                hidden_units=tuple(width * u for u in base.hidden_units),
+                batch_size=batch,
+                epochs=scaling_epochs,
+            )
+            scaling.append({"width": f"x{width}", **speed.scaling_row(cfg, mnist)})
+    return {
+        "machine": {"cpus": _cpus(), "processor": platform.processor() or platform.machine()},
+        "data_digest": mnist.digest,
+        "variants": rows,
+        "knobs": knobs,
+        "scaling": scaling,
+        "end_to_end": end_to_end(data_dir) if data_dir else None,
+    }
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def markdown(report: dict) -> str:
+    parts = ["## Variants (s/epoch: median of every epoch after each warm-up, bare and tracked alternating)", _table(report["variants"])]
+    if report["knobs"]:
+        parts += ["## Speed knobs, before and after in turns (bare Keras; fused_rmsprop changes float rounding only)", _table(report["knobs"])]
+    parts += ["## Final variant: cost against width and batch size (bare Keras)", _table(report["scaling"])]
+    if report["end_to_end"]:
+        parts += ["## End to end", _table([report["end_to_end"]])]
+    return "\n\n".join(parts) + "\n"
+
+
+def _table(rows: list[dict]) -> str:
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g")
+
+
+def write_report(report: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "bench.json", out / "bench.md", out / "scaling.png"]
+    paths[0].write_text(json.dumps(report, indent=2))
+    paths[1].write_text(markdown(report))
+    fig = plots.scaling(pd.DataFrame(report["scaling"]))
+    fig.savefig(paths[2], dpi=100)
+    plots.close(fig)
+    return paths
+
+
+def log_report(report: dict, paths: list[Path]) -> None:
+    """Into the run this process was launched in, if any."""
+    metrics = {f"{row['variant']}.{key}": row[key] for row in report["variants"]
+               for key in ("bare_s", "pipeline_s", "overhead", "tracking_overhead", "roofline_s", "roofline_fraction")}
+    runs.log_to_launching_run({**metrics, **(report["end_to_end"] or {})}, [str(p) for p in paths], names.BENCH_DIR)
+
+
+def run(params: BenchParams) -> dict:
+    """Measure, write, log, print. ``end_to_end`` also times `mlflow run .` and serving,
+    from the data's folder."""
+    mnist = data.load_for(params.data_dir)
+    source = Path(mnist.source)
+    folder = source if source.is_dir() else source.parent if source.is_file() else None
+    if params.end_to_end and folder is None:
+        raise config.ConfigError("end_to_end=true needs data on disk: pass data_dir or set MNIST_DATA_DIR")
+    report = run_benchmark(mnist, epochs=params.bench_epochs, data_dir=str(folder) if params.end_to_end else None)
+    paths = write_report(report, Path(params.out))
+    log_report(report, paths)
+    print(markdown(report))
+    return report
+
+
+def pipeline(cfg: TrainConfig, mnist: Mnist) -> dict:
+    """The pipeline's tracked training in a temp store: epoch times (after the warm-up),
+    test accuracy, and the seconds its per-epoch tracking took inside those epochs."""
+    with tempfile.TemporaryDirectory() as tmp, store.isolated_store(tmp):
+        run_id = training_run.track_training(cfg, mnist)
+        ends = readback.epoch_end_times(run_id)
+        metrics = readback.metrics_of(run_id)
+    return {
+        "epochs": speed.epoch_times(ends),
+        "test_accuracy": metrics["test_accuracy"],
+        "tracking_s_per_epoch": metrics[names.TRACKING_SECONDS] / cfg.epochs,
+    }
+
+
+def variant_row(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUNDS) -> dict:
+    """One row of the main table, every ratio computed from this row's own timings. Bare
+    and tracked trainings alternate for ``rounds`` rounds, so a slow spell of the host
+    falls on both; each time is the median over every timed epoch of its kind."""
+    bare, tracked, accuracy, tracking_s = [], [], [], []
+    for _ in range(rounds):
+        bare += speed.bare_keras_epochs(cfg, mnist)
+        timed = pipeline(cfg, mnist)
+        tracked += timed["epochs"]
+        accuracy.append(timed["test_accuracy"])
+        tracking_s.append(timed["tracking_s_per_epoch"])
+    bare_s, pipeline_s, tracking_s = (float(np.median(t)) for t in (bare, tracked, tracking_s))
+    limit = speed.roofline(cfg, mnist)
+    return {
+        "variant": cfg.variant,
+        "epochs_timed": len(bare),
+        "bare_s": bare_s,
+        "pipeline_s": pipeline_s,
+        "overhead": pipeline_s / bare_s,
+        "tracking_s": tracking_s,
+        "tracking_overhead": 1 + tracking_s / bare_s,
+        "roofline_s": limit["roofline_s"],
+        "roofline_fraction": limit["roofline_s"] / pipeline_s,
+        "pipeline_over_roofline": pipeline_s / limit["roofline_s"],
+        "matmul_gflops": limit["matmul_gflops"],
+        "test_accuracy": accuracy[0],  # the same every round: the seed fixes it
+    }
+
+
+def end_to_end(data_dir: str) -> dict:
+    """Wall time of the default `mlflow run .`, then pyfunc prediction speed of its champion."""
+    if not (PROJECT_ROOT / "MLproject").is_file():
+        raise FileNotFoundError(f"{PROJECT_ROOT}/MLproject: end-to-end timing needs a source checkout")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if k not in store.ISOLATED_ENV}
+        env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", MNIST_DATA_DIR=str(data_dir))
+        start = time.perf_counter()
+        done = subprocess.run(
+            ["mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local"],
+            cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"`mlflow run .` failed in the benchmark: {done.stderr[-2000:]}")
+        wall = time.perf_counter() - start
+        with store.isolated_store(tmp):  # the store `mlflow run` wrote
+            serving = prediction_speed(data.load(data_dir).x_test)
+    return {"mlflow_run_s": wall, **serving}
+
+
+def prediction_speed(images: np.ndarray, single: int = 50) -> dict:
+    """Pyfunc prediction of the current store's champion: images/s in one batch, ms for one."""
+    model = logged_model.load_pyfunc(names.CHAMPION_URI)
+    batch = images.astype("float32")
+    model.predict(batch[:10])  # warm up
+    batched = [_seconds(lambda: model.predict(batch)) for _ in range(3)]
+    one = [_seconds(lambda i=i: model.predict(batch[i : i + 1])) for i in range(single)]
+    return {
+        "pyfunc_images_per_s": len(batch) / statistics.median(batched),
+        "pyfunc_one_image_ms": 1000 * statistics.median(one),
+    }
+
+
+def _seconds(work) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start

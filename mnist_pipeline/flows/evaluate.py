@@ -1,0 +1,33 @@
+"""`evaluate`: a model, through pyfunc as a consumer loads it, on the MNIST test set.
+
+One run named "evaluate": the model URI and data as params, test_accuracy and test_loss,
+and the same per-class table, confusion counts and plots a training run logs. Prints the
+two scores.
+"""
+
+from __future__ import annotations
+
+from mnist_pipeline import names
+from mnist_pipeline.core import evaluation
+from mnist_pipeline.core.data import load_for
+from mnist_pipeline.core.params import EvaluateParams
+from mnist_pipeline.tracking import logged_model, reports, runs, store
+
+
+def run(params: EvaluateParams) -> dict[str, float]:
+    """Returns the scores."""
+    data = load_for(params.data_dir)
+    store.check_tracking_store()
+
+    uri = params.model_uri
+    model = logged_model.load_pyfunc(uri)  # before the run: a bad URI creates no run
+    with runs.ended_run(run_name="evaluate", tags={names.TAG_ROLE: "evaluate", names.TAG_MODEL_URI: uri}):
+        runs.log_missing_params({"model_uri": uri, "data_source": data.source, "data_digest": data.digest})
+        if getattr(model.metadata, "model_id", None):
+            runs.set_tags({names.TAG_MODEL_ID: model.metadata.model_id})
+        probabilities = logged_model.predict_probabilities(model, data.x_test)
+        scores = evaluation.scores(data.y_test, probabilities)
+        runs.log_metrics(scores)
+        reports.log_test_report(data, probabilities, uri)
+    print(f"{uri}: test accuracy {scores['test_accuracy']:.4f}, loss {scores['test_loss']:.4f}")
+    return scores

@@ -1,0 +1,60 @@
+"""`main` (what `mlflow run .` runs): the variants as child runs of one parent run, a
+comparison table, and the best child registered.
+
+On the parent run: the comparison table (comparison/comparison.csv and .md), both
+validation curves in one plot (comparison/validation_curves.png), tags naming its
+children and the reused runs; then the registration's version and champion decision.
+A child whose configuration, code and data match a FINISHED run is that run, reused.
+Prints the comparison table and the registry's decision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pandas as pd
+
+from mnist_pipeline import names
+from mnist_pipeline.core import plots
+from mnist_pipeline.core.data import load_for
+from mnist_pipeline.core.errors import RegistrationError, first_line
+from mnist_pipeline.core.params import MainParams
+from mnist_pipeline.tracking import readback, registry, runs, store
+
+
+def run(params: MainParams) -> pd.DataFrame:
+    """Returns the comparison table."""
+    configs = params.configs()
+    data = load_for(params.data_dir, [cfg.validation_split for cfg in configs])
+    store.check_tracking_store()
+    from mnist_pipeline.tracking import training_run  # TensorFlow: after the fast checks
+
+    failure = None
+    with runs.ended_run(run_name="main", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: "main"}) as parent:
+        runs.log_missing_params({"variants": ",".join(c.variant for c in configs), "force": str(params.force).lower()})
+        runs.set_tags({names.TAG_DATA_SOURCE: data.source})
+        children = training_run.train_or_reuse(configs, data, params.force)
+        runs.set_tags({f"{names.TAG_REUSED}.{c.variant}": c.run_id for c in children if c.reused})
+        runs.set_tags({names.TAG_CHILDREN: json.dumps({c.variant: c.run_id for c in children})})
+        table = readback.comparison_table(children)
+        runs.log_text(table.to_csv(index=False), names.COMPARISON_CSV)
+        runs.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.COMPARISON_MD)
+        curves = {c.variant: readback.metric_history(c.run_id) for c in children}
+        runs.log_figure(plots.validation_overlay(curves), names.OVERLAY)
+        print(f"main run {parent.info.run_id}:\n{table.to_markdown(index=False, floatfmt='.4g')}")
+        if params.model_name:
+            try:
+                registry.register_best([c.run_id for c in children], params.model_name,
+                                       chosen_from="this main run's variants")
+            except Exception as err:  # the store's errors come in many types
+                failure = f"{type(err).__name__}: {first_line(err)}"
+                with contextlib.suppress(Exception):  # the store may be what failed
+                    runs.set_tags({names.TAG_REGISTRATION_ERROR: failure[:5000]})
+    if failure:  # raised only now: training and comparison are complete, the parent FINISHED
+        raise RegistrationError(
+            f"registering the best run failed ({failure}); the training runs and main run "
+            f"{parent.info.run_id} are FINISHED and kept: retry with "
+            f"`mlflow run . -e register -P run_id={parent.info.run_id}`"
+        )
+    return table

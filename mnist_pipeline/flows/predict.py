@@ -1,0 +1,19 @@
+"""`predict`: digits in picture files (PNG, JPEG, ...) or IDX images files, one line each.
+
+Pictures become MNIST-style 28x28 digits first (core/inputs.py). Logs nothing.
+"""
+
+from __future__ import annotations
+
+from mnist_pipeline.core.inputs import load_inputs
+from mnist_pipeline.core.params import PredictParams
+from mnist_pipeline.tracking import logged_model, store
+
+
+def run(params: PredictParams) -> None:
+    names, images = load_inputs(params.files)
+    store.check_tracking_store()
+
+    model = logged_model.load_pyfunc(params.model_uri)
+    for name, p in zip(names, logged_model.predict_probabilities(model, images)):
+        print(f"{name}: {p.argmax()} (p={p.max():.3f})")

@@ -1,0 +1,192 @@
+"""`sweep`: one worker of an Optuna study over the final variant's hyperparameters. This
+module and flows/study.py are the ones that import Optuna; MLflow is reached through the
+tracking layer.
+
+- **Trials.** Each trial trains `final` with the parameters TPE proposes, as one MLflow
+  training run (tracking/training_run.py: the same params, per-epoch metrics, artifacts and
+  model as `train`), a child of the study's sweep parent run. It reports each epoch's
+  `val_accuracy` to Optuna and returns the last epoch's: what registry.selection_key ranks
+  by, since the logged weights are the last epoch's.
+- **Pruning.** MedianPruner: a trial whose val_accuracy at some epoch is below the median
+  of the COMPLETE trials at that epoch (at least PRUNE_MIN_TRIALS of them) stops training at
+  once (training_run.TrainingStopped).
+  Its run ends FINISHED with the epochs done, tagged `trial_state=PRUNED`, without a
+  `run_key`: `main` never reuses it, the registry never takes it.
+- **Workers.** Every worker started with the same `study_name` and `storage` (PostgreSQL for
+  several machines) and the same MLFLOW_TRACKING_URI joins one study. `n_trials` is the
+  study's budget, all workers together: a worker starts trials until the study holds that
+  many (a FAILed trial frees its place). Optuna numbers trials under a database lock, so
+  two workers asking at once still get distinct numbers; if both asked for the last place,
+  the higher number is not run and is marked FAIL. The first worker's sampler uses `seed`;
+  the others mix in their worker id, so that no two propose the same parameters.
+- **The parent run, and who creates it.** The worker whose `create_study` succeeds (the
+  database refuses a second study of the name, so exactly one does, however many start at
+  once) creates the parent run and names it in the study's user attrs; the others wait
+  for that name. The parent is a container that is FINISHED from the moment it exists:
+  workers only add tags and artifacts to it, never hold it open, so no worker, however it
+  stops (error, Ctrl-C, SIGTERM, even SIGKILL), leaves it RUNNING. Its status therefore
+  says nothing about the study's progress; the trial runs and the trials table do. A
+  trial's own run ends KILLED or FAILED with its worker, as every run does; if a worker
+  dies without ending it (SIGKILL, lost machine), the next worker's heartbeat check fails
+  the trial in Optuna and ends its run KILLED.
+- **End of a worker** (budget reached or `timeout` passed): it writes the trials table and
+  the best COMPLETE trial's params on the parent run, and registers that trial's run as
+  `main` does (registry.register_run: once per run; `champion` moves only on improvement).
+  Workers ending later rewrite the table with what they see then.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from mnist_pipeline import names
+from mnist_pipeline.core.config import TrainConfig, resolve
+from mnist_pipeline.core.data import Mnist, load_for
+from mnist_pipeline.core.errors import RegistrationError, first_line
+from mnist_pipeline.core.params import SweepParams
+from mnist_pipeline.flows import study as studies
+from mnist_pipeline.flows.study import PARAMS, SEARCH_SPACE, VARIANT, SearchSpace
+from mnist_pipeline.tracking import readback, registry, runs, store
+
+
+class OverBudget(Exception):
+    """The study's last place was taken while this trial was being created."""
+
+
+def trial_config(params: dict, seed: int) -> TrainConfig:
+    """The final variant with a trial's parameters, as Optuna holds them."""
+    units = tuple(int(u) for u in params["hidden_units"].split(","))
+    return resolve(VARIANT, {**params, "hidden_units": units, "seed": seed})
+
+
+def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pruners.BasePruner | None = None) -> str:
+    """One worker: join the study (creating it and its parent run if new), run trials until
+    it holds ``params.n_trials`` or ``params.timeout`` passes, then log the trials table and
+    register the best COMPLETE trial. Returns the parent run id. ``space`` and ``pruner``
+    default to SEARCH_SPACE and study.median_pruner()."""
+    data = load_for(params.data_dir, [resolve(VARIANT, {"seed": params.training_seed}).validation_split])
+    store.check_tracking_store()
+    space = space or SEARCH_SPACE
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    project_run = runs.detach_project_run()  # `mlflow run -e sweep`'s own run stays beside
+    study, parent_id = studies.open_study(params, data.digest, worker, space, pruner or studies.median_pruner())
+    if project_run:
+        runs.set_run_tags(project_run, {names.TAG_STUDY: params.study_name, names.TAG_SWEEP_PARENT: parent_id})
+    optuna.storages.fail_stale_trials(study)  # a killed worker's trial must not hold a place
+    if studies.taken(study) >= params.n_trials:
+        print(f"study {params.study_name} already holds {params.n_trials} trials: none to run "
+              "(a larger n_trials adds more)")
+    else:
+        objective = _Objective(params, data, space, parent_id, worker)
+        study.optimize(objective, timeout=params.timeout or None, catch=(OverBudget,),
+                       callbacks=[objective.stop_when_full])
+    summarize(study, parent_id, params.model_name, worker)
+    return parent_id
+
+
+@dataclass
+class _Objective:
+    params: SweepParams
+    data: Mnist
+    space: SearchSpace
+    parent_id: str
+    worker: str
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from mnist_pipeline.tracking import training_run  # TensorFlow: after the command's fast checks
+
+        trial.set_user_attr(names.WORKER_ATTR, self.worker)
+        if studies.taken(trial.study, before=trial.number) >= self.params.n_trials:
+            trial.study.stop()
+            raise OverBudget(f"trial {trial.number} not run: another worker took the study's last place")
+        cfg = trial_config(self.space.suggest(trial), self.params.training_seed)
+        tags = {names.TAG_STUDY: self.params.study_name, names.TAG_TRIAL: str(trial.number)}
+        last = {}
+
+        def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            last["val_accuracy"] = metrics["val_accuracy"]
+            trial.report(metrics["val_accuracy"], epoch)
+            if trial.should_prune():
+                raise training_run.TrainingStopped(f"pruned by {type(trial.study.pruner).__name__} after epoch {epoch}",
+                                                   {names.TAG_TRIAL_STATE: TrialState.PRUNED.name})
+
+        try:
+            run_id = training_run.track_training(cfg, self.data, after_epoch=after_epoch, tags={
+                "mlflow.parentRunId": self.parent_id, names.TAG_WORKER: self.worker, **tags})
+        except training_run.TrainingStopped as stop:
+            trial.set_user_attr(names.RUN_ATTR, stop.run_id)
+            raise optuna.TrialPruned(str(stop)) from None
+        except BaseException:
+            runs.tag_last_run(tags, {names.TAG_TRIAL_STATE: TrialState.FAIL.name})
+            raise
+        trial.set_user_attr(names.RUN_ATTR, run_id)
+        runs.set_run_tags(run_id, {names.TAG_TRIAL_STATE: TrialState.COMPLETE.name})
+        return last["val_accuracy"]
+
+    def stop_when_full(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if studies.taken(study) >= self.params.n_trials:
+            study.stop()
+
+
+def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str) -> pd.DataFrame:
+    """Log the trials table and the best COMPLETE trial's params on the parent run, then
+    register that trial's run (unless ``model_name`` is ''). Returns the table."""
+    trials = study.get_trials(deepcopy=False)
+    for trial in trials:  # a FAILed trial's run left RUNNING by a worker that died
+        if trial.state == TrialState.FAIL:
+            studies.end_runs_of(parent_id, trial.number, "failed")
+    trial_runs = {r.info.run_id: r for r in readback.child_runs(parent_id)}
+    table = pd.DataFrame([_row(t, trial_runs) for t in trials], columns=_COLUMNS)
+    states = table["state"].value_counts()
+    tags = {"summary_by": worker, **{f"trials_{s.name.lower()}": int(states.get(s.name, 0)) for s in TrialState}}
+    complete = [t.user_attrs[names.RUN_ATTR] for t in trials
+                if t.state == TrialState.COMPLETE and names.RUN_ATTR in t.user_attrs]
+    best = registry.best_run(complete) if complete else None
+    best_trial = next((t for t in trials if best and t.user_attrs.get(names.RUN_ATTR) == best.info.run_id), None)
+    if best_trial is not None:
+        tags |= {"best_trial": best_trial.number, "best_run_id": best.info.run_id,
+                 "best_val_accuracy": best.data.metrics["val_accuracy"],
+                 **{f"best.{name}": value for name, value in best_trial.params.items()}}
+    runs.log_text(table.to_csv(index=False), names.SWEEP_TRIALS_CSV, parent_id)
+    runs.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.SWEEP_TRIALS_MD, parent_id)
+    runs.log_dict(best_trial.params if best_trial else {}, names.SWEEP_BEST_PARAMS, parent_id)
+    runs.set_run_tags(parent_id, tags)
+    print(f"study {study.study_name}, sweep parent run {parent_id}:\n{table.to_markdown(index=False, floatfmt='.4g')}")
+    if best_trial is None:
+        print("no COMPLETE trial: nothing to register")
+    elif model_name:
+        _register(best, model_name, f"study {study.study_name}'s {len(complete)} COMPLETE trials", parent_id)
+    return table
+
+
+_COLUMNS = ["trial", "state", *PARAMS, "epochs_done", "val_accuracy", "test_accuracy", "run_id", "worker"]
+
+
+def _row(trial: optuna.trial.FrozenTrial, trial_runs: dict) -> dict:
+    """val_accuracy is the last epoch's the trial reached (a pruned trial's too)."""
+    run = trial_runs.get(trial.user_attrs.get(names.RUN_ATTR))
+    steps = trial.intermediate_values
+    return {"trial": trial.number, "state": trial.state.name, **{p: trial.params.get(p) for p in PARAMS},
+            "epochs_done": len(steps), "val_accuracy": steps[max(steps)] if steps else None,
+            "test_accuracy": run.data.metrics.get("test_accuracy") if run else None,
+            "run_id": trial.user_attrs.get(names.RUN_ATTR, ""), "worker": trial.user_attrs.get(names.WORKER_ATTR, "")}
+
+
+def _register(best, model_name: str, chosen_from: str, parent_id: str) -> None:
+    try:
+        registration = registry.register_run(best, model_name, chosen_from)
+    except Exception as err:  # the store's errors come in many types
+        raise RegistrationError(
+            f"registering the best trial's run {best.info.run_id} failed ({type(err).__name__}: "
+            f"{first_line(err)}); the trials are kept: run the same sweep command again with "
+            "--n-trials no larger than the trials the study holds (then it only registers)") from None
+    version = registration.version
+    print(f"{model_name} version {version.version} (run {best.info.run_id}): {registration.reason}")
+    runs.set_run_tags(parent_id, {names.TAG_REGISTERED_MODEL: model_name, names.TAG_REGISTERED_VERSION: version.version,
+                                  names.TAG_CHAMPION_DECISION: registration.reason})

@@ -1,0 +1,83 @@
+"""The epoch logger: each epoch's metrics reach the store as the epoch ends, and survive
+a tracking server that goes away for a while."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric
+
+from mnist_pipeline.tracking.store import ONE_SHOT, TrackingStoreError, environment
+
+
+class EpochLogger:
+    """Logs each epoch's metrics (step = epoch) as it ends. If the tracking server stops
+    answering, training goes on: the metrics are kept, with the time they were measured,
+    and sent when it answers again. ``flush(final=True)`` at the end waits up to
+    FINAL_WAIT_SECONDS for the server, then raises."""
+
+    # While the server is away, try again at most this often (seconds).
+    RETRY_SECONDS = float(os.environ.get("MNIST_PIPELINE_RETRY_SECONDS", "20"))
+    FINAL_WAIT_SECONDS = 120.0
+    BATCH = 1000  # metrics per request: MLflow's log_batch limit
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.finished: dict[int, dict[str, float]] = {}  # epoch -> metrics, for the history
+        self.seconds = 0.0  # spent logging inside the epochs: what tracking costs training
+        self._pending: list[Metric] = []
+        self._retry_at = 0.0  # monotonic time of the next attempt while the server is away
+        self._sent_while_away = 0
+
+    def history(self) -> pd.DataFrame:
+        """The finished epochs as a history table (index "epoch"), as train() returns it."""
+        return pd.DataFrame.from_dict(self.finished, orient="index").rename_axis("epoch")
+
+    def __call__(self, epoch: int, row: dict[str, float]) -> None:
+        start = time.perf_counter()
+        self.finished[epoch] = row
+        now = int(time.time() * 1000)
+        self._pending += [Metric(name, value, now, epoch) for name, value in row.items()]
+        if time.monotonic() >= self._retry_at:
+            self.flush()
+        self.seconds += time.perf_counter() - start
+
+    def flush(self, final: bool = False) -> None:
+        give_up_at = time.monotonic() + self.FINAL_WAIT_SECONDS
+        self._send()
+        while final and self._pending:
+            if time.monotonic() > give_up_at:
+                raise TrackingStoreError(
+                    f"tracking server {mlflow.get_tracking_uri()} did not answer for "
+                    f"{self.FINAL_WAIT_SECONDS:.0f} s after training: metrics of "
+                    f"{len({m.step for m in self._pending})} epochs could not be logged"
+                )
+            time.sleep(self.RETRY_SECONDS)
+            self._send()
+
+    def _send(self) -> None:
+        if not self._pending:
+            return
+        try:
+            client = mlflow.MlflowClient()
+            # no retries here: a server that is away must not stall training for seconds
+            with environment(ONE_SHOT):
+                while self._pending:
+                    client.log_batch(self.run_id, metrics=self._pending[: self.BATCH])
+                    sent, self._pending = self._pending[: self.BATCH], self._pending[self.BATCH :]
+                    self._sent_while_away += len({m.step for m in sent}) if self._retry_at else 0
+        except Exception as err:  # the server's errors reach us in many types
+            if not self._retry_at:
+                print(f"warning: tracking server {mlflow.get_tracking_uri()} did not take the metrics "
+                      f"of epoch {self._pending[-1].step} ({type(err).__name__}); training goes on and "
+                      "they are sent when it answers again", file=sys.stderr)
+            self._retry_at = time.monotonic() + self.RETRY_SECONDS
+            return
+        if self._retry_at:
+            print(f"tracking server answers again: sent the metrics of {self._sent_while_away} kept epochs",
+                  file=sys.stderr)
+        self._retry_at, self._sent_while_away = 0.0, 0

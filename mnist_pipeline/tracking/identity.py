@@ -1,0 +1,45 @@
+"""Run identity: which code, configuration and data a training run is, and finding its twin.
+
+A FINISHED run with the same run key is reused by `main` and `reproduce` instead of
+training again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+import mlflow
+
+from mnist_pipeline.core.config import TrainConfig
+from mnist_pipeline.names import TAG_RUN_KEY
+
+PACKAGE = Path(__file__).resolve().parents[1]  # mnist_pipeline/
+
+
+@functools.cache  # the source does not change while the process runs
+def code_version(package: Path = PACKAGE) -> str:
+    """Digest of every source file of the package, subfolders included, each by its path
+    relative to the package: changes whenever any of the code does."""
+    md5 = hashlib.md5()
+    for path in sorted(package.rglob("*.py"), key=lambda p: p.relative_to(package).as_posix()):
+        md5.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return md5.hexdigest()[:12]
+
+
+def run_key(cfg: TrainConfig, data_digest: str) -> str:
+    identity = {"config": cfg.as_params(), "code": code_version(), "data": data_digest}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_reusable_run(key: str) -> str | None:
+    """Id of the newest FINISHED run in the active experiment with ``key``, if any."""
+    runs = mlflow.search_runs(
+        filter_string=f"tags.{TAG_RUN_KEY} = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else None

@@ -1,0 +1,97 @@
+"""Reading runs back from the tracking store: histories, comparison rows, logged tables."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from mnist_pipeline import names
+from mnist_pipeline.core.variants import VARIANTS
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """A training run under a main or reproduce run: trained there, or reused."""
+
+    variant: str
+    run_id: str
+    reused: bool
+
+
+def metrics_of(run_id: str) -> dict[str, float]:
+    return mlflow.MlflowClient().get_run(run_id).data.metrics
+
+
+def metric_history(run_id: str) -> pd.DataFrame:
+    """Per-epoch validation metrics of a run, read back from the tracking store."""
+    client = mlflow.MlflowClient()
+    columns = {
+        name: {m.step: m.value for m in client.get_metric_history(run_id, name)}
+        for name in ("val_accuracy", "val_loss")
+    }
+    return pd.DataFrame(columns).sort_index().rename_axis("epoch")
+
+
+def epoch_end_times(run_id: str) -> list[float]:
+    """When each epoch's metrics reached the store (seconds since the epoch), in order."""
+    history = mlflow.MlflowClient().get_metric_history(run_id, "epoch_seconds")
+    return sorted(m.timestamp / 1000 for m in history)
+
+
+def comparison_table(children: list[ChildRun]) -> pd.DataFrame:
+    """One row per variant: its params and scores, read from the tracking store."""
+    client = mlflow.MlflowClient()
+    rows = []
+    for child in children:
+        run = client.get_run(child.run_id).data
+        rows.append(
+            {
+                "variant": child.variant,
+                "conv_filters": run.params["conv_filters"],
+                "hidden_units": run.params["hidden_units"],
+                "dropout": float(run.params["dropout"]),
+                "l2": float(run.params["l2"]),
+                "epochs": int(run.params["epochs"]),
+                "best_val_accuracy": run.metrics["best_val_accuracy"],
+                "best_epoch": int(run.metrics["best_epoch"]),
+                "val_accuracy": run.metrics["val_accuracy"],  # last epoch: what selection uses
+                "test_accuracy": run.metrics["test_accuracy"],
+                "test_loss": run.metrics["test_loss"],
+                "study_test_accuracy": VARIANTS[child.variant].study_test_accuracy,
+                "train_seconds": run.metrics["train_seconds"],
+                "run_id": child.run_id,
+                "reused": child.reused,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def seed_results(seeds: list[int], children: list[ChildRun]) -> pd.DataFrame:
+    """One row per training run of a reproduce run (``seeds[i]`` is ``children[i]``'s seed)."""
+    rows = []
+    for seed, child in zip(seeds, children):
+        metrics = metrics_of(child.run_id)
+        rows.append({"variant": child.variant, "seed": seed, "test_accuracy": metrics["test_accuracy"],
+                     "val_accuracy": metrics["val_accuracy"], "run_id": child.run_id, "reused": child.reused})
+    return pd.DataFrame(rows)
+
+
+def confusion_counts(run_id: str) -> np.ndarray | None:
+    """The (10, 10) test-set counts a run logged (rows: true digit), read back from the
+    tracking store; None if it logged none (a run from before they were logged)."""
+    folder = names.CONFUSION_COUNTS.rsplit("/", 1)[0]
+    if names.CONFUSION_COUNTS not in {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, folder)}:
+        return None
+    text = mlflow.artifacts.load_text(f"runs:/{run_id}/{names.CONFUSION_COUNTS}")
+    return pd.read_csv(io.StringIO(text), index_col="true_digit").to_numpy()
+
+
+def child_runs(parent_id: str, tags: dict[str, str] | None = None, status: str = "") -> list:
+    """Runs of the active experiment under ``parent_id`` with ``tags`` (and ``status``)."""
+    filters = [f"tags.mlflow.parentRunId = '{parent_id}'"] + [f"tags.{k} = '{v}'" for k, v in (tags or {}).items()]
+    filters += [f"attributes.status = '{status}'"] if status else []
+    return mlflow.search_runs(filter_string=" and ".join(filters), output_format="list")

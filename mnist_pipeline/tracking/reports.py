@@ -1,0 +1,26 @@
+"""The tables and plots a run logs: learning curves of a history, the report of predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mnist_pipeline import names
+from mnist_pipeline.core import evaluation, plots
+from mnist_pipeline.core.data import Mnist
+from mnist_pipeline.tracking.runs import log_figure, log_text
+
+
+def log_history(history: pd.DataFrame, title: str) -> None:
+    """The per-epoch table and the learning curves drawn from it."""
+    log_text(history.to_csv(), names.HISTORY)
+    log_figure(plots.learning_curves(history, title), names.CURVES)
+
+
+def log_test_report(data: Mnist, probabilities: np.ndarray, title: str) -> None:
+    """Per-class table, confusion counts and matrix, and misclassified digits of the test set."""
+    report = evaluation.report(data.y_test, probabilities)
+    log_text(report.per_class.to_csv(), names.PER_CLASS)
+    log_text(report.confusion.to_csv(), names.CONFUSION_COUNTS)
+    log_figure(plots.confusion_matrix(data.y_test, report.predicted, title), names.CONFUSION)
+    log_figure(plots.misclassified(data.x_test, data.y_test, probabilities, title), names.MISCLASSIFIED)

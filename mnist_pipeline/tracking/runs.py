@@ -1,0 +1,144 @@
+"""The run lifecycle: a run that always ends, the run `mlflow run` made, and what any run is given.
+
+Every function writes to the active run unless it takes a ``run_id``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import mlflow
+from matplotlib.figure import Figure
+from mlflow.entities import RunTag
+from mlflow.exceptions import MlflowException
+
+from mnist_pipeline.core import plots
+from mnist_pipeline.core.errors import UserError
+
+
+@contextlib.contextmanager
+def ended_run(**start_run_kwargs):
+    """``mlflow.start_run`` that always ends its run: FINISHED, KILLED on KeyboardInterrupt
+    (the CLI turns SIGTERM into one), FAILED on any other exception."""
+    run = mlflow.start_run(**start_run_kwargs)
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if status == "FINISHED":
+            mlflow.end_run(status)
+        else:  # an error is on its way out: ending the run must not replace it
+            try:
+                mlflow.end_run(status)
+            except Exception as err:
+                print(f"warning: could not mark run {run.info.run_id} {status}: {err}", file=sys.stderr)
+
+
+def create_finished_run(name: str, params: dict, tags: dict[str, str]) -> str:
+    """A run that ends FINISHED at once, as a container: later work only adds tags and
+    artifacts to it (set_run_tags, log_text with its id), so no process, however it stops,
+    can leave it RUNNING."""
+    with ended_run(run_name=name, tags=tags) as run:
+        mlflow.log_params(params)
+    return run.info.run_id
+
+
+def launched_by_mlflow_run() -> bool:
+    """True under `mlflow run`, which made a run for the entry point and named it in the environment."""
+    return bool(mlflow.environment_variables.MLFLOW_RUN_ID.get())
+
+
+def detach_project_run() -> str | None:
+    """Under `mlflow run`, the id of MLflow's own run for the entry point, taken out of the
+    environment so that the next runs are new ones beside it rather than resuming it.
+    `mlflow run` ends it when the process exits."""
+    return os.environ.pop(mlflow.environment_variables.MLFLOW_RUN_ID.name, None)
+
+
+def use_experiment_of(run_id: str) -> None:
+    """Start the next runs in ``run_id``'s experiment; UserError if this store lacks the run."""
+    try:
+        experiment_id = mlflow.get_run(run_id).info.experiment_id
+    except MlflowException:
+        raise UserError(f"the study's parent run {run_id} is not in tracking store {mlflow.get_tracking_uri()}: "
+                        "all workers of a study must use the same MLFLOW_TRACKING_URI") from None
+    mlflow.set_experiment(experiment_id=experiment_id)
+
+
+def log_missing_params(params: dict[str, str]) -> None:
+    """Log ``params`` except keys already on the active run (`mlflow run` logs its own)."""
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+
+
+def log_params(params: dict) -> None:
+    mlflow.log_params(params)
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    mlflow.log_metrics(metrics)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    """``tags`` on the active run, if there is one."""
+    if tags and mlflow.active_run():
+        mlflow.set_tags(tags)
+
+
+def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
+    mlflow.MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def tag_last_run(expected: dict[str, str], tags: dict[str, str]) -> None:
+    """Best effort, while an error is on its way out: ``tags`` on the run this process ended
+    last, if it carries the ``expected`` tags."""
+    with contextlib.suppress(Exception):
+        run = mlflow.last_active_run()
+        if run is not None and all(run.data.tags.get(k) == v for k, v in expected.items()):
+            set_run_tags(run.info.run_id, tags)
+
+
+def log_text(text: str, path: str, run_id: str | None = None) -> None:
+    if run_id is None:
+        mlflow.log_text(text, path)
+    else:
+        mlflow.MlflowClient().log_text(run_id, text, path)
+
+
+def log_dict(values: dict, path: str, run_id: str) -> None:
+    mlflow.MlflowClient().log_dict(run_id, values, path)
+
+
+def log_figure(fig: Figure, path: str) -> None:
+    """The figure as a PNG artifact of the active run; the figure is closed."""
+    mlflow.log_figure(fig, path)
+    plots.close(fig)
+
+
+def end_running(run_ids: list[str], status: str = "KILLED") -> None:
+    """End runs whose process is gone."""
+    client = mlflow.MlflowClient()
+    for run_id in run_ids:
+        client.set_terminated(run_id, status)
+
+
+def log_to_launching_run(metrics: dict[str, float], files: list[str], folder: str) -> bool:
+    """``metrics`` and ``files`` (under ``folder``) on the active run, or on the run `mlflow
+    run` launched this process in; False if there is neither."""
+    if mlflow.active_run():
+        run = contextlib.nullcontext()
+    elif launched_by_mlflow_run():
+        run = mlflow.start_run()  # resumes the run `mlflow run -e ...` made
+    else:
+        return False
+    with run:
+        mlflow.log_metrics(metrics)
+        for path in files:
+            mlflow.log_artifact(path, folder)
+    return True

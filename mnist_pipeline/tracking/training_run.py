@@ -1,0 +1,163 @@
+"""What a training run logs: params, per-epoch metrics, summary metrics, plots, tables,
+the datasets and the Keras model. The same for every variant and every command that
+trains (train, main, reproduce, sweep, bench), so runs line up in the compare view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable
+
+import mlflow
+
+from mnist_pipeline import names
+from mnist_pipeline.core import config
+from mnist_pipeline.core.config import TrainConfig
+from mnist_pipeline.core.data import Mnist, array_digest, split_validation
+from mnist_pipeline.core.training import TrainResult, train
+from mnist_pipeline.core.variants import VARIANTS
+from mnist_pipeline.tracking.epoch_logger import EpochLogger
+from mnist_pipeline.tracking.identity import code_version, find_reusable_run, run_key
+from mnist_pipeline.tracking.logged_model import log_keras_model
+from mnist_pipeline.tracking.readback import ChildRun
+from mnist_pipeline.tracking.reports import log_history, log_test_report
+from mnist_pipeline.tracking.runs import ended_run
+
+
+class TrainingStopped(Exception):
+    """Raised by a track_training ``after_epoch`` hook to stop training on purpose (e.g. a
+    pruned sweep trial): the run ends FINISHED with the epochs done, tagged TAG_STOPPED (the
+    message) and ``tags``, without a run key."""
+
+    def __init__(self, message: str, tags: dict[str, str] | None = None):
+        super().__init__(message)
+        self.tags = tags or {}
+        self.run_id: str | None = None  # set by track_training
+
+
+def track_training(
+    cfg: TrainConfig,
+    data: Mnist,
+    nested: bool = False,
+    tags: dict[str, str] | None = None,
+    after_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> str:
+    """Train ``cfg`` inside one MLflow run named after the variant; returns the run id.
+
+    Logs params, per-epoch metrics (step = epoch, from 1), summary metrics, plots,
+    tables, the datasets and the Keras model. An interruption (SIGINT, SIGTERM) ends the
+    run KILLED, any other exception FAILED; either way the epochs that finished keep their
+    metrics, history table and curves.
+
+    ``tags`` go on the run beside its own. ``after_epoch(epoch, metrics)`` is called after
+    each epoch's metrics are handed to the logger; if it raises TrainingStopped, the run
+    keeps the finished epochs and ends FINISHED without a run key, and TrainingStopped
+    (with its ``run_id`` set) goes on up.
+    """
+    description = VARIANTS[cfg.variant].description
+    tags = {
+        names.TAG_VARIANT: cfg.variant,
+        names.TAG_DESCRIPTION: description,
+        names.TAG_RUN_KEY: run_key(cfg, data.digest),
+        names.TAG_CODE_VERSION: code_version(),
+        names.TAG_DATA_DIGEST: data.digest,
+        **(tags or {}),
+    }
+    stopped = None
+    with ended_run(run_name=cfg.variant, nested=nested, tags=tags, description=description) as run:
+        mlflow.log_params(
+            {
+                **cfg.as_params(),
+                "optimizer": config.OPTIMIZER,
+                "loss": config.LOSS,
+                "data_source": data.source,
+                "data_digest": data.digest,
+            }
+        )
+        _log_datasets(data, cfg.validation_split)
+        epochs = EpochLogger(run.info.run_id)
+        try:
+            result = train(cfg, data, on_epoch=_then(epochs, after_epoch))
+        except TrainingStopped as stop:
+            stopped = stop
+            _log_stopped(stop, epochs, cfg.variant)
+        except BaseException:
+            if epochs.finished:  # best effort: the original error is what the user must see
+                with contextlib.suppress(Exception):
+                    epochs.flush()
+                    log_history(epochs.history(), cfg.variant)
+            raise
+        else:
+            epochs.flush(final=True)  # anything kept while the server was away
+            _log_result(result, epochs, data, cfg.variant)
+    if stopped is not None:  # raised only now: the run is FINISHED
+        stopped.run_id = run.info.run_id
+        raise stopped
+    return run.info.run_id
+
+
+def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool) -> list[ChildRun]:
+    """Each config as a child of the active run, or the FINISHED run with its run key
+    (unless ``force``)."""
+    children = []
+    for cfg in configs:
+        reused = None if force else find_reusable_run(run_key(cfg, data.digest))
+        if reused:
+            print(f"{cfg.variant} (seed {cfg.seed}): reusing FINISHED run {reused} (same config, code and data)")
+        run_id = reused or track_training(cfg, data, nested=True)
+        children.append(ChildRun(cfg.variant, run_id, reused is not None))
+    return children
+
+
+def _then(first: Callable, then: Callable | None) -> Callable:
+    """``first(epoch, metrics)``, then ``then(epoch, metrics)`` if there is one."""
+    if then is None:
+        return first
+
+    def both(epoch: int, metrics: dict[str, float]) -> None:
+        first(epoch, metrics)
+        then(epoch, metrics)
+
+    return both
+
+
+def _log_result(result: TrainResult, epochs: EpochLogger, data: Mnist, title: str) -> None:
+    mlflow.log_param(names.NUM_PARAMETERS, result.model.count_params())
+    mlflow.log_metrics(
+        {
+            "best_val_accuracy": result.best_val_accuracy,
+            "best_epoch": result.best_epoch,
+            "test_accuracy": result.test_accuracy,
+            "test_loss": result.test_loss,
+            "train_seconds": result.train_seconds,
+            "samples_per_second": result.samples_per_second,
+            names.TRACKING_SECONDS: epochs.seconds,
+        }
+    )
+    log_history(result.history, title)
+    log_test_report(data, result.test_probabilities, title)
+    log_keras_model(result.model, data.x_test[:3])
+
+
+def _log_stopped(stop: TrainingStopped, epochs: EpochLogger, title: str) -> None:
+    """A run stopped on purpose keeps its finished epochs and loses its run key, so that
+    `main` never reuses it and the registry never takes it."""
+    epochs.flush(final=True)
+    log_history(epochs.history(), title)
+    mlflow.delete_tag(names.TAG_RUN_KEY)
+    mlflow.set_tags({names.TAG_STOPPED: str(stop), **stop.tags})
+
+
+def _log_datasets(data: Mnist, validation_split: float) -> None:
+    (x_fit, y_fit), (x_val, y_val) = split_validation(data.x_train, data.y_train, validation_split)
+    splits = {"training": (x_fit, y_fit), "validation": (x_val, y_val), "test": (data.x_test, data.y_test)}
+    for context, (x, y) in splits.items():
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice and warns that a path is
+            # ambiguous between the two identical candidates.
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+            dataset = mlflow.data.from_numpy(
+                x, targets=y, source=data.source, name=names.DATASETS[context], digest=array_digest(x, y)
+            )
+        mlflow.log_input(dataset, context=context)
