@@ -1,59 +1,18 @@
-"""Shared fixtures: tiny synthetic MNIST folders and a private MLflow store per test."""
+"""Fixtures only: tiny synthetic MNIST folders, a private MLflow store per test, a PostgreSQL-
+backed tracking server, and the end-of-suite check that no run is left RUNNING. The helpers
+they use live in helpers/."""
 
 from __future__ import annotations
 
 import contextlib
-import gzip
-import hashlib
 import os
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from mnist_pipeline import data
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-REAL_MNIST = Path(os.environ.get(data.DATA_DIR_ENV) or PROJECT_ROOT.parent / "shared/data/mnist").resolve()
-
-
-def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Learnable stand-ins for digits: label k lights a 6x6 block at a k-dependent place."""
-    rng = np.random.default_rng(seed)
-    labels = (np.arange(n) % 10).astype(np.uint8)
-    rng.shuffle(labels)
-    images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
-    for i, k in enumerate(labels):
-        row, col = 2 + 8 * (k // 4), 2 + 6 * (k % 4)
-        images[i, row : row + 6, col : col + 6] = 255
-    return images, labels
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    magic = data.IMAGES_MAGIC if array.ndim == 3 else data.LABELS_MAGIC
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_idx_folder(folder: Path, arrays: dict[str, np.ndarray], gz: bool = True) -> Path:
-    """The four IDX files (gzip-compressed or not) and an MD5SUMS of the decompressed bytes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    sums = []
-    for split, (images_name, labels_name) in data.IDX_FILES.items():
-        for name, key in ((images_name, f"x_{split}"), (labels_name, f"y_{split}")):
-            raw = idx_bytes(arrays[key])
-            target = folder / (f"{name}.gz" if gz else name)
-            target.write_bytes(gzip.compress(raw, compresslevel=1) if gz else raw)
-            sums.append(f"{hashlib.md5(raw).hexdigest()}  {name}")
-    (folder / "MD5SUMS").write_text("\n".join(sums) + "\n")
-    return folder
-
-
-def tiny_arrays(n_train: int = 400, n_test: int = 100) -> dict[str, np.ndarray]:
-    x_train, y_train = synthetic_digits(n_train, seed=1)
-    x_test, y_test = synthetic_digits(n_test, seed=2)
-    return dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+from helpers.data import tiny_arrays, write_idx_folder
+from mnist_pipeline.core import data
 
 
 @pytest.fixture
@@ -81,17 +40,6 @@ def tracking_store(tmp_path, monkeypatch) -> str:
     while mlflow.active_run():
         mlflow.end_run("FAILED")
     mlflow.set_tracking_uri(None)
-
-
-def all_runs(uri: str):
-    """Every run in every experiment of the store at ``uri``."""
-    import mlflow
-
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return []  # MLflow creates the database with the first run: no file, no run
-    client = mlflow.MlflowClient(uri)
-    ids = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(ids, max_results=1000) if ids else []
 
 
 # Every tracking store the suite wrote, and the runs still RUNNING in it after the suite.
@@ -136,7 +84,17 @@ def registered(tracking_store, tiny_mnist_dir):
     """A `main` run of two tiny variants that registered its best child."""
     from mnist_pipeline import cli
 
-    argv = ["main", "--variants", "baseline,final", "--epochs", "2", "--batch-size", "64", "--data-dir", str(tiny_mnist_dir)]
+    argv = [
+        "main",
+        "--variants",
+        "baseline,final",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--data-dir",
+        str(tiny_mnist_dir),
+    ]
     assert cli.run(argv) == 0
     return tracking_store
 
@@ -147,7 +105,7 @@ def postgres():
     import shutil
     import tempfile
 
-    from servers import Postgres, postgres_bin
+    from helpers.servers import Postgres, postgres_bin
 
     if not (postgres_bin("initdb") and postgres_bin("pg_ctl")):
         pytest.skip("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
@@ -166,7 +124,8 @@ def postgres():
 def tracking_server(postgres, tmp_path_factory):
     """URI of an `mlflow server` on the session's PostgreSQL, proxying artifacts."""
     import mlflow
-    from servers import MlflowServer
+
+    from helpers.servers import MlflowServer
 
     server = MlflowServer(postgres.url, tmp_path_factory.mktemp("mlflow-server"))
     try:

@@ -203,9 +203,7 @@ def parse_variants(text: str) -> tuple[str, ...]:
     unknown = [n for n in names if n not in VARIANTS]
     if not names or unknown:
         bad = ",".join(unknown) if unknown else text
-        raise ConfigError(
-            f"variants={bad!r} is not allowed: a comma-separated list from {', '.join(VARIANTS)}"
-        )
+        raise ConfigError(f"variants={bad!r} is not allowed: a comma-separated list from {', '.join(VARIANTS)}")
     if len(set(names)) != len(names):
         raise ConfigError(f"variants={text!r} is not allowed: a variant appears twice")
     return names
@@ -235,8 +233,10 @@ _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # also safe inside
 
 def parse_study_name(text: str) -> str:
     if not _STUDY_NAME.fullmatch(text):
-        raise ConfigError(f"study_name={text!r} is not allowed: 1-100 letters, digits, '.', '_' "
-                          "or '-', starting with a letter or digit")
+        raise ConfigError(
+            f"study_name={text!r} is not allowed: 1-100 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit"
+        )
     return text
 
 
@@ -270,6 +270,7 @@ def parse_storage(text: str) -> str:
         dialect.import_dbapi()
     except ImportError as err:
         shown = url.render_as_string(hide_password=True)
-        raise ConfigError(f"storage={shown!r} is not allowed: its database driver {err.name} is not "
-                          "installed") from None
+        raise ConfigError(
+            f"storage={shown!r} is not allowed: its database driver {err.name} is not installed"
+        ) from None
     return text.strip()

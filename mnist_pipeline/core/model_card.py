@@ -63,10 +63,16 @@ def build(
         f"# Model card: {model_name} version {version}",
         chosen,
         _data(params, confusion),
-        _table("Variant and hyperparameters", ("parameter", "value"),
-               [(k, f"`{params[k]}`" if params[k] else "none") for k in HYPERPARAMETERS if k in params]),
-        _table("Metrics", ("metric", "value", "what"),
-               [(k, f"{metrics[k]:.4g}", what) for k, what in METRICS.items() if k in metrics]),
+        _table(
+            "Variant and hyperparameters",
+            ("parameter", "value"),
+            [(k, f"`{params[k]}`" if params[k] else "none") for k in HYPERPARAMETERS if k in params],
+        ),
+        _table(
+            "Metrics",
+            ("metric", "value", "what"),
+            [(k, f"{metrics[k]:.4g}", what) for k, what in METRICS.items() if k in metrics],
+        ),
         _per_class(confusion),
         _weaknesses(confusion),
         _how_to_load(model_name, version),
@@ -96,10 +102,7 @@ def _per_class(confusion: np.ndarray | None) -> str:
     if confusion is None:
         return "## Per-class accuracy (test set)\n\nNot known: the training run logged no confusion counts."
     accuracy = per_class_accuracy(confusion)
-    rows = [
-        (d, int(confusion[d].sum()), int(confusion[d, d]), f"{accuracy[d]:.4f}")
-        for d in range(len(confusion))
-    ]
+    rows = [(d, int(confusion[d].sum()), int(confusion[d, d]), f"{accuracy[d]:.4f}") for d in range(len(confusion))]
     return _table("Per-class accuracy (test set)", ("digit", "test images", "correct", "accuracy"), rows)
 
 

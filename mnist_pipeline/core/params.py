@@ -28,8 +28,9 @@ MAX_REQUEST_MB = 16  # largest request body `serve` reads; about 3,000 images as
 def param(default, help: str, parse=str, allowed: str = "", ok=None, positional: bool = False):
     """A dataclass field with its help; ``parse(text)`` reads it (ValueError: not allowed),
     ``ok(value)`` checks it, ``allowed`` says what is allowed in the error message."""
-    return field(default=default, metadata={"help": help, "parse": parse, "allowed": allowed, "ok": ok,
-                                            "positional": positional})
+    return field(
+        default=default, metadata={"help": help, "parse": parse, "allowed": allowed, "ok": ok, "positional": positional}
+    )
 
 
 def text(value) -> str:
@@ -113,8 +114,9 @@ def _override(name: str):
     checked by TrainConfig itself (Overrides.check)."""
     shared = getattr(TrainConfig, name, None)  # None: each variant has its own value
     default = "the variant's value" if shared is None else text(shared)
-    return param(None, f"{_OVERRIDE_HELP[name]} (default: {default})", _optional(config.PARSERS[name]),
-                 config.allowed(name))
+    return param(
+        None, f"{_OVERRIDE_HELP[name]} (default: {default})", _optional(config.PARSERS[name]), config.allowed(name)
+    )
 
 
 def _bool(default: bool, help: str):
@@ -190,22 +192,31 @@ class ReproduceParams(Overrides):
     """train variants with several seeds: mean ± std against seed noise"""
 
     variants: tuple[str, ...] = _variants()
-    seeds: int = param(config.SEEDS, "runs per variant, >= 2: seeds seed, seed+1, ... (--seed: the first, default 42)",
-                       _stripped(config.parse_digits), "must be an integer >= 2 (the spread needs two runs per variant)",
-                       lambda v: v >= 2)
+    seeds: int = param(
+        config.SEEDS,
+        "runs per variant, >= 2: seeds seed, seed+1, ... (--seed: the first, default 42)",
+        _stripped(config.parse_digits),
+        "must be an integer >= 2 (the spread needs two runs per variant)",
+        lambda v: v >= 2,
+    )
     force: bool = _force()
     data_dir: str = param("", DATA_DIR)
 
     def check(self) -> None:
         first = self.configs_of(self.variants)[0].seed
         if first + self.seeds > 2**32:
-            raise ConfigError(f"seed={first} with seeds={self.seeds} is not allowed: the last seed, "
-                              "seed + seeds - 1, must be below 2**32")
+            raise ConfigError(
+                f"seed={first} with seeds={self.seeds} is not allowed: the last seed, "
+                "seed + seeds - 1, must be below 2**32"
+            )
 
     def configs(self) -> list[TrainConfig]:
         """Every variant at every seed, variant by variant."""
-        return [replace(cfg, seed=seed) for cfg in self.configs_of(self.variants)
-                for seed in seed_list(cfg.seed, self.seeds)]
+        return [
+            replace(cfg, seed=seed)
+            for cfg in self.configs_of(self.variants)
+            for seed in seed_list(cfg.seed, self.seeds)
+        ]
 
 
 @dataclass(frozen=True)
@@ -238,29 +249,57 @@ class ServeParams(Params):
 
     model_uri: str = param(names.CHAMPION_URI, "model to serve")
     host: str = param("127.0.0.1", "address to listen on")
-    port: int = param(5000, "port to listen on, 1-65535", _stripped(config.parse_digits),
-                      "must be an integer in 1-65535", lambda v: 1 <= v <= 65535)
-    max_request_mb: float = param(MAX_REQUEST_MB, "largest request body in MiB, > 0 (larger: HTTP 413)",
-                                  _stripped(float), "must be a number > 0", lambda v: math.isfinite(v) and v > 0)
+    port: int = param(
+        5000,
+        "port to listen on, 1-65535",
+        _stripped(config.parse_digits),
+        "must be an integer in 1-65535",
+        lambda v: 1 <= v <= 65535,
+    )
+    max_request_mb: float = param(
+        MAX_REQUEST_MB,
+        "largest request body in MiB, > 0 (larger: HTTP 413)",
+        _stripped(float),
+        "must be a number > 0",
+        lambda v: math.isfinite(v) and v > 0,
+    )
 
 
 @dataclass(frozen=True)
 class SweepParams(Params):
     """an Optuna study of the final variant: trials as child runs, register the best"""
 
-    n_trials: int = param(config.N_TRIALS, "trials in the study, all workers together (a worker stops when it "
-                          "holds them)", _stripped(int), "must be an integer >= 1", lambda v: v >= 1)
-    timeout: float | None = param(None, "seconds after which this worker starts no new trial ('' or 0: no limit)",
-                                  _optional(float), "must be a number of seconds >= 0 ('' or 0: no limit)",
-                                  lambda v: math.isfinite(v) and v >= 0)
-    storage: str = param(config.OPTUNA_STORAGE, "SQLAlchemy URL of the Optuna database (PostgreSQL for several "
-                         "workers)", config.parse_storage)
-    study_name: str = param(config.STUDY_NAME, "workers with the same study_name and storage share one study",
-                            config.parse_study_name)
+    n_trials: int = param(
+        config.N_TRIALS,
+        "trials in the study, all workers together (a worker stops when it holds them)",
+        _stripped(int),
+        "must be an integer >= 1",
+        lambda v: v >= 1,
+    )
+    timeout: float | None = param(
+        None,
+        "seconds after which this worker starts no new trial ('' or 0: no limit)",
+        _optional(float),
+        "must be a number of seconds >= 0 ('' or 0: no limit)",
+        lambda v: math.isfinite(v) and v >= 0,
+    )
+    storage: str = param(
+        config.OPTUNA_STORAGE,
+        "SQLAlchemy URL of the Optuna database (PostgreSQL for several workers)",
+        config.parse_storage,
+    )
+    study_name: str = param(
+        config.STUDY_NAME, "workers with the same study_name and storage share one study", config.parse_study_name
+    )
     model_name: str = _model_name("registered model name for the best trial ('' : do not register)", optional=True)
     data_dir: str = param("", DATA_DIR)
-    seed: int | None = param(None, f"training seed of every trial and the first worker's sampler seed (default: "
-                             f"{config.SEED})", _optional(int), config.allowed("seed"), lambda v: 0 <= v < 2**32)
+    seed: int | None = param(
+        None,
+        f"training seed of every trial and the first worker's sampler seed (default: {config.SEED})",
+        _optional(int),
+        config.allowed("seed"),
+        lambda v: 0 <= v < 2**32,
+    )
 
     @property
     def training_seed(self) -> int:
@@ -272,12 +311,20 @@ class BenchParams(Params):
     """time the pipeline against bare Keras and the roofline"""
 
     data_dir: str = param("", DATA_DIR)
-    bench_epochs: int = param(BENCH_EPOCHS, "epochs per timed training, >= 2 (the first is a warm-up)",
-                              _stripped(config.parse_digits), "must be an integer >= 2 (the first epoch is a warm-up)",
-                              lambda v: v >= 2)
-    out: str = param("bench-results", "folder for bench.json, bench.md and scaling.png", str,
-                     "must be a folder (created if missing)",
-                     lambda v: bool(v.strip()) and not (Path(v).exists() and not Path(v).is_dir()))
+    bench_epochs: int = param(
+        BENCH_EPOCHS,
+        "epochs per timed training, >= 2 (the first is a warm-up)",
+        _stripped(config.parse_digits),
+        "must be an integer >= 2 (the first epoch is a warm-up)",
+        lambda v: v >= 2,
+    )
+    out: str = param(
+        "bench-results",
+        "folder for bench.json, bench.md and scaling.png",
+        str,
+        "must be a folder (created if missing)",
+        lambda v: bool(v.strip()) and not (Path(v).exists() and not Path(v).is_dir()),
+    )
     end_to_end: bool = _bool(True, "true: also time `mlflow run .` and pyfunc prediction")
 
 

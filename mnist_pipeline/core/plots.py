@@ -28,9 +28,7 @@ def learning_curves(history: pd.DataFrame, title: str) -> Figure:
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figure:
     """Counts of true digit (rows) against predicted digit (columns) on the test set."""
     fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
-    ConfusionMatrixDisplay.from_predictions(
-        y_true, y_pred, labels=range(10), ax=ax, colorbar=False, cmap="Blues"
-    )
+    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=range(10), ax=ax, colorbar=False, cmap="Blues")
     ax.set_title(f"{title}: test confusion matrix")
     return fig
 
@@ -90,8 +88,15 @@ def seed_spread(results: pd.DataFrame, study: dict[str, float]) -> Figure:
     for i, name in enumerate(names):
         accuracy = 100 * results.loc[results["variant"] == name, "test_accuracy"].to_numpy()
         ax.plot(i + rng.uniform(-0.12, 0.12, len(accuracy)), accuracy, "o", alpha=0.7, color="tab:blue")
-        ax.errorbar(i + 0.25, accuracy.mean(), yerr=accuracy.std(ddof=1) if len(accuracy) > 1 else 0,
-                    fmt="s", color="black", capsize=4, label="mean ± std" if i == 0 else None)
+        ax.errorbar(
+            i + 0.25,
+            accuracy.mean(),
+            yerr=accuracy.std(ddof=1) if len(accuracy) > 1 else 0,
+            fmt="s",
+            color="black",
+            capsize=4,
+            label="mean ± std" if i == 0 else None,
+        )
         ax.plot(i, 100 * study[name], "x", color="tab:red", markersize=10, mew=2, label="study" if i == 0 else None)
     ax.set_xticks(range(len(names)), labels=names)
     ax.set(ylabel="test accuracy (%)", title=f"test accuracy over {results.groupby('variant').size().max()} seeds")

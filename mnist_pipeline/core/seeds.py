@@ -61,7 +61,9 @@ def markdown(table: pd.DataFrame, pairs: pd.DataFrame) -> str:
         {
             "variant": table["variant"],
             "seeds": table["seeds"],
-            "test accuracy % (mean ± std)": [f"{m:.2%} ± {s:.2%}" for m, s in zip(table["mean"], table["std"].fillna(0))],
+            "test accuracy % (mean ± std)": [
+                f"{m:.2%} ± {s:.2%}" for m, s in zip(table["mean"], table["std"].fillna(0))
+            ],
             "min %": (100 * table["min"]).round(2),
             "max %": (100 * table["max"]).round(2),
             "study %": (100 * table["study"]).round(2).astype(object).where(table["study"].notna(), "—"),

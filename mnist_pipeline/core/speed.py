@@ -123,8 +123,13 @@ def bare_keras_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
     (x, y), (xv, yv) = split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
     ends = _EpochEnds()
     build_model(cfg).fit(
-        x.astype("float32"), one_hot(y), batch_size=cfg.batch_size, epochs=cfg.epochs,
-        validation_data=(xv.astype("float32"), one_hot(yv)), callbacks=[ends], verbose=0,
+        x.astype("float32"),
+        one_hot(y),
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        validation_data=(xv.astype("float32"), one_hot(yv)),
+        callbacks=[ends],
+        verbose=0,
     )
     return epoch_times(ends.ends)
 
@@ -153,21 +158,27 @@ def knob_rows(cfg: TrainConfig, mnist: Mnist, rounds: int = ROUNDS) -> list[dict
     changes float rounding (models.fuse_rmsprop). Thread counts are fixed when TensorFlow
     starts, so those trainings run in fresh processes (data from a folder or .npz only)."""
     knobs = {
-        "steps_per_execution": {str(spe): dataclasses.replace(cfg, steps_per_execution=spe)
-                                for spe in sorted({1, cfg.steps_per_execution})},
+        "steps_per_execution": {
+            str(spe): dataclasses.replace(cfg, steps_per_execution=spe) for spe in sorted({1, cfg.steps_per_execution})
+        },
         "fused_rmsprop": {str(on).lower(): dataclasses.replace(cfg, fused_rmsprop=on) for on in (False, True)},
     }
     rows = []
     for knob, settings in knobs.items():
         epochs = _alternate({label: (lambda c=c: bare_keras_epochs(c, mnist)) for label, c in settings.items()}, rounds)
-        rows += [{"variant": cfg.variant, "knob": f"{knob}={label}", "bare_s": float(np.median(epochs[label]))}
-                 for label in settings]
+        rows += [
+            {"variant": cfg.variant, "knob": f"{knob}={label}", "bare_s": float(np.median(epochs[label]))}
+            for label in settings
+        ]
     if Path(mnist.source).exists():
         threads = {"TensorFlow's default (one per core)": None, "1": "1"}
-        epochs = _alternate({label: (lambda n=n: bare_keras_elsewhere(cfg, mnist.source, n))
-                             for label, n in threads.items()}, rounds)
-        rows += [{"variant": cfg.variant, "knob": f"threads={label}", "bare_s": float(np.median(epochs[label]))}
-                 for label in threads]
+        epochs = _alternate(
+            {label: (lambda n=n: bare_keras_elsewhere(cfg, mnist.source, n)) for label, n in threads.items()}, rounds
+        )
+        rows += [
+            {"variant": cfg.variant, "knob": f"threads={label}", "bare_s": float(np.median(epochs[label]))}
+            for label in threads
+        ]
     return rows
 
 
@@ -191,6 +202,11 @@ def bare_keras_elsewhere(cfg: TrainConfig, source: str, threads: str | None) -> 
         "for k, v in json.loads(sys.argv[1]).items()}); "
         "print(json.dumps(speed.bare_keras_epochs(cfg, data.load(sys.argv[2]))))"
     )
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(cfg)), source],
-                          env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(dataclasses.asdict(cfg)), source],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -14,10 +14,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from mnist_pipeline.names import EPOCH_METRICS
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import NUM_CLASSES, Mnist, split_validation
 from mnist_pipeline.core.models import build_model
+from mnist_pipeline.names import EPOCH_METRICS
+
 
 @dataclass
 class TrainResult:
@@ -80,9 +81,7 @@ def train(
 ) -> TrainResult:
     """Train ``cfg`` on ``data``; ``on_epoch(epoch, metrics)`` is called after every epoch."""
     keras.utils.set_random_seed(cfg.seed)
-    (x_fit, y_fit), (x_val, y_val) = split_validation(
-        data.x_train, data.y_train, cfg.validation_split
-    )
+    (x_fit, y_fit), (x_val, y_val) = split_validation(data.x_train, data.y_train, cfg.validation_split)
     model = build_model(cfg)
     recorder = _EpochRecorder(on_epoch)
     start = time.perf_counter()
@@ -97,9 +96,7 @@ def train(
     )
     train_seconds = time.perf_counter() - start
     x_test = data.x_test.astype("float32")
-    test_loss, test_accuracy = model.evaluate(
-        x_test, one_hot(data.y_test), batch_size=1024, verbose=0
-    )
+    test_loss, test_accuracy = model.evaluate(x_test, one_hot(data.y_test), batch_size=1024, verbose=0)
     history = pd.DataFrame(recorder.rows, index=pd.RangeIndex(1, len(recorder.rows) + 1, name="epoch"))
     return TrainResult(
         model=model,

@@ -10,6 +10,7 @@ metrics, so the logging itself is inside the timed epochs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import statistics
@@ -75,9 +76,15 @@ def _cpus() -> int:
 
 
 def markdown(report: dict) -> str:
-    parts = ["## Variants (s/epoch: median of every epoch after each warm-up, bare and tracked alternating)", _table(report["variants"])]
+    parts = [
+        "## Variants (s/epoch: median of every epoch after each warm-up, bare and tracked alternating)",
+        _table(report["variants"]),
+    ]
     if report["knobs"]:
-        parts += ["## Speed knobs, before and after in turns (bare Keras; fused_rmsprop changes float rounding only)", _table(report["knobs"])]
+        parts += [
+            "## Speed knobs, before and after in turns (bare Keras; fused_rmsprop changes float rounding only)",
+            _table(report["knobs"]),
+        ]
     parts += ["## Final variant: cost against width and batch size (bare Keras)", _table(report["scaling"])]
     if report["end_to_end"]:
         parts += ["## End to end", _table([report["end_to_end"]])]
@@ -101,8 +108,11 @@ def write_report(report: dict, out: Path) -> list[Path]:
 
 def log_report(report: dict, paths: list[Path]) -> None:
     """Into the run this process was launched in, if any."""
-    metrics = {f"{row['variant']}.{key}": row[key] for row in report["variants"]
-               for key in ("bare_s", "pipeline_s", "overhead", "tracking_overhead", "roofline_s", "roofline_fraction")}
+    metrics = {
+        f"{row['variant']}.{key}": row[key]
+        for row in report["variants"]
+        for key in ("bare_s", "pipeline_s", "overhead", "tracking_overhead", "roofline_s", "roofline_fraction")
+    }
     runs.log_to_launching_run({**metrics, **(report["end_to_end"] or {})}, [str(p) for p in paths], names.BENCH_DIR)
 
 
@@ -174,7 +184,11 @@ def end_to_end(data_dir: str) -> dict:
         start = time.perf_counter()
         done = subprocess.run(
             ["mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local"],
-            cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=tmp,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         if done.returncode != 0:
             raise RuntimeError(f"`mlflow run .` failed in the benchmark: {done.stderr[-2000:]}")

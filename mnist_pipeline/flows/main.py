@@ -17,7 +17,8 @@ import pandas as pd
 
 from mnist_pipeline import names
 from mnist_pipeline.core import plots
-from mnist_pipeline.core.data import load_for
+from mnist_pipeline.core.config import TrainConfig
+from mnist_pipeline.core.data import Mnist, load_for
 from mnist_pipeline.core.errors import RegistrationError, first_line
 from mnist_pipeline.core.params import MainParams
 from mnist_pipeline.tracking import readback, registry, runs, store
@@ -28,13 +29,20 @@ def run(params: MainParams) -> pd.DataFrame:
     configs = params.configs()
     data = load_for(params.data_dir, [cfg.validation_split for cfg in configs])
     store.check_tracking_store()
+    return compare(configs, data, params.force, params.model_name)
+
+
+def compare(configs: list[TrainConfig], data: Mnist, force: bool = False, model_name: str = "") -> pd.DataFrame:
+    """The parent run with ``configs`` as children; registers the best unless ``model_name``
+    is ''. A failed registration leaves the parent FINISHED, tagged registration_error, and
+    raises RegistrationError saying how to retry."""
     from mnist_pipeline.tracking import training_run  # TensorFlow: after the fast checks
 
     failure = None
     with runs.ended_run(run_name="main", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: "main"}) as parent:
-        runs.log_missing_params({"variants": ",".join(c.variant for c in configs), "force": str(params.force).lower()})
+        runs.log_missing_params({"variants": ",".join(c.variant for c in configs), "force": str(force).lower()})
         runs.set_tags({names.TAG_DATA_SOURCE: data.source})
-        children = training_run.train_or_reuse(configs, data, params.force)
+        children = training_run.train_or_reuse(configs, data, force)
         runs.set_tags({f"{names.TAG_REUSED}.{c.variant}": c.run_id for c in children if c.reused})
         runs.set_tags({names.TAG_CHILDREN: json.dumps({c.variant: c.run_id for c in children})})
         table = readback.comparison_table(children)
@@ -43,10 +51,9 @@ def run(params: MainParams) -> pd.DataFrame:
         curves = {c.variant: readback.metric_history(c.run_id) for c in children}
         runs.log_figure(plots.validation_overlay(curves), names.OVERLAY)
         print(f"main run {parent.info.run_id}:\n{table.to_markdown(index=False, floatfmt='.4g')}")
-        if params.model_name:
+        if model_name:
             try:
-                registry.register_best([c.run_id for c in children], params.model_name,
-                                       chosen_from="this main run's variants")
+                registry.register_best([c.run_id for c in children], model_name, chosen_from="this main run's variants")
             except Exception as err:  # the store's errors come in many types
                 failure = f"{type(err).__name__}: {first_line(err)}"
                 with contextlib.suppress(Exception):  # the store may be what failed

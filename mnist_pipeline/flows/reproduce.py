@@ -31,8 +31,13 @@ def run(params: ReproduceParams) -> pd.DataFrame:
 
     variants = list(dict.fromkeys(c.variant for c in configs))
     with runs.ended_run(run_name="reproduce", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: "reproduce"}):
-        runs.log_missing_params({"variants": ",".join(variants), "seeds": ",".join(map(str, sorted({c.seed for c in configs}))),
-                                 "force": str(params.force).lower()})
+        runs.log_missing_params(
+            {
+                "variants": ",".join(variants),
+                "seeds": ",".join(map(str, sorted({c.seed for c in configs}))),
+                "force": str(params.force).lower(),
+            }
+        )
         runs.set_tags({names.TAG_DATA_SOURCE: data.source})
         children = training_run.train_or_reuse(configs, data, params.force)
         results = readback.seed_results([c.seed for c in configs], children)
@@ -47,7 +52,12 @@ def run(params: ReproduceParams) -> pd.DataFrame:
         runs.log_text(text, names.REPRODUCE_MD)
         runs.log_figure(plots.seed_spread(results, study), names.REPRODUCE_PLOT)
         for row in table.itertuples():
-            runs.log_metrics({f"test_accuracy_{stat}.{row.variant}": getattr(row, stat)
-                              for stat in names.SEED_STATS if pd.notna(getattr(row, stat))})
+            runs.log_metrics(
+                {
+                    f"test_accuracy_{stat}.{row.variant}": getattr(row, stat)
+                    for stat in names.SEED_STATS
+                    if pd.notna(getattr(row, stat))
+                }
+            )
     print(text)
     return table

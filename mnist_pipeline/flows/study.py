@@ -66,12 +66,14 @@ PARAMS = tuple(f.name for f in fields(SearchSpace))
 
 
 def median_pruner() -> optuna.pruners.MedianPruner:
-    return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_MIN_TRIALS, n_warmup_steps=PRUNE_FROM_EPOCH,
-                                       n_min_trials=PRUNE_MIN_TRIALS)
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=PRUNE_MIN_TRIALS, n_warmup_steps=PRUNE_FROM_EPOCH, n_min_trials=PRUNE_MIN_TRIALS
+    )
 
 
-def open_study(cfg: SweepParams, digest: str, worker: str, space: SearchSpace,
-               pruner: optuna.pruners.BasePruner) -> tuple[optuna.Study, str]:
+def open_study(
+    cfg: SweepParams, digest: str, worker: str, space: SearchSpace, pruner: optuna.pruners.BasePruner
+) -> tuple[optuna.Study, str]:
     """The study and its parent run id; the worker that creates the study creates the parent."""
     storage = open_storage(cfg.storage)
     where = {"study_name": cfg.study_name, "storage": storage, "pruner": pruner}
@@ -92,8 +94,12 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                                                  heartbeat_stale_trial_callback=_end_stale_run)
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS,
+                    heartbeat_stale_trial_callback=_end_stale_run,
+                )
         except (IntegrityError, ProgrammingError) as err:
             # Workers creating a new database's tables at once: PostgreSQL fails all but one
             # CREATE TABLE IF NOT EXISTS (a known race); the loser's transaction rolled back
@@ -121,9 +127,16 @@ def _sampler(seed: int) -> optuna.samplers.TPESampler:
 
 
 def _create_parent(study: optuna.Study, cfg: SweepParams, digest: str, space: SearchSpace, storage) -> str:
-    params = {"study_name": cfg.study_name, "storage": _shown(cfg.storage), "seed": cfg.training_seed, "variant": VARIANT,
-              "sampler": type(study.sampler).__name__, "pruner": type(study.pruner).__name__,
-              "objective": "maximize last-epoch val_accuracy", "search_space": json.dumps(asdict(space))}
+    params = {
+        "study_name": cfg.study_name,
+        "storage": _shown(cfg.storage),
+        "seed": cfg.training_seed,
+        "variant": VARIANT,
+        "sampler": type(study.sampler).__name__,
+        "pruner": type(study.pruner).__name__,
+        "objective": "maximize last-epoch val_accuracy",
+        "search_space": json.dumps(asdict(space)),
+    }
     try:
         tags = {names.TAG_ROLE: "sweep", names.TAG_STUDY: cfg.study_name, names.TAG_DATA_DIGEST: digest}
         parent_id = runs.create_finished_run(cfg.study_name, params, tags)
@@ -141,20 +154,27 @@ def _wait_for_parent(study: optuna.Study, digest: str) -> str:
     deadline = time.monotonic() + PARENT_WAIT_SECONDS
     while names.PARENT_ATTR not in (attrs := study.user_attrs):
         if time.monotonic() > deadline:
-            raise UserError(f"study {study.study_name} names no sweep parent run after {PARENT_WAIT_SECONDS} s: "
-                            "`mnist-pipeline sweep` did not create it, or its first worker died; use another study_name")
+            raise UserError(
+                f"study {study.study_name} names no sweep parent run after {PARENT_WAIT_SECONDS} s: "
+                "`mnist-pipeline sweep` did not create it, or its first worker died; use another study_name"
+            )
         time.sleep(0.5)
     if attrs.get(names.DIGEST_ATTR) != digest:
-        raise UserError(f"study {study.study_name} trains on data {attrs.get(names.DIGEST_ATTR)}, this worker's is "
-                        f"{digest}: give every worker the same MNIST files")
+        raise UserError(
+            f"study {study.study_name} trains on data {attrs.get(names.DIGEST_ATTR)}, this worker's is "
+            f"{digest}: give every worker the same MNIST files"
+        )
     print(f"study {study.study_name}: joined, sweep parent run {attrs[names.PARENT_ATTR]}")
     return attrs[names.PARENT_ATTR]
 
 
 def taken(study: optuna.Study, before: int | None = None) -> int:
     """Trials that hold a place in the budget (all but FAIL), numbered below ``before`` if given."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state != TrialState.FAIL and (before is None or t.number < before))
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.FAIL and (before is None or t.number < before)
+    )
 
 
 def _end_stale_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -176,5 +196,3 @@ def end_runs_of(parent_id: str, number: int, why: str) -> None:
             print(f"trial {number}: {why}; run {run_id} ended KILLED")
     except Exception as err:  # the store's errors come in many types
         print(f"warning: could not end the run of failed trial {number}: {err}")
-
-

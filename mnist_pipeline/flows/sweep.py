@@ -80,12 +80,15 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
         runs.set_run_tags(project_run, {names.TAG_STUDY: params.study_name, names.TAG_SWEEP_PARENT: parent_id})
     optuna.storages.fail_stale_trials(study)  # a killed worker's trial must not hold a place
     if studies.taken(study) >= params.n_trials:
-        print(f"study {params.study_name} already holds {params.n_trials} trials: none to run "
-              "(a larger n_trials adds more)")
+        print(
+            f"study {params.study_name} already holds {params.n_trials} trials: none to run "
+            "(a larger n_trials adds more)"
+        )
     else:
         objective = _Objective(params, data, space, parent_id, worker)
-        study.optimize(objective, timeout=params.timeout or None, catch=(OverBudget,),
-                       callbacks=[objective.stop_when_full])
+        study.optimize(
+            objective, timeout=params.timeout or None, catch=(OverBudget,), callbacks=[objective.stop_when_full]
+        )
     summarize(study, parent_id, params.model_name, worker)
     return parent_id
 
@@ -113,12 +116,18 @@ class _Objective:
             last["val_accuracy"] = metrics["val_accuracy"]
             trial.report(metrics["val_accuracy"], epoch)
             if trial.should_prune():
-                raise training_run.TrainingStopped(f"pruned by {type(trial.study.pruner).__name__} after epoch {epoch}",
-                                                   {names.TAG_TRIAL_STATE: TrialState.PRUNED.name})
+                raise training_run.TrainingStopped(
+                    f"pruned by {type(trial.study.pruner).__name__} after epoch {epoch}",
+                    {names.TAG_TRIAL_STATE: TrialState.PRUNED.name},
+                )
 
         try:
-            run_id = training_run.track_training(cfg, self.data, after_epoch=after_epoch, tags={
-                "mlflow.parentRunId": self.parent_id, names.TAG_WORKER: self.worker, **tags})
+            run_id = training_run.track_training(
+                cfg,
+                self.data,
+                after_epoch=after_epoch,
+                tags={"mlflow.parentRunId": self.parent_id, names.TAG_WORKER: self.worker, **tags},
+            )
         except training_run.TrainingStopped as stop:
             trial.set_user_attr(names.RUN_ATTR, stop.run_id)
             raise optuna.TrialPruned(str(stop)) from None
@@ -145,14 +154,20 @@ def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str)
     table = pd.DataFrame([_row(t, trial_runs) for t in trials], columns=_COLUMNS)
     states = table["state"].value_counts()
     tags = {"summary_by": worker, **{f"trials_{s.name.lower()}": int(states.get(s.name, 0)) for s in TrialState}}
-    complete = [t.user_attrs[names.RUN_ATTR] for t in trials
-                if t.state == TrialState.COMPLETE and names.RUN_ATTR in t.user_attrs]
+    complete = [
+        t.user_attrs[names.RUN_ATTR]
+        for t in trials
+        if t.state == TrialState.COMPLETE and names.RUN_ATTR in t.user_attrs
+    ]
     best = registry.best_run(complete) if complete else None
     best_trial = next((t for t in trials if best and t.user_attrs.get(names.RUN_ATTR) == best.info.run_id), None)
     if best_trial is not None:
-        tags |= {"best_trial": best_trial.number, "best_run_id": best.info.run_id,
-                 "best_val_accuracy": best.data.metrics["val_accuracy"],
-                 **{f"best.{name}": value for name, value in best_trial.params.items()}}
+        tags |= {
+            "best_trial": best_trial.number,
+            "best_run_id": best.info.run_id,
+            "best_val_accuracy": best.data.metrics["val_accuracy"],
+            **{f"best.{name}": value for name, value in best_trial.params.items()},
+        }
     runs.log_text(table.to_csv(index=False), names.SWEEP_TRIALS_CSV, parent_id)
     runs.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.SWEEP_TRIALS_MD, parent_id)
     runs.log_dict(best_trial.params if best_trial else {}, names.SWEEP_BEST_PARAMS, parent_id)
@@ -172,10 +187,16 @@ def _row(trial: optuna.trial.FrozenTrial, trial_runs: dict) -> dict:
     """val_accuracy is the last epoch's the trial reached (a pruned trial's too)."""
     run = trial_runs.get(trial.user_attrs.get(names.RUN_ATTR))
     steps = trial.intermediate_values
-    return {"trial": trial.number, "state": trial.state.name, **{p: trial.params.get(p) for p in PARAMS},
-            "epochs_done": len(steps), "val_accuracy": steps[max(steps)] if steps else None,
-            "test_accuracy": run.data.metrics.get("test_accuracy") if run else None,
-            "run_id": trial.user_attrs.get(names.RUN_ATTR, ""), "worker": trial.user_attrs.get(names.WORKER_ATTR, "")}
+    return {
+        "trial": trial.number,
+        "state": trial.state.name,
+        **{p: trial.params.get(p) for p in PARAMS},
+        "epochs_done": len(steps),
+        "val_accuracy": steps[max(steps)] if steps else None,
+        "test_accuracy": run.data.metrics.get("test_accuracy") if run else None,
+        "run_id": trial.user_attrs.get(names.RUN_ATTR, ""),
+        "worker": trial.user_attrs.get(names.WORKER_ATTR, ""),
+    }
 
 
 def _register(best, model_name: str, chosen_from: str, parent_id: str) -> None:
@@ -185,8 +206,15 @@ def _register(best, model_name: str, chosen_from: str, parent_id: str) -> None:
         raise RegistrationError(
             f"registering the best trial's run {best.info.run_id} failed ({type(err).__name__}: "
             f"{first_line(err)}); the trials are kept: run the same sweep command again with "
-            "--n-trials no larger than the trials the study holds (then it only registers)") from None
+            "--n-trials no larger than the trials the study holds (then it only registers)"
+        ) from None
     version = registration.version
     print(f"{model_name} version {version.version} (run {best.info.run_id}): {registration.reason}")
-    runs.set_run_tags(parent_id, {names.TAG_REGISTERED_MODEL: model_name, names.TAG_REGISTERED_VERSION: version.version,
-                                  names.TAG_CHAMPION_DECISION: registration.reason})
+    runs.set_run_tags(
+        parent_id,
+        {
+            names.TAG_REGISTERED_MODEL: model_name,
+            names.TAG_REGISTERED_VERSION: version.version,
+            names.TAG_CHAMPION_DECISION: registration.reason,
+        },
+    )

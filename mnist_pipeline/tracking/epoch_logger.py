@@ -72,12 +72,17 @@ class EpochLogger:
                     self._sent_while_away += len({m.step for m in sent}) if self._retry_at else 0
         except Exception as err:  # the server's errors reach us in many types
             if not self._retry_at:
-                print(f"warning: tracking server {mlflow.get_tracking_uri()} did not take the metrics "
-                      f"of epoch {self._pending[-1].step} ({type(err).__name__}); training goes on and "
-                      "they are sent when it answers again", file=sys.stderr)
+                print(
+                    f"warning: tracking server {mlflow.get_tracking_uri()} did not take the metrics "
+                    f"of epoch {self._pending[-1].step} ({type(err).__name__}); training goes on and "
+                    "they are sent when it answers again",
+                    file=sys.stderr,
+                )
             self._retry_at = time.monotonic() + self.RETRY_SECONDS
             return
         if self._retry_at:
-            print(f"tracking server answers again: sent the metrics of {self._sent_while_away} kept epochs",
-                  file=sys.stderr)
+            print(
+                f"tracking server answers again: sent the metrics of {self._sent_while_away} kept epochs",
+                file=sys.stderr,
+            )
         self._retry_at, self._sent_while_away = 0.0, 0

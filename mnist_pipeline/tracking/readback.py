@@ -75,8 +75,16 @@ def seed_results(seeds: list[int], children: list[ChildRun]) -> pd.DataFrame:
     rows = []
     for seed, child in zip(seeds, children):
         metrics = metrics_of(child.run_id)
-        rows.append({"variant": child.variant, "seed": seed, "test_accuracy": metrics["test_accuracy"],
-                     "val_accuracy": metrics["val_accuracy"], "run_id": child.run_id, "reused": child.reused})
+        rows.append(
+            {
+                "variant": child.variant,
+                "seed": seed,
+                "test_accuracy": metrics["test_accuracy"],
+                "val_accuracy": metrics["val_accuracy"],
+                "run_id": child.run_id,
+                "reused": child.reused,
+            }
+        )
     return pd.DataFrame(rows)
 
 

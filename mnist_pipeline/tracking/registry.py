@@ -36,6 +36,7 @@ from mnist_pipeline.names import (
     TAG_STOPPED,
 )
 from mnist_pipeline.tracking import logged_model, readback
+
 _ALIAS_ROUNDS = 5  # re-checks of the champion alias against concurrent registrations
 
 
@@ -58,8 +59,11 @@ def selection_key(run: Run) -> tuple[float, float]:
 
 def best_run(run_ids: list[str]) -> Run:
     runs = [mlflow.get_run(run_id) for run_id in run_ids]
-    finished = [r for r in runs if r.info.status == "FINISHED" and "val_accuracy" in r.data.metrics
-                and TAG_STOPPED not in r.data.tags]  # a pruned trial has no test scores, no model
+    finished = [
+        r
+        for r in runs
+        if r.info.status == "FINISHED" and "val_accuracy" in r.data.metrics and TAG_STOPPED not in r.data.tags
+    ]  # a pruned trial has no test scores, no model
     if not finished:
         raise RegistryError(f"none of the runs {', '.join(run_ids)} is a FINISHED training run")
     return max(finished, key=selection_key)
@@ -94,7 +98,8 @@ def register_best(run_ids: list[str], model_name: str = MODEL_NAME, chosen_from:
     run = best_run(run_ids)
     registration = register_run(run, model_name, chosen_from or f"runs {', '.join(run_ids)}")
     version = registration.version
-    print(f"{model_name} version {version.version} ({run.data.tags.get('variant')}, run {run.info.run_id}): {registration.reason}")
+    variant = run.data.tags.get("variant")
+    print(f"{model_name} version {version.version} ({variant}, run {run.info.run_id}): {registration.reason}")
     if mlflow.active_run():
         mlflow.set_tags(
             {

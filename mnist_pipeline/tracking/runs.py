@@ -66,8 +66,10 @@ def use_experiment_of(run_id: str) -> None:
     try:
         experiment_id = mlflow.get_run(run_id).info.experiment_id
     except MlflowException:
-        raise UserError(f"the study's parent run {run_id} is not in tracking store {mlflow.get_tracking_uri()}: "
-                        "all workers of a study must use the same MLFLOW_TRACKING_URI") from None
+        raise UserError(
+            f"the study's parent run {run_id} is not in tracking store {mlflow.get_tracking_uri()}: "
+            "all workers of a study must use the same MLFLOW_TRACKING_URI"
+        ) from None
     mlflow.set_experiment(experiment_id=experiment_id)
 
 

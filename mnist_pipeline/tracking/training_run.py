@@ -56,16 +56,8 @@ def track_training(
     (with its ``run_id`` set) goes on up.
     """
     description = VARIANTS[cfg.variant].description
-    tags = {
-        names.TAG_VARIANT: cfg.variant,
-        names.TAG_DESCRIPTION: description,
-        names.TAG_RUN_KEY: run_key(cfg, data.digest),
-        names.TAG_CODE_VERSION: code_version(),
-        names.TAG_DATA_DIGEST: data.digest,
-        **(tags or {}),
-    }
     stopped = None
-    with ended_run(run_name=cfg.variant, nested=nested, tags=tags, description=description) as run:
+    with ended_run(run_name=cfg.variant, nested=nested, tags=_tags(cfg, data, tags), description=description) as run:
         mlflow.log_params(
             {
                 **cfg.as_params(),
@@ -108,6 +100,17 @@ def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool) -> list
         run_id = reused or track_training(cfg, data, nested=True)
         children.append(ChildRun(cfg.variant, run_id, reused is not None))
     return children
+
+
+def _tags(cfg: TrainConfig, data: Mnist, extra: dict[str, str] | None) -> dict[str, str]:
+    return {
+        names.TAG_VARIANT: cfg.variant,
+        names.TAG_DESCRIPTION: VARIANTS[cfg.variant].description,
+        names.TAG_RUN_KEY: run_key(cfg, data.digest),
+        names.TAG_CODE_VERSION: code_version(),
+        names.TAG_DATA_DIGEST: data.digest,
+        **(extra or {}),
+    }
 
 
 def _then(first: Callable, then: Callable | None) -> Callable:

@@ -4,17 +4,18 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from mnist_pipeline import logged_model, tracking
-from mnist_pipeline.config import parse_overrides, resolve
-from mnist_pipeline.train import EPOCH_METRICS
+from mnist_pipeline import names
+from mnist_pipeline.core.config import parse_overrides, resolve
+from mnist_pipeline.names import EPOCH_METRICS
+from mnist_pipeline.tracking import logged_model
 
 TRAINING_ARTIFACTS = {
-    tracking.CURVES,
-    tracking.CONFUSION,
-    tracking.MISCLASSIFIED,
-    tracking.HISTORY,
-    tracking.PER_CLASS,
-    tracking.CONFUSION_COUNTS,
+    names.CURVES,
+    names.CONFUSION,
+    names.MISCLASSIFIED,
+    names.HISTORY,
+    names.PER_CLASS,
+    names.CONFUSION_COUNTS,
 }
 
 
@@ -43,14 +44,14 @@ def check_training_run(run_id: str, cfg, data_digest: str) -> None:
     for name in EPOCH_METRICS:
         steps = [m.step for m in client.get_metric_history(run_id, name)]
         assert steps == list(range(1, cfg.epochs + 1)), name
-    assert set(tracking.SUMMARY_METRICS) <= set(run.data.metrics)
+    assert set(names.SUMMARY_METRICS) <= set(run.data.metrics)
     assert 1 <= run.data.metrics["best_epoch"] <= cfg.epochs
-    assert run.data.tags[tracking.TAG_VARIANT] == cfg.variant
-    assert run.data.tags[tracking.TAG_DESCRIPTION]
-    assert TRAINING_ARTIFACTS <= artifact_paths(run_id)
+    assert run.data.tags[names.TAG_VARIANT] == cfg.variant
+    assert run.data.tags[names.TAG_DESCRIPTION]
+    assert artifact_paths(run_id) >= TRAINING_ARTIFACTS
     contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
     assert contexts == {"training", "validation", "test"}
-    history = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=tracking.HISTORY))
+    history = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.HISTORY))
     assert list(history["epoch"]) == list(range(1, cfg.epochs + 1))
 
     uri = logged_model.logged_model_uri(run_id)

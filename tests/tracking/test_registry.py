@@ -1,5 +1,7 @@
-"""Registration, aliases and the model's consumers (pyfunc, evaluate, predict)."""
+"""Registration, aliases, the model card a version carries, and the model's consumers
+(pyfunc, evaluate, predict)."""
 
+import dataclasses
 import gzip
 import json
 import zipfile
@@ -9,26 +11,21 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from conftest import all_runs, idx_bytes
 from PIL import Image
 
-from mnist_pipeline import cli, logged_model, registry, tracking
-from mnist_pipeline.data import IMAGE_SHAPE
+from helpers.checks import check_training_run, tiny
+from helpers.data import idx_bytes
+from helpers.runs import scored_run
+from helpers.stores import all_runs
+from mnist_pipeline import cli, names
+from mnist_pipeline.core import data as data_module
+from mnist_pipeline.tracking import readback, registry, training_run
 
 
-def scored_run(val_accuracy: float, val_loss: float = 0.1, variant: str = "final") -> str:
-    """A FINISHED run with the metrics selection reads and a small logged Keras model."""
-    model = keras.Sequential([keras.Input(IMAGE_SHAPE), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
-    with mlflow.start_run(tags={tracking.TAG_VARIANT: variant, tracking.TAG_DATA_DIGEST: "d1"}) as run:
-        mlflow.log_metrics({"val_accuracy": val_accuracy, "val_loss": val_loss, "test_accuracy": val_accuracy - 0.01})
-        logged_model.log_keras_model(model, np.zeros((1, *IMAGE_SHAPE), np.uint8))
-    return run.info.run_id
-
-
-def champion_and_challenger(name=registry.MODEL_NAME):
+def champion_and_challenger(name=names.MODEL_NAME):
     client = mlflow.MlflowClient()
     aliases = client.get_registered_model(name).aliases
-    return str(aliases.get(registry.CHAMPION)), str(aliases.get(registry.CHALLENGER))
+    return str(aliases.get(names.CHAMPION)), str(aliases.get(names.CHALLENGER))
 
 
 def test_champion_moves_only_when_val_accuracy_improves(tracking_store):
@@ -50,11 +47,15 @@ def test_champion_moves_only_when_val_accuracy_improves(tracking_store):
     again = registry.register_best([c])
     assert not again.created and str(again.version.version) == "3"
     client = mlflow.MlflowClient()
-    versions = client.search_model_versions(f"name = '{registry.MODEL_NAME}'")
+    versions = client.search_model_versions(f"name = '{names.MODEL_NAME}'")
     assert len(versions) == 4
-    v2 = client.get_model_version(registry.MODEL_NAME, "2")
-    assert {k: v2.tags[k] for k in registry.VERSION_TAGS} == {
-        "variant": "final", "run_id": b, "val_accuracy": "0.950000", "test_accuracy": "0.940000", "data_digest": "d1",
+    v2 = client.get_model_version(names.MODEL_NAME, "2")
+    assert {k: v2.tags[k] for k in names.VERSION_TAGS} == {
+        "variant": "final",
+        "run_id": b,
+        "val_accuracy": "0.950000",
+        "test_accuracy": "0.940000",
+        "data_digest": "d1",
     }
     assert "highest last-epoch validation accuracy" in v2.description
     assert "not used to choose" in v2.description
@@ -74,12 +75,14 @@ def test_a_run_registered_by_two_processes_at_once_keeps_one_version(tracking_st
     second = registry.register_run(mlflow.get_run(run_id))
     assert len(calls) == 2  # checked again after creating
     assert (str(second.version.version), second.created) == (str(first.version.version), False)
-    versions = mlflow.MlflowClient().search_model_versions(f"name = '{registry.MODEL_NAME}'")
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{names.MODEL_NAME}'")
     assert [v.version for v in versions] == [first.version.version]
     assert champion_and_challenger() == ("1", "1")
 
 
-def test_failed_registration_keeps_main_finished_and_says_how_to_retry(tracking_store, tiny_mnist_dir, monkeypatch, capsys):
+def test_failed_registration_keeps_main_finished_and_says_how_to_retry(
+    tracking_store, tiny_mnist_dir, monkeypatch, capsys
+):
     def store_refuses(*args, **kwargs):
         raise mlflow.exceptions.MlflowException("registry is read-only")
 
@@ -93,9 +96,9 @@ def test_failed_registration_keeps_main_finished_and_says_how_to_retry(tracking_
     assert err.startswith("mnist-pipeline: error: registering the best run failed") and "registry is read-only" in err
     runs = all_runs(tracking_store)
     assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 2
-    [parent] = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "main"]
+    [parent] = [r for r in runs if r.data.tags.get(names.TAG_ROLE) == "main"]
     assert f"-P run_id={parent.info.run_id}" in err
-    assert "registry is read-only" in parent.data.tags[tracking.TAG_REGISTRATION_ERROR]
+    assert "registry is read-only" in parent.data.tags[names.TAG_REGISTRATION_ERROR]
     # the retry the message suggests works
     assert cli.run(["register", "--run-id", parent.info.run_id]) == 0
 
@@ -118,22 +121,22 @@ def test_nothing_to_register_is_a_one_line_error(tracking_store, capsys):
 
 def test_main_registers_its_best_child_and_register_does_not_duplicate(registered, tiny_mnist_dir):
     runs = all_runs(registered)
-    [parent] = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "main"]
-    children = json.loads(parent.data.tags[tracking.TAG_CHILDREN])
+    [parent] = [r for r in runs if r.data.tags.get(names.TAG_ROLE) == "main"]
+    children = json.loads(parent.data.tags[names.TAG_CHILDREN])
     best = registry.best_run(list(children.values()))
-    champion = mlflow.MlflowClient().get_model_version_by_alias(registry.MODEL_NAME, registry.CHAMPION)
+    champion = mlflow.MlflowClient().get_model_version_by_alias(names.MODEL_NAME, names.CHAMPION)
     assert champion.tags["run_id"] == best.info.run_id
     assert parent.data.tags["registered_version"] == str(champion.version)
     assert parent.data.tags["champion_decision"]
 
     assert cli.run(["register"]) == 0  # the latest main run, again
-    assert len(mlflow.MlflowClient().search_model_versions(f"name = '{registry.MODEL_NAME}'")) == 1
+    assert len(mlflow.MlflowClient().search_model_versions(f"name = '{names.MODEL_NAME}'")) == 1
 
 
 def test_champion_through_pyfunc_and_evaluate(registered, tiny_mnist):
-    champion = mlflow.MlflowClient().get_model_version_by_alias(registry.MODEL_NAME, registry.CHAMPION)
+    champion = mlflow.MlflowClient().get_model_version_by_alias(names.MODEL_NAME, names.CHAMPION)
     trained = mlflow.get_run(champion.tags["run_id"]).data.metrics
-    model = mlflow.pyfunc.load_model(registry.CHAMPION_URI)
+    model = mlflow.pyfunc.load_model(names.CHAMPION_URI)
     probabilities = model.predict(tiny_mnist.x_test.astype(np.float32))  # raw 0-255 pixels
     assert probabilities.shape == (len(tiny_mnist.x_test), 10)
     accuracy = (probabilities.argmax(1) == tiny_mnist.y_test).mean()
@@ -141,19 +144,19 @@ def test_champion_through_pyfunc_and_evaluate(registered, tiny_mnist):
 
     # What a consumer loads: one native .keras file (JSON config + HDF5 weights, nothing
     # pickled), which Keras loads with safe mode on to the same predictions.
-    [keras_file] = Path(mlflow.artifacts.download_artifacts(registry.CHAMPION_URI)).rglob("*.keras")
+    [keras_file] = Path(mlflow.artifacts.download_artifacts(names.CHAMPION_URI)).rglob("*.keras")
     with zipfile.ZipFile(keras_file) as archive:
         assert set(archive.namelist()) == {"metadata.json", "config.json", "model.weights.h5"}
     safe = keras.models.load_model(keras_file, safe_mode=True)
     np.testing.assert_allclose(safe.predict(tiny_mnist.x_test.astype(np.float32), verbose=0), probabilities, rtol=1e-5)
 
     assert cli.run(["evaluate", "--data-dir", str(tiny_mnist.source)]) == 0
-    [evaluation] = [r for r in all_runs(registered) if r.data.tags.get(tracking.TAG_ROLE) == "evaluate"]
+    [evaluation] = [r for r in all_runs(registered) if r.data.tags.get(names.TAG_ROLE) == "evaluate"]
     assert evaluation.info.status == "FINISHED"
     assert evaluation.data.metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
-    assert evaluation.data.params["model_uri"] == registry.CHAMPION_URI
+    assert evaluation.data.params["model_uri"] == names.CHAMPION_URI
     paths = {f.path for f in mlflow.MlflowClient().list_artifacts(evaluation.info.run_id, "plots")}
-    assert tracking.CONFUSION in paths
+    assert names.CONFUSION in paths
 
 
 def test_predict_pictures_and_idx_files(registered, tiny_mnist, tmp_path, capsys):
@@ -166,7 +169,7 @@ def test_predict_pictures_and_idx_files(registered, tiny_mnist, tmp_path, capsys
     assert cli.run(["predict", str(picture), str(idx)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and lines[0].startswith(f"{picture}: ") and lines[1].startswith(f"{idx}[0]: ")
-    model = mlflow.pyfunc.load_model(registry.CHAMPION_URI)
+    model = mlflow.pyfunc.load_model(names.CHAMPION_URI)
     expected = model.predict(tiny_mnist.x_test[:3].astype(np.float32)).argmax(1)
     assert [int(line.split(": ")[1].split()[0]) for line in lines[1:]] == list(expected)
 
@@ -179,7 +182,10 @@ def test_bad_files_and_uris_are_one_line_errors(registered, tiny_mnist_dir, tmp_
         (["predict", str(not_an_image)], f"{not_an_image}: not a readable image"),
         (["predict", str(tmp_path / "missing.png")], "missing.png: no such file"),
         (["predict", "--model-uri", "models:/no-such-model@champion", str(not_an_image)], "not a readable image"),
-        (["evaluate", "--model-uri", "models:/no-such-model@champion", "--data-dir", str(tiny_mnist_dir)], "model_uri='models:/no-such-model@champion' cannot be loaded"),
+        (
+            ["evaluate", "--model-uri", "models:/no-such-model@champion", "--data-dir", str(tiny_mnist_dir)],
+            "model_uri='models:/no-such-model@champion' cannot be loaded",
+        ),
     ]
     for argv, expected in cases:
         capsys.readouterr()
@@ -187,3 +193,55 @@ def test_bad_files_and_uris_are_one_line_errors(registered, tiny_mnist_dir, tmp_
         err = capsys.readouterr().err
         assert expected in err and err.count("\n") == 1, err
     assert len(all_runs(registered)) == runs_before
+
+
+def test_convnet_is_tracked_like_the_dense_nets_and_its_version_carries_a_card(tracking_store, tiny_mnist):
+    # a convnet reads every synthetic test digit right: wrong labels plant mistakes to report
+    y_test = tiny_mnist.y_test.copy()
+    y_test[np.flatnonzero(y_test == 4)[:5]] = 9
+    y_test[np.flatnonzero(y_test == 7)[:2]] = 1
+    arrays = {key: getattr(tiny_mnist, key) for key in data_module.NPZ_KEYS} | {"y_test": y_test}
+    data = dataclasses.replace(tiny_mnist, y_test=y_test, digest=data_module.content_digest(arrays))
+    cfg = tiny("convnet", epochs=1)
+    run_id = training_run.track_training(cfg, data)
+    check_training_run(run_id, cfg, data.digest)  # same params, metrics, artifacts, signature
+    run = mlflow.get_run(run_id)
+    assert run.data.params["conv_filters"] == "32,64" and run.data.params["augment_shift"] == "0.1"
+
+    number = registry.register_run(run, chosen_from="a test").version.version
+    version = mlflow.MlflowClient().get_model_version(names.MODEL_NAME, number)
+    uri = version.tags[names.MODEL_CARD_TAG]
+    assert uri == f"runs:/{run_id}/model_card/{names.MODEL_NAME}-v{number}.md"
+    assert "highest last-epoch validation accuracy" in version.description
+    assert version.description.endswith(f"Model card: {uri}")
+    card = mlflow.artifacts.load_text(uri)
+
+    # the logged counts are the registered model's own test predictions
+    this = f"models:/{names.MODEL_NAME}/{number}"
+    predicted = mlflow.pyfunc.load_model(this).predict(data.x_test.astype(np.float32)).argmax(1)
+    counts = np.zeros((10, 10), int)
+    np.add.at(counts, (data.y_test, predicted), 1)
+    np.testing.assert_array_equal(readback.confusion_counts(run_id), counts)
+    mistakes = [(counts[t, p], -t, -p) for t in range(10) for p in range(10) if t != p and counts[t, p]]
+    assert len(mistakes) >= 2, "the planted labels should leave mistakes to report"
+    count, t, p = max(mistakes)
+    [first, *_] = [line for line in card.splitlines() if line.startswith("- ") and " read as " in line]
+    assert first.startswith(f"- {-t} read as {-p}: {count} images")
+    for digit in range(10):
+        assert f"| {digit} | {counts[digit].sum()} | {counts[digit, digit]} |" in card
+
+    metrics = run.data.metrics
+    for name in ("val_accuracy", "test_accuracy", "test_loss"):
+        assert f"| {name} | {metrics[name]:.4g} |" in card
+    for text in (
+        data.digest,
+        data.source,
+        "| conv_filters | `32,64` |",
+        "| variant | `convnet` |",
+        f'mlflow.pyfunc.load_model("{this}")',
+        f'"models:/{names.MODEL_NAME}@champion"',
+        f'mlflow.keras.load_model("{this}")',
+        f"mnist-pipeline serve --model-uri {this}",
+    ):
+        assert text in card, text
+    assert mlflow.keras.load_model(this).count_params() == int(run.data.params["num_parameters"])

@@ -62,19 +62,42 @@ class Postgres:
         self.data = root / "pgdata"
         self.url = f"postgresql+psycopg2://mlflow@127.0.0.1:{self.port}/mlflow"
 
-    def start(self) -> "Postgres":
+    def start(self) -> Postgres:
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
-        subprocess.run(_as_postgres([postgres_bin("initdb"), "-D", str(self.data), "-U", "mlflow",
-                                     "-A", "trust", "--no-sync", "-E", "UTF8"]),
-                       check=True, capture_output=True)
+        subprocess.run(
+            _as_postgres(
+                [postgres_bin("initdb"), "-D", str(self.data), "-U", "mlflow", "-A", "trust", "--no-sync", "-E", "UTF8"]
+            ),
+            check=True,
+            capture_output=True,
+        )
         log = self.root / "postgres.log"
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        subprocess.run(_as_postgres([postgres_bin("pg_ctl"), "-D", str(self.data), "-o", options,
-                                     "-l", str(log), "-w", "-t", str(STARTUP_SECONDS), "start"]),
-                       check=True, capture_output=True)
-        subprocess.run([postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlflow", "mlflow"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            _as_postgres(
+                [
+                    postgres_bin("pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-o",
+                    options,
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    str(STARTUP_SECONDS),
+                    "start",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlflow", "mlflow"],
+            check=True,
+            capture_output=True,
+        )
         return self
 
     def stop(self) -> None:
@@ -95,14 +118,26 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "MlflowServer":
+    def start(self) -> MlflowServer:
         log = self.root / "mlflow-server.log"
-        command = ["mlflow", "server", "--backend-store-uri", self.backend_url,
-                   "--artifacts-destination", str(self.root / "artifacts"),
-                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        command = [
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            self.backend_url,
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        self.process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                        env=env, cwd=self.root, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True
+        )
         wait_for(lambda: answers(f"{self.uri}/health"), "mlflow server", self.process, log)
         return self
 

@@ -6,13 +6,14 @@ import json
 import mlflow
 import pytest
 
-from mnist_pipeline import bench, cli, speed
+from mnist_pipeline import cli
+from mnist_pipeline.flows import bench
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from conftest import tiny_arrays, write_idx_folder
-    from mnist_pipeline import data
+    from helpers.data import tiny_arrays, write_idx_folder
+    from mnist_pipeline.core import data
 
     mnist = data.load(write_idx_folder(tmp_path_factory.mktemp("bench") / "tiny", tiny_arrays()))
     return bench.run_benchmark(
@@ -35,8 +36,12 @@ def test_variant_rows_compute_their_ratios_from_their_own_timings(report):
 
 def test_knobs_and_scaling_tables(report):
     assert [k["knob"] for k in report["knobs"]] == [
-        "steps_per_execution=1", "steps_per_execution=128", "fused_rmsprop=false", "fused_rmsprop=true",
-        "threads=TensorFlow's default (one per core)", "threads=1",
+        "steps_per_execution=1",
+        "steps_per_execution=128",
+        "fused_rmsprop=false",
+        "fused_rmsprop=true",
+        "threads=TensorFlow's default (one per core)",
+        "threads=1",
     ]
     assert all(k["bare_s"] > 0 for k in report["knobs"])
     grid = [(r["width"], r["batch_size"]) for r in report["scaling"]]
@@ -46,18 +51,6 @@ def test_knobs_and_scaling_tables(report):
     for row in report["scaling"]:
         assert row["roofline_fraction"] == pytest.approx(row["roofline_s"] / row["bare_s"])
     assert report["end_to_end"] is None
-
-
-def test_roofline_arithmetic():
-    from mnist_pipeline.config import resolve
-
-    cfg = resolve("baseline")
-    macs = 784 * 128 + 128 * 10
-    assert speed.layer_shapes(cfg) == [(784, 128), (128, 10)]
-    # training: forward + weight gradients of both layers, input gradient of the second only
-    assert speed.epoch_flops(cfg, 100, 10) == 2 * (2 * macs + 128 * 10) * 100 + 2 * macs * 10
-    # epoch ends at 5 s (the warm-up), 6, 8 and 9.5 s: epochs of 1, 2 and 1.5 s
-    assert speed.epoch_times([5.0, 6.0, 8.0, 9.5]) == [1.0, 2.0, 1.5]
 
 
 def test_report_files_and_logging(report, tracking_store, tmp_path):
@@ -78,32 +71,3 @@ def test_bench_refuses_too_few_epochs(capsys, tiny_mnist_dir):
     for bad in ("1", "two", "-3", "²"):
         assert cli.run(["bench", "--bench-epochs", bad, "--data-dir", str(tiny_mnist_dir)]) == cli.USAGE_ERROR
         assert f"bench_epochs={bad!r} is not allowed: must be an integer >= 2" in capsys.readouterr().err
-
-
-def test_roofline_counts_the_matmuls_tensorflow_runs():
-    """The roofline's arithmetic is the MatMuls in the traced training step, no more, no less."""
-    import keras
-    import tensorflow as tf
-
-    from mnist_pipeline.config import resolve
-    from mnist_pipeline.models import build_model
-
-    cfg = resolve("final", {"hidden_units": (64, 32, 16)})
-    model, loss = build_model(cfg), keras.losses.CategoricalCrossentropy()
-
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            value = loss(y, model(x, training=True))
-        return tape.gradient(value, model.trainable_variables)
-
-    batch = 8
-    graph = step.get_concrete_function(tf.TensorSpec((batch, 28, 28)), tf.TensorSpec((batch, 10))).graph
-    macs = 0
-    for op in graph.get_operations():
-        if op.type == "MatMul":
-            a, b = (tuple(t.shape) for t in op.inputs)
-            m, k = a[::-1] if op.get_attr("transpose_a") else a
-            n = b[0] if op.get_attr("transpose_b") else b[1]
-            macs += m * k * n
-    assert macs == speed.training_macs(cfg) * batch

@@ -10,14 +10,26 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import all_runs
-from mnist_pipeline import tracking
+from helpers.stores import all_runs
+from mnist_pipeline import names
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_training_ends_the_run_killed_with_finished_epochs_kept(signum, tracking_store, tiny_mnist_dir):
-    command = [sys.executable, "-m", "mnist_pipeline", "train", "--variant", "final",
-               "--epochs", "500", "--batch-size", "16", "--data-dir", str(tiny_mnist_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "mnist_pipeline",
+        "train",
+        "--variant",
+        "final",
+        "--epochs",
+        "500",
+        "--batch-size",
+        "16",
+        "--data-dir",
+        str(tiny_mnist_dir),
+    ]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     client = mlflow.MlflowClient()
     deadline = time.monotonic() + 120
@@ -40,7 +52,7 @@ def test_signal_mid_training_ends_the_run_killed_with_finished_epochs_kept(signu
     assert run.info.status == "KILLED"
     epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
     assert 2 <= len(epochs) < 500 and epochs == list(range(1, len(epochs) + 1))
-    history = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=tracking.HISTORY))
+    history = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=names.HISTORY))
     assert list(history["epoch"]) == epochs
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "plots")}
-    assert tracking.CURVES in artifacts
+    assert names.CURVES in artifacts

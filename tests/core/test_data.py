@@ -4,9 +4,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from conftest import idx_bytes, tiny_arrays, write_idx_folder
-from mnist_pipeline import data
-from mnist_pipeline.data import DataError
+from helpers.data import idx_bytes, tiny_arrays, write_idx_folder
+from mnist_pipeline.core import data
+from mnist_pipeline.core.data import DataError
 
 
 def test_gz_plain_and_npz_folders_load_the_same_content(tmp_path):
@@ -44,7 +44,7 @@ def _corrupt(tmp_path, name: str, raw: bytes, fix_md5: bool = True):
     (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
     if fix_md5:
         sums = folder / "MD5SUMS"
-        lines = [l for l in sums.read_text().splitlines() if not l.endswith(name)]
+        lines = [line for line in sums.read_text().splitlines() if not line.endswith(name)]
         sums.write_text("\n".join(lines + [f"{hashlib.md5(raw).hexdigest()}  {name}"]) + "\n")
     return folder
 
@@ -126,7 +126,7 @@ def test_validation_split_takes_the_last_fraction():
 
 @pytest.mark.slow
 def test_real_mnist_passes_every_check():
-    from conftest import REAL_MNIST
+    from helpers.stores import REAL_MNIST
 
     mnist = data.load(REAL_MNIST)
     assert mnist.x_train.shape == (60000, 28, 28) and mnist.x_test.shape == (10000, 28, 28)

@@ -11,9 +11,9 @@ import urllib.request
 
 import numpy as np
 import pytest
-from servers import answers, free_port, stop_group, wait_for
 
-from mnist_pipeline import registry
+from helpers.servers import answers, free_port, stop_group, wait_for
+from mnist_pipeline import names
 
 
 def post(url: str, body: bytes) -> tuple[int, dict | str]:
@@ -33,8 +33,13 @@ def chunked_post(url: str, chunks) -> int:
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
     try:
-        connection.request("POST", "/invocations", body=chunks, encode_chunked=True,
-                           headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        connection.request(
+            "POST",
+            "/invocations",
+            body=chunks,
+            encode_chunked=True,
+            headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        )
         return connection.getresponse().status
     finally:
         connection.close()
@@ -45,10 +50,20 @@ def served_champion(registered, tmp_path):
     """The README's serve command on a free loopback port, with a request bound of
     MAX_REQUEST_MB; stopped by its own process group."""
     port = free_port()
-    log = open(tmp_path / "serve.log", "w+")
+    log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 (the server writes it until the fixture ends)
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered}
-    command = [sys.executable, "-m", "mnist_pipeline", "serve", "--model-uri", registry.CHAMPION_URI,
-               "--port", str(port), "--max-request-mb", str(MAX_REQUEST_MB)]
+    command = [
+        sys.executable,
+        "-m",
+        "mnist_pipeline",
+        "serve",
+        "--model-uri",
+        names.CHAMPION_URI,
+        "--port",
+        str(port),
+        "--max-request-mb",
+        str(MAX_REQUEST_MB),
+    ]
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -6,10 +6,12 @@ import sys
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, all_runs
 
+from helpers.stores import PROJECT_ROOT, all_runs
 from mnist_pipeline import cli
-from mnist_pipeline.config import OVERRIDABLE
+from mnist_pipeline.core import model_card
+from mnist_pipeline.core.config import OVERRIDABLE
+from mnist_pipeline.core.params import COMMANDS, MAX_REQUEST_MB, ServeParams
 
 # Every entry point parameter, out of range and of the wrong type.
 BAD_INPUT = [
@@ -58,7 +60,10 @@ BAD_INPUT = [
     (["serve", "--port", "http"], "port='http' is not allowed"),
     (["serve", "--max-request-mb", "0"], "max_request_mb='0' is not allowed: must be a number > 0"),
     (["serve", "--max-request-mb", "lots"], "max_request_mb='lots' is not allowed"),
-    (["serve", "--model-uri", "models:/no-such-model@champion"], "model_uri='models:/no-such-model@champion' cannot be loaded"),
+    (
+        ["serve", "--model-uri", "models:/no-such-model@champion"],
+        "model_uri='models:/no-such-model@champion' cannot be loaded",
+    ),
     (["reproduce", "--seeds", "1"], "seeds='1' is not allowed: must be an integer >= 2"),
     (["reproduce", "--seeds", "five"], "seeds='five' is not allowed"),
     (["reproduce", "--variants", "base"], "variants='base' is not allowed"),
@@ -71,7 +76,9 @@ TAKES_DATA = {"train", "main", "reproduce", "evaluate", "bench"}
 
 
 @pytest.mark.parametrize(("argv", "expected"), BAD_INPUT)
-def test_bad_input_exits_2_with_one_line_and_no_run(argv, expected, tracking_store, tiny_mnist_dir, capsys, monkeypatch):
+def test_bad_input_exits_2_with_one_line_and_no_run(
+    argv, expected, tracking_store, tiny_mnist_dir, capsys, monkeypatch
+):
     if argv[0] in TAKES_DATA and "--data-dir" not in argv:
         argv = [*argv, "--data-dir", str(tiny_mnist_dir)]
     monkeypatch.chdir(PROJECT_ROOT)  # README.md: an existing file
@@ -86,7 +93,7 @@ def test_bad_input_exits_2_with_one_line_and_no_run(argv, expected, tracking_sto
 
 
 def test_split_that_leaves_no_training_images_is_refused_before_a_run(tracking_store, tmp_path, capsys):
-    from conftest import tiny_arrays, write_idx_folder
+    from helpers.data import tiny_arrays, write_idx_folder
 
     arrays = tiny_arrays(n_train=1, n_test=5)
     folder = write_idx_folder(tmp_path / "one", arrays)
@@ -101,27 +108,36 @@ def test_console_script_and_module_expose_the_same_commands():
         assert "train" in out and "main" in out
 
 
-def test_defaults_repeated_outside_config_agree():
-    from mnist_pipeline import serving
+def test_defaults_repeated_outside_params_agree():
+    """The model card tells consumers the request bound `serve` applies by default."""
+    card = model_card.build(
+        model_name="m", version="1", chosen="", params={}, metrics={}, confusion=None, run_id="r", model_uri="models:/x"
+    )
+    assert ServeParams().max_request_mb == MAX_REQUEST_MB
+    assert f"bodies over {MAX_REQUEST_MB} MiB get 413" in card
 
-    assert cli.DEFAULTS["max_request_mb"] == str(serving.MAX_REQUEST_MB)
 
-
-def test_mlproject_defaults_and_flags_match_the_cli():
+def test_mlproject_parameters_and_defaults_match_the_command_dataclasses():
+    """Every MLproject entry point has a dataclass; its parameters are the dataclass's fields
+    (the positional files of `predict` aside) with the same defaults, and the parser built
+    from the dataclass gives those defaults."""
     project = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())
     assert project["conda_env"] == "conda.yaml" and (PROJECT_ROOT / "conda.yaml").is_file()
     parser = cli.build_parser()
+    assert set(project["entry_points"]) <= set(COMMANDS)
     for entry, spec in project["entry_points"].items():
-        params = spec["parameters"]
+        params, defaults = spec["parameters"], COMMANDS[entry].defaults()
         if entry in ("main", "train", "reproduce"):
             assert set(OVERRIDABLE) | {"data_dir"} <= set(params), entry
+        assert set(params) == set(defaults), entry
         for name, param in params.items():
-            assert str(param["default"]) == cli.DEFAULTS[name], (entry, name)
+            assert str(param["default"]) == defaults[name], (entry, name)
             assert f"--{name.replace('_', '-')} {{{name}}}" in spec["command"], (entry, name)
         assert set(re.findall(r"{(\w+)}", spec["command"])) == set(params), entry  # nothing undeclared
         args = parser.parse_args([entry])
         for name in params:
-            assert getattr(args, name) == cli.DEFAULTS[name], (entry, name)
+            assert getattr(args, name) == defaults[name], (entry, name)
+        assert COMMANDS[entry].from_strings(vars(args)) == COMMANDS[entry]()  # the defaults are valid
 
 
 def test_each_entry_point_command_as_mlflow_builds_it_parses():
@@ -143,14 +159,18 @@ def test_unreachable_tracking_server_fails_fast_naming_the_uri(tiny_mnist_dir, t
     import os
     import time
 
-    from servers import free_port
+    from helpers.servers import free_port
 
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     start = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "mnist_pipeline", "train", "--data-dir", str(tiny_mnist_dir)],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     print(f"failed after {time.monotonic() - start:.1f} s")  # measured, reported, not asserted
     assert result.returncode == cli.USAGE_ERROR
@@ -163,7 +183,7 @@ def test_unreachable_tracking_server_fails_fast_naming_the_uri(tiny_mnist_dir, t
 def test_http_settings_parse_as_mlflow_reads_them(monkeypatch):
     import mlflow.environment_variables as variables
 
-    from mnist_pipeline import store
+    from mnist_pipeline.tracking import store
 
     for name, value in {**store.HTTP_SETTINGS, **store.CHECK_SETTINGS}.items():
         monkeypatch.setenv(name, value)

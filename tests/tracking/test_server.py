@@ -10,12 +10,12 @@ import urllib.request
 import mlflow
 import pytest
 
-from conftest import PROJECT_ROOT, REAL_MNIST
-from mnist_pipeline import registry
+from helpers.stores import PROJECT_ROOT, REAL_MNIST
+from mnist_pipeline import names
 
 REGISTER_AT = """
 import sys, time, mlflow
-from mnist_pipeline import registry
+from mnist_pipeline.tracking import registry
 run_id, name, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
 run = mlflow.get_run(run_id)
 time.sleep(max(0.0, start_at - time.time()))  # both processes register at the same moment
@@ -33,15 +33,20 @@ def rest(uri: str, endpoint: str, **query) -> dict:
 def test_concurrent_registrations_lose_no_version_and_the_better_one_is_champion(server_store, request):
     import time
 
-    from test_registry import scored_run
+    from helpers.runs import scored_run
 
     name = f"digits-{request.node.name}-{os.getpid()}"
     worse, better = scored_run(0.91), scored_run(0.97)
     env = {**os.environ, "MLFLOW_TRACKING_URI": server_store}
     start_at = time.time() + 8  # after both interpreters have imported MLflow
     workers = [
-        subprocess.Popen([sys.executable, "-c", REGISTER_AT, run_id, name, str(start_at)],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", REGISTER_AT, run_id, name, str(start_at)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for run_id in (better, worse)
     ]
     outputs = [w.communicate(timeout=180) for w in workers]
@@ -49,9 +54,9 @@ def test_concurrent_registrations_lose_no_version_and_the_better_one_is_champion
     client = mlflow.MlflowClient()
     versions = client.search_model_versions(f"name = '{name}'")
     assert sorted(v.tags["run_id"] for v in versions) == sorted([worse, better])
-    champion = client.get_model_version_by_alias(name, registry.CHAMPION)
+    champion = client.get_model_version_by_alias(name, names.CHAMPION)
     assert champion.tags["run_id"] == better
-    challenger = client.get_model_version_by_alias(name, registry.CHALLENGER)
+    challenger = client.get_model_version_by_alias(name, names.CHALLENGER)
     assert str(challenger.version) == str(max(int(v.version) for v in versions))
 
 
@@ -59,13 +64,33 @@ def test_concurrent_registrations_lose_no_version_and_the_better_one_is_champion
 def test_main_against_the_server_end_to_end(server_store, tmp_path):
     """`mlflow run .` (1 epoch per variant, real MNIST): everything visible over REST, artifacts
     through the server's proxy."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
+    }
     name = f"digits-e2e-{os.getpid()}"
     result = subprocess.run(
-        ["mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local", "--experiment-name",
-         os.environ["MLFLOW_EXPERIMENT_NAME"], "-P", "epochs=1", "-P", f"data_dir={REAL_MNIST}",
-         "-P", f"model_name={name}"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        [
+            "mlflow",
+            "run",
+            str(PROJECT_ROOT),
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            os.environ["MLFLOW_EXPERIMENT_NAME"],
+            "-P",
+            "epochs=1",
+            "-P",
+            f"data_dir={REAL_MNIST}",
+            "-P",
+            f"model_name={name}",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = rest(server_store, "experiments/get-by-name", experiment_name=os.environ["MLFLOW_EXPERIMENT_NAME"])
@@ -102,7 +127,7 @@ def test_training_outlives_a_server_that_stops_and_comes_back(postgres, tmp_path
     when it answers again, and the run ends FINISHED with every epoch."""
     import time
 
-    from servers import MlflowServer
+    from helpers.servers import MlflowServer
 
     server = MlflowServer(postgres.url, tmp_path).start()
     experiment = f"outage-{os.getpid()}"
@@ -110,9 +135,25 @@ def test_training_outlives_a_server_that_stops_and_comes_back(postgres, tmp_path
     env.update(MLFLOW_TRACKING_URI=server.uri, MLFLOW_EXPERIMENT_NAME=experiment, MNIST_PIPELINE_RETRY_SECONDS="2")
     epochs = 40  # the outage starts after epoch 2; the end may wait for the server
     child = subprocess.Popen(
-        [sys.executable, "-m", "mnist_pipeline", "train", "--variant", "baseline", "--epochs", str(epochs),
-         "--batch-size", "64", "--data-dir", str(tiny_mnist_dir)],
-        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "mnist_pipeline",
+            "train",
+            "--variant",
+            "baseline",
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            "64",
+            "--data-dir",
+            str(tiny_mnist_dir),
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     client = mlflow.MlflowClient(server.uri)
     try:

@@ -3,10 +3,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mnist_pipeline.config import parse_overrides, resolve
-from mnist_pipeline.models import build_model
-from mnist_pipeline.train import EPOCH_METRICS, best_epoch, train
-from mnist_pipeline.variants import VARIANTS
+from mnist_pipeline.core.config import parse_overrides, resolve
+from mnist_pipeline.core.models import build_model
+from mnist_pipeline.core.training import best_epoch, train
+from mnist_pipeline.core.variants import VARIANTS
+from mnist_pipeline.names import EPOCH_METRICS
 
 
 def _dense(model):
@@ -19,10 +20,10 @@ def test_models_read_like_the_study_table(name):
     model = build_model(resolve(name))
     dense = _dense(model)
     assert [d.units for d in dense] == [*variant.hidden_units, 10]
-    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
-    pools = [l for l in model.layers if isinstance(l, keras.layers.MaxPooling2D)]
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    pools = [layer for layer in model.layers if isinstance(layer, keras.layers.MaxPooling2D)]
     assert [c.filters for c in convs] == list(variant.conv_filters) and len(pools) == len(convs)
-    dropouts = [l for l in model.layers if isinstance(l, keras.layers.Dropout)]
+    dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
     assert [d.rate for d in dropouts] == [variant.dropout] * len(variant.hidden_units)
     assert all((d.kernel_regularizer is not None) == (variant.l2 > 0) for d in dense[:-1])
     assert dense[-1].kernel_regularizer is None
@@ -30,7 +31,7 @@ def test_models_read_like_the_study_table(name):
 
 
 def test_the_most_conv_blocks_config_allows_still_fit_a_28x28_image():
-    from mnist_pipeline.config import MAX_CONV_BLOCKS
+    from mnist_pipeline.core.config import MAX_CONV_BLOCKS
 
     filters = ",".join(["4"] * MAX_CONV_BLOCKS)
     model = build_model(resolve("convnet", parse_overrides({"conv_filters": filters})))
@@ -90,12 +91,11 @@ def test_steps_per_execution_changes_no_number(tiny_mnist):
     np.testing.assert_array_equal(one_by_one.test_probabilities, grouped.test_probabilities)
 
 
-
 def _fit_steps(cfg, x, y, steps: int):
     """Weights and optimizer variables after ``steps`` full-batch steps from cfg's seed."""
     import keras
 
-    from mnist_pipeline.models import build_model
+    from mnist_pipeline.core.models import build_model
 
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg)
@@ -108,7 +108,7 @@ def test_fused_rmsprop_is_keras_rmsprop_up_to_rounding(tiny_mnist, monkeypatch):
 
     import tensorflow as tf
 
-    from mnist_pipeline.train import one_hot
+    from mnist_pipeline.core.training import one_hot
 
     kernel, calls = tf.raw_ops.ResourceApplyRMSProp, []
     monkeypatch.setattr(tf.raw_ops, "ResourceApplyRMSProp", lambda **kw: calls.append(1) or kernel(**kw))

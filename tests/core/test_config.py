@@ -1,8 +1,8 @@
 import pytest
 
-from mnist_pipeline import config
-from mnist_pipeline.config import ConfigError, parse_bool, parse_overrides, parse_variants, resolve
-from mnist_pipeline.variants import VARIANTS
+from mnist_pipeline.core import config
+from mnist_pipeline.core.config import ConfigError, parse_bool, parse_overrides, parse_variants, resolve
+from mnist_pipeline.core.variants import VARIANTS
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -34,7 +34,7 @@ def test_study_table():
 
 
 def test_main_trains_the_study_by_default_and_convnet_on_request():
-    from mnist_pipeline.variants import DEFAULT_VARIANTS
+    from mnist_pipeline.core.variants import DEFAULT_VARIANTS
 
     assert DEFAULT_VARIANTS == ("baseline", "regularized", "final")
     assert VARIANTS["convnet"].conv_filters and parse_variants("final,convnet") == ("final", "convnet")

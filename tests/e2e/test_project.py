@@ -5,9 +5,9 @@ import subprocess
 
 import pytest
 
-from checks import check_training_run
-from conftest import PROJECT_ROOT, REAL_MNIST, all_runs
-from mnist_pipeline.config import parse_overrides, resolve
+from helpers.checks import check_training_run
+from helpers.stores import PROJECT_ROOT, REAL_MNIST, all_runs
+from mnist_pipeline.core.config import parse_overrides, resolve
 
 ACCURACY_FLOORS = {"baseline": 0.970, "regularized": 0.960, "final": 0.979}
 

@@ -5,13 +5,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from checks import artifact_paths, check_training_run, tiny
-from conftest import all_runs
-from mnist_pipeline import logged_model, tracking
+from helpers.checks import artifact_paths, check_training_run, tiny
+from helpers.stores import all_runs
+from mnist_pipeline import names
+from mnist_pipeline.flows import main
+from mnist_pipeline.tracking import epoch_logger, logged_model, training_run
+
 
 def test_training_run_logs_params_epochs_artifacts_and_model(tracking_store, tiny_mnist):
     cfg = tiny("final", epochs=3)
-    run_id = tracking.track_training(cfg, tiny_mnist)
+    run_id = training_run.track_training(cfg, tiny_mnist)
     check_training_run(run_id, cfg, tiny_mnist.digest)
     assert mlflow.active_run() is None
 
@@ -30,10 +33,8 @@ def test_mlflow_keras_input_example_bug_still_needs_the_workaround(tracking_stor
     assert mlflow.models.Model.load(info.model_uri).load_input_example().shape == (1, 2)
 
 
-def test_failure_during_training_ends_the_run_failed_with_epochs_kept(
-    tracking_store, tiny_mnist, monkeypatch
-):
-    real_train = tracking.train
+def test_failure_during_training_ends_the_run_failed_with_epochs_kept(tracking_store, tiny_mnist, monkeypatch):
+    real_train = training_run.train
 
     def crash_after_first_epoch(cfg, data, on_epoch=None, verbose=2):
         def on_epoch_then_crash(epoch, row):
@@ -42,23 +43,22 @@ def test_failure_during_training_ends_the_run_failed_with_epochs_kept(
 
         return real_train(cfg, data, on_epoch=on_epoch_then_crash, verbose=0)
 
-    monkeypatch.setattr(tracking, "train", crash_after_first_epoch)
+    monkeypatch.setattr(training_run, "train", crash_after_first_epoch)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        tracking.track_training(tiny("baseline"), tiny_mnist)
+        training_run.track_training(tiny("baseline"), tiny_mnist)
     [run] = all_runs(tracking_store)
     assert run.info.status == "FAILED"
     assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")] == [1]
 
 
 def test_metrics_kept_while_the_server_is_away_fail_in_one_named_line(monkeypatch):
-    from servers import free_port
-
-    from mnist_pipeline.store import TrackingStoreError
+    from helpers.servers import free_port
+    from mnist_pipeline.tracking.store import TrackingStoreError
 
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     mlflow.set_tracking_uri(uri)
     try:
-        logger = tracking.EpochLogger("0" * 32)
+        logger = epoch_logger.EpochLogger("0" * 32)
         monkeypatch.setattr(logger, "RETRY_SECONDS", 0.1)
         monkeypatch.setattr(logger, "FINAL_WAIT_SECONDS", 0.5)
         logger(1, {"val_accuracy": 0.5})  # kept, not raised: training goes on
@@ -72,7 +72,7 @@ def test_metrics_kept_while_the_server_is_away_fail_in_one_named_line(monkeypatc
 
 def test_main_compares_children_and_reuses_finished_runs(tracking_store, tiny_mnist):
     configs = [tiny("baseline", 2), tiny("final", 1)]
-    table = tracking.track_main(configs, tiny_mnist)
+    table = main.compare(configs, tiny_mnist)
     runs = all_runs(tracking_store)
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = {r.data.tags["variant"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
@@ -80,19 +80,21 @@ def test_main_compares_children_and_reuses_finished_runs(tracking_store, tiny_mn
     for cfg in configs:
         check_training_run(children[cfg.variant].info.run_id, cfg, tiny_mnist.digest)
     assert list(table["variant"]) == ["baseline", "final"] and not table["reused"].any()
-    assert {tracking.COMPARISON_CSV, tracking.COMPARISON_MD, tracking.OVERLAY} <= artifact_paths(parent.info.run_id)
-    logged = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path=tracking.COMPARISON_CSV))
+    assert {names.COMPARISON_CSV, names.COMPARISON_MD, names.OVERLAY} <= artifact_paths(parent.info.run_id)
+    logged = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path=names.COMPARISON_CSV)
+    )
     assert logged["test_accuracy"].tolist() == pytest.approx(
         [children[v].data.metrics["test_accuracy"] for v in ("baseline", "final")]
     )
 
-    again = tracking.track_main(configs, tiny_mnist)
+    again = main.compare(configs, tiny_mnist)
     assert again["reused"].all() and list(again["run_id"]) == list(table["run_id"])
     assert len(all_runs(tracking_store)) == 4  # one more parent, no new child
 
-    changed = tracking.track_main([tiny("baseline", 1)], tiny_mnist)
+    changed = main.compare([tiny("baseline", 1)], tiny_mnist)
     assert not changed["reused"].any()  # epochs differ: a different run key
-    forced = tracking.track_main(configs, tiny_mnist, force=True)
+    forced = main.compare(configs, tiny_mnist, force=True)
     assert not forced["reused"].any()
     statuses = {r.info.status for r in all_runs(tracking_store)}
     assert statuses == {"FINISHED"}
