@@ -17,7 +17,8 @@ import sys
 from dataclasses import fields
 
 from mnist_pipeline.core.errors import UserError
-from mnist_pipeline.core.params import COMMANDS, Params, text
+from mnist_pipeline.core.param_fields import Params, text
+from mnist_pipeline.core.params import COMMANDS
 
 PROG = "mnist-pipeline"
 USAGE_ERROR = 2

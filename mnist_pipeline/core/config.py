@@ -24,7 +24,7 @@ SEED = 42  # seeds Python, NumPy and TensorFlow once per run
 STEPS_PER_EXECUTION = 128
 # RMSprop's update as TensorFlow's one fused kernel per weight instead of Keras 3's ~10
 # element-wise ops: the same formula, rounded in another order (float32 last-bit
-# differences); five seeds per variant showed no accuracy change (README, Speed).
+# differences); five seeds per variant showed no accuracy change (docs/seeds.md).
 FUSED_RMSPROP = True
 
 # 3x3 conv + 2x2 max-pool blocks that fit a 28x28 image: 28 -> 13 -> 5 -> 1 pixels a side.

@@ -1,96 +1,27 @@
 """One parameter dataclass per command: its defaults, help text and validation.
 
-Each field's metadata holds its help, how its command-line / MLproject string is read
-(``parse``) and what it allows (``ok``, ``allowed``). ``from_strings`` reads the strings
-MLproject passes; construction checks typed values (``__post_init__``), so code past a
-params object trusts it. cli.py builds its parser from these classes, and a test checks
-MLproject's defaults against them. The command's data folder is checked by loading it,
-in the command's flow, before any run exists.
+Fields are declared with param_fields.param (help, parse, ok, allowed in the metadata).
+``from_strings`` reads the strings MLproject passes; construction checks typed values
+(``__post_init__``), so code past a params object trusts it. cli.py builds its parser from
+these classes, and a test checks MLproject's defaults against them. The command's data
+folder is checked by loading it, in the command's flow, before any run exists.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mnist_pipeline import names
 from mnist_pipeline.core import config
 from mnist_pipeline.core.config import ConfigError, TrainConfig
+from mnist_pipeline.core.param_fields import Params, optional, param, stripped, text
 from mnist_pipeline.core.seeds import seed_list
 from mnist_pipeline.core.variants import DEFAULT_VARIANTS, VARIANTS
 
 BENCH_EPOCHS = 4  # 1 warm-up epoch + 3 timed
 MAX_REQUEST_MB = 16  # largest request body `serve` reads; about 3,000 images as JSON
-
-
-def param(default, help: str, parse=str, allowed: str = "", ok=None, positional: bool = False):
-    """A dataclass field with its help; ``parse(text)`` reads it (ValueError: not allowed),
-    ``ok(value)`` checks it, ``allowed`` says what is allowed in the error message."""
-    return field(
-        default=default, metadata={"help": help, "parse": parse, "allowed": allowed, "ok": ok, "positional": positional}
-    )
-
-
-def text(value) -> str:
-    """A field value as MLproject and the command line write it ('' for None)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return str(value)
-
-
-def _stripped(parse):
-    return lambda raw: parse(raw.strip())
-
-
-def _optional(parse):
-    """'' (after stripping) is None: "not given"."""
-    return lambda raw: parse(raw.strip()) if raw.strip() else None
-
-
-class Params:
-    """Base of the command dataclasses: reading strings, and checks at construction."""
-
-    def __post_init__(self):
-        for f in fields(self):
-            check, value = f.metadata.get("ok"), getattr(self, f.name)
-            if check is not None and value is not None and not check(value):
-                raise ConfigError(f"{f.name}={config.show(value)} is not allowed: {f.metadata['allowed']}")
-        self.check()
-
-    def check(self) -> None:
-        """Checks across fields; the default has none."""
-
-    @classmethod
-    def from_strings(cls, raw: Mapping[str, str | list[str]]):
-        """The command's params from its strings (a list for a positional field); a missing
-        name takes the default."""
-        return cls(**{f.name: _read(f, raw[f.name]) for f in fields(cls) if f.name in raw})
-
-    @classmethod
-    def defaults(cls) -> dict[str, str]:
-        """Every field's default as MLproject writes it."""
-        return {f.name: text(f.default) for f in fields(cls) if f.default is not MISSING}
-
-
-def _read(f, raw):
-    if isinstance(raw, list):
-        return tuple(raw)
-    meta = f.metadata
-    try:
-        value = meta["parse"](raw)
-    except ConfigError:  # a parser with a message of its own
-        raise
-    except ValueError:
-        raise ConfigError(f"{f.name}={raw!r} is not allowed: {meta['allowed']}") from None
-    if value is not None and meta["ok"] is not None and not meta["ok"](value):
-        raise ConfigError(f"{f.name}={raw!r} is not allowed: {meta['allowed']}")
-    return value
 
 
 DATA_DIR = "folder with the MNIST IDX files or mnist.npz (default: $MNIST_DATA_DIR, else keras.datasets.mnist download)"
@@ -115,12 +46,12 @@ def _override(name: str):
     shared = getattr(TrainConfig, name, None)  # None: each variant has its own value
     default = "the variant's value" if shared is None else text(shared)
     return param(
-        None, f"{_OVERRIDE_HELP[name]} (default: {default})", _optional(config.PARSERS[name]), config.allowed(name)
+        None, f"{_OVERRIDE_HELP[name]} (default: {default})", optional(config.PARSERS[name]), config.allowed(name)
     )
 
 
 def _bool(default: bool, help: str):
-    return param(default, help, _stripped(config.to_bool), "must be true or false")
+    return param(default, help, stripped(config.to_bool), "must be true or false")
 
 
 def _model_name(help: str, optional: bool):
@@ -195,7 +126,7 @@ class ReproduceParams(Overrides):
     seeds: int = param(
         config.SEEDS,
         "runs per variant, >= 2: seeds seed, seed+1, ... (--seed: the first, default 42)",
-        _stripped(config.parse_digits),
+        stripped(config.parse_digits),
         "must be an integer >= 2 (the spread needs two runs per variant)",
         lambda v: v >= 2,
     )
@@ -252,14 +183,14 @@ class ServeParams(Params):
     port: int = param(
         5000,
         "port to listen on, 1-65535",
-        _stripped(config.parse_digits),
+        stripped(config.parse_digits),
         "must be an integer in 1-65535",
         lambda v: 1 <= v <= 65535,
     )
     max_request_mb: float = param(
         MAX_REQUEST_MB,
         "largest request body in MiB, > 0 (larger: HTTP 413)",
-        _stripped(float),
+        stripped(float),
         "must be a number > 0",
         lambda v: math.isfinite(v) and v > 0,
     )
@@ -272,14 +203,14 @@ class SweepParams(Params):
     n_trials: int = param(
         config.N_TRIALS,
         "trials in the study, all workers together (a worker stops when it holds them)",
-        _stripped(int),
+        stripped(int),
         "must be an integer >= 1",
         lambda v: v >= 1,
     )
     timeout: float | None = param(
         None,
         "seconds after which this worker starts no new trial ('' or 0: no limit)",
-        _optional(float),
+        optional(float),
         "must be a number of seconds >= 0 ('' or 0: no limit)",
         lambda v: math.isfinite(v) and v >= 0,
     )
@@ -296,7 +227,7 @@ class SweepParams(Params):
     seed: int | None = param(
         None,
         f"training seed of every trial and the first worker's sampler seed (default: {config.SEED})",
-        _optional(int),
+        optional(int),
         config.allowed("seed"),
         lambda v: 0 <= v < 2**32,
     )
@@ -314,7 +245,7 @@ class BenchParams(Params):
     bench_epochs: int = param(
         BENCH_EPOCHS,
         "epochs per timed training, >= 2 (the first is a warm-up)",
-        _stripped(config.parse_digits),
+        stripped(config.parse_digits),
         "must be an integer >= 2 (the first epoch is a warm-up)",
         lambda v: v >= 2,
     )

@@ -56,7 +56,7 @@ def pairwise(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame, pairs: pd.DataFrame) -> str:
-    """The two tables as the README and the parent run show them (accuracy in %)."""
+    """The two tables as docs/seeds.md and the parent run show them (accuracy in %)."""
     shown = pd.DataFrame(
         {
             "variant": table["variant"],

@@ -58,16 +58,7 @@ def track_training(
     description = VARIANTS[cfg.variant].description
     stopped = None
     with ended_run(run_name=cfg.variant, nested=nested, tags=_tags(cfg, data, tags), description=description) as run:
-        mlflow.log_params(
-            {
-                **cfg.as_params(),
-                "optimizer": config.OPTIMIZER,
-                "loss": config.LOSS,
-                "data_source": data.source,
-                "data_digest": data.digest,
-            }
-        )
-        _log_datasets(data, cfg.validation_split)
+        _log_inputs(cfg, data)
         epochs = EpochLogger(run.info.run_id)
         try:
             result = train(cfg, data, on_epoch=_then(epochs, after_epoch))
@@ -152,8 +143,18 @@ def _log_stopped(stop: TrainingStopped, epochs: EpochLogger, title: str) -> None
     mlflow.set_tags({names.TAG_STOPPED: str(stop), **stop.tags})
 
 
-def _log_datasets(data: Mnist, validation_split: float) -> None:
-    (x_fit, y_fit), (x_val, y_val) = split_validation(data.x_train, data.y_train, validation_split)
+def _log_inputs(cfg: TrainConfig, data: Mnist) -> None:
+    """The configuration and where the data came from as params, and the three splits as datasets."""
+    mlflow.log_params(
+        {
+            **cfg.as_params(),
+            "optimizer": config.OPTIMIZER,
+            "loss": config.LOSS,
+            "data_source": data.source,
+            "data_digest": data.digest,
+        }
+    )
+    (x_fit, y_fit), (x_val, y_val) = split_validation(data.x_train, data.y_train, cfg.validation_split)
     splits = {"training": (x_fit, y_fit), "validation": (x_val, y_val), "test": (data.x_test, data.y_test)}
     for context, (x, y) in splits.items():
         with warnings.catch_warnings():
