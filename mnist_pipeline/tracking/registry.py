@@ -176,7 +176,7 @@ def register_run(run: Run, model_name: str = MODEL_NAME, chosen_from: str = "") 
         else:
             client.update_model_version(model_name, version.version, _description(run, chosen_from))
             _attach_card(client, run, version, chosen_from)
-            client.set_registered_model_alias(model_name, CHALLENGER, version.version)
+            _set_alias(client, model_name, CHALLENGER, version.version)
             created = True
     champion, reason = _settle_champion(client, model_name, version)
     client.set_model_version_tag(model_name, version.version, TAG_CHAMPION_DECISION, reason)
@@ -193,6 +193,18 @@ def _champion(client, model_name: str) -> ModelVersion | None:
 def _score(version: ModelVersion) -> tuple[float, int]:
     """Champion order: higher val_accuracy; on a tie the older version stays."""
     return float(version.tags.get("val_accuracy", "-inf")), -int(version.version)
+
+
+def _set_alias(client, model_name: str, alias: str, version) -> None:
+    """Point ``alias`` at ``version``. A server whose database inserts a new alias row can
+    refuse the write when another process created the same alias at that moment (a unique
+    key violation on PostgreSQL): that process won the race, and the caller's next round
+    reads what it wrote."""
+    try:
+        client.set_registered_model_alias(model_name, alias, version)
+    except MlflowException as err:
+        if "registered_model_alias" not in str(err) and "already exists" not in str(err):
+            raise
 
 
 def _settle_champion(client, model_name: str, version: ModelVersion) -> tuple[bool, str]:
@@ -219,11 +231,11 @@ def _settle_champion(client, model_name: str, version: ModelVersion) -> tuple[bo
         newest = max(versions, key=lambda v: int(v.version))
         aliases = client.get_registered_model(model_name).aliases
         if str(aliases.get(CHALLENGER)) != str(newest.version):  # a concurrent registrar wrote last
-            client.set_registered_model_alias(model_name, CHALLENGER, newest.version)
+            _set_alias(client, model_name, CHALLENGER, newest.version)
         current = _champion(client, model_name)
         if current is not None and str(current.version) == str(best.version):
             break
-        client.set_registered_model_alias(model_name, CHAMPION, best.version)
+        _set_alias(client, model_name, CHAMPION, best.version)
     holder = _champion(client, model_name)
     is_champion = holder is not None and str(holder.version) == str(version.version)
     if not is_champion and holder is not None and "takes the champion alias" in reason:

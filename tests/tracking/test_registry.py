@@ -80,6 +80,32 @@ def test_a_run_registered_by_two_processes_at_once_keeps_one_version(tracking_st
     assert champion_and_challenger() == ("1", "1")
 
 
+def test_an_alias_write_lost_to_a_concurrent_writer_is_read_again(tracking_store, monkeypatch):
+    """PostgreSQL refuses the second of two simultaneous inserts of one alias (seen against a
+    real server): the loser reads the store again instead of failing its registration."""
+    real, refused = mlflow.MlflowClient.set_registered_model_alias, []
+
+    def first_write_loses(self, name, alias, version):
+        if not refused:
+            refused.append(alias)
+            raise mlflow.exceptions.MlflowException(
+                'duplicate key value violates unique constraint "registered_model_alias_pk"'
+            )
+        return real(self, name, alias, version)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", first_write_loses)
+    first = registry.register_best([scored_run(0.9)])
+    assert refused == [names.CHALLENGER] and first.champion
+    assert champion_and_challenger() == ("1", "1")
+
+    def store_down(self, name, alias, version):
+        raise mlflow.exceptions.MlflowException("connection refused")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", store_down)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="connection refused"):
+        registry.register_best([scored_run(0.95)])
+
+
 def test_failed_registration_keeps_main_finished_and_says_how_to_retry(
     tracking_store, tiny_mnist_dir, monkeypatch, capsys
 ):
