@@ -5,7 +5,8 @@ consumer (or a later run reusing this one) can rely on them. This module imports
 """
 
 # Per-epoch metrics of a training run (step = epoch, from 1), in this order.
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
+EPOCH_SECONDS = "epoch_seconds"  # wall time of the epoch, its validation pass included
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", EPOCH_SECONDS)
 TRACKING_SECONDS = "tracking_seconds"  # time per-epoch logging took inside training
 # Summary metrics of a training run, logged once after training.
 SUMMARY_METRICS = (
@@ -54,7 +55,9 @@ BENCH_DIR = "bench"  # bench.json, bench.md, scaling.png
 TAG_VARIANT, TAG_DESCRIPTION, TAG_RUN_KEY = "variant", "description", "run_key"
 TAG_CODE_VERSION, TAG_DATA_DIGEST, TAG_REUSED = "code_version", "data_digest", "reused_run_id"
 TAG_DATA_SOURCE = "data_source"  # on main and reproduce runs
-TAG_ROLE = "role"  # "main", "reproduce", "evaluate" or "sweep" on a run that is not a training run
+TAG_ROLE = "role"  # on a run that is not a training run: one of the ROLE_* values
+ROLE_MAIN, ROLE_REPRODUCE, ROLE_EVALUATE, ROLE_SWEEP = "main", "reproduce", "evaluate", "sweep"
+TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: nests a run under its parent in the UI
 TAG_CHILDREN = "children"  # on a main run: JSON {variant: training run id}, reused ones included
 TAG_REGISTRATION_ERROR = "registration_error"  # on a main run whose registration failed
 TAG_SEED_RUNS = "seed_runs"  # on a reproduce run: JSON {variant: [training run ids, by seed]}
@@ -66,6 +69,10 @@ TAG_CHAMPION_DECISION = "champion_decision"
 # Sweep runs: trial runs carry all four, the sweep parent TAG_STUDY.
 TAG_STUDY, TAG_TRIAL, TAG_TRIAL_STATE, TAG_WORKER = "study_name", "trial_number", "trial_state", "worker"
 TAG_SWEEP_PARENT = "sweep_parent_run_id"  # on `mlflow run -e sweep`'s own run
+# On the sweep parent: who wrote the last summary, trials_<state> counts, the best trial.
+TAG_SUMMARY_BY, TAG_TRIALS_PREFIX = "summary_by", "trials_"
+TAG_BEST_TRIAL, TAG_BEST_RUN_ID, TAG_BEST_VAL_ACCURACY = "best_trial", "best_run_id", "best_val_accuracy"
+TAG_BEST_PARAM_PREFIX = "best."  # best.<hyperparameter>
 # Optuna user attrs: on the study, and on each trial.
 PARENT_ATTR, DIGEST_ATTR = "mlflow_parent_run_id", "data_digest"
 RUN_ATTR, WORKER_ATTR = "mlflow_run_id", "worker"

@@ -1,7 +1,8 @@
-"""Run configuration: one frozen dataclass, its defaults, and all parameter validation.
+"""Run configuration: ``TrainConfig`` (one training run, validated at construction), every
+default of the pipeline, and the parsers that read parameter strings.
 
-Every entry point turns its raw string parameters into a ``TrainConfig`` through
-``resolve``; code past this module trusts the config.
+``resolve`` gives a variant's TrainConfig with overrides on top; the command dataclasses in
+params.py read their strings with the parsers here.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ FUSED_RMSPROP = True
 MAX_CONV_BLOCKS = 3
 
 SEEDS = 5  # `reproduce`: runs per variant, seeds seed, seed + 1, ..., seed + SEEDS - 1
+BENCH_EPOCHS = 4  # `bench`: per timed training, 1 warm-up epoch + 3 timed
+MAX_REQUEST_MB = 16  # `serve`: largest request body read, in MiB; about 3,000 images as JSON
 
 OPTIMIZER = "rmsprop"
 LOSS = "categorical_crossentropy"
@@ -187,6 +190,11 @@ def parse_overrides(raw: dict[str, str | None]) -> dict:
     return parsed
 
 
+def seed_list(first: int, count: int) -> list[int]:
+    """The seeds of `reproduce`: first, first + 1, ..., first + count - 1."""
+    return list(range(first, first + count))
+
+
 def resolve(variant: str, overrides: dict | None = None) -> TrainConfig:
     """The variant's own values, with any parsed ``overrides`` on top."""
     if variant not in VARIANTS:
@@ -207,10 +215,6 @@ def parse_variants(text: str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ConfigError(f"variants={text!r} is not allowed: a variant appears twice")
     return names
-
-
-def parse_bool(name: str, text: str) -> bool:
-    return read_param(name, str(text), to_bool, "must be true or false")
 
 
 def parse_model_name(text: str, optional: bool = False) -> str:
@@ -238,18 +242,6 @@ def parse_study_name(text: str) -> str:
             "or '-', starting with a letter or digit"
         )
     return text
-
-
-def read_param(name: str, text: str, parse, allowed: str, ok=lambda value: True):
-    """``parse(text.stripped)`` if it parses and is ``ok``, else the one-line ConfigError
-    naming the parameter, its value and what is ``allowed``."""
-    try:
-        value = parse(text.strip())
-    except ValueError:
-        value = None
-    if value is None or not ok(value):
-        raise ConfigError(f"{name}={text!r} is not allowed: {allowed}")
-    return value
 
 
 def parse_storage(text: str) -> str:

@@ -11,8 +11,7 @@ from dataclasses import fields
 
 import numpy as np
 
-from mnist_pipeline.core.config import TrainConfig
-from mnist_pipeline.core.params import MAX_REQUEST_MB
+from mnist_pipeline.core.config import MAX_REQUEST_MB, TrainConfig
 
 CONFUSED_PAIRS = 3  # (true, predicted) pairs listed under known weaknesses
 # Params shown as hyperparameters, in this order (data_* params go under "Data").

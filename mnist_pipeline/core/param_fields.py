@@ -60,8 +60,10 @@ class Params:
 
     @classmethod
     def defaults(cls) -> dict[str, str]:
-        """Every field's default as MLproject writes it."""
-        return {f.name: text(f.default) for f in fields(cls) if f.default is not MISSING}
+        """Every option's default as MLproject writes it (positional fields have none)."""
+        return {
+            f.name: text(f.default) for f in fields(cls) if f.default is not MISSING and not f.metadata["positional"]
+        }
 
 
 def _read(f, raw):

@@ -17,12 +17,7 @@ from mnist_pipeline import names
 from mnist_pipeline.core import config
 from mnist_pipeline.core.config import ConfigError, TrainConfig
 from mnist_pipeline.core.param_fields import Params, optional, param, stripped, text
-from mnist_pipeline.core.seeds import seed_list
 from mnist_pipeline.core.variants import DEFAULT_VARIANTS, VARIANTS
-
-BENCH_EPOCHS = 4  # 1 warm-up epoch + 3 timed
-MAX_REQUEST_MB = 16  # largest request body `serve` reads; about 3,000 images as JSON
-
 
 DATA_DIR = "folder with the MNIST IDX files or mnist.npz (default: $MNIST_DATA_DIR, else keras.datasets.mnist download)"
 _OVERRIDE_HELP = {
@@ -146,7 +141,7 @@ class ReproduceParams(Overrides):
         return [
             replace(cfg, seed=seed)
             for cfg in self.configs_of(self.variants)
-            for seed in seed_list(cfg.seed, self.seeds)
+            for seed in config.seed_list(cfg.seed, self.seeds)
         ]
 
 
@@ -188,7 +183,7 @@ class ServeParams(Params):
         lambda v: 1 <= v <= 65535,
     )
     max_request_mb: float = param(
-        MAX_REQUEST_MB,
+        config.MAX_REQUEST_MB,
         "largest request body in MiB, > 0 (larger: HTTP 413)",
         stripped(float),
         "must be a number > 0",
@@ -243,7 +238,7 @@ class BenchParams(Params):
 
     data_dir: str = param("", DATA_DIR)
     bench_epochs: int = param(
-        BENCH_EPOCHS,
+        config.BENCH_EPOCHS,
         "epochs per timed training, >= 2 (the first is a warm-up)",
         stripped(config.parse_digits),
         "must be an integer >= 2 (the first epoch is a warm-up)",

@@ -1,7 +1,7 @@
 """Seed statistics for `reproduce`: is a difference between variants larger than seed noise?
 
 Pure pandas/SciPy on a table of finished runs (one row per variant and seed); the runs
-themselves are trained and logged by tracking.track_reproduce.
+themselves are trained and logged by flows/reproduce.py.
 """
 
 from __future__ import annotations
@@ -13,10 +13,6 @@ import pandas as pd
 from scipy import stats
 
 ALPHA = 0.05  # a difference counts as larger than seed noise if Welch's t-test p < ALPHA
-
-
-def seed_list(first: int, count: int) -> list[int]:
-    return list(range(first, first + count))
 
 
 def seed_table(results: pd.DataFrame, study: dict[str, float]) -> pd.DataFrame:

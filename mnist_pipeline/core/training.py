@@ -17,7 +17,7 @@ import pandas as pd
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import NUM_CLASSES, Mnist, split_validation
 from mnist_pipeline.core.models import build_model
-from mnist_pipeline.names import EPOCH_METRICS
+from mnist_pipeline.names import EPOCH_METRICS, EPOCH_SECONDS
 
 
 @dataclass
@@ -63,7 +63,7 @@ class _EpochRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         row = {name: float(logs[name]) for name in EPOCH_METRICS[:-1]}
-        row["epoch_seconds"] = time.perf_counter() - self._start
+        row[EPOCH_SECONDS] = time.perf_counter() - self._start
         self.rows.append(row)
         if self._on_epoch is not None:
             self._on_epoch(epoch + 1, row)

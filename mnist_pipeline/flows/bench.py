@@ -26,7 +26,7 @@ from mnist_pipeline import names
 from mnist_pipeline.core import config, data, plots, speed
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist
-from mnist_pipeline.core.params import BENCH_EPOCHS, BenchParams
+from mnist_pipeline.core.params import BenchParams
 from mnist_pipeline.core.variants import DEFAULT_VARIANTS
 from mnist_pipeline.tracking import logged_model, readback, runs, store, training_run
 
@@ -38,7 +38,7 @@ FINAL = "final"
 def run_benchmark(
     mnist: data.Mnist,
     variants=DEFAULT_VARIANTS,  # the study's dense nets: the roofline counts Dense matmuls only
-    epochs: int = BENCH_EPOCHS,
+    epochs: int = config.BENCH_EPOCHS,
     scaling_epochs: int = SCALING_EPOCHS,
     widths=speed.SCALING_WIDTHS,
     batches=speed.SCALING_BATCHES,

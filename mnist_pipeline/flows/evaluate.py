@@ -21,7 +21,7 @@ def run(params: EvaluateParams) -> dict[str, float]:
 
     uri = params.model_uri
     model = logged_model.load_pyfunc(uri)  # before the run: a bad URI creates no run
-    with runs.ended_run(run_name="evaluate", tags={names.TAG_ROLE: "evaluate", names.TAG_MODEL_URI: uri}):
+    with runs.ended_run(run_name="evaluate", tags={names.TAG_ROLE: names.ROLE_EVALUATE, names.TAG_MODEL_URI: uri}):
         runs.log_missing_params({"model_uri": uri, "data_source": data.source, "data_digest": data.digest})
         if getattr(model.metadata, "model_id", None):
             runs.set_tags({names.TAG_MODEL_ID: model.metadata.model_id})

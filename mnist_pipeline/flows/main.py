@@ -39,7 +39,9 @@ def compare(configs: list[TrainConfig], data: Mnist, force: bool = False, model_
     from mnist_pipeline.tracking import training_run  # TensorFlow: after the fast checks
 
     failure = None
-    with runs.ended_run(run_name="main", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: "main"}) as parent:
+    with runs.ended_run(
+        run_name="main", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: names.ROLE_MAIN}
+    ) as parent:
         runs.log_missing_params({"variants": ",".join(c.variant for c in configs), "force": str(force).lower()})
         runs.set_tags({names.TAG_DATA_SOURCE: data.source})
         children = training_run.train_or_reuse(configs, data, force)

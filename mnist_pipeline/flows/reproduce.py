@@ -30,7 +30,9 @@ def run(params: ReproduceParams) -> pd.DataFrame:
     from mnist_pipeline.tracking import training_run  # TensorFlow: after the fast checks
 
     variants = list(dict.fromkeys(c.variant for c in configs))
-    with runs.ended_run(run_name="reproduce", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: "reproduce"}):
+    with runs.ended_run(
+        run_name="reproduce", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: names.ROLE_REPRODUCE}
+    ):
         runs.log_missing_params(
             {
                 "variants": ",".join(variants),

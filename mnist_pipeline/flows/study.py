@@ -61,10 +61,6 @@ SEARCH_SPACE = SearchSpace()
 PARAMS = tuple(f.name for f in fields(SearchSpace))
 
 
-SEARCH_SPACE = SearchSpace()
-PARAMS = tuple(f.name for f in fields(SearchSpace))
-
-
 def median_pruner() -> optuna.pruners.MedianPruner:
     return optuna.pruners.MedianPruner(
         n_startup_trials=PRUNE_MIN_TRIALS, n_warmup_steps=PRUNE_FROM_EPOCH, n_min_trials=PRUNE_MIN_TRIALS
@@ -72,19 +68,21 @@ def median_pruner() -> optuna.pruners.MedianPruner:
 
 
 def open_study(
-    cfg: SweepParams, digest: str, worker: str, space: SearchSpace, pruner: optuna.pruners.BasePruner
+    params: SweepParams, digest: str, worker: str, space: SearchSpace, pruner: optuna.pruners.BasePruner
 ) -> tuple[optuna.Study, str]:
     """The study and its parent run id; the worker that creates the study creates the parent."""
-    storage = open_storage(cfg.storage)
-    where = {"study_name": cfg.study_name, "storage": storage, "pruner": pruner}
+    storage = open_storage(params.storage)
+    where = {"study_name": params.study_name, "storage": storage, "pruner": pruner}
     try:
-        study = optuna.create_study(direction="maximize", sampler=_sampler(cfg.training_seed), **where)
+        study = optuna.create_study(direction="maximize", sampler=_sampler(params.training_seed), **where)
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(sampler=_sampler(zlib.crc32(f"{cfg.training_seed}/{worker}".encode())), **where)
+        study = optuna.load_study(sampler=_sampler(zlib.crc32(f"{params.training_seed}/{worker}".encode())), **where)
         parent_id = _wait_for_parent(study, digest)
     else:
-        parent_id = _create_parent(study, cfg, digest, space, storage)
-    runs.use_experiment_of(parent_id)
+        parent_id = _create_parent(study, params, digest, space, storage)
+    runs.use_experiment_of(
+        parent_id, "the study's parent run", "all workers of a study must use the same MLFLOW_TRACKING_URI"
+    )
     return study, parent_id
 
 
@@ -126,11 +124,11 @@ def _sampler(seed: int) -> optuna.samplers.TPESampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=N_STARTUP_TRIALS, constant_liar=True)
 
 
-def _create_parent(study: optuna.Study, cfg: SweepParams, digest: str, space: SearchSpace, storage) -> str:
-    params = {
-        "study_name": cfg.study_name,
-        "storage": _shown(cfg.storage),
-        "seed": cfg.training_seed,
+def _create_parent(study: optuna.Study, params: SweepParams, digest: str, space: SearchSpace, storage) -> str:
+    logged = {
+        "study_name": params.study_name,
+        "storage": _shown(params.storage),
+        "seed": params.training_seed,
         "variant": VARIANT,
         "sampler": type(study.sampler).__name__,
         "pruner": type(study.pruner).__name__,
@@ -138,15 +136,15 @@ def _create_parent(study: optuna.Study, cfg: SweepParams, digest: str, space: Se
         "search_space": json.dumps(asdict(space)),
     }
     try:
-        tags = {names.TAG_ROLE: "sweep", names.TAG_STUDY: cfg.study_name, names.TAG_DATA_DIGEST: digest}
-        parent_id = runs.create_finished_run(cfg.study_name, params, tags)
+        tags = {names.TAG_ROLE: names.ROLE_SWEEP, names.TAG_STUDY: params.study_name, names.TAG_DATA_DIGEST: digest}
+        parent_id = runs.create_finished_run(params.study_name, logged, tags)
         study.set_user_attr(names.DIGEST_ATTR, digest)
         study.set_user_attr(names.PARENT_ATTR, parent_id)  # last: the joining workers wait for it
     except BaseException:  # leave no study without a parent: the name is free again
         with contextlib.suppress(Exception):
-            optuna.delete_study(study_name=cfg.study_name, storage=storage)
+            optuna.delete_study(study_name=params.study_name, storage=storage)
         raise
-    print(f"study {cfg.study_name}: created, with sweep parent run {parent_id}")
+    print(f"study {params.study_name}: created, with sweep parent run {parent_id}")
     return parent_id
 
 

@@ -51,7 +51,7 @@ from mnist_pipeline.core.data import Mnist, load_for
 from mnist_pipeline.core.errors import RegistrationError, first_line
 from mnist_pipeline.core.params import SweepParams
 from mnist_pipeline.flows import study as studies
-from mnist_pipeline.flows.study import PARAMS, SEARCH_SPACE, VARIANT, SearchSpace
+from mnist_pipeline.flows.study import PARAMS, VARIANT, SearchSpace
 from mnist_pipeline.tracking import readback, registry, runs, store
 
 
@@ -69,10 +69,10 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
     """One worker: join the study (creating it and its parent run if new), run trials until
     it holds ``params.n_trials`` or ``params.timeout`` passes, then log the trials table and
     register the best COMPLETE trial. Returns the parent run id. ``space`` and ``pruner``
-    default to SEARCH_SPACE and study.median_pruner()."""
+    default to study.SEARCH_SPACE and study.median_pruner()."""
     data = load_for(params.data_dir, [resolve(VARIANT, {"seed": params.training_seed}).validation_split])
     store.check_tracking_store()
-    space = space or SEARCH_SPACE
+    space = space or studies.SEARCH_SPACE
     worker = f"{socket.gethostname()}:{os.getpid()}"
     project_run = runs.detach_project_run()  # `mlflow run -e sweep`'s own run stays beside
     study, parent_id = studies.open_study(params, data.digest, worker, space, pruner or studies.median_pruner())
@@ -126,7 +126,7 @@ class _Objective:
                 cfg,
                 self.data,
                 after_epoch=after_epoch,
-                tags={"mlflow.parentRunId": self.parent_id, names.TAG_WORKER: self.worker, **tags},
+                tags={names.TAG_PARENT_RUN: self.parent_id, names.TAG_WORKER: self.worker, **tags},
             )
         except training_run.TrainingStopped as stop:
             trial.set_user_attr(names.RUN_ATTR, stop.run_id)
@@ -153,7 +153,8 @@ def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str)
     trial_runs = {r.info.run_id: r for r in readback.child_runs(parent_id)}
     table = pd.DataFrame([_row(t, trial_runs) for t in trials], columns=_COLUMNS)
     states = table["state"].value_counts()
-    tags = {"summary_by": worker, **{f"trials_{s.name.lower()}": int(states.get(s.name, 0)) for s in TrialState}}
+    tags = {names.TAG_SUMMARY_BY: worker}
+    tags |= {f"{names.TAG_TRIALS_PREFIX}{s.name.lower()}": int(states.get(s.name, 0)) for s in TrialState}
     complete = [
         t.user_attrs[names.RUN_ATTR]
         for t in trials
@@ -163,10 +164,10 @@ def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str)
     best_trial = next((t for t in trials if best and t.user_attrs.get(names.RUN_ATTR) == best.info.run_id), None)
     if best_trial is not None:
         tags |= {
-            "best_trial": best_trial.number,
-            "best_run_id": best.info.run_id,
-            "best_val_accuracy": best.data.metrics["val_accuracy"],
-            **{f"best.{name}": value for name, value in best_trial.params.items()},
+            names.TAG_BEST_TRIAL: best_trial.number,
+            names.TAG_BEST_RUN_ID: best.info.run_id,
+            names.TAG_BEST_VAL_ACCURACY: best.data.metrics["val_accuracy"],
+            **{f"{names.TAG_BEST_PARAM_PREFIX}{name}": value for name, value in best_trial.params.items()},
         }
     runs.log_text(table.to_csv(index=False), names.SWEEP_TRIALS_CSV, parent_id)
     runs.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.SWEEP_TRIALS_MD, parent_id)

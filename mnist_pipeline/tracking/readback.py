@@ -38,7 +38,7 @@ def metric_history(run_id: str) -> pd.DataFrame:
 
 def epoch_end_times(run_id: str) -> list[float]:
     """When each epoch's metrics reached the store (seconds since the epoch), in order."""
-    history = mlflow.MlflowClient().get_metric_history(run_id, "epoch_seconds")
+    history = mlflow.MlflowClient().get_metric_history(run_id, names.EPOCH_SECONDS)
     return sorted(m.timestamp / 1000 for m in history)
 
 
@@ -100,6 +100,6 @@ def confusion_counts(run_id: str) -> np.ndarray | None:
 
 def child_runs(parent_id: str, tags: dict[str, str] | None = None, status: str = "") -> list:
     """Runs of the active experiment under ``parent_id`` with ``tags`` (and ``status``)."""
-    filters = [f"tags.mlflow.parentRunId = '{parent_id}'"] + [f"tags.{k} = '{v}'" for k, v in (tags or {}).items()]
+    filters = [f"tags.{names.TAG_PARENT_RUN} = '{parent_id}'"] + [f"tags.{k} = '{v}'" for k, v in (tags or {}).items()]
     filters += [f"attributes.status = '{status}'"] if status else []
     return mlflow.search_runs(filter_string=" and ".join(filters), output_format="list")

@@ -27,6 +27,7 @@ from mnist_pipeline.names import (
     MODEL_CARD_DIR,
     MODEL_CARD_TAG,
     MODEL_NAME,
+    ROLE_MAIN,
     TAG_CHAMPION_DECISION,
     TAG_CHILDREN,
     TAG_DATA_DIGEST,
@@ -34,10 +35,13 @@ from mnist_pipeline.names import (
     TAG_REGISTERED_VERSION,
     TAG_ROLE,
     TAG_STOPPED,
+    TAG_VARIANT,
 )
 from mnist_pipeline.tracking import logged_model, readback
 
 _ALIAS_ROUNDS = 5  # re-checks of the champion alias against concurrent registrations
+# A database's words for a unique key that another writer took first (PostgreSQL, SQLite, MySQL).
+_LOST_RACE = ("duplicate key value violates unique constraint", "UNIQUE constraint failed", "Duplicate entry")
 
 
 class RegistryError(UserError, LookupError):
@@ -73,7 +77,7 @@ def children_of(parent_run_id: str | None) -> tuple[str, dict[str, str]]:
     """(parent id, {variant: training run id}) of a `main` run; the latest one if no id."""
     if not parent_run_id:
         parents = mlflow.search_runs(
-            filter_string=f"tags.{TAG_ROLE} = 'main' and attributes.status = 'FINISHED'",
+            filter_string=f"tags.{TAG_ROLE} = '{ROLE_MAIN}' and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
             output_format="list",
@@ -98,7 +102,7 @@ def register_best(run_ids: list[str], model_name: str = MODEL_NAME, chosen_from:
     run = best_run(run_ids)
     registration = register_run(run, model_name, chosen_from or f"runs {', '.join(run_ids)}")
     version = registration.version
-    variant = run.data.tags.get("variant")
+    variant = run.data.tags.get(TAG_VARIANT)
     print(f"{model_name} version {version.version} ({variant}, run {run.info.run_id}): {registration.reason}")
     if mlflow.active_run():
         mlflow.set_tags(
@@ -160,7 +164,7 @@ def register_run(run: Run, model_name: str = MODEL_NAME, chosen_from: str = "") 
         version, created = existing, False
     else:
         tags = {
-            "variant": run.data.tags.get("variant", ""),
+            "variant": run.data.tags.get(TAG_VARIANT, ""),
             "run_id": run.info.run_id,
             "val_accuracy": f"{run.data.metrics['val_accuracy']:.6f}",
             "test_accuracy": f"{run.data.metrics['test_accuracy']:.6f}",
@@ -196,14 +200,14 @@ def _score(version: ModelVersion) -> tuple[float, int]:
 
 
 def _set_alias(client, model_name: str, alias: str, version) -> None:
-    """Point ``alias`` at ``version``. A server whose database inserts a new alias row can
-    refuse the write when another process created the same alias at that moment (a unique
-    key violation on PostgreSQL): that process won the race, and the caller's next round
-    reads what it wrote."""
+    """Point ``alias`` at ``version``. A store inserting a new alias row refuses the write
+    when another process created the same alias at that moment (a unique key violation):
+    that process won the race, and the caller's next round reads what it wrote. Any other
+    error is raised."""
     try:
         client.set_registered_model_alias(model_name, alias, version)
     except MlflowException as err:
-        if "registered_model_alias" not in str(err) and "already exists" not in str(err):
+        if not any(text in str(err) for text in _LOST_RACE):
             raise
 
 

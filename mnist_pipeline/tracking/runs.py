@@ -1,6 +1,6 @@
-"""The run lifecycle: a run that always ends, the run `mlflow run` made, and what any run is given.
-
-Every function writes to the active run unless it takes a ``run_id``.
+"""The run lifecycle: a run that always ends, the run `mlflow run` made, the experiment the
+next runs go to, and what any run is given (params, metrics, tags, texts, figures): on the
+active run, or on the run whose ``run_id`` a function takes.
 """
 
 from __future__ import annotations
@@ -61,15 +61,13 @@ def detach_project_run() -> str | None:
     return os.environ.pop(mlflow.environment_variables.MLFLOW_RUN_ID.name, None)
 
 
-def use_experiment_of(run_id: str) -> None:
-    """Start the next runs in ``run_id``'s experiment; UserError if this store lacks the run."""
+def use_experiment_of(run_id: str, what: str, fix: str) -> None:
+    """Start the next runs in ``run_id``'s experiment. If this store lacks the run: UserError
+    "<what> <run_id> is not in tracking store <uri>: <fix>"."""
     try:
         experiment_id = mlflow.get_run(run_id).info.experiment_id
     except MlflowException:
-        raise UserError(
-            f"the study's parent run {run_id} is not in tracking store {mlflow.get_tracking_uri()}: "
-            "all workers of a study must use the same MLFLOW_TRACKING_URI"
-        ) from None
+        raise UserError(f"{what} {run_id} is not in tracking store {mlflow.get_tracking_uri()}: {fix}") from None
     mlflow.set_experiment(experiment_id=experiment_id)
 
 
@@ -77,10 +75,6 @@ def log_missing_params(params: dict[str, str]) -> None:
     """Log ``params`` except keys already on the active run (`mlflow run` logs its own)."""
     logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
-
-
-def log_params(params: dict) -> None:
-    mlflow.log_params(params)
 
 
 def log_metrics(metrics: dict[str, float]) -> None:

@@ -1,7 +1,7 @@
 import pytest
 
 from mnist_pipeline.core import config
-from mnist_pipeline.core.config import ConfigError, parse_bool, parse_overrides, parse_variants, resolve
+from mnist_pipeline.core.config import ConfigError, parse_overrides, parse_variants, resolve
 from mnist_pipeline.core.variants import VARIANTS
 
 
@@ -112,9 +112,3 @@ def test_variant_lists():
     for bad in ("", "final,huge", "final,final"):
         with pytest.raises(ConfigError, match="variants="):
             parse_variants(bad)
-
-
-def test_bool():
-    assert parse_bool("force", "True") is True and parse_bool("force", "0") is False
-    with pytest.raises(ConfigError, match="force='maybe'"):
-        parse_bool("force", "maybe")

@@ -11,7 +11,7 @@ from helpers.stores import PROJECT_ROOT, all_runs
 from mnist_pipeline import cli
 from mnist_pipeline.core import model_card
 from mnist_pipeline.core.config import OVERRIDABLE
-from mnist_pipeline.core.params import COMMANDS, MAX_REQUEST_MB, ServeParams
+from mnist_pipeline.core.params import COMMANDS, ServeParams
 
 # Every entry point parameter, out of range and of the wrong type.
 BAD_INPUT = [
@@ -113,8 +113,7 @@ def test_defaults_repeated_outside_params_agree():
     card = model_card.build(
         model_name="m", version="1", chosen="", params={}, metrics={}, confusion=None, run_id="r", model_uri="models:/x"
     )
-    assert ServeParams().max_request_mb == MAX_REQUEST_MB
-    assert f"bodies over {MAX_REQUEST_MB} MiB get 413" in card
+    assert f"bodies over {ServeParams().max_request_mb} MiB get 413" in card
 
 
 def test_mlproject_parameters_and_defaults_match_the_command_dataclasses():

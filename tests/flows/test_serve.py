@@ -47,7 +47,7 @@ def chunked_post(url: str, chunks) -> int:
 
 @pytest.fixture
 def served_champion(registered, tmp_path):
-    """The README's serve command on a free loopback port, with a request bound of
+    """The serve command of docs/registry-and-serving.md on a free loopback port, with a request bound of
     MAX_REQUEST_MB; stopped by its own process group."""
     port = free_port()
     log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 (the server writes it until the fixture ends)

@@ -175,7 +175,7 @@ class PruneAll(optuna.pruners.BasePruner):
             time.sleep(0.1)
         return True
 
-sweep.SEARCH_SPACE = study.SearchSpace(hidden_units=("16,8,8", "32,16,8"), epochs=(1, 3), batch_size=(64,))
+study.SEARCH_SPACE = study.SearchSpace(hidden_units=("16,8,8", "32,16,8"), epochs=(1, 3), batch_size=(64,))
 study.median_pruner = PruneAll
 ready = Path(sys.argv[1])
 (ready / str(os.getpid())).touch()
