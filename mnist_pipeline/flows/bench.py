@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 import subprocess
 import tempfile
 import time
@@ -28,7 +27,8 @@ from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.params import BenchParams
 from mnist_pipeline.core.variants import DEFAULT_VARIANTS
-from mnist_pipeline.tracking import logged_model, readback, runs, store, training_run
+from mnist_pipeline.flows import bench_serving
+from mnist_pipeline.tracking import readback, runs, store, training_run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where MLproject is, in a source checkout
 SCALING_EPOCHS = 2  # 1 warm-up + 1 timed, for each of the 12 scaling points
@@ -87,7 +87,8 @@ def markdown(report: dict) -> str:
         ]
     parts += ["## Final variant: cost against width and batch size (bare Keras)", _table(report["scaling"])]
     if report["end_to_end"]:
-        parts += ["## End to end", _table([report["end_to_end"]])]
+        rows = [{"measure": key, "value": value} for key, value in report["end_to_end"].items()]
+        parts += ["## End to end: the default `mlflow run .`, then its champion served", _table(rows)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -175,7 +176,8 @@ def variant_row(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUNDS) -> d
 
 
 def end_to_end(data_dir: str) -> dict:
-    """Wall time of the default `mlflow run .`, then pyfunc prediction speed of its champion."""
+    """Wall time of the default `mlflow run .`, then the serving speed of its champion:
+    pyfunc, both REST servers, and the load test (flows/bench_serving.py)."""
     if not (PROJECT_ROOT / "MLproject").is_file():
         raise FileNotFoundError(f"{PROJECT_ROOT}/MLproject: end-to-end timing needs a source checkout")
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,25 +195,8 @@ def end_to_end(data_dir: str) -> dict:
         if done.returncode != 0:
             raise RuntimeError(f"`mlflow run .` failed in the benchmark: {done.stderr[-2000:]}")
         wall = time.perf_counter() - start
+        images = data.load(data_dir).x_test
         with store.isolated_store(tmp):  # the store `mlflow run` wrote
-            serving = prediction_speed(data.load(data_dir).x_test)
+            serving = bench_serving.pyfunc_speed(images)
+        serving |= bench_serving.rest_speed(images, env)
     return {"mlflow_run_s": wall, **serving}
-
-
-def prediction_speed(images: np.ndarray, single: int = 50) -> dict:
-    """Pyfunc prediction of the current store's champion: images/s in one batch, ms for one."""
-    model = logged_model.load_pyfunc(names.CHAMPION_URI)
-    batch = images.astype("float32")
-    model.predict(batch[:10])  # warm up
-    batched = [_seconds(lambda: model.predict(batch)) for _ in range(3)]
-    one = [_seconds(lambda i=i: model.predict(batch[i : i + 1])) for i in range(single)]
-    return {
-        "pyfunc_images_per_s": len(batch) / statistics.median(batched),
-        "pyfunc_one_image_ms": 1000 * statistics.median(one),
-    }
-
-
-def _seconds(work) -> float:
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start

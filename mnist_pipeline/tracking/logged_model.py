@@ -8,8 +8,12 @@ their input first.
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import shutil
 import types
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -27,19 +31,41 @@ SIGNATURE = ModelSignature(
 )
 
 
-def _save_keras_model(path, **kwargs):
+LOADER = Path(__file__).with_name("digits_pyfunc.py")  # shipped in every model's code/ folder
+
+
+def _save_keras_model(path, mlflow_model: Model, **kwargs):
+    """mlflow.keras.save_model, then the model's python_function flavor pointed at LOADER."""
+    import mlflow.keras  # imports TensorFlow
+
     # MLflow 3.17 and 3.18: mlflow.keras.save_model writes input_example.json before it
     # creates the model folder, so mlflow.keras.log_model(..., input_example=...) raises
     # FileNotFoundError. Creating the folder first is the whole fix; save_model itself is
     # unchanged. tests/tracking/test_training_run.py checks both the bug and this workaround.
-    import mlflow.keras  # imports TensorFlow
-
     os.makedirs(path, exist_ok=True)
-    mlflow.keras.save_model(path=path, **kwargs)
+    mlflow.keras.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+    # pyfunc (and so both REST servers) loads with LOADER instead of mlflow.keras, whose
+    # predict() per call costs 60-90 ms; the keras flavor and its .keras file stay as saved.
+    code = Path(path, "code")
+    code.mkdir(exist_ok=True)
+    shutil.copy(LOADER, code / LOADER.name)
+    pyfunc = mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME]
+    pyfunc.update(loader_module=LOADER.stem, code="code", data=mlflow_model.flavors["keras"]["data"])
+    mlflow_model.save(os.path.join(path, "MLmodel"))
 
 
-# The `mlflow.keras` flavor, as Model.log calls it, with the folder created first.
+# The `mlflow.keras` flavor, as Model.log calls it: the folder created first, our pyfunc loader.
 _KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
+
+
+def _without_training_settings(model) -> None:
+    """Compile ``model`` again as a consumer should inherit it: the same optimizer (its
+    state kept), loss and metrics, one step per execution (a training speed setting that a
+    loaded model would otherwise carry into every predict and evaluate)."""
+    if not getattr(model, "compiled", False):
+        return
+    config = model.get_compile_config()
+    model.compile(optimizer=model.optimizer, loss=model.loss, metrics=config["metrics"], steps_per_execution=1)
 
 
 def pip_requirements() -> list[str]:
@@ -57,7 +83,9 @@ def pip_requirements() -> list[str]:
 
 
 def log_keras_model(model, example_images: np.ndarray):
-    """Log ``model`` in Keras' native .keras format with signature and input example."""
+    """Log ``model`` in Keras' native .keras format with signature and input example, for
+    consumers: compiled without training-only settings, served by LOADER."""
+    _without_training_settings(model)
     return Model.log(
         artifact_path=None,
         name=MODEL,
@@ -108,3 +136,29 @@ def scoring_app(model: mlflow.pyfunc.PyFuncModel):
     from mlflow.pyfunc import scoring_server
 
     return scoring_server.init(model)
+
+
+def json_predictor(model: mlflow.pyfunc.PyFuncModel):
+    """``predict(body)``: the scoring server's JSON answer to a request body that is
+    ``{"inputs": <numbers>}`` of the model's input shape, with one JSON decode and one array
+    (MLflow's server decodes it twice and deep-copies it); None for any other body, which
+    MLflow's server then answers, errors included."""
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    shape = tuple(model.metadata.get_input_schema().inputs[0].shape[1:])
+
+    def predict(body: bytes) -> str | None:
+        try:
+            payload = json.loads(body)
+            if not isinstance(payload, dict) or list(payload) != ["inputs"]:
+                return None
+            inputs = np.asarray(payload["inputs"])
+        except (ValueError, TypeError):  # not JSON, not UTF-8, ragged lists
+            return None
+        if inputs.dtype.kind not in "iuf" or inputs.ndim != len(shape) + 1 or inputs.shape[1:] != shape:
+            return None
+        answer = io.StringIO()
+        predictions_to_json(model.predict(inputs.astype(np.float32)), answer)
+        return answer.getvalue()
+
+    return predict

@@ -1,0 +1,176 @@
+"""The serving half of the benchmark: a registry consumer's paths, timed after their first call.
+
+- pyfunc: ``mlflow.pyfunc.load_model(uri).predict`` of one image, and of the whole test set;
+- REST: one-image requests (p50, p95) and 100-image requests (images/s) against
+  `mlflow models serve --env-manager local` and `mnist-pipeline serve`;
+- load: a bounded load test against `mnist-pipeline serve` (``LOAD_CLIENTS`` threads,
+  ``LOAD_REQUESTS`` one-image requests in all, then stop): errors, p50, p99, and whether
+  /health answers afterwards.
+
+Every request goes to 127.0.0.1, to a server this module started on a free port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from mnist_pipeline import names
+from mnist_pipeline.tracking import logged_model
+
+ONE_IMAGE_REQUESTS = 200
+BATCH_IMAGES, BATCH_REQUESTS = 100, 30
+LOAD_CLIENTS, LOAD_REQUESTS = 8, 2000
+STARTUP_SECONDS = 180  # a server that loads TensorFlow and the model
+
+
+def pyfunc_speed(images: np.ndarray, single: int = 50) -> dict:
+    """Pyfunc prediction of the current store's champion: images/s in one batch, ms for one."""
+    model = logged_model.load_pyfunc(names.CHAMPION_URI)
+    batch = images.astype("float32")
+    model.predict(batch[:10])  # warm up
+    batched = [_seconds(lambda: model.predict(batch)) for _ in range(3)]
+    one = [_seconds(lambda i=i: model.predict(batch[i : i + 1])) for i in range(single)]
+    return {
+        "pyfunc_images_per_s": len(batch) / statistics.median(batched),
+        "pyfunc_one_image_ms": 1000 * statistics.median(one),
+    }
+
+
+def server_commands(port: int) -> dict[str, list[str]]:
+    """The two ways to serve the champion over REST, on ``port``."""
+    uri = names.CHAMPION_URI
+    return {
+        "mlflow_serve": ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "--port", str(port)],
+        "pipeline_serve": [sys.executable, "-m", "mnist_pipeline", "serve", "--model-uri", uri, "--port", str(port)],
+    }
+
+
+def rest_speed(images: np.ndarray, env: dict[str, str], load: bool = True) -> dict:
+    """Per server: one-image p50 and p95 (ms) and 100-image throughput; then the load test
+    against `mnist-pipeline serve` (unless ``load`` is False)."""
+    report = {}
+    for name in server_commands(0):
+        port = free_port()
+        with served(server_commands(port)[name], port, env) as url:
+            report |= {f"{name}_{key}": value for key, value in requests_speed(url, images).items()}
+            if load and name == "pipeline_serve":
+                report |= {f"load_{key}": value for key, value in load_test(url, images).items()}
+    return report
+
+
+def requests_speed(url: str, images: np.ndarray) -> dict:
+    one = [_body(images[i % len(images)][None]) for i in range(ONE_IMAGE_REQUESTS)]
+    batch = _body(images[:BATCH_IMAGES])
+    post(url, one[0])  # warm up
+    latencies = [_seconds(lambda b=b: post(url, b)) for b in one]
+    batched = [_seconds(lambda: post(url, batch)) for _ in range(BATCH_REQUESTS)]
+    return {
+        "one_image_p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "one_image_p95_ms": 1000 * float(np.percentile(latencies, 95)),
+        "batch_images_per_s": BATCH_IMAGES / statistics.median(batched),
+    }
+
+
+def load_test(url: str, images: np.ndarray, clients: int = LOAD_CLIENTS, requests: int = LOAD_REQUESTS) -> dict:
+    """``requests`` one-image requests from ``clients`` threads at once; then /health."""
+    bodies = [_body(images[i % len(images)][None]) for i in range(requests)]
+
+    def timed(body: bytes) -> tuple[float, bool]:
+        start = time.perf_counter()
+        try:
+            post(url, body)
+            return time.perf_counter() - start, True
+        except (OSError, ValueError):
+            return time.perf_counter() - start, False
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(timed, bodies))
+    wall = time.perf_counter() - start
+    latencies = [t for t, ok in results if ok]
+    return {
+        "requests": requests,
+        "clients": clients,
+        "errors": sum(not ok for _, ok in results),
+        "p50_ms": 1000 * float(np.percentile(latencies, 50)) if latencies else float("nan"),
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)) if latencies else float("nan"),
+        "requests_per_s": len(latencies) / wall,
+        "health_after": answers(f"{url}/health"),
+    }
+
+
+def post(url: str, body: bytes) -> dict:
+    """POST a JSON body to /invocations; the parsed answer (HTTPError on a 4xx or 5xx)."""
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def _body(images: np.ndarray) -> bytes:
+    return json.dumps({"inputs": images.astype(float).tolist()}).encode()
+
+
+class served:
+    """A server process (its own process group) for the ``with`` block, its URL as the value."""
+
+    def __init__(self, command: list[str], port: int, env: dict[str, str]):
+        self.command, self.url, self.env = command, f"http://127.0.0.1:{port}", env
+
+    def __enter__(self) -> str:
+        self.process = subprocess.Popen(
+            self.command,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not answers(f"{self.url}/ping"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"{' '.join(self.command[:4])} did not start: {self.process.stderr.read()[-2000:]}")
+            time.sleep(0.3)
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def answers(url: str) -> bool:
+    """True if a GET of ``url`` gives 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _seconds(work) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
