@@ -1,5 +1,6 @@
-"""`mnist-pipeline serve` of the champion (MLflow's scoring app, bounded) answers REST
-requests, bad ones with a 4xx, huge ones with 413."""
+"""`mnist-pipeline serve` of the champion (MLflow's scoring app, bounded, with a fast path for
+the plain JSON body) answers REST requests, bad ones with a 4xx, huge ones with 413, and a
+bounded load without an error."""
 
 import http.client
 import json
@@ -14,6 +15,7 @@ import pytest
 
 from helpers.servers import answers, free_port, stop_group, wait_for
 from mnist_pipeline import names
+from mnist_pipeline.flows import bench_serving
 
 
 def post(url: str, body: bytes) -> tuple[int, dict | str]:
@@ -104,3 +106,15 @@ def test_served_champion_answers_good_and_bad_requests(served_champion, tiny_mni
 
     status, again = post(f"{served_champion}/invocations", good)
     assert status == 200 and np.allclose(again["predictions"], probabilities)
+
+    # The plain body is answered by serve's fast path; the same images as integers too, and
+    # as "instances" by MLflow's own handler: the same probabilities every way.
+    for body in ({"inputs": images.astype(int).tolist()}, {"instances": images.astype(float).tolist()}):
+        status, answer = post(f"{served_champion}/invocations", json.dumps(body).encode())
+        assert status == 200, answer
+        np.testing.assert_allclose(answer["predictions"], probabilities, rtol=1e-6, atol=1e-7)
+
+    # A bounded load on loopback: no request fails, and the server is healthy afterwards.
+    load = bench_serving.load_test(served_champion, tiny_mnist.x_test, clients=4, requests=200)
+    print(f"load: p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms")  # reported, not asserted
+    assert load["errors"] == 0 and load["health_after"]

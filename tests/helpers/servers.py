@@ -10,19 +10,13 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
+from mnist_pipeline.flows.bench_serving import answers, free_port  # noqa: F401 (the tests' too)
+
 STARTUP_SECONDS = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def postgres_bin(name: str) -> str | None:
@@ -43,15 +37,6 @@ def wait_for(check, what: str, process: subprocess.Popen | None = None, log: Pat
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} not up after {STARTUP_SECONDS} s")
         time.sleep(0.3)
-
-
-def answers(url: str) -> bool:
-    """True if a GET of ``url`` gives 200."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 class Postgres:

@@ -19,7 +19,7 @@ from helpers.runs import scored_run
 from helpers.stores import all_runs
 from mnist_pipeline import cli, names
 from mnist_pipeline.core import data as data_module
-from mnist_pipeline.tracking import readback, registry, training_run
+from mnist_pipeline.tracking import logged_model, readback, registry, training_run
 
 
 def champion_and_challenger(name=names.MODEL_NAME):
@@ -157,6 +157,30 @@ def test_main_registers_its_best_child_and_register_does_not_duplicate(registere
 
     assert cli.run(["register"]) == 0  # the latest main run, again
     assert len(mlflow.MlflowClient().search_model_versions(f"name = '{names.MODEL_NAME}'")) == 1
+
+
+def test_a_consumer_s_pyfunc_is_the_shipped_loader_quiet_and_the_keras_model_is_kept(registered, tiny_mnist, capfd):
+    """pyfunc (and so both REST servers) loads with the loader shipped in the model; it
+    prints nothing per call; the keras flavor still gives the Keras model, compiled without
+    the training's steps_per_execution."""
+    info = mlflow.models.get_model_info(names.CHAMPION_URI)
+    pyfunc_flavor = info.flavors["python_function"]
+    assert (pyfunc_flavor["loader_module"], pyfunc_flavor["code"]) == ("digits_pyfunc", "code")
+    folder = Path(mlflow.artifacts.download_artifacts(names.CHAMPION_URI))
+    assert (folder / "code" / "digits_pyfunc.py").read_text() == logged_model.LOADER.read_text()
+
+    model = mlflow.pyfunc.load_model(names.CHAMPION_URI)
+    capfd.readouterr()
+    images = tiny_mnist.x_test.astype(np.float32)
+    one = [model.predict(images[i : i + 1]) for i in range(5)]
+    probabilities = model.predict(images)
+    assert capfd.readouterr() == ("", "")  # no progress bar, no log line
+    np.testing.assert_allclose(np.concatenate(one), probabilities[:5], rtol=1e-5, atol=1e-7)
+
+    keras_model = mlflow.keras.load_model(names.CHAMPION_URI)
+    assert isinstance(keras_model, keras.Model)
+    assert keras_model.get_compile_config()["steps_per_execution"] == 1
+    np.testing.assert_allclose(keras_model.predict(images, verbose=0), probabilities, rtol=1e-5, atol=1e-7)
 
 
 def test_champion_through_pyfunc_and_evaluate(registered, tiny_mnist):
