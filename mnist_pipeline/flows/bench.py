@@ -46,11 +46,13 @@ def run_benchmark(
     rounds: int = speed.ROUNDS,
 ) -> dict:
     """Every measurement, as one report; ``data_dir`` also times `mlflow run .` and serving."""
-    rows, knobs, scaling = [], [], []
+    rows, knobs, scaling, monitor = [], [], [], None
     for name in variants:
         cfg = dataclasses.replace(config.resolve(name), epochs=epochs)
         rows.append(variant_row(cfg, mnist, rounds))
-        knobs += speed.knob_rows(cfg, mnist, rounds) if name == FINAL else []
+        if name == FINAL:
+            knobs += speed.knob_rows(cfg, mnist, rounds)
+            monitor = system_metrics_cost(cfg, mnist, rounds)
     base = config.resolve(FINAL)
     for width in widths:
         for batch in batches:
@@ -66,6 +68,7 @@ def run_benchmark(
         "data_digest": mnist.digest,
         "variants": rows,
         "knobs": knobs,
+        "system_metrics": monitor,
         "scaling": scaling,
         "end_to_end": end_to_end(data_dir) if data_dir else None,
     }
@@ -85,6 +88,9 @@ def markdown(report: dict) -> str:
             "## Speed knobs, before and after in turns (bare Keras; fused_rmsprop changes float rounding only)",
             _table(report["knobs"]),
         ]
+    if report.get("system_metrics"):
+        title = "## MLflow's system metrics, off and on in turns (tracked pipeline, s/epoch; cost: on / off - 1)"
+        parts += [title, _table([report["system_metrics"]])]
     parts += ["## Final variant: cost against width and batch size (bare Keras)", _table(report["scaling"])]
     if report["end_to_end"]:
         rows = [{"measure": key, "value": value} for key, value in report["end_to_end"].items()]
@@ -130,6 +136,18 @@ def run(params: BenchParams) -> dict:
     log_report(report, paths)
     print(markdown(report))
     return report
+
+
+def system_metrics_cost(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUNDS) -> dict:
+    """The tracked pipeline's epoch with MLflow's system metrics off and on, in turns for
+    ``rounds`` rounds: median s/epoch of each, and what the metrics cost as a share of it."""
+    epochs = {"false": [], "true": []}
+    for _ in range(rounds):
+        for flag, timed in epochs.items():
+            with store.environment({"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": flag}):
+                timed += pipeline(cfg, mnist)["epochs"]
+    off, on = (float(np.median(epochs[flag])) for flag in ("false", "true"))
+    return {"variant": cfg.variant, "off_s": off, "on_s": on, "cost": on / off - 1}
 
 
 def pipeline(cfg: TrainConfig, mnist: Mnist) -> dict:

@@ -6,6 +6,7 @@ active run, or on the run whose ``run_id`` a function takes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 
@@ -47,6 +48,25 @@ def create_finished_run(name: str, params: dict, tags: dict[str, str]) -> str:
     with ended_run(run_name=name, tags=tags) as run:
         mlflow.log_params(params)
     return run.info.run_id
+
+
+# MLflow's own system metrics (system/cpu_utilization_percentage, system/system_memory_usage_
+# megabytes, ...) are recorded in every training run unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+# is set (false turns them off), every SYSTEM_METRICS_SECONDS unless
+# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says otherwise: MLflow's 10 s would leave the
+# baseline's 11 s of training one point.
+SYSTEM_METRICS_SECONDS = "2"
+
+
+def system_metrics() -> bool:
+    """Whether the next training run records MLflow's system metrics."""
+    variable = mlflow.environment_variables.MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+    # its "started / stopping / terminated" INFO lines for every run; its warnings still show
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    os.environ.setdefault(
+        mlflow.environment_variables.MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.name, SYSTEM_METRICS_SECONDS
+    )
+    return variable.get() if variable.defined else True
 
 
 def launched_by_mlflow_run() -> bool:

@@ -22,7 +22,7 @@ from mnist_pipeline.tracking.identity import code_version, find_reusable_run, ru
 from mnist_pipeline.tracking.logged_model import log_keras_model
 from mnist_pipeline.tracking.readback import ChildRun
 from mnist_pipeline.tracking.reports import log_history, log_test_report
-from mnist_pipeline.tracking.runs import ended_run
+from mnist_pipeline.tracking.runs import ended_run, system_metrics
 
 
 class TrainingStopped(Exception):
@@ -57,7 +57,8 @@ def track_training(
     """
     description = VARIANTS[cfg.variant].description
     stopped = None
-    with ended_run(run_name=cfg.variant, nested=nested, tags=_tags(cfg, data, tags), description=description) as run:
+    start = {"nested": nested, "tags": _tags(cfg, data, tags), "description": description}
+    with ended_run(run_name=cfg.variant, log_system_metrics=system_metrics(), **start) as run:
         _log_inputs(cfg, data)
         epochs = EpochLogger(run.info.run_id)
         try:

@@ -44,6 +44,9 @@ def test_knobs_and_scaling_tables(report):
         "threads=1",
     ]
     assert all(k["bare_s"] > 0 for k in report["knobs"])
+    monitor = report["system_metrics"]  # the tracked pipeline with MLflow's system metrics off, then on
+    assert monitor["off_s"] > 0 and monitor["on_s"] > 0
+    assert monitor["cost"] == pytest.approx(monitor["on_s"] / monitor["off_s"] - 1)
     grid = [(r["width"], r["batch_size"]) for r in report["scaling"]]
     assert grid == [("x1", 64), ("x2", 64)]
     x2 = report["scaling"][1]

@@ -11,12 +11,25 @@ from mnist_pipeline import names
 from mnist_pipeline.flows import main
 from mnist_pipeline.tracking import epoch_logger, logged_model, training_run
 
+SYSTEM_METRICS = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes")
 
-def test_training_run_logs_params_epochs_artifacts_and_model(tracking_store, tiny_mnist):
+
+def test_training_run_logs_params_epochs_artifacts_and_model(tracking_store, tiny_mnist, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # tiny runs last seconds
     cfg = tiny("final", epochs=3)
     run_id = training_run.track_training(cfg, tiny_mnist)
     check_training_run(run_id, cfg, tiny_mnist.digest)
     assert mlflow.active_run() is None
+    client = mlflow.MlflowClient()
+    for name in SYSTEM_METRICS:  # MLflow's own system metrics, several points per run
+        assert len(client.get_metric_history(run_id, name)) >= 2, name
+
+
+def test_system_metrics_are_off_when_mlflow_s_variable_says_so(tracking_store, tiny_mnist, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    run_id = training_run.track_training(tiny("baseline", epochs=1), tiny_mnist)
+    assert not [name for name in mlflow.get_run(run_id).data.metrics if name.startswith("system/")]
 
 
 def test_mlflow_keras_input_example_bug_still_needs_the_workaround(tracking_store):
