@@ -28,6 +28,7 @@ HISTORY = "tables/history.csv"  # one row per epoch, epochs numbered from 1
 PER_CLASS = "tables/per_class.csv"  # precision, recall, f1 and support per digit
 # Test-set counts: one row per true digit, one column per predicted digit (predicted_0..9).
 CONFUSION_COUNTS = "tables/confusion.csv"
+PHASES = "timings/phases.json"  # wall seconds of each phase of the run (docs/speed.md)
 MODEL = "model"  # name of the logged Keras model (MLflow 3: models:/<model_id>)
 # Dataset inputs of a training run: context -> dataset name.
 DATASETS = {"training": "mnist-train", "validation": "mnist-validation", "test": "mnist-test"}

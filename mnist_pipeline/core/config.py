@@ -20,12 +20,9 @@ BATCH_SIZE = 128  # images per gradient step
 LEARNING_RATE = 1e-3  # RMSprop step size (Keras' default)
 VALIDATION_SPLIT = 0.1  # fraction of the 60,000 training images held out for validation
 SEED = 42  # seeds Python, NumPy and TensorFlow once per run
-# Gradient steps per call from Python into TensorFlow. It changes no number (the same
-# updates in the same order) and cut an epoch by 25-30% here (see `mnist-pipeline bench`).
-STEPS_PER_EXECUTION = 128
-# RMSprop's update as TensorFlow's one fused kernel per weight instead of Keras 3's ~10
-# element-wise ops: the same formula, rounded in another order (float32 last-bit
-# differences); five seeds per variant showed no accuracy change (docs/seeds.md).
+# RMSprop's update as TensorFlow's one fused kernel per weight (called by fit.Loop) instead
+# of Keras 3's ~10 element-wise ops: the same formula, rounded in another order (float32
+# last-bit differences); five seeds per variant showed no accuracy change (docs/seeds.md).
 FUSED_RMSPROP = True
 
 # 3x3 conv + 2x2 max-pool blocks that fit a 28x28 image: 28 -> 13 -> 5 -> 1 pixels a side.
@@ -72,7 +69,6 @@ class TrainConfig:
     validation_split: float = VALIDATION_SPLIT
     seed: int = SEED
     augment_shift: float = 0.0  # set by the variant only (not overridable)
-    steps_per_execution: int = STEPS_PER_EXECUTION  # speed only; not a study parameter
     fused_rmsprop: bool = FUSED_RMSPROP  # speed; same optimizer, other float rounding
 
     def __post_init__(self):
@@ -118,7 +114,6 @@ _CHECKS = {
     ),
     "seed": ("must be an integer in [0, 2**32)", lambda v: _int(v) and 0 <= v < 2**32),
     "augment_shift": ("must be a number in [0, 0.5)", lambda v: _finite(v) and 0 <= v < 0.5),
-    "steps_per_execution": ("must be an integer >= 1", lambda v: _int(v) and v >= 1),
     "fused_rmsprop": ("must be true or false", lambda v: isinstance(v, bool)),
 }
 

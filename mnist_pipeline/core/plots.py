@@ -68,7 +68,7 @@ def scaling(table: pd.DataFrame) -> Figure:
     """Seconds per epoch and fraction of the matmul roofline against batch size, per width."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for width, rows in table.groupby("width", sort=False):
-        axes[0].plot(rows["batch_size"], rows["bare_s"], "o-", label=f"width {width}")
+        axes[0].plot(rows["batch_size"], rows["loop_s"], "o-", label=f"width {width}")
         axes[1].plot(rows["batch_size"], rows["roofline_fraction"], "o-", label=f"width {width}")
     axes[0].set(xlabel="batch size", ylabel="s / epoch", xscale="log", yscale="log", title="epoch time")
     axes[1].set(xlabel="batch size", ylabel="roofline / measured", xscale="log", title="fraction of roofline")

@@ -1,54 +1,66 @@
-"""Speed measurements without MLflow: bare Keras epochs, speed knobs, the matmul roofline.
+"""Speed measurements without MLflow: Keras' fit as a user writes it, the project's loop,
+its knobs, and the roofline.
 
 Every epoch time is a median over epochs after a warm-up epoch, taken from epoch-end
-timestamps. The roofline is the time of the matrix multiplies one epoch needs (forward
-and backward over the training images, forward over the validation images) at the rate
-TensorFlow reaches here for exactly those shapes. flows/bench.py times the tracked
-pipeline beside these.
+timestamps. The roofline is the time of the matrix multiplies and convolutions one epoch
+needs (forward and backward over the training images, forward over the validation
+images) at the rate TensorFlow reaches here for exactly those shapes. flows/bench.py
+times the tracked pipeline beside these.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from mnist_pipeline.core import training
 from mnist_pipeline.core.config import TrainConfig
-from mnist_pipeline.core.data import Mnist, split_validation
+from mnist_pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES, Mnist, split_validation
 from mnist_pipeline.core.models import build_model
 from mnist_pipeline.core.training import one_hot
 
-WARMUP_EPOCHS = 1  # the first epoch traces the graph: never counted
-MATMUL_REPEATS = 5  # timings of the matmul loop; the median is used
+WARMUP_EPOCHS = 1  # the first epoch builds the graph: never counted
+LINEAR_REPEATS = 5  # timings of the roofline's loop; the median is used
 SCALING_WIDTHS = (1, 2, 4)  # multiples of the final variant's hidden widths
 SCALING_BATCHES = (64, 128, 256, 512)
-ROUNDS = 2  # bare and tracked trainings alternate this many times per variant
-THREAD_ENV = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")  # TensorFlow reads them when it starts
+ROUNDS = 2  # the trainings compared take turns this many times per variant
+KERNEL = 3  # conv kernels are 3x3, "valid", each followed by a 2x2 max-pool (models.py)
 
 
-def layer_shapes(cfg: TrainConfig) -> list[tuple[int, int]]:
-    widths = [28 * 28, *cfg.hidden_units, 10]
-    return list(zip(widths[:-1], widths[1:]))
+def linear_layers(cfg: TrainConfig) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(input shape of one image, weight shape) of each conv and Dense layer, in order."""
+    layers, side, channels = [], IMAGE_SHAPE[0], 1
+    for filters in cfg.conv_filters:
+        layers.append(((side, side, channels), (KERNEL, KERNEL, channels, filters)))
+        side, channels = (side - KERNEL + 1) // 2, filters
+    width = side * side * channels
+    for units in (*cfg.hidden_units, NUM_CLASSES):
+        layers.append(((width,), (width, units)))
+        width = units
+    return layers
 
 
 def layer_macs(cfg: TrainConfig) -> list[int]:
-    """Multiply-adds of each Dense layer's forward pass, per image."""
-    return [a * b for a, b in layer_shapes(cfg)]
+    """Multiply-adds of each layer's forward pass, per image."""
+    macs = []
+    for shape, weight in linear_layers(cfg):
+        if len(weight) == 2:
+            macs.append(weight[0] * weight[1])
+        else:
+            out = shape[0] - KERNEL + 1
+            macs.append(out * out * int(np.prod(weight)))
+    return macs
 
 
 def training_macs(cfg: TrainConfig) -> int:
     """Multiply-adds per training image: forward, weight gradients, and the input gradients
     of every layer but the first (nothing trainable lies below it: TensorFlow skips that
-    matmul, and so does the roofline)."""
+    product, and so does the roofline)."""
     macs = layer_macs(cfg)
     return 3 * sum(macs) - macs[0]
 
@@ -59,43 +71,47 @@ def epoch_flops(cfg: TrainConfig, n_train: int, n_val: int) -> float:
     return 2.0 * (training_macs(cfg) * n_train + sum(layer_macs(cfg)) * n_val)
 
 
-def matmul_step_seconds(cfg: TrainConfig, steps: int = 50) -> float:
-    """Seconds per training step of the step's matmuls alone, at its exact shapes."""
-    shapes, batch = layer_shapes(cfg), cfg.batch_size
-    weights = [tf.random.normal(shape) for shape in shapes]
-    x = tf.random.normal((batch, shapes[0][0]))
+def _linear(x, w):
+    return tf.matmul(x, w) if len(w.shape) == 2 else tf.nn.conv2d(x, w, 1, "VALID")
+
+
+def linear_step_seconds(cfg: TrainConfig, steps: int = 50) -> float:
+    """Seconds per training step of the step's matmuls and convolutions alone, at their exact
+    shapes: each layer's forward product and the gradient products of its weights and (but
+    for the first) of its input."""
+    batch, layers = cfg.batch_size, linear_layers(cfg)
+    xs = [tf.random.normal((batch, *shape)) for shape, _ in layers]
+    ws = [tf.random.normal(weight) for _, weight in layers]
+    upstream = [tf.random.normal(_linear(x[:1], w).shape[1:]) for x, w in zip(xs, ws)]
 
     @tf.function
-    def loop(x, n):
+    def loop(n):
         total = tf.constant(0.0)
         for _ in tf.range(n):
-            activations, h = [], x
-            for w in weights:
-                activations.append(h)
-                h = tf.matmul(h, w)
-            grad = h
-            for layer in reversed(range(len(weights))):
-                total += tf.reduce_sum(tf.matmul(activations[layer], grad, transpose_a=True)[0])  # weight gradient
-                if layer > 0:  # the first layer's input gradient is not needed
-                    grad = tf.matmul(grad, weights[layer], transpose_b=True)
+            for index, (x, w, up) in enumerate(zip(xs, ws, upstream)):
+                with tf.GradientTape() as tape:
+                    tape.watch([x, w])
+                    y = _linear(x, w)
+                sources = [w, x] if index else [w]
+                grads = tape.gradient(y, sources, output_gradients=tf.broadcast_to(up, y.shape))
+                total += tf.reduce_sum(y[0]) + sum(tf.reduce_sum(g[0]) for g in grads)
         return total
 
-    loop(x, tf.constant(2)).numpy()  # trace
+    loop(tf.constant(2)).numpy()  # trace
     times = []
-    for _ in range(MATMUL_REPEATS):
+    for _ in range(LINEAR_REPEATS):
         start = time.perf_counter()
-        loop(x, tf.constant(steps)).numpy()
+        loop(tf.constant(steps)).numpy()
         times.append((time.perf_counter() - start) / steps)
     return statistics.median(times)
 
 
 def roofline(cfg: TrainConfig, mnist: Mnist) -> dict[str, float]:
-    """This machine's matmul rate at ``cfg``'s shapes, and the epoch time it allows."""
+    """This machine's rate at ``cfg``'s shapes, and the epoch time it allows."""
     n_train = len(split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)[0][0])
     n_val = len(mnist.x_train) - n_train
-    step = matmul_step_seconds(cfg)
-    train_flops = 2.0 * training_macs(cfg) * cfg.batch_size
-    gflops = train_flops / step / 1e9
+    step = linear_step_seconds(cfg)
+    gflops = 2.0 * training_macs(cfg) * cfg.batch_size / step / 1e9
     return {"matmul_gflops": gflops, "roofline_s": epoch_flops(cfg, n_train, n_val) / (gflops * 1e9)}
 
 
@@ -117,8 +133,9 @@ class _EpochEnds(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 
-def bare_keras_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
-    """Epoch times (after the warm-up) of a plain ``fit`` of the same model on the same data."""
+def keras_fit_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
+    """Epoch times (after the warm-up) of the same network as a Keras user trains it:
+    compiled with ``RMSprop``, categorical cross-entropy and accuracy, and ``fit``."""
     keras.utils.set_random_seed(cfg.seed)
     (x, y), (xv, yv) = split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
     ends = _EpochEnds()
@@ -134,79 +151,41 @@ def bare_keras_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
     return epoch_times(ends.ends)
 
 
-def bare_keras(cfg: TrainConfig, mnist: Mnist) -> float:
-    """Median s/epoch of a plain ``fit`` of the same model on the same data."""
-    return float(np.median(bare_keras_epochs(cfg, mnist)))
+def loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
+    """Epoch times (after the warm-up) of training.train, the project's loop, untracked."""
+    ends = []
+    training.train(cfg, mnist, on_epoch=lambda epoch, row: ends.append(time.perf_counter()))
+    return epoch_times(ends)
 
 
 def scaling_row(cfg: TrainConfig, mnist: Mnist) -> dict:
-    bare = bare_keras(cfg, mnist)
+    loop = float(np.median(loop_epochs(cfg, mnist)))
     limit = roofline(cfg, mnist)
     return {
         "hidden_units": ",".join(map(str, cfg.hidden_units)),
         "batch_size": cfg.batch_size,
-        "bare_s": bare,
+        "loop_s": loop,
         "roofline_s": limit["roofline_s"],
-        "roofline_fraction": limit["roofline_s"] / bare,
+        "roofline_fraction": limit["roofline_s"] / loop,
         "matmul_gflops": limit["matmul_gflops"],
     }
 
 
 def knob_rows(cfg: TrainConfig, mnist: Mnist, rounds: int = ROUNDS) -> list[dict]:
-    """Before/after of each speed knob on bare Keras, the two settings alternating for
-    ``rounds`` rounds. steps_per_execution and threads change no number; fused_rmsprop
-    changes float rounding (models.fuse_rmsprop). Thread counts are fixed when TensorFlow
-    starts, so those trainings run in fresh processes (data from a folder or .npz only)."""
-    knobs = {
-        "steps_per_execution": {
-            str(spe): dataclasses.replace(cfg, steps_per_execution=spe) for spe in sorted({1, cfg.steps_per_execution})
-        },
-        "fused_rmsprop": {str(on).lower(): dataclasses.replace(cfg, fused_rmsprop=on) for on in (False, True)},
-    }
-    rows = []
-    for knob, settings in knobs.items():
-        epochs = _alternate({label: (lambda c=c: bare_keras_epochs(c, mnist)) for label, c in settings.items()}, rounds)
-        rows += [
-            {"variant": cfg.variant, "knob": f"{knob}={label}", "bare_s": float(np.median(epochs[label]))}
-            for label in settings
-        ]
-    if Path(mnist.source).exists():
-        threads = {"TensorFlow's default (one per core)": None, "1": "1"}
-        epochs = _alternate(
-            {label: (lambda n=n: bare_keras_elsewhere(cfg, mnist.source, n)) for label, n in threads.items()}, rounds
-        )
-        rows += [
-            {"variant": cfg.variant, "knob": f"threads={label}", "bare_s": float(np.median(epochs[label]))}
-            for label in threads
-        ]
-    return rows
+    """The loop with RMSprop as TensorFlow's fused kernel and as Keras' own ops, in turns
+    for ``rounds`` rounds (the same formula, other float rounding)."""
+    settings = {str(on).lower(): dataclasses.replace(cfg, fused_rmsprop=on) for on in (False, True)}
+    epochs = alternate({label: (lambda c=c: loop_epochs(c, mnist)) for label, c in settings.items()}, rounds)
+    return [
+        {"variant": cfg.variant, "knob": f"fused_rmsprop={label}", "loop_s": float(np.median(epochs[label]))}
+        for label in settings
+    ]
 
 
-def _alternate(trainings: dict, rounds: int) -> dict[str, list[float]]:
+def alternate(trainings: dict, rounds: int) -> dict[str, list]:
     """Each training's epoch times, the trainings taking turns for ``rounds`` rounds."""
     epochs = {label: [] for label in trainings}
     for _ in range(rounds):
         for label, timed in trainings.items():
             epochs[label] += timed()
     return epochs
-
-
-def bare_keras_elsewhere(cfg: TrainConfig, source: str, threads: str | None) -> list[float]:
-    """bare_keras_epochs in a fresh Python whose TensorFlow has ``threads`` threads per pool
-    (None: TensorFlow's own default, one per core)."""
-    env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
-    env.update({k: threads for k in THREAD_ENV} if threads else {})
-    code = (
-        "import json, sys; from mnist_pipeline.core import config, data, speed; "
-        "cfg = config.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v "
-        "for k, v in json.loads(sys.argv[1]).items()}); "
-        "print(json.dumps(speed.bare_keras_epochs(cfg, data.load(sys.argv[2]))))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(dataclasses.asdict(cfg)), source],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -14,6 +14,7 @@ import contextlib
 import json
 
 import pandas as pd
+import psutil
 
 from mnist_pipeline import names
 from mnist_pipeline.core import plots
@@ -21,22 +22,31 @@ from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist, load_for
 from mnist_pipeline.core.errors import RegistrationError, first_line
 from mnist_pipeline.core.params import MainParams
+from mnist_pipeline.core.phases import Phases
 from mnist_pipeline.tracking import readback, registry, runs, store
 
 
 def run(params: MainParams) -> pd.DataFrame:
     """Returns the comparison table."""
-    configs = params.configs()
-    data = load_for(params.data_dir, [cfg.validation_split for cfg in configs])
-    store.check_tracking_store()
-    return compare(configs, data, params.force, params.model_name)
+    phases = Phases(origin=psutil.Process().create_time())
+    phases.seconds["start and imports"] = phases.total()
+    with phases("data and store checks"):
+        configs = params.configs()
+        data = load_for(params.data_dir, [cfg.validation_split for cfg in configs])
+        store.check_tracking_store()
+    return compare(configs, data, params.force, params.model_name, phases)
 
 
-def compare(configs: list[TrainConfig], data: Mnist, force: bool = False, model_name: str = "") -> pd.DataFrame:
+def compare(
+    configs: list[TrainConfig], data: Mnist, force: bool = False, model_name: str = "", phases: Phases | None = None
+) -> pd.DataFrame:
     """The parent run with ``configs`` as children; registers the best unless ``model_name``
     is ''. A failed registration leaves the parent FINISHED, tagged registration_error, and
-    raises RegistrationError saying how to retry."""
-    from mnist_pipeline.tracking import training_run  # TensorFlow: after the fast checks
+    raises RegistrationError saying how to retry. ``phases`` (those before) gets this
+    command's phases, logged on the parent run."""
+    phases = phases or Phases()
+    with phases("import tensorflow"):
+        from mnist_pipeline.tracking import training_run  # after the fast checks
 
     failure = None
     with runs.ended_run(
@@ -44,22 +54,29 @@ def compare(configs: list[TrainConfig], data: Mnist, force: bool = False, model_
     ) as parent:
         runs.log_missing_params({"variants": ",".join(c.variant for c in configs), "force": str(force).lower()})
         runs.set_tags({names.TAG_DATA_SOURCE: data.source})
-        children = training_run.train_or_reuse(configs, data, force)
+        with phases("variants"):
+            children = training_run.train_or_reuse(configs, data, force)
         runs.set_tags({f"{names.TAG_REUSED}.{c.variant}": c.run_id for c in children if c.reused})
         runs.set_tags({names.TAG_CHILDREN: json.dumps({c.variant: c.run_id for c in children})})
-        table = readback.comparison_table(children)
-        runs.log_text(table.to_csv(index=False), names.COMPARISON_CSV)
-        runs.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.COMPARISON_MD)
-        curves = {c.variant: readback.metric_history(c.run_id) for c in children}
-        runs.log_figure(plots.validation_overlay(curves), names.OVERLAY)
+        with phases("comparison"):
+            table = readback.comparison_table(children)
+            runs.log_text(table.to_csv(index=False), names.COMPARISON_CSV)
+            runs.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.COMPARISON_MD)
+            curves = {c.variant: readback.metric_history(c.run_id) for c in children}
+            runs.log_figure(plots.validation_overlay(curves), names.OVERLAY)
         print(f"main run {parent.info.run_id}:\n{table.to_markdown(index=False, floatfmt='.4g')}")
         if model_name:
             try:
-                registry.register_best([c.run_id for c in children], model_name, chosen_from="this main run's variants")
+                with phases("registration and model card"):
+                    registry.register_best(
+                        [c.run_id for c in children], model_name, chosen_from="this main run's variants"
+                    )
             except Exception as err:  # the store's errors come in many types
                 failure = f"{type(err).__name__}: {first_line(err)}"
                 with contextlib.suppress(Exception):  # the store may be what failed
                     runs.set_tags({names.TAG_REGISTRATION_ERROR: failure[:5000]})
+        with contextlib.suppress(Exception):  # a timing is never worth failing the command
+            runs.log_dict({**phases.seconds, "total": phases.total()}, names.PHASES, parent.info.run_id)
     if failure:  # raised only now: training and comparison are complete, the parent FINISHED
         raise RegistrationError(
             f"registering the best run failed ({failure}); the training runs and main run "

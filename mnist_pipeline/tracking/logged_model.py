@@ -57,16 +57,6 @@ def _save_keras_model(path, mlflow_model: Model, **kwargs):
 _KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
 
 
-def _without_training_settings(model) -> None:
-    """Compile ``model`` again as a consumer should inherit it: the same optimizer (its
-    state kept), loss and metrics, one step per execution (a training speed setting that a
-    loaded model would otherwise carry into every predict and evaluate)."""
-    if not getattr(model, "compiled", False):
-        return
-    config = model.get_compile_config()
-    model.compile(optimizer=model.optimizer, loss=model.loss, metrics=config["metrics"], steps_per_execution=1)
-
-
 def pip_requirements() -> list[str]:
     """What a serving environment needs; given explicitly, so MLflow does not spend
     seconds re-importing the model in a subprocess to infer them."""
@@ -83,8 +73,7 @@ def pip_requirements() -> list[str]:
 
 def log_keras_model(model, example_images: np.ndarray):
     """Log ``model`` in Keras' native .keras format with signature and input example, for
-    consumers: compiled without training-only settings, served by LOADER."""
-    _without_training_settings(model)
+    consumers, served by LOADER."""
     return Model.log(
         artifact_path=None,
         name=MODEL,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 
 import mlflow
@@ -103,3 +104,32 @@ def child_runs(parent_id: str, tags: dict[str, str] | None = None, status: str =
     filters = [f"tags.{names.TAG_PARENT_RUN} = '{parent_id}'"] + [f"tags.{k} = '{v}'" for k, v in (tags or {}).items()]
     filters += [f"attributes.status = '{status}'"] if status else []
     return mlflow.search_runs(filter_string=" and ".join(filters), output_format="list")
+
+
+@dataclass(frozen=True)
+class RunPhases:
+    """What a run logged in names.PHASES, with its wall seconds and its epochs' seconds."""
+
+    name: str  # the variant of a training run; "main" for the parent
+    phases: dict[str, float]
+    run_seconds: float
+    epoch_seconds: float  # sum of the epoch_seconds metric; 0 for the parent
+
+
+def phases_of_last_main() -> list[RunPhases]:
+    """The latest `main` run's phases, then each of its children's, in training order."""
+    [parent] = mlflow.search_runs(
+        filter_string=f"tags.{names.TAG_ROLE} = '{names.ROLE_MAIN}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    runs = [("main", parent.info.run_id)]
+    runs += list(json.loads(parent.data.tags[names.TAG_CHILDREN]).items())
+    client, result = mlflow.MlflowClient(), []
+    for name, run_id in runs:
+        info = client.get_run(run_id).info
+        epochs = sum(m.value for m in client.get_metric_history(run_id, names.EPOCH_SECONDS))
+        phases = mlflow.artifacts.load_dict(f"runs:/{run_id}/{names.PHASES}")
+        result.append(RunPhases(name, phases, (info.end_time - info.start_time) / 1000, epochs))
+    return result

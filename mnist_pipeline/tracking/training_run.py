@@ -12,9 +12,10 @@ from collections.abc import Callable
 import mlflow
 
 from mnist_pipeline import names
-from mnist_pipeline.core import config
+from mnist_pipeline.core import config, console
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist, array_digest, split_validation
+from mnist_pipeline.core.phases import Phases
 from mnist_pipeline.core.training import TrainResult, train
 from mnist_pipeline.core.variants import VARIANTS
 from mnist_pipeline.tracking.epoch_logger import EpochLogger
@@ -58,11 +59,14 @@ def track_training(
     description = VARIANTS[cfg.variant].description
     stopped = None
     start = {"nested": nested, "tags": _tags(cfg, data, tags), "description": description}
+    phases = Phases()
     with ended_run(run_name=cfg.variant, log_system_metrics=system_metrics(), **start) as run:
-        _log_inputs(cfg, data)
+        print(console.header(cfg.variant, run.info.run_id, cfg.epochs), flush=True)
+        with phases("datasets"):
+            _log_inputs(cfg, data)
         epochs = EpochLogger(run.info.run_id)
         try:
-            result = train(cfg, data, on_epoch=_then(epochs, after_epoch))
+            result = train(cfg, data, on_epoch=_then(_printer(cfg.epochs), _then(epochs, after_epoch)))
         except TrainingStopped as stop:
             stopped = stop
             _log_stopped(stop, epochs, cfg.variant)
@@ -74,7 +78,7 @@ def track_training(
             raise
         else:
             epochs.flush(final=True)  # anything kept while the server was away
-            _log_result(result, epochs, data, cfg.variant)
+            _log_result(result, epochs, data, cfg.variant, phases)
     if stopped is not None:  # raised only now: the run is FINISHED
         stopped.run_id = run.info.run_id
         raise stopped
@@ -117,7 +121,14 @@ def _then(first: Callable, then: Callable | None) -> Callable:
     return both
 
 
-def _log_result(result: TrainResult, epochs: EpochLogger, data: Mnist, title: str) -> None:
+def _printer(total: int) -> Callable[[int, dict[str, float]], None]:
+    def show(epoch: int, row: dict[str, float]) -> None:
+        print(console.epoch_line(epoch, total, row), flush=True)
+
+    return show
+
+
+def _log_result(result: TrainResult, epochs: EpochLogger, data: Mnist, title: str, phases: Phases) -> None:
     mlflow.log_param(names.NUM_PARAMETERS, result.model.count_params())
     mlflow.log_metrics(
         {
@@ -130,9 +141,12 @@ def _log_result(result: TrainResult, epochs: EpochLogger, data: Mnist, title: st
             names.TRACKING_SECONDS: epochs.seconds,
         }
     )
-    log_history(result.history, title)
-    log_test_report(data, result.test_probabilities, title)
-    log_keras_model(result.model, data.x_test[:3])
+    with phases("plots and tables"):
+        log_history(result.history, title)
+        log_test_report(data, result.test_probabilities, title)
+    with phases("model"):
+        log_keras_model(result.model, data.x_test[:3])
+    mlflow.log_dict({**result.phases, **phases.seconds}, names.PHASES)
 
 
 def _log_stopped(stop: TrainingStopped, epochs: EpochLogger, title: str) -> None:

@@ -1,4 +1,6 @@
-"""The roofline's arithmetic, and that it counts the matmuls TensorFlow really runs."""
+"""The roofline's arithmetic, and that it counts the products TensorFlow really runs."""
+
+import pytest
 
 from mnist_pipeline.core import speed
 
@@ -8,22 +10,31 @@ def test_roofline_arithmetic():
 
     cfg = resolve("baseline")
     macs = 784 * 128 + 128 * 10
-    assert speed.layer_shapes(cfg) == [(784, 128), (128, 10)]
+    assert speed.linear_layers(cfg) == [((784,), (784, 128)), ((128,), (128, 10))]
     # training: forward + weight gradients of both layers, input gradient of the second only
     assert speed.epoch_flops(cfg, 100, 10) == 2 * (2 * macs + 128 * 10) * 100 + 2 * macs * 10
+    convnet = resolve("convnet")  # 28 -conv-> 26 -pool-> 13 -conv-> 11 -pool-> 5: 5 * 5 * 64 = 1600 inputs
+    assert [w for _, w in speed.linear_layers(convnet)] == [(3, 3, 1, 32), (3, 3, 32, 64), (1600, 128), (128, 10)]
+    assert speed.layer_macs(convnet) == [26 * 26 * 9 * 32, 11 * 11 * 9 * 32 * 64, 1600 * 128, 1280]
     # epoch ends at 5 s (the warm-up), 6, 8 and 9.5 s: epochs of 1, 2 and 1.5 s
     assert speed.epoch_times([5.0, 6.0, 8.0, 9.5]) == [1.0, 2.0, 1.5]
 
 
-def test_roofline_counts_the_matmuls_tensorflow_runs():
-    """The roofline's arithmetic is the MatMuls in the traced training step, no more, no less."""
+@pytest.mark.parametrize(
+    "variant, overrides",
+    [("final", {"hidden_units": (64, 32, 16)}), ("convnet", {"conv_filters": (4, 8), "hidden_units": (16,)})],
+)
+def test_roofline_counts_the_products_tensorflow_runs(variant, overrides):
+    """The roofline's arithmetic is the MatMuls and convolutions in the traced training
+    step, no more, no less."""
     import keras
+    import numpy as np
     import tensorflow as tf
 
     from mnist_pipeline.core.config import resolve
     from mnist_pipeline.core.models import build_model
 
-    cfg = resolve("final", {"hidden_units": (64, 32, 16)})
+    cfg = resolve(variant, overrides)
     model, loss = build_model(cfg), keras.losses.CategoricalCrossentropy()
 
     @tf.function
@@ -34,11 +45,27 @@ def test_roofline_counts_the_matmuls_tensorflow_runs():
 
     batch = 8
     graph = step.get_concrete_function(tf.TensorSpec((batch, 28, 28)), tf.TensorSpec((batch, 10))).graph
+    # the ops the gradients depend on: TensorFlow prunes the rest before running the step
+    # (the tape also builds the convnet's first input gradient, which nothing uses)
+    needed, stack = set(), [t.op for t in graph.outputs]
+    while stack:
+        op = stack.pop()
+        if op not in needed:
+            needed.add(op)
+            stack += [t.op for t in op.inputs] + list(op.control_inputs)
     macs = 0
-    for op in graph.get_operations():
+    for op in needed:
         if op.type == "MatMul":
             a, b = (tuple(t.shape) for t in op.inputs)
             m, k = a[::-1] if op.get_attr("transpose_a") else a
             n = b[0] if op.get_attr("transpose_b") else b[1]
             macs += m * k * n
+        elif op.type.startswith("Conv2D"):  # (output or its gradient, filter) of each product
+            output, kernel = {
+                "Conv2D": lambda: (op.outputs[0], op.inputs[1]),
+                "Conv2DBackpropFilter": lambda: (op.inputs[2], op.outputs[0]),
+                "Conv2DBackpropInput": lambda: (op.inputs[2], op.inputs[1]),
+            }[op.type]()
+            n, height, width, _ = output.shape
+            macs += n * height * width * int(np.prod(kernel.shape))
     assert macs == speed.training_macs(cfg) * batch

@@ -35,13 +35,13 @@ def test_the_most_conv_blocks_config_allows_still_fit_a_28x28_image():
 
     filters = ",".join(["4"] * MAX_CONV_BLOCKS)
     model = build_model(resolve("convnet", parse_overrides({"conv_filters": filters})))
-    assert model.predict(np.zeros((1, 28, 28), np.float32), verbose=0).shape == (1, 10)
+    assert model.predict(np.zeros((1, 28, 28), np.float32)).shape == (1, 10)
 
 
 def test_model_scales_raw_pixels_itself():
     model = build_model(resolve("baseline"))
     raw = np.full((2, 28, 28), 255.0, np.float32)
-    probabilities = model.predict(raw, verbose=0)
+    probabilities = model.predict(raw)
     assert probabilities.shape == (2, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     assert isinstance(model.layers[0], keras.layers.Rescaling)
@@ -50,7 +50,7 @@ def test_model_scales_raw_pixels_itself():
 def test_train_returns_history_per_epoch_and_test_scores(tiny_mnist):
     cfg = resolve("baseline", parse_overrides({"epochs": "3", "batch_size": "32"}))
     seen = []
-    result = train(cfg, tiny_mnist, on_epoch=lambda epoch, row: seen.append((epoch, row)), verbose=0)
+    result = train(cfg, tiny_mnist, on_epoch=lambda epoch, row: seen.append((epoch, row)))
     assert list(result.history.index) == [1, 2, 3]
     assert list(result.history.columns) == list(EPOCH_METRICS)
     assert [epoch for epoch, _ in seen] == [1, 2, 3]
@@ -65,7 +65,7 @@ def test_train_returns_history_per_epoch_and_test_scores(tiny_mnist):
 
 def test_same_seed_same_result(tiny_mnist):
     cfg = resolve("baseline", parse_overrides({"epochs": "1", "batch_size": "64"}))
-    first, second = (train(cfg, tiny_mnist, verbose=0) for _ in range(2))
+    first, second = (train(cfg, tiny_mnist) for _ in range(2))
     pd.testing.assert_frame_equal(
         first.history.drop(columns="epoch_seconds"), second.history.drop(columns="epoch_seconds")
     )
@@ -77,53 +77,3 @@ def test_best_epoch_breaks_ties_on_lower_val_loss():
         index=pd.RangeIndex(1, 5, name="epoch"),
     )
     assert best_epoch(history) == 3
-
-
-def test_steps_per_execution_changes_no_number(tiny_mnist):
-    import dataclasses
-
-    cfg = resolve("final", parse_overrides({"epochs": "2", "batch_size": "32"}))
-    one_by_one = train(dataclasses.replace(cfg, steps_per_execution=1), tiny_mnist, verbose=0)
-    grouped = train(dataclasses.replace(cfg, steps_per_execution=8), tiny_mnist, verbose=0)
-    pd.testing.assert_frame_equal(
-        one_by_one.history.drop(columns="epoch_seconds"), grouped.history.drop(columns="epoch_seconds")
-    )
-    np.testing.assert_array_equal(one_by_one.test_probabilities, grouped.test_probabilities)
-
-
-def _fit_steps(cfg, x, y, steps: int):
-    """Weights and optimizer variables after ``steps`` full-batch steps from cfg's seed."""
-    import keras
-
-    from mnist_pipeline.core.models import build_model
-
-    keras.utils.set_random_seed(cfg.seed)
-    model = build_model(cfg)
-    model.fit(x, y, batch_size=len(x), epochs=steps, shuffle=False, verbose=0)
-    return model
-
-
-def test_fused_rmsprop_is_keras_rmsprop_up_to_rounding(tiny_mnist, monkeypatch):
-    import dataclasses
-
-    import tensorflow as tf
-
-    from mnist_pipeline.core.training import one_hot
-
-    kernel, calls = tf.raw_ops.ResourceApplyRMSProp, []
-    monkeypatch.setattr(tf.raw_ops, "ResourceApplyRMSProp", lambda **kw: calls.append(1) or kernel(**kw))
-    cfg = resolve("regularized", parse_overrides({"hidden_units": "32,16", "dropout": "0"}))
-    x, y = tiny_mnist.x_train[:64].astype("float32"), one_hot(tiny_mnist.y_train[:64])
-    plain = _fit_steps(dataclasses.replace(cfg, fused_rmsprop=False), x, y, steps=5)
-    assert calls == []  # Keras' own ops
-    fused = _fit_steps(dataclasses.replace(cfg, fused_rmsprop=True), x, y, steps=5)
-    assert len(calls) >= len(fused.trainable_variables)  # the kernel, traced once per weight
-    start = _fit_steps(dataclasses.replace(cfg, fused_rmsprop=False), x, y, steps=0)
-    for f, p, s in zip(fused.get_weights(), plain.get_weights(), start.get_weights()):
-        np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-6)  # the same update...
-        assert not np.array_equal(p, s)  # ...that moved the weights
-    # the optimizer the model carries is Keras' own RMSprop with its own slots, no others
-    assert type(fused.optimizer).__name__ == "RMSprop"
-    assert [v.shape for v in fused.optimizer.variables] == [v.shape for v in plain.optimizer.variables]
-    for f, p in zip(fused.optimizer.variables, plain.optimizer.variables):
-        np.testing.assert_allclose(f.numpy(), p.numpy(), rtol=1e-4, atol=1e-6)

@@ -49,12 +49,12 @@ def test_mlflow_keras_input_example_bug_still_needs_the_workaround(tracking_stor
 def test_failure_during_training_ends_the_run_failed_with_epochs_kept(tracking_store, tiny_mnist, monkeypatch):
     real_train = training_run.train
 
-    def crash_after_first_epoch(cfg, data, on_epoch=None, verbose=2):
+    def crash_after_first_epoch(cfg, data, on_epoch=None):
         def on_epoch_then_crash(epoch, row):
             on_epoch(epoch, row)
             raise RuntimeError("disk on fire")
 
-        return real_train(cfg, data, on_epoch=on_epoch_then_crash, verbose=0)
+        return real_train(cfg, data, on_epoch=on_epoch_then_crash)
 
     monkeypatch.setattr(training_run, "train", crash_after_first_epoch)
     with pytest.raises(RuntimeError, match="disk on fire"):

@@ -1,0 +1,161 @@
+"""The training loop: one compiled TensorFlow call per epoch, one per evaluation.
+
+Keras' ``fit`` pays per step for its data adapter, its metric objects and its optimizer's
+bookkeeping; this loop does what the study needs inside one graph. The network is still
+the Keras model from models.py, called with ``training=True`` (Dropout and random shifts
+active), its loss is the model's own ``compute_loss`` (the compiled categorical
+cross-entropy on the softmax output, plus the L2 terms of its regularizers), and its
+optimizer is the compiled ``keras.optimizers.RMSprop``, whose slots are the ones updated
+and saved. Per epoch, as Keras' ``fit`` reports them:
+
+- ``loss`` and ``accuracy``: means over the epoch's training images of each batch's loss
+  (before its update, with Dropout active) and of its categorical accuracy;
+- ``val_loss`` and ``val_accuracy``: the same over the validation images with the
+  epoch's final weights, in inference mode.
+
+The images are shuffled every epoch by an order drawn from the seed and the epoch number;
+the last batch is the remainder, smaller than the others, as in Keras.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mnist_pipeline.core.data import NUM_CLASSES
+
+EVAL_BATCH = 1000  # images per forward pass when evaluating; the convnet's activations bound it
+
+
+class Loop:
+    """Trains ``model`` (compiled with RMSprop) on ``(x, y)``, evaluating on ``(x_val, y_val)``.
+
+    ``fused``: each weight's RMSprop update is TensorFlow's one fused kernel
+    (``ResourceApplyRMSProp``: Keras' formula, rounded in another order) instead of Keras'
+    ~10 element-wise ops (``optimizer.apply``). ``shuffle=False`` keeps the given order.
+    """
+
+    def __init__(self, model: keras.Model, x, y, batch_size: int, seed: int, fused: bool = True, shuffle: bool = True):
+        optimizer = model.optimizer
+        if not isinstance(optimizer, keras.optimizers.RMSprop) or optimizer.momentum or optimizer.centered:
+            raise ValueError("Loop trains with plain RMSprop only (no momentum, not centered)")
+        self.model, self.batch_size, self.fused, self.shuffle = model, batch_size, fused, shuffle
+        self.x, self.labels = tf.constant(x), tf.constant(y, tf.int32)
+        self._seed = seed
+        self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._weights = model.trainable_variables
+        optimizer.build(self._weights)
+        # the fused kernel's momentum slot: with momentum 0 never read back, and not the optimizer's
+        self._scratch = [tf.Variable(tf.zeros(w.shape, w.dtype), trainable=False) for w in self._weights * fused]
+        self._train = tf.function(self._train_epoch)
+        self._evaluate = tf.function(self._evaluate_all)
+
+    def trace(self) -> None:
+        """Build the epoch's graph now, so that the first epoch times training only."""
+        self._train.get_concrete_function()
+
+    def epoch(self) -> dict[str, float]:
+        """One pass over the training images: their mean ``loss`` and ``accuracy``."""
+        loss, accuracy = self._train()
+        return {"loss": float(loss), "accuracy": float(accuracy)}
+
+    def evaluate(self, x, y) -> tuple[float, float, np.ndarray]:
+        """Mean loss, accuracy and the probabilities (n, 10) of ``x`` in inference mode."""
+        loss, accuracy, probabilities = self._evaluate(tf.constant(x), tf.constant(y, tf.int32))
+        return float(loss), float(accuracy), probabilities.numpy()
+
+    # graph code below: traced once per input shape
+
+    def _train_epoch(self):
+        n = self.x.shape[0]
+        self._epoch.assign_add(1)
+        order = epoch_order(n, self._seed, self._epoch) if self.shuffle else tf.range(n)
+
+        def step(indices):
+            x, labels = tf.gather(self.x, indices), tf.gather(self.labels, indices)
+            with tf.GradientTape() as tape:
+                probabilities = self.model(x, training=True)
+                loss = self.model.compute_loss(y=_one_hot(labels), y_pred=probabilities, training=True)
+            self._apply(tape.gradient(loss, self._weights))
+            return loss, probabilities
+
+        return _sums_over_batches(order, self.labels, self.batch_size, step)[:2]
+
+    def _apply(self, gradients) -> None:
+        optimizer = self.model.optimizer
+        if not self.fused:
+            optimizer.apply(gradients, self._weights)
+            return
+        learning_rate = tf.cast(optimizer.learning_rate, tf.float32)
+        for index, (weight, gradient) in enumerate(zip(self._weights, gradients)):
+            tf.raw_ops.ResourceApplyRMSProp(
+                var=_handle(weight),
+                ms=_handle(optimizer._velocities[index]),  # RMSprop's one slot per weight, saved with the model
+                mom=self._scratch[index].handle,  # the kernel's momentum slot: zero momentum, never read back
+                lr=learning_rate,
+                rho=tf.constant(optimizer.rho, tf.float32),
+                momentum=tf.constant(0.0, tf.float32),
+                epsilon=tf.constant(optimizer.epsilon, tf.float32),
+                grad=gradient,
+            )
+        optimizer.iterations.assign_add(1)
+
+    def _evaluate_all(self, x, labels):
+        def forward(indices):
+            probabilities = self.model(tf.gather(x, indices), training=False)
+            loss = self.model.compute_loss(y=_one_hot(tf.gather(labels, indices)), y_pred=probabilities, training=False)
+            return loss, probabilities
+
+        loss, accuracy, probabilities = _sums_over_batches(tf.range(x.shape[0]), labels, EVAL_BATCH, forward, keep=True)
+        return loss, accuracy, probabilities
+
+
+def epoch_order(n: int, seed: int, epoch) -> tf.Tensor:
+    """The order of the ``n`` training images in ``epoch``: a permutation drawn from the
+    seed and the epoch number alone, so a run is the same wherever it resumes or runs."""
+    return tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+
+
+def _sums_over_batches(order, labels, batch_size: int, step, keep: bool = False):
+    """``step(indices)`` -> (batch mean loss, probabilities) over consecutive batches of
+    ``order``, the last one the remainder; returns the sample-weighted mean loss, the
+    accuracy, and (``keep``) the probabilities in order."""
+    n = order.shape[0]
+    full, rest = divmod(n, batch_size)
+    kept = tf.TensorArray(tf.float32, size=full, element_shape=(batch_size, NUM_CLASSES)) if keep else None
+
+    def scores(indices, loss, probabilities):
+        size = tf.cast(tf.shape(indices)[0], tf.float32)
+        correct = tf.equal(tf.gather(labels, indices), tf.argmax(probabilities, axis=-1, output_type=tf.int32))
+        return loss * size, tf.reduce_sum(tf.cast(correct, tf.float32))
+
+    def body(i, loss_sum, correct_sum, kept):
+        indices = order[i * batch_size : (i + 1) * batch_size]
+        loss, probabilities = step(indices)
+        loss, correct = scores(indices, loss, probabilities)
+        if keep:
+            kept = kept.write(i, probabilities)
+        return i + 1, loss_sum + loss, correct_sum + correct, kept
+
+    zero = tf.constant(0.0)
+    loop_vars = (tf.constant(0), zero, zero, kept if keep else zero)
+    _, loss_sum, correct_sum, kept = tf.while_loop(lambda i, *_: i < full, body, loop_vars)
+    outputs = [kept.concat()] if keep and full else []
+    if rest:
+        indices = order[full * batch_size :]
+        loss, probabilities = step(indices)
+        loss, correct = scores(indices, loss, probabilities)
+        loss_sum, correct_sum = loss_sum + loss, correct_sum + correct
+        outputs.append(probabilities)
+    probabilities = tf.concat(outputs, axis=0) if keep else None
+    return loss_sum / n, correct_sum / n, probabilities
+
+
+def _one_hot(labels):
+    return tf.one_hot(labels, NUM_CLASSES, dtype=tf.float32)
+
+
+def _handle(variable) -> tf.Tensor:
+    """The resource handle of a TensorFlow variable, or of the one a Keras variable wraps."""
+    return variable.handle if isinstance(variable, tf.Variable) else variable.value.handle

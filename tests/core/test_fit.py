@@ -1,0 +1,143 @@
+"""fit.Loop against Keras' own fit: the same updates, the same epoch metrics."""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnist_pipeline.core.config import parse_overrides, resolve
+from mnist_pipeline.core.fit import Loop, epoch_order
+from mnist_pipeline.core.models import build_model
+from mnist_pipeline.core.training import one_hot, train
+
+BATCH = 32
+N_FIT = 70  # two full batches and a last one of 6: the partial batch counts
+
+
+def _model(cfg):
+    keras.utils.set_random_seed(cfg.seed)
+    return build_model(cfg)
+
+
+def _split(tiny_mnist, n=N_FIT, n_val=30):
+    x, y = tiny_mnist.x_train.astype("float32"), tiny_mnist.y_train
+    return (x[:n], y[:n]), (x[n : n + n_val], y[n : n + n_val])
+
+
+@pytest.fixture
+def small_cfg():
+    """Dropout 0 (the only randomness left is the initial weights), L2 on: Keras' loss terms."""
+    return resolve("regularized", parse_overrides({"hidden_units": "32,16", "dropout": "0", "batch_size": str(BATCH)}))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["keras-ops", "fused-kernel"])
+def test_loop_trains_as_keras_fit_does(tiny_mnist, small_cfg, fused):
+    """From the same initial weights and batches (no shuffling), two epochs of the loop and
+    of Keras' fit give the same weights, optimizer slots and epoch metrics within float32
+    rounding; the fused kernel rounds in another order, hence its looser tolerance."""
+    (x, y), (xv, yv) = _split(tiny_mnist)
+    keras_model, loop_model = _model(small_cfg), _model(small_cfg)
+    start = keras_model.get_weights()
+    for a, b in zip(start, loop_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    fitted = keras_model.fit(
+        x, one_hot(y), batch_size=BATCH, epochs=2, shuffle=False, validation_data=(xv, one_hot(yv)), verbose=0
+    ).history
+    loop = Loop(loop_model, x, y, BATCH, seed=0, fused=fused, shuffle=False)
+    ours = []
+    for _ in range(2):
+        row = loop.epoch()
+        row["val_loss"], row["val_accuracy"], _ = loop.evaluate(xv, yv)
+        ours.append(row)
+    tolerance = {"rtol": 1e-4, "atol": 1e-6} if fused else {"rtol": 1e-5, "atol": 1e-7}
+    for ours_w, keras_w, first in zip(loop_model.get_weights(), keras_model.get_weights(), start):
+        np.testing.assert_allclose(ours_w, keras_w, **tolerance)
+        assert not np.array_equal(keras_w, first)  # training moved them
+    assert int(loop_model.optimizer.iterations) == int(keras_model.optimizer.iterations) == 2 * 3
+    for ours_v, keras_v in zip(loop_model.optimizer.variables, keras_model.optimizer.variables):
+        np.testing.assert_allclose(np.asarray(ours_v), np.asarray(keras_v), **tolerance)
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([row[name] for row in ours], fitted[name], rtol=1e-5, err_msg=name)
+
+
+def test_epoch_metrics_are_means_over_images(tiny_mnist, small_cfg):
+    """A known case: zero kernels and a fixed output bias give every image the
+    probabilities softmax(bias), so each metric has a closed form. The partial batch holds
+    the only class-1 images: a mean of batch means would weigh them 1/3, Keras' mean over
+    images (and the loop's) weighs them 6/70."""
+    cfg = dataclasses.replace(small_cfg, l2=0.0, learning_rate=1e-12)  # the update moves nothing measurable
+    model = _model(cfg)
+    bias = np.array([2.0, 1.0] + [0.0] * 8, np.float32)
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()[:-1]] + [bias])
+    p = np.exp(bias) / np.exp(bias).sum()
+    (x, _), (xv, _) = _split(tiny_mnist)
+    y = np.array([0] * 64 + [1] * 6)
+    yv = np.array([1] * 10 + [3] * 20)
+    loop = Loop(model, x, y, BATCH, seed=0, shuffle=False)
+    row = loop.epoch()
+    val_loss, val_accuracy, probabilities = loop.evaluate(xv, yv)
+    assert row["loss"] == pytest.approx((64 * -math.log(p[0]) + 6 * -math.log(p[1])) / 70, rel=1e-5)
+    assert row["accuracy"] == pytest.approx(64 / 70, rel=1e-6)  # every image is called a 0
+    assert val_loss == pytest.approx((10 * -math.log(p[1]) + 20 * -math.log(p[3])) / 30, rel=1e-5)
+    assert val_accuracy == 0.0
+    np.testing.assert_allclose(probabilities, np.tile(p, (30, 1)), rtol=1e-5)
+
+
+def test_shuffling_is_a_new_permutation_each_epoch_fixed_by_the_seed():
+    orders = {epoch: epoch_order(1000, 42, tf.constant(epoch, tf.int64)).numpy() for epoch in (1, 2)}
+    assert sorted(orders[1]) == list(range(1000))
+    assert not np.array_equal(orders[1], orders[2])
+    np.testing.assert_array_equal(orders[1], epoch_order(1000, 42, tf.constant(1, tf.int64)).numpy())
+    assert not np.array_equal(orders[1], epoch_order(1000, 43, tf.constant(1, tf.int64)).numpy())
+
+
+def test_fused_kernel_updates_keras_rmsprop_slots_and_nothing_else(tiny_mnist, small_cfg, monkeypatch):
+    kernel, calls = tf.raw_ops.ResourceApplyRMSProp, []
+    monkeypatch.setattr(tf.raw_ops, "ResourceApplyRMSProp", lambda **kw: calls.append(1) or kernel(**kw))
+    (x, y), _ = _split(tiny_mnist)
+    model = _model(small_cfg)
+    Loop(model, x, y, BATCH, seed=0, fused=False).epoch()
+    assert calls == []  # Keras' own ops
+    model = _model(small_cfg)
+    Loop(model, x, y, BATCH, seed=0, fused=True).epoch()
+    assert len(calls) >= len(model.trainable_variables)  # traced once per weight (and batch shape)
+    # what the model carries, and saves, is Keras' own RMSprop with its own slots only
+    assert type(model.optimizer) is keras.optimizers.RMSprop
+    assert len(model.optimizer.variables) == 2 + len(model.trainable_variables)  # iterations, rate, one slot each
+
+
+def test_each_epoch_is_one_graph_traced_once(tiny_mnist):
+    """The convnet's random shifts and Dropout run inside the compiled epoch: three epochs
+    and two evaluations trace the epoch once and the evaluation once per input shape."""
+    cfg = resolve("convnet", parse_overrides({"conv_filters": "4", "hidden_units": "8", "epochs": "3"}))
+    (x, y), (xv, yv) = _split(tiny_mnist, n=100, n_val=40)
+    loop = Loop(_model(cfg), x, y, BATCH, seed=cfg.seed)
+    losses = [loop.epoch()["loss"] for _ in range(3)]
+    loop.evaluate(xv, yv)
+    loop.evaluate(xv, yv)
+    assert all(math.isfinite(loss) for loss in losses)
+    assert loop._train.experimental_get_tracing_count() == 1
+    assert loop._evaluate.experimental_get_tracing_count() == 1
+
+
+def test_dropout_and_shifts_act_in_training_only(tiny_mnist):
+    """With Dropout the training loss (Dropout active) is above the loss of the same weights
+    in inference mode; the test probabilities are the inference-mode ones, the same twice."""
+    cfg = resolve("baseline", parse_overrides({"epochs": "1", "batch_size": str(BATCH), "learning_rate": "1e-12"}))
+    (x, y), _ = _split(tiny_mnist, n=200)
+    loop = Loop(_model(cfg), x, y, BATCH, seed=cfg.seed, shuffle=False)
+    training_loss = loop.epoch()["loss"]
+    inference_loss, _, first = loop.evaluate(x, y)
+    _, _, second = loop.evaluate(x, y)
+    assert training_loss > inference_loss
+    np.testing.assert_array_equal(first, second)
+
+
+def test_train_reports_the_loop_phases(tiny_mnist):
+    cfg = resolve("baseline", parse_overrides({"epochs": "2", "batch_size": str(BATCH)}))
+    result = train(cfg, tiny_mnist)
+    assert set(result.phases) == {"build", "epochs", "test"}
+    assert result.train_seconds == result.phases["epochs"] >= result.history["epoch_seconds"].sum()
