@@ -31,7 +31,7 @@ def test_train_entry_point(tmp_path, tiny_mnist_dir, tiny_mnist, monkeypatch):
         tmp_path, f"data_dir={tiny_mnist_dir}", *(f"{k}={v}" for k, v in params.items()), entry_point="train"
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Epoch 2/2" in result.stdout  # progress per epoch on the console
+    assert "  epoch 2/2  loss " in result.stdout  # one line per epoch on the console
     runs = all_runs(result.uri)
     [project_run] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     [training_run] = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == project_run.info.run_id]
