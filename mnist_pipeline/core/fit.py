@@ -29,7 +29,8 @@ EVAL_BATCH = 1000  # images per forward pass when evaluating; the convnet's acti
 
 
 class Loop:
-    """Trains ``model`` (compiled with RMSprop) on ``(x, y)``, evaluating on ``(x_val, y_val)``.
+    """Trains ``model`` (compiled with RMSprop) on images ``x`` (raw pixels, any dtype: each
+    batch is cast to float32, so uint8 images stay a quarter of the memory) and labels ``y``.
 
     ``fused``: each weight's RMSprop update is TensorFlow's one fused kernel
     (``ResourceApplyRMSProp``: Keras' formula, rounded in another order) instead of Keras'
@@ -73,7 +74,7 @@ class Loop:
         order = epoch_order(n, self._seed, self._epoch) if self.shuffle else tf.range(n)
 
         def step(indices):
-            x, labels = tf.gather(self.x, indices), tf.gather(self.labels, indices)
+            x, labels = tf.cast(tf.gather(self.x, indices), tf.float32), tf.gather(self.labels, indices)
             with tf.GradientTape() as tape:
                 probabilities = self.model(x, training=True)
                 loss = self.model.compute_loss(y=_one_hot(labels), y_pred=probabilities, training=True)
@@ -103,7 +104,7 @@ class Loop:
 
     def _evaluate_all(self, x, labels):
         def forward(indices):
-            probabilities = self.model(tf.gather(x, indices), training=False)
+            probabilities = self.model(tf.cast(tf.gather(x, indices), tf.float32), training=False)
             loss = self.model.compute_loss(y=_one_hot(tf.gather(labels, indices)), y_pred=probabilities, training=False)
             return loss, probabilities
 

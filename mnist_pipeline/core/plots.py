@@ -36,18 +36,26 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figu
 def misclassified(
     images: np.ndarray, y_true: np.ndarray, probabilities: np.ndarray, title: str, limit: int = 36
 ) -> Figure:
-    """The most confidently wrong test digits, each with its true and predicted label."""
+    """The most confidently wrong test digits, each with its true and predicted label.
+
+    The digits are tiled into one image, drawn once (36 small axes took a second to save)."""
     y_pred = probabilities.argmax(axis=1)
     wrong = np.flatnonzero(y_pred != y_true)
     wrong = wrong[np.argsort(-probabilities[wrong, y_pred[wrong]])][:limit]
-    cols = 6
+    cols, side, label = 6, images.shape[1], 16  # pixels: a digit, and the band above it for its label
     rows = max(1, int(np.ceil(len(wrong) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8), layout="constrained")
-    for ax in np.ravel(axes):
-        ax.axis("off")
-    for ax, i in zip(np.ravel(axes), wrong):
-        ax.imshow(images[i], cmap="gray")
-        ax.set_title(f"true {y_true[i]} / pred {y_pred[i]}\np={probabilities[i, y_pred[i]]:.2f}", fontsize=8)
+    tile = side + label
+    mosaic = np.full((rows * tile, cols * tile), 255, np.uint8)  # white bands between the digits
+    height = rows * 1.6 + 0.5  # inches: the tiles, and the title above them
+    fig, ax = plt.subplots(figsize=(cols * 1.6, height))
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / height)
+    for n, i in enumerate(wrong):
+        top, left = (n // cols) * tile + label, (n % cols) * tile + label // 2
+        mosaic[top : top + side, left : left + side] = images[i]
+        caption = f"true {y_true[i]} / pred {y_pred[i]}\np={probabilities[i, y_pred[i]]:.2f}"
+        ax.text(left + side / 2, top - 1, caption, ha="center", va="bottom", fontsize=8)
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255)
+    ax.axis("off")
     fig.suptitle(f"{title}: {len(wrong)} most confident of {int((y_pred != y_true).sum())} errors")
     return fig
 

@@ -68,8 +68,7 @@ def train(
     phases = Phases()
     with phases("build"):
         model = build_model(cfg)
-        loop = Loop(model, x_fit.astype("float32"), y_fit, cfg.batch_size, cfg.seed, fused=cfg.fused_rmsprop)
-        x_val = x_val.astype("float32")
+        loop = Loop(model, x_fit, y_fit, cfg.batch_size, cfg.seed, fused=cfg.fused_rmsprop)
         loop.trace()
     rows = []
     with phases("epochs"):
@@ -83,7 +82,7 @@ def train(
                 on_epoch(epoch, row)
     train_seconds = phases.seconds["epochs"]
     with phases("test"):
-        test_loss, test_accuracy, test_probabilities = loop.evaluate(data.x_test.astype("float32"), data.y_test)
+        test_loss, test_accuracy, test_probabilities = loop.evaluate(data.x_test, data.y_test)
     history = pd.DataFrame(rows, index=pd.RangeIndex(1, len(rows) + 1, name="epoch"))[list(EPOCH_METRICS)]
     return TrainResult(
         model=model,

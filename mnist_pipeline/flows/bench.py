@@ -229,7 +229,8 @@ def phase_rows(wall: float) -> list[dict]:
     rows += [{"phase": name, "seconds": top[name]} for name in ("start and imports", "data and store checks")]
     rows += [{"phase": "import tensorflow", "seconds": top["import tensorflow"]}]
     for child in children:
-        phases = dict(child.phases, epochs=child.phases["epochs"] - child.epoch_seconds)  # left: logging, printing
+        phases = dict(child.phases)
+        phases["logging and printing of epochs"] = phases.pop("epochs") - child.epoch_seconds
         rows.append({"phase": f"{child.name}: epochs", "seconds": child.epoch_seconds})
         rows += [{"phase": f"{child.name}: {name}", "seconds": value} for name, value in phases.items()]
         own = child.run_seconds - sum(phases.values()) - child.epoch_seconds  # params, tags, summary, ending

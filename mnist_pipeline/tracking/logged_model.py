@@ -8,6 +8,7 @@ their input first.
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import os
 import shutil
@@ -57,6 +58,15 @@ def _save_keras_model(path, mlflow_model: Model, **kwargs):
 _KERAS_FLAVOR = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
 
 
+def _tensorflow_distribution() -> str:
+    """The installed TensorFlow's package: tensorflow-cpu (this project's) or tensorflow (a GPU user's)."""
+    try:
+        importlib.metadata.version("tensorflow-cpu")
+        return "tensorflow-cpu"
+    except importlib.metadata.PackageNotFoundError:
+        return "tensorflow"
+
+
 def pip_requirements() -> list[str]:
     """What a serving environment needs; given explicitly, so MLflow does not spend
     seconds re-importing the model in a subprocess to infer them."""
@@ -65,7 +75,7 @@ def pip_requirements() -> list[str]:
 
     return [
         f"mlflow=={mlflow.__version__}",
-        f"tensorflow=={tf.__version__}",
+        f"{_tensorflow_distribution()}=={tf.__version__}",
         f"keras=={keras.__version__}",
         f"numpy=={np.__version__}",
     ]

@@ -61,11 +61,16 @@ def test_roofline_counts_the_products_tensorflow_runs(variant, overrides):
             n = b[0] if op.get_attr("transpose_b") else b[1]
             macs += m * k * n
         elif op.type.startswith("Conv2D"):  # (output or its gradient, filter) of each product
-            output, kernel = {
-                "Conv2D": lambda: (op.outputs[0], op.inputs[1]),
-                "Conv2DBackpropFilter": lambda: (op.inputs[2], op.outputs[0]),
-                "Conv2DBackpropInput": lambda: (op.inputs[2], op.inputs[1]),
-            }[op.type]()
+            output, kernel = _conv_output_and_kernel(op)
             n, height, width, _ = output.shape
             macs += n * height * width * int(np.prod(kernel.shape))
     assert macs == speed.training_macs(cfg) * batch
+
+
+def _conv_output_and_kernel(op):
+    """(output or its gradient, filter) of a convolution's forward or gradient op."""
+    return {
+        "Conv2D": lambda: (op.outputs[0], op.inputs[1]),
+        "Conv2DBackpropFilter": lambda: (op.inputs[2], op.outputs[0]),
+        "Conv2DBackpropInput": lambda: (op.inputs[2], op.inputs[1]),
+    }[op.type]()
