@@ -16,12 +16,14 @@ import signal
 import sys
 from dataclasses import fields
 
-from mnist_pipeline.core.errors import UserError
+from mnist_pipeline.core import interrupts
+from mnist_pipeline.core.errors import Mismatch, UserError
 from mnist_pipeline.core.param_fields import Params, text
 from mnist_pipeline.core.params import COMMANDS
 
 PROG = "mnist-pipeline"
 USAGE_ERROR = 2
+MISMATCH = 1  # `verify` found that a re-training does not reproduce the version
 # What a console run prints is ours: TensorFlow's INFO lines (the CPU features it was built
 # for) and MLflow's artifact download bars are off unless the environment says otherwise;
 # TensorFlow's warnings and errors still show.
@@ -59,11 +61,10 @@ def run(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return USAGE_ERROR
+    except Mismatch as err:
+        print(f"{PROG}: mismatch: {err}", file=sys.stderr)
+        return MISMATCH
     return 0
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main() -> None:
@@ -71,8 +72,8 @@ def main() -> None:
         os.environ.setdefault(name, value)
     # A polite kill ends runs KILLED, as Ctrl-C does. SIGINT too is set here: a process
     # started in the background of a non-interactive shell inherits SIGINT ignored.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, interrupts.handler)
+    signal.signal(signal.SIGINT, interrupts.handler)
     try:
         sys.exit(run())
     except KeyboardInterrupt as stop:

@@ -26,6 +26,9 @@ CONFUSION = "plots/confusion_matrix.png"
 MISCLASSIFIED = "plots/misclassified.png"
 HISTORY = "tables/history.csv"  # one row per epoch, epochs numbered from 1
 PER_CLASS = "tables/per_class.csv"  # precision, recall, f1 and support per digit
+VAL_PER_CLASS = "tables/val_per_class.csv"  # the same on the validation split, last epoch's weights
+# Summary metrics per digit on the validation split (last epoch): what promotion gates read.
+VAL_RECALL, VAL_PRECISION = "val_recall_{digit}", "val_precision_{digit}"
 # Test-set counts: one row per true digit, one column per predicted digit (predicted_0..9).
 CONFUSION_COUNTS = "tables/confusion.csv"
 PHASES = "timings/phases.json"  # wall seconds of each phase of the run (docs/speed.md)
@@ -48,6 +51,8 @@ SEED_STATS = ("mean", "std", "min", "max")  # metrics test_accuracy_<stat>.<vari
 SWEEP_TRIALS_CSV = "sweep/trials.csv"  # one row per trial: number, state, params, scores, run id, worker
 SWEEP_TRIALS_MD = "sweep/trials.md"
 SWEEP_BEST_PARAMS = "sweep/best_params.json"  # the best COMPLETE trial's hyperparameters
+# On the run that took a champion decision (main, register, sweep): one row per decision.
+DECISIONS = "registry/decisions.csv"
 # Artifacts of a `bench` run.
 BENCH_DIR = "bench"  # bench.json, bench.md, scaling.png
 
@@ -55,9 +60,18 @@ BENCH_DIR = "bench"  # bench.json, bench.md, scaling.png
 # same key is reused by `main` and `reproduce` instead of training again.
 TAG_VARIANT, TAG_DESCRIPTION, TAG_RUN_KEY = "variant", "description", "run_key"
 TAG_CODE_VERSION, TAG_DATA_DIGEST, TAG_REUSED = "code_version", "data_digest", "reused_run_id"
+TAG_CONFIG_KEY = "config_key"  # the run key without the seed: shared by a configuration's seed runs
 TAG_DATA_SOURCE = "data_source"  # on main and reproduce runs
 TAG_ROLE = "role"  # on a run that is not a training run: one of the ROLE_* values
 ROLE_MAIN, ROLE_REPRODUCE, ROLE_EVALUATE, ROLE_SWEEP = "main", "reproduce", "evaluate", "sweep"
+ROLE_REGISTER = "register"
+# On a `verify` training run, and on the version it verified.
+TAG_VERIFIES = "verifies"  # the run: "<model name>/<version>" it re-trained
+TAG_VERIFIED = "verified"  # the version: "<matches|DIFFERS> by run <run id>", the latest verify
+# On every run the pipeline opens: where its process runs, and when it last showed life
+# (tracking/liveness.py ends the RUNNING runs whose process died).
+TAG_HOST, TAG_PID, TAG_PROCESS_START = "host", "pid", "process_start"  # process_start: seconds since the epoch
+TAG_HEARTBEAT = "heartbeat"  # milliseconds since the epoch: the run's start, then every epoch
 TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: nests a run under its parent in the UI
 TAG_CHILDREN = "children"  # on a main run: JSON {variant: training run id}, reused ones included
 TAG_REGISTRATION_ERROR = "registration_error"  # on a main run whose registration failed

@@ -14,3 +14,24 @@ def epoch_line(epoch: int, epochs: int, row: dict[str, float]) -> str:
         f"  epoch {epoch:>{width}}/{epochs}  loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}"
         f"  val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}  {row['epoch_seconds']:.1f} s"
     )
+
+
+def summary(run_id: str, rows: list[dict]) -> str:
+    """The end of a `main` run: per variant its last val_accuracy, test_accuracy and seconds
+    of training (a reused run says so), in under 100 columns."""
+    width = max(len("variant"), *(len(row["variant"]) for row in rows))
+    lines = [f"main run {run_id}", f"  {'variant':<{width}}  val_accuracy  test_accuracy  seconds"]
+    for row in rows:
+        reused = "  (reused)" if row["reused"] else ""
+        lines.append(
+            f"  {row['variant']:<{width}}  {row['val_accuracy']:>12.4f}  {row['test_accuracy']:>13.4f}"
+            f"  {row['train_seconds']:>7.1f}{reused}"
+        )
+    return "\n".join(lines)
+
+
+def ui_hint(tracking_uri: str) -> str:
+    """How to look at the runs: the server's address, or the command that opens a local store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"the runs: {tracking_uri}"
+    return f"the runs: mlflow ui --backend-store-uri {tracking_uri}"

@@ -1,4 +1,5 @@
-"""The one exception family the command line reports as a one-line error (exit status 2)."""
+"""The exceptions the command line reports in one line: UserError (exit status 2) and
+Mismatch (exit status 1)."""
 
 
 class UserError(Exception):
@@ -7,6 +8,10 @@ class UserError(Exception):
 
 class RegistrationError(UserError):
     """Training finished and is kept, but registering its best run failed."""
+
+
+class Mismatch(Exception):
+    """A check ran to the end and found a difference (`verify`): exit status 1."""
 
 
 def first_line(err: BaseException) -> str:

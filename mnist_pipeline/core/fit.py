@@ -19,6 +19,8 @@ the last batch is the remainder, smaller than the others, as in Keras.
 
 from __future__ import annotations
 
+import logging
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -26,6 +28,20 @@ import tensorflow as tf
 from mnist_pipeline.core.data import NUM_CLASSES
 
 EVAL_BATCH = 1000  # images per forward pass when evaluating; the convnet's activations bound it
+
+
+class _OneTracePerLoop(logging.Filter):
+    """Drops TensorFlow's retracing warning about a Loop's own functions. TensorFlow counts
+    traces per function *code*, all instances together, and warns after 5 in 11 calls; each
+    Loop traces its epoch once and its evaluation once (tests/core/test_fit.py checks), so
+    a process that trains several models would be warned of retracing that never happens."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "Loop.__init__.<locals>" in message)
+
+
+tf.get_logger().addFilter(_OneTracePerLoop())
 
 
 class Loop:
@@ -49,8 +65,12 @@ class Loop:
         optimizer.build(self._weights)
         # the fused kernel's momentum slot: with momentum 0 never read back, and not the optimizer's
         self._scratch = [tf.Variable(tf.zeros(w.shape, w.dtype), trainable=False) for w in self._weights * fused]
-        self._train = tf.function(self._train_epoch)
-        self._evaluate = tf.function(self._evaluate_all)
+        # Each Loop traces its epoch once and its evaluation once (any number of images).
+        self._train = tf.function(lambda: self._train_epoch())
+        self._evaluate = tf.function(
+            lambda x, labels: self._evaluate_all(x, labels),
+            input_signature=[tf.TensorSpec((None, *x.shape[1:]), tf.float32), tf.TensorSpec((None,), tf.int32)],
+        )
 
     def trace(self) -> None:
         """Build the epoch's graph now, so that the first epoch times training only."""
@@ -63,7 +83,7 @@ class Loop:
 
     def evaluate(self, x, y) -> tuple[float, float, np.ndarray]:
         """Mean loss, accuracy and the probabilities (n, 10) of ``x`` in inference mode."""
-        loss, accuracy, probabilities = self._evaluate(tf.constant(x), tf.constant(y, tf.int32))
+        loss, accuracy, probabilities = self._evaluate(tf.constant(x, tf.float32), tf.constant(y, tf.int32))
         return float(loss), float(accuracy), probabilities.numpy()
 
     # graph code below: traced once per input shape
@@ -81,7 +101,7 @@ class Loop:
             self._apply(tape.gradient(loss, self._weights))
             return loss, probabilities
 
-        return _sums_over_batches(order, self.labels, self.batch_size, step)[:2]
+        return _sums_over_batches(order, self.labels, self.batch_size, step)
 
     def _apply(self, gradients) -> None:
         optimizer = self.model.optimizer
@@ -103,13 +123,24 @@ class Loop:
         optimizer.iterations.assign_add(1)
 
     def _evaluate_all(self, x, labels):
-        def forward(indices):
-            probabilities = self.model(tf.cast(tf.gather(x, indices), tf.float32), training=False)
-            loss = self.model.compute_loss(y=_one_hot(tf.gather(labels, indices)), y_pred=probabilities, training=False)
-            return loss, probabilities
+        n = tf.shape(x)[0]
+        steps = (n + EVAL_BATCH - 1) // EVAL_BATCH
 
-        loss, accuracy, probabilities = _sums_over_batches(tf.range(x.shape[0]), labels, EVAL_BATCH, forward, keep=True)
-        return loss, accuracy, probabilities
+        def body(i, loss_sum, correct_sum, kept):
+            start = i * EVAL_BATCH
+            end = tf.minimum(start + EVAL_BATCH, n)
+            batch_labels = labels[start:end]
+            probabilities = self.model(x[start:end], training=False)
+            loss = self.model.compute_loss(y=_one_hot(batch_labels), y_pred=probabilities, training=False)
+            loss_sum += loss * tf.cast(end - start, tf.float32)  # the last batch holds the remainder
+            correct_sum += _correct(batch_labels, probabilities)
+            return i + 1, loss_sum, correct_sum, kept.write(i, probabilities)
+
+        kept = tf.TensorArray(tf.float32, size=steps, element_shape=(None, NUM_CLASSES), infer_shape=False)
+        start = (tf.constant(0), tf.constant(0.0), tf.constant(0.0), kept)
+        _, loss_sum, correct_sum, kept = tf.while_loop(lambda i, *_: i < steps, body, start)
+        count = tf.cast(n, tf.float32)
+        return loss_sum / count, correct_sum / count, kept.concat()
 
 
 def epoch_order(n: int, seed: int, epoch) -> tf.Tensor:
@@ -118,39 +149,33 @@ def epoch_order(n: int, seed: int, epoch) -> tf.Tensor:
     return tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
 
 
-def _sums_over_batches(order, labels, batch_size: int, step, keep: bool = False):
+def _sums_over_batches(order, labels, batch_size: int, step):
     """``step(indices)`` -> (batch mean loss, probabilities) over consecutive batches of
-    ``order``, the last one the remainder; returns the sample-weighted mean loss, the
-    accuracy, and (``keep``) the probabilities in order."""
+    ``order``, the last one the remainder (its own static shape); returns the mean loss and
+    the accuracy over all images, each batch weighted by its size."""
     n = order.shape[0]
     full, rest = divmod(n, batch_size)
-    kept = tf.TensorArray(tf.float32, size=full, element_shape=(batch_size, NUM_CLASSES)) if keep else None
 
-    def scores(indices, loss, probabilities):
-        size = tf.cast(tf.shape(indices)[0], tf.float32)
-        correct = tf.equal(tf.gather(labels, indices), tf.argmax(probabilities, axis=-1, output_type=tf.int32))
-        return loss * size, tf.reduce_sum(tf.cast(correct, tf.float32))
-
-    def body(i, loss_sum, correct_sum, kept):
-        indices = order[i * batch_size : (i + 1) * batch_size]
+    def scores(indices):
         loss, probabilities = step(indices)
-        loss, correct = scores(indices, loss, probabilities)
-        if keep:
-            kept = kept.write(i, probabilities)
-        return i + 1, loss_sum + loss, correct_sum + correct, kept
+        return loss * tf.cast(tf.shape(indices)[0], tf.float32), _correct(tf.gather(labels, indices), probabilities)
+
+    def body(i, loss_sum, correct_sum):
+        loss, correct = scores(order[i * batch_size : (i + 1) * batch_size])
+        return i + 1, loss_sum + loss, correct_sum + correct
 
     zero = tf.constant(0.0)
-    loop_vars = (tf.constant(0), zero, zero, kept if keep else zero)
-    _, loss_sum, correct_sum, kept = tf.while_loop(lambda i, *_: i < full, body, loop_vars)
-    outputs = [kept.concat()] if keep and full else []
+    _, loss_sum, correct_sum = tf.while_loop(lambda i, *_: i < full, body, (tf.constant(0), zero, zero))
     if rest:
-        indices = order[full * batch_size :]
-        loss, probabilities = step(indices)
-        loss, correct = scores(indices, loss, probabilities)
+        loss, correct = scores(order[full * batch_size :])
         loss_sum, correct_sum = loss_sum + loss, correct_sum + correct
-        outputs.append(probabilities)
-    probabilities = tf.concat(outputs, axis=0) if keep else None
-    return loss_sum / n, correct_sum / n, probabilities
+    return loss_sum / n, correct_sum / n
+
+
+def _correct(labels, probabilities):
+    """How many of the batch's images have their label as the most probable class."""
+    hits = tf.equal(labels, tf.argmax(probabilities, axis=-1, output_type=tf.int32))
+    return tf.reduce_sum(tf.cast(hits, tf.float32))
 
 
 def _one_hot(labels):

@@ -1,10 +1,9 @@
 """One parameter dataclass per command: its defaults, help text and validation.
 
 Fields are declared with param_fields.param (help, parse, ok, allowed in the metadata).
-``from_strings`` reads the strings MLproject passes; construction checks typed values
-(``__post_init__``), so code past a params object trusts it. cli.py builds its parser from
-these classes, and a test checks MLproject's defaults against them. The command's data
-folder is checked by loading it, in the command's flow, before any run exists.
+``from_strings`` reads the strings MLproject passes; construction checks typed values, so
+code past a params object trusts it. cli.py builds its parser from these classes, and a
+test checks MLproject's defaults against them. A command's data is checked by its flow.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mnist_pipeline import names
-from mnist_pipeline.core import config
+from mnist_pipeline.core import config, promotion
 from mnist_pipeline.core.config import ConfigError, TrainConfig
 from mnist_pipeline.core.param_fields import Params, optional, param, stripped, text
 from mnist_pipeline.core.variants import DEFAULT_VARIANTS, VARIANTS
@@ -61,6 +60,25 @@ def _force():
     return _bool(False, "true: retrain even if a matching FINISHED run exists")
 
 
+def _points(default: float, help: str):
+    return param(default, help, stripped(float), "must be a number of points >= 0", lambda v: v >= 0 and v < math.inf)
+
+
+def _min_improvement():
+    return _points(promotion.MIN_IMPROVEMENT, "points of val_accuracy a new version must gain over the champion")
+
+
+def _max_class_drop():
+    return _points(promotion.MAX_CLASS_DROP, "most points any digit's val recall may fall against the champion")
+
+
+class _Gated:
+    """Commands that may move the champion alias: the promotion gates (core/promotion.py)."""
+
+    def gates(self) -> promotion.Gates:
+        return promotion.Gates(self.min_improvement, self.max_class_drop)
+
+
 @dataclass(frozen=True)
 class Overrides(Params):
     """The TrainConfig fields a training command may set; None: the variant's own value."""
@@ -98,12 +116,14 @@ class TrainParams(Overrides):
 
 
 @dataclass(frozen=True)
-class MainParams(Overrides):
+class MainParams(_Gated, Overrides):
     """train variants as child runs, compare, register the best"""
 
     variants: tuple[str, ...] = _variants()
     force: bool = _force()
     model_name: str = _model_name("registered model name for the best run ('' : do not register)", optional=True)
+    min_improvement: float = _min_improvement()
+    max_class_drop: float = _max_class_drop()
     data_dir: str = param("", DATA_DIR)
 
     def check(self) -> None:
@@ -146,11 +166,13 @@ class ReproduceParams(Overrides):
 
 
 @dataclass(frozen=True)
-class RegisterParams(Params):
+class RegisterParams(_Gated, Params):
     """register the best run of a main run"""
 
     run_id: str = param("", "id of a main run (default: the latest FINISHED one)")
     model_name: str = _model_name("registered model name", optional=False)
+    min_improvement: float = _min_improvement()
+    max_class_drop: float = _max_class_drop()
 
 
 @dataclass(frozen=True)
@@ -192,7 +214,7 @@ class ServeParams(Params):
 
 
 @dataclass(frozen=True)
-class SweepParams(Params):
+class SweepParams(_Gated, Params):
     """an Optuna study of the final variant: trials as child runs, register the best"""
 
     n_trials: int = param(
@@ -218,6 +240,8 @@ class SweepParams(Params):
         config.STUDY_NAME, "workers with the same study_name and storage share one study", config.parse_study_name
     )
     model_name: str = _model_name("registered model name for the best trial ('' : do not register)", optional=True)
+    min_improvement: float = _min_improvement()
+    max_class_drop: float = _max_class_drop()
     data_dir: str = param("", DATA_DIR)
     seed: int | None = param(
         None,
@@ -230,6 +254,14 @@ class SweepParams(Params):
     @property
     def training_seed(self) -> int:
         return config.SEED if self.seed is None else self.seed
+
+
+@dataclass(frozen=True)
+class VerifyParams(Params):
+    """re-train a registered version from what the registry records, and compare"""
+
+    model_uri: str = param(names.CHAMPION_URI, "registered version: models:/<name>@<alias> or models:/<name>/<version>")
+    data_dir: str = param("", DATA_DIR)
 
 
 @dataclass(frozen=True)
@@ -263,5 +295,6 @@ COMMANDS: dict[str, type[Params]] = {
     "predict": PredictParams,
     "serve": ServeParams,
     "sweep": SweepParams,
+    "verify": VerifyParams,
     "bench": BenchParams,
 }

@@ -26,8 +26,8 @@ from mnist_pipeline.core.training import one_hot
 
 WARMUP_EPOCHS = 1  # the first epoch builds the graph: never counted
 LINEAR_REPEATS = 5  # timings of the roofline's loop; the median is used
-SCALING_WIDTHS = (1, 2, 4)  # multiples of the final variant's hidden widths
-SCALING_BATCHES = (64, 128, 256, 512)
+SCALING_WIDTHS = (1, 4)  # multiples of the final variant's hidden widths
+SCALING_BATCHES = (128, 512)
 ROUNDS = 2  # the trainings compared take turns this many times per variant
 KERNEL = 3  # conv kernels are 3x3, "valid", each followed by a 2x2 max-pool (models.py)
 

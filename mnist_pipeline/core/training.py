@@ -31,6 +31,8 @@ class TrainResult:
     test_loss: float
     test_accuracy: float
     test_probabilities: np.ndarray  # (n_test, 10)
+    val_labels: np.ndarray  # (n_val,) the validation split's digits
+    val_probabilities: np.ndarray  # (n_val, 10) with the last epoch's weights
     train_seconds: float  # wall time of the epochs, validation passes included
     samples_per_second: float  # training images per second of train_seconds
     num_train: int
@@ -75,7 +77,7 @@ def train(
         for epoch in range(1, cfg.epochs + 1):
             start = time.perf_counter()
             row = loop.epoch()
-            row["val_loss"], row["val_accuracy"], _ = loop.evaluate(x_val, y_val)
+            row["val_loss"], row["val_accuracy"], val_probabilities = loop.evaluate(x_val, y_val)
             row[EPOCH_SECONDS] = time.perf_counter() - start
             rows.append(row)
             if on_epoch is not None:
@@ -90,6 +92,8 @@ def train(
         test_loss=test_loss,
         test_accuracy=test_accuracy,
         test_probabilities=test_probabilities,
+        val_labels=y_val,
+        val_probabilities=val_probabilities,
         train_seconds=train_seconds,
         samples_per_second=len(x_fit) * cfg.epochs / train_seconds,
         num_train=len(x_fit),

@@ -5,7 +5,7 @@ On the parent run: the comparison table (comparison/comparison.csv and .md), bot
 validation curves in one plot (comparison/validation_curves.png), tags naming its
 children and the reused runs; then the registration's version and champion decision.
 A child whose configuration, code and data match a FINISHED run is that run, reused.
-Prints the comparison table and the registry's decision.
+Prints one line per variant with its scores, the registry's decision, and how to open the UI.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import pandas as pd
 import psutil
 
 from mnist_pipeline import names
-from mnist_pipeline.core import plots
+from mnist_pipeline.core import console, plots, promotion
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist, load_for
 from mnist_pipeline.core.errors import RegistrationError, first_line
 from mnist_pipeline.core.params import MainParams
 from mnist_pipeline.core.phases import Phases
-from mnist_pipeline.tracking import readback, registry, runs, store
+from mnist_pipeline.tracking import liveness, readback, registry, runs, store
 
 
 def run(params: MainParams) -> pd.DataFrame:
@@ -34,11 +34,17 @@ def run(params: MainParams) -> pd.DataFrame:
         configs = params.configs()
         data = load_for(params.data_dir, [cfg.validation_split for cfg in configs])
         store.check_tracking_store()
-    return compare(configs, data, params.force, params.model_name, phases)
+        liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
+    return compare(configs, data, params.force, params.model_name, phases, params.gates())
 
 
 def compare(
-    configs: list[TrainConfig], data: Mnist, force: bool = False, model_name: str = "", phases: Phases | None = None
+    configs: list[TrainConfig],
+    data: Mnist,
+    force: bool = False,
+    model_name: str = "",
+    phases: Phases | None = None,
+    gates: promotion.Gates | None = None,
 ) -> pd.DataFrame:
     """The parent run with ``configs`` as children; registers the best unless ``model_name``
     is ''. A failed registration leaves the parent FINISHED, tagged registration_error, and
@@ -59,28 +65,33 @@ def compare(
         runs.set_tags({f"{names.TAG_REUSED}.{c.variant}": c.run_id for c in children if c.reused})
         runs.set_tags({names.TAG_CHILDREN: json.dumps({c.variant: c.run_id for c in children})})
         with phases("comparison"):
-            table = readback.comparison_table(children)
-            runs.log_text(table.to_csv(index=False), names.COMPARISON_CSV)
-            runs.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.COMPARISON_MD)
-            curves = {c.variant: readback.metric_history(c.run_id) for c in children}
-            runs.log_figure(plots.validation_overlay(curves), names.OVERLAY)
-        print(f"main run {parent.info.run_id}:\n{table.to_markdown(index=False, floatfmt='.4g')}")
+            table = _log_comparison(children)
+        print(console.summary(parent.info.run_id, table.to_dict("records")))
         if model_name:
             try:
                 with phases("registration and model card"):
-                    registry.register_best(
-                        [c.run_id for c in children], model_name, chosen_from="this main run's variants"
-                    )
+                    registry.register_best([c.run_id for c in children], model_name, "this main run's variants", gates)
             except Exception as err:  # the store's errors come in many types
                 failure = f"{type(err).__name__}: {first_line(err)}"
                 with contextlib.suppress(Exception):  # the store may be what failed
                     runs.set_tags({names.TAG_REGISTRATION_ERROR: failure[:5000]})
         with contextlib.suppress(Exception):  # a timing is never worth failing the command
             runs.log_dict({**phases.seconds, "total": phases.total()}, names.PHASES, parent.info.run_id)
+    print(console.ui_hint(store.tracking_uri()))
     if failure:  # raised only now: training and comparison are complete, the parent FINISHED
         raise RegistrationError(
             f"registering the best run failed ({failure}); the training runs and main run "
             f"{parent.info.run_id} are FINISHED and kept: retry with "
             f"`mlflow run . -e register -P run_id={parent.info.run_id}`"
         )
+    return table
+
+
+def _log_comparison(children: list[readback.ChildRun]) -> pd.DataFrame:
+    """The comparison table (CSV and markdown) and the validation overlay, on the parent."""
+    table = readback.comparison_table(children)
+    runs.log_text(table.to_csv(index=False), names.COMPARISON_CSV)
+    runs.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.COMPARISON_MD)
+    curves = {c.variant: readback.metric_history(c.run_id) for c in children}
+    runs.log_figure(plots.validation_overlay(curves), names.OVERLAY)
     return table

@@ -1,14 +1,16 @@
 """`register`: the best training run of a `main` run into the Model Registry.
 
 Registers it once (a run registered before keeps its version), with its model card, moves
-`challenger` to it and `champion` if it beats the champion (tracking/registry.py).
-Prints the version and the champion decision.
+`challenger` to it and `champion` if it passes the promotion gates against the champion
+(core/promotion.py). Prints the version and the champion decision, which a run of its own
+(role `register`; under `mlflow run`, the project's run) records in registry/decisions.csv.
 """
 
 from __future__ import annotations
 
+from mnist_pipeline import names
 from mnist_pipeline.core.params import RegisterParams
-from mnist_pipeline.tracking import registry, store
+from mnist_pipeline.tracking import registry, runs, store
 
 
 def run(params: RegisterParams):
@@ -16,4 +18,10 @@ def run(params: RegisterParams):
     store.check_tracking_store()
 
     parent_id, children = registry.children_of(params.run_id or None)
-    return registry.register_best(list(children.values()), params.model_name, chosen_from=f"main run {parent_id}")
+    name = {} if runs.launched_by_mlflow_run() else {"run_name": "register"}  # mlflow run's own run is named
+    if name:  # beside the main run it registers from
+        runs.use_experiment_of(parent_id, "main run", "pass a run_id from this store")
+    with runs.ended_run(**name, tags={names.TAG_ROLE: names.ROLE_REGISTER}):
+        runs.log_missing_params({"main_run_id": parent_id, "model_name": params.model_name})
+        chosen_from = f"main run {parent_id}"
+        return registry.register_best(list(children.values()), params.model_name, chosen_from, params.gates())

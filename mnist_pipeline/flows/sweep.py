@@ -46,13 +46,14 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from mnist_pipeline import names
+from mnist_pipeline.core import promotion
 from mnist_pipeline.core.config import TrainConfig, resolve
 from mnist_pipeline.core.data import Mnist, load_for
 from mnist_pipeline.core.errors import RegistrationError, first_line
 from mnist_pipeline.core.params import SweepParams
 from mnist_pipeline.flows import study as studies
 from mnist_pipeline.flows.study import PARAMS, VARIANT, SearchSpace
-from mnist_pipeline.tracking import readback, registry, runs, store
+from mnist_pipeline.tracking import liveness, promotions, readback, registry, runs, store
 
 
 class OverBudget(Exception):
@@ -76,6 +77,7 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
     worker = f"{socket.gethostname()}:{os.getpid()}"
     project_run = runs.detach_project_run()  # `mlflow run -e sweep`'s own run stays beside
     study, parent_id = studies.open_study(params, data.digest, worker, space, pruner or studies.median_pruner())
+    liveness.end_dead_runs()  # runs left RUNNING by a process killed hard (after the storage's checks)
     if project_run:
         runs.set_run_tags(project_run, {names.TAG_STUDY: params.study_name, names.TAG_SWEEP_PARENT: parent_id})
     optuna.storages.fail_stale_trials(study)  # a killed worker's trial must not hold a place
@@ -89,7 +91,7 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
         study.optimize(
             objective, timeout=params.timeout or None, catch=(OverBudget,), callbacks=[objective.stop_when_full]
         )
-    summarize(study, parent_id, params.model_name, worker)
+    summarize(study, parent_id, params.model_name, worker, params.gates())
     return parent_id
 
 
@@ -143,7 +145,9 @@ class _Objective:
             study.stop()
 
 
-def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str) -> pd.DataFrame:
+def summarize(
+    study: optuna.Study, parent_id: str, model_name: str, worker: str, gates: promotion.Gates | None = None
+) -> pd.DataFrame:
     """Log the trials table and the best COMPLETE trial's params on the parent run, then
     register that trial's run (unless ``model_name`` is ''). Returns the table."""
     trials = study.get_trials(deepcopy=False)
@@ -177,7 +181,7 @@ def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str)
     if best_trial is None:
         print("no COMPLETE trial: nothing to register")
     elif model_name:
-        _register(best, model_name, f"study {study.study_name}'s {len(complete)} COMPLETE trials", parent_id)
+        _register(best, model_name, f"study {study.study_name}'s {len(complete)} COMPLETE trials", parent_id, gates)
     return table
 
 
@@ -200,9 +204,10 @@ def _row(trial: optuna.trial.FrozenTrial, trial_runs: dict) -> dict:
     }
 
 
-def _register(best, model_name: str, chosen_from: str, parent_id: str) -> None:
+def _register(best, model_name: str, chosen_from: str, parent_id: str, gates: promotion.Gates | None) -> None:
     try:
-        registration = registry.register_run(best, model_name, chosen_from)
+        registration = registry.register_run(best, model_name, chosen_from, gates)
+        promotions.log_decision(registration, model_name, parent_id)
     except Exception as err:  # the store's errors come in many types
         raise RegistrationError(
             f"registering the best trial's run {best.info.run_id} failed ({type(err).__name__}: "

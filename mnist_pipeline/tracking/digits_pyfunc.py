@@ -9,6 +9,7 @@ Keras model itself is the flavor's native ``data/model.keras``: ``mlflow.keras.l
 still returns it.
 """
 
+import logging
 import os
 
 import keras
@@ -16,6 +17,20 @@ import numpy as np
 import tensorflow as tf
 
 MODEL_FILE = "model.keras"  # in the flavor's data folder, as mlflow.keras.save_model writes it
+
+
+class _OneTracePerModel(logging.Filter):
+    """Drops TensorFlow's retracing warning about a DigitClassifier's forward pass. TensorFlow
+    counts traces per function code, all instances together; each loaded model traces its
+    own once (with a batch of any size), so a process that loads several would be warned of
+    retracing that never happens."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "DigitClassifier.__init__" in message)
+
+
+tf.get_logger().addFilter(_OneTracePerModel())
 
 
 class DigitClassifier:

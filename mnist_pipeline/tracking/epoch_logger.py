@@ -9,8 +9,10 @@ import time
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 
+from mnist_pipeline.core import interrupts
+from mnist_pipeline.tracking import liveness
 from mnist_pipeline.tracking.store import ONE_SHOT, TrackingStoreError, environment
 
 
@@ -25,8 +27,11 @@ class EpochLogger:
     FINAL_WAIT_SECONDS = 120.0
     BATCH = 1000  # metrics per request: MLflow's log_batch limit
 
-    def __init__(self, run_id: str):
-        self.run_id = run_id
+    PARENT_BEAT_SECONDS = 60.0  # the enclosing run's heartbeat, at most this often
+
+    def __init__(self, run_id: str, parent_id: str | None = None):
+        self.run_id, self.parent_id = run_id, parent_id
+        self._parent_beat_at = 0.0
         self.finished: dict[int, dict[str, float]] = {}  # epoch -> metrics, for the history
         self.seconds = 0.0  # spent logging inside the epochs: what tracking costs training
         self._pending: list[Metric] = []
@@ -65,9 +70,14 @@ class EpochLogger:
         try:
             client = mlflow.MlflowClient()
             # no retries here: a server that is away must not stall training for seconds
-            with environment(ONE_SHOT):
+            with environment(ONE_SHOT), interrupts.deferred():  # a Ctrl-C must not cut a transaction
+                beat = [RunTag(k, v) for k, v in liveness.heartbeat().items()]
+                if self.parent_id and time.monotonic() >= self._parent_beat_at:
+                    client.log_batch(self.parent_id, tags=beat)
+                    self._parent_beat_at = time.monotonic() + self.PARENT_BEAT_SECONDS
                 while self._pending:
-                    client.log_batch(self.run_id, metrics=self._pending[: self.BATCH])
+                    client.log_batch(self.run_id, metrics=self._pending[: self.BATCH], tags=beat)
+                    beat = []
                     sent, self._pending = self._pending[: self.BATCH], self._pending[self.BATCH :]
                     self._sent_while_away += len({m.step for m in sent}) if self._retry_at else 0
         except Exception as err:  # the server's errors reach us in many types

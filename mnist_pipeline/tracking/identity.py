@@ -34,6 +34,13 @@ def run_key(cfg: TrainConfig, data_digest: str) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def config_key(cfg: TrainConfig, data_digest: str) -> str:
+    """The run key without the seed: the seed runs of one configuration (``reproduce``) share it."""
+    params = {k: v for k, v in cfg.as_params().items() if k != "seed"}
+    identity = {"config": params, "code": code_version(), "data": data_digest}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def find_reusable_run(key: str) -> str | None:
     """Id of the newest FINISHED run in the active experiment with ``key``, if any."""
     runs = mlflow.search_runs(

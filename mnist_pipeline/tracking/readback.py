@@ -23,6 +23,10 @@ class ChildRun:
     reused: bool
 
 
+def get_run(run_id: str):
+    return mlflow.MlflowClient().get_run(run_id)
+
+
 def metrics_of(run_id: str) -> dict[str, float]:
     return mlflow.MlflowClient().get_run(run_id).data.metrics
 
@@ -119,6 +123,7 @@ class RunPhases:
 def phases_of_last_main() -> list[RunPhases]:
     """The latest `main` run's phases, then each of its children's, in training order."""
     [parent] = mlflow.search_runs(
+        search_all_experiments=True,
         filter_string=f"tags.{names.TAG_ROLE} = '{names.ROLE_MAIN}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
@@ -133,3 +138,23 @@ def phases_of_last_main() -> list[RunPhases]:
         phases = mlflow.artifacts.load_dict(f"runs:/{run_id}/{names.PHASES}")
         result.append(RunPhases(name, phases, (info.end_time - info.start_time) / 1000, epochs))
     return result
+
+
+def seed_runs(run) -> list:
+    """``run`` and the other seeds of its configuration in the store (same config key,
+    FINISHED, not stopped early, with a val_accuracy): one run per seed, ``run`` first."""
+    runs, key = [run], run.data.tags.get(names.TAG_CONFIG_KEY)
+    if not key:
+        return runs
+    seeds = {run.data.params.get("seed")}
+    found = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.{names.TAG_CONFIG_KEY} = '{key}' and attributes.status = 'FINISHED'",
+        output_format="list",
+    )
+    for other in found:
+        seed = other.data.params.get("seed")
+        if seed not in seeds and names.TAG_STOPPED not in other.data.tags and "val_accuracy" in other.data.metrics:
+            seeds.add(seed)
+            runs.append(other)
+    return runs

@@ -5,8 +5,11 @@ logged model holds the last epoch's weights: the registered weights are the ones
 validation score chose them. Test accuracy is recorded beside it, never used to choose.
 
 Aliases: ``challenger`` always points at the newest registered candidate. ``champion``
-points at the version with the highest ``val_accuracy`` tag; a new version takes it only
-if it beats the current champion (an equal score keeps the older version).
+moves to a new version only if it passes the promotion gates against the current champion
+(core/promotion.py: min_improvement, Welch's test over seeds where both have several,
+max_class_drop), compared on validation scores read from the store. Each decision is one
+printed line, the version's ``champion_decision`` tag, and a row of the deciding run's
+registry/decisions.csv (``decision_row``).
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from mnist_pipeline.core import model_card
-from mnist_pipeline.core.errors import UserError
+from mnist_pipeline.core import model_card, promotion
+from mnist_pipeline.core.errors import UserError, first_line
 from mnist_pipeline.names import (
     CHALLENGER,
     CHAMPION,
@@ -37,7 +40,7 @@ from mnist_pipeline.names import (
     TAG_STOPPED,
     TAG_VARIANT,
 )
-from mnist_pipeline.tracking import logged_model, readback
+from mnist_pipeline.tracking import logged_model, promotions, readback
 
 _ALIAS_ROUNDS = 5  # re-checks of the champion alias against concurrent registrations
 # A database's words for a unique key that another writer took first (PostgreSQL, SQLite, MySQL).
@@ -54,6 +57,9 @@ class Registration:
     created: bool  # False: this run was registered before, and that version is returned
     champion: bool  # this version holds the champion alias now
     reason: str  # one line: why it did or did not become champion
+    decision: promotion.Decision | None = None  # None: it already held the alias
+    versus: str | None = None  # the champion version it was compared with
+    gates: promotion.Gates = promotion.Gates()
 
 
 def selection_key(run: Run) -> tuple[float, float]:
@@ -96,15 +102,18 @@ def children_of(parent_run_id: str | None) -> tuple[str, dict[str, str]]:
     return parent.info.run_id, json.loads(children)
 
 
-def register_best(run_ids: list[str], model_name: str = MODEL_NAME, chosen_from: str = "") -> Registration:
+def register_best(
+    run_ids: list[str], model_name: str = MODEL_NAME, chosen_from: str = "", gates: promotion.Gates | None = None
+) -> Registration:
     """Register the best of ``run_ids`` and update the aliases; logs the decision on the
     active run, if any."""
     run = best_run(run_ids)
-    registration = register_run(run, model_name, chosen_from or f"runs {', '.join(run_ids)}")
+    registration = register_run(run, model_name, chosen_from or f"runs {', '.join(run_ids)}", gates)
     version = registration.version
     variant = run.data.tags.get(TAG_VARIANT)
-    print(f"{model_name} version {version.version} ({variant}, run {run.info.run_id}): {registration.reason}")
+    print(f"{model_name} version {version.version} ({variant}): {registration.reason}")
     if mlflow.active_run():
+        promotions.log_decision(registration, model_name, mlflow.active_run().info.run_id)
         mlflow.set_tags(
             {
                 TAG_REGISTERED_MODEL: model_name,
@@ -156,8 +165,11 @@ def _attach_card(client, run: Run, version: ModelVersion, chosen_from: str) -> s
     return uri
 
 
-def register_run(run: Run, model_name: str = MODEL_NAME, chosen_from: str = "") -> Registration:
+def register_run(
+    run: Run, model_name: str = MODEL_NAME, chosen_from: str = "", gates: promotion.Gates | None = None
+) -> Registration:
     """Register ``run``'s logged model (once per run) with its model card, and update the aliases."""
+    gates = gates or promotion.Gates()
     client = mlflow.MlflowClient()
     existing = _existing_version(client, model_name, run.info.run_id)
     if existing is not None:
@@ -182,9 +194,12 @@ def register_run(run: Run, model_name: str = MODEL_NAME, chosen_from: str = "") 
             _attach_card(client, run, version, chosen_from)
             _set_alias(client, model_name, CHALLENGER, version.version)
             created = True
-    champion, reason = _settle_champion(client, model_name, version)
+    champion, decision, versus = _settle_champion(client, model_name, version, gates)
+    reason = decision.reason if decision else "already the champion"
+    if decision and decision.promote and not champion:
+        reason += f"; version {_champion(client, model_name).version} has since taken it"
     client.set_model_version_tag(model_name, version.version, TAG_CHAMPION_DECISION, reason)
-    return Registration(version, created, champion, reason)
+    return Registration(version, created, champion, reason, decision, versus, gates)
 
 
 def _champion(client, model_name: str) -> ModelVersion | None:
@@ -194,9 +209,23 @@ def _champion(client, model_name: str) -> ModelVersion | None:
         return None
 
 
-def _score(version: ModelVersion) -> tuple[float, int]:
-    """Champion order: higher val_accuracy; on a tie the older version stays."""
-    return float(version.tags.get("val_accuracy", "-inf")), -int(version.version)
+def tag_version(version: ModelVersion, key: str, value: str) -> None:
+    mlflow.MlflowClient().set_model_version_tag(version.name, version.version, key, value)
+
+
+def version_of(model_uri: str) -> ModelVersion:
+    """The registered version ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` names."""
+    client, allowed = mlflow.MlflowClient(), "a registered version, models:/<name>@<alias> or models:/<name>/<version>"
+    name, _, rest = model_uri.removeprefix("models:/").partition("@")
+    try:
+        if model_uri.startswith("models:/") and rest:
+            return client.get_model_version_by_alias(name, rest)
+        name, _, number = model_uri.removeprefix("models:/").partition("/")
+        if model_uri.startswith("models:/") and number.isdigit():
+            return client.get_model_version(name, number)
+    except MlflowException as err:
+        raise RegistryError(f"model_uri={model_uri!r} is not allowed: {first_line(err)}") from None
+    raise RegistryError(f"model_uri={model_uri!r} is not allowed: {allowed}")
 
 
 def _set_alias(client, model_name: str, alias: str, version) -> None:
@@ -211,37 +240,33 @@ def _set_alias(client, model_name: str, alias: str, version) -> None:
             raise
 
 
-def _settle_champion(client, model_name: str, version: ModelVersion) -> tuple[bool, str]:
-    """Point the champion alias at the best version. Re-read after writing, so that two
-    processes registering at once end on the better version whoever writes last."""
-    current = _champion(client, model_name)
-    if current is None:
-        reason = "first version with a score: takes the champion alias"
-    elif str(current.version) == str(version.version):
-        reason = "already the champion"
-    elif _score(version) > _score(current):
-        reason = (
-            f"val_accuracy {version.tags['val_accuracy']} beats champion version "
-            f"{current.version} ({current.tags.get('val_accuracy')}): takes the champion alias"
-        )
-    else:
-        reason = (
-            f"val_accuracy {version.tags['val_accuracy']} does not beat champion version "
-            f"{current.version} ({current.tags.get('val_accuracy')}): registered without the alias"
-        )
+def _settle_champion(
+    client, model_name: str, version: ModelVersion, gates: promotion.Gates
+) -> tuple[bool, promotion.Decision | None, str | None]:
+    """Move the champion alias to ``version`` if it passes the gates against the champion.
+    Re-read after writing: if another process moved the alias meanwhile, compare again with
+    the version it chose, so that concurrent registrations end on one that beat the others.
+    Returns (holds the alias, the decision against the first champion compared, that
+    champion's version)."""
+    decision, versus, compared = None, None, set()
     for _ in range(_ALIAS_ROUNDS):
-        versions = client.search_model_versions(f"name = '{model_name}'")
-        best = max(versions, key=_score)
-        newest = max(versions, key=lambda v: int(v.version))
-        aliases = client.get_registered_model(model_name).aliases
-        if str(aliases.get(CHALLENGER)) != str(newest.version):  # a concurrent registrar wrote last
-            _set_alias(client, model_name, CHALLENGER, newest.version)
         current = _champion(client, model_name)
-        if current is not None and str(current.version) == str(best.version):
+        if current is not None and str(current.version) == str(version.version):
             break
-        _set_alias(client, model_name, CHAMPION, best.version)
+        holder = None if current is None else str(current.version)
+        if holder in compared:  # lost to it already
+            break
+        compared.add(holder)
+        evidence = promotions.evidence(client, version)
+        this = promotion.decide(evidence, promotions.evidence(client, current) if current else None, gates)
+        if decision is None:
+            decision, versus = this, holder
+        if not this.promote:
+            break
+        _set_alias(client, model_name, CHAMPION, version.version)
+    versions = client.search_model_versions(f"name = '{model_name}'")
+    newest = max(versions, key=lambda v: int(v.version))
+    if str(client.get_registered_model(model_name).aliases.get(CHALLENGER)) != str(newest.version):
+        _set_alias(client, model_name, CHALLENGER, newest.version)  # a concurrent registrar wrote last
     holder = _champion(client, model_name)
-    is_champion = holder is not None and str(holder.version) == str(version.version)
-    if not is_champion and holder is not None and "takes the champion alias" in reason:
-        reason += f"; version {holder.version} has since taken it"
-    return is_champion, reason
+    return holder is not None and str(holder.version) == str(version.version), decision, versus

@@ -8,7 +8,7 @@ import pandas as pd
 from mnist_pipeline import names
 from mnist_pipeline.core import evaluation, plots
 from mnist_pipeline.core.data import Mnist
-from mnist_pipeline.tracking.runs import log_figure, log_text
+from mnist_pipeline.tracking.runs import log_figure, log_metrics, log_text
 
 
 def log_history(history: pd.DataFrame, title: str) -> None:
@@ -24,3 +24,15 @@ def log_test_report(data: Mnist, probabilities: np.ndarray, title: str) -> None:
     log_text(report.confusion.to_csv(), names.CONFUSION_COUNTS)
     log_figure(plots.confusion_matrix(data.y_test, report.predicted, title), names.CONFUSION)
     log_figure(plots.misclassified(data.x_test, data.y_test, probabilities, title), names.MISCLASSIFIED)
+
+
+def log_validation_report(labels: np.ndarray, probabilities: np.ndarray) -> None:
+    """Per-digit precision and recall on the validation split, as a table and as metrics
+    (val_recall_<d>, val_precision_<d>) that the registry's gates compare."""
+    per_class = evaluation.report(labels, probabilities).per_class
+    log_text(per_class.to_csv(), names.VAL_PER_CLASS)
+    metrics = {}
+    for digit, row in per_class.iterrows():
+        metrics[names.VAL_RECALL.format(digit=digit)] = float(row["recall"])
+        metrics[names.VAL_PRECISION.format(digit=digit)] = float(row["precision"])
+    log_metrics(metrics)

@@ -17,12 +17,15 @@ from mlflow.exceptions import MlflowException
 
 from mnist_pipeline.core import plots
 from mnist_pipeline.core.errors import UserError
+from mnist_pipeline.tracking import liveness
 
 
 @contextlib.contextmanager
 def ended_run(**start_run_kwargs):
     """``mlflow.start_run`` that always ends its run: FINISHED, KILLED on KeyboardInterrupt
-    (the CLI turns SIGTERM into one), FAILED on any other exception."""
+    (the CLI turns SIGTERM into one), FAILED on any other exception. The run carries this
+    process's liveness tags, so that a later command ends it KILLED if the process dies hard."""
+    start_run_kwargs["tags"] = {**liveness.tags(), **(start_run_kwargs.get("tags") or {})}
     run = mlflow.start_run(**start_run_kwargs)
     status = "FAILED"
     try:

@@ -82,3 +82,8 @@ def isolated_store(folder: str):
         os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
         os.environ.update(hidden)
         mlflow.set_tracking_uri(previous)
+
+
+def tracking_uri() -> str:
+    """The store this process logs to, as MLflow resolved it."""
+    return mlflow.get_tracking_uri()

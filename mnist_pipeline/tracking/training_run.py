@@ -19,10 +19,10 @@ from mnist_pipeline.core.phases import Phases
 from mnist_pipeline.core.training import TrainResult, train
 from mnist_pipeline.core.variants import VARIANTS
 from mnist_pipeline.tracking.epoch_logger import EpochLogger
-from mnist_pipeline.tracking.identity import code_version, find_reusable_run, run_key
+from mnist_pipeline.tracking.identity import code_version, config_key, find_reusable_run, run_key
 from mnist_pipeline.tracking.logged_model import log_keras_model
 from mnist_pipeline.tracking.readback import ChildRun
-from mnist_pipeline.tracking.reports import log_history, log_test_report
+from mnist_pipeline.tracking.reports import log_history, log_test_report, log_validation_report
 from mnist_pipeline.tracking.runs import ended_run, system_metrics
 
 
@@ -59,12 +59,12 @@ def track_training(
     description = VARIANTS[cfg.variant].description
     stopped = None
     start = {"nested": nested, "tags": _tags(cfg, data, tags), "description": description}
-    phases = Phases()
+    phases, parent = Phases(), mlflow.active_run() if nested else None
     with ended_run(run_name=cfg.variant, log_system_metrics=system_metrics(), **start) as run:
         print(console.header(cfg.variant, run.info.run_id, cfg.epochs), flush=True)
         with phases("datasets"):
             _log_inputs(cfg, data)
-        epochs = EpochLogger(run.info.run_id)
+        epochs = EpochLogger(run.info.run_id, parent.info.run_id if parent else None)
         try:
             result = train(cfg, data, on_epoch=_then(_printer(cfg.epochs), _then(epochs, after_epoch)))
         except TrainingStopped as stop:
@@ -103,6 +103,7 @@ def _tags(cfg: TrainConfig, data: Mnist, extra: dict[str, str] | None) -> dict[s
         names.TAG_VARIANT: cfg.variant,
         names.TAG_DESCRIPTION: VARIANTS[cfg.variant].description,
         names.TAG_RUN_KEY: run_key(cfg, data.digest),
+        names.TAG_CONFIG_KEY: config_key(cfg, data.digest),
         names.TAG_CODE_VERSION: code_version(),
         names.TAG_DATA_DIGEST: data.digest,
         **(extra or {}),
@@ -144,6 +145,7 @@ def _log_result(result: TrainResult, epochs: EpochLogger, data: Mnist, title: st
     with phases("plots and tables"):
         log_history(result.history, title)
         log_test_report(data, result.test_probabilities, title)
+        log_validation_report(result.val_labels, result.val_probabilities)
     with phases("model"):
         log_keras_model(result.model, data.x_test[:3])
     mlflow.log_dict({**result.phases, **phases.seconds}, names.PHASES)

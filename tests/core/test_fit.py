@@ -111,13 +111,13 @@ def test_fused_kernel_updates_keras_rmsprop_slots_and_nothing_else(tiny_mnist, s
 
 def test_each_epoch_is_one_graph_traced_once(tiny_mnist):
     """The convnet's random shifts and Dropout run inside the compiled epoch: three epochs
-    and two evaluations trace the epoch once and the evaluation once per input shape."""
+    trace it once, and evaluations of any number of images trace one evaluation."""
     cfg = resolve("convnet", parse_overrides({"conv_filters": "4", "hidden_units": "8", "epochs": "3"}))
     (x, y), (xv, yv) = _split(tiny_mnist, n=100, n_val=40)
     loop = Loop(_model(cfg), x, y, BATCH, seed=cfg.seed)
     losses = [loop.epoch()["loss"] for _ in range(3)]
     loop.evaluate(xv, yv)
-    loop.evaluate(xv, yv)
+    loop.evaluate(xv[:7], yv[:7])
     assert all(math.isfinite(loss) for loss in losses)
     assert loop._train.experimental_get_tracing_count() == 1
     assert loop._evaluate.experimental_get_tracing_count() == 1
@@ -141,3 +141,25 @@ def test_train_reports_the_loop_phases(tiny_mnist):
     result = train(cfg, tiny_mnist)
     assert set(result.phases) == {"build", "epochs", "test"}
     assert result.train_seconds == result.phases["epochs"] >= result.history["epoch_seconds"].sum()
+
+
+def test_many_loops_in_one_process_warn_of_no_retracing(tiny_mnist, small_cfg):
+    """Six models trained in one process (as `main`, `reproduce` and the benchmark do): each
+    Loop traces once, and TensorFlow's retracing warning, which counts all instances
+    together, does not reach the console."""
+    import logging
+
+    (x, y), (xv, yv) = _split(tiny_mnist)
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    tf.get_logger().addHandler(handler)
+    try:
+        for _ in range(6):
+            loop = Loop(_model(small_cfg), x, y, BATCH, seed=0)
+            loop.epoch()
+            loop.evaluate(xv, yv)
+            assert loop._train.experimental_get_tracing_count() == 1
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert not [message for message in seen if "retracing" in message]

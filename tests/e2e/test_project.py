@@ -66,3 +66,33 @@ def test_default_main_reproduces_the_study_on_real_mnist(tmp_path):
     for name, floor in ACCURACY_FLOORS.items():
         assert accuracy[name] >= floor, (name, accuracy[name])
     assert accuracy["final"] > max(accuracy["baseline"], accuracy["regularized"])
+    check_console(result, runs)
+
+
+# What a CPU machine's TensorFlow, absl, Keras and MLflow print when nobody quiets them.
+NOISE = ("cuda", "absl", "cpu_feature_guard", "retracing", "━", "Downloading artifacts", "it/s]")
+
+
+def check_console(result, runs) -> None:
+    """`mlflow run .`'s console: per variant a header and one line per epoch, then a summary
+    in 100 columns; no start-up noise, no progress bar, no line over 200 characters but
+    MLflow's own echo of the command it runs (all the entry point's parameters)."""
+    lines = (result.stdout + result.stderr).splitlines()
+    for line in lines:
+        assert not any(word in line for word in NOISE), line
+        assert len(line) <= 200 or "=== Running command" in line, line
+    out = result.stdout.splitlines()
+    parent = next(r for r in runs if r.data.tags.get("role") == "main")
+    children = sorted((r for r in runs if "variant" in r.data.tags), key=lambda r: r.info.start_time)
+    for run in children:
+        epochs = int(run.data.params["epochs"])
+        header = out.index(f"{run.data.tags['variant']}: run {run.info.run_id}, {epochs} epochs")
+        for epoch, line in enumerate(out[header + 1 : header + 1 + epochs], start=1):
+            assert line.startswith(f"  epoch {epoch:>{len(str(epochs))}}/{epochs}  loss "), line
+            assert " accuracy " in line and " val_loss " in line and " val_accuracy " in line and line.endswith(" s")
+    summary = out[out.index(f"main run {parent.info.run_id}") :]
+    assert summary[1].split() == ["variant", "val_accuracy", "test_accuracy", "seconds"]
+    assert [line.split()[0] for line in summary[2:5]] == ["baseline", "regularized", "final"]
+    assert summary[5].startswith("mnist-digits version 1 (final): ")
+    assert summary[6].startswith("the runs: mlflow ui --backend-store-uri sqlite:///")
+    assert all(len(line) <= 100 for line in summary[:6]), summary

@@ -3,6 +3,7 @@
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 
 from mnist_pipeline import names
 from mnist_pipeline.core.config import parse_overrides, resolve
@@ -15,7 +16,9 @@ TRAINING_ARTIFACTS = {
     names.MISCLASSIFIED,
     names.HISTORY,
     names.PER_CLASS,
+    names.VAL_PER_CLASS,
     names.CONFUSION_COUNTS,
+    names.PHASES,
 }
 
 
@@ -53,6 +56,14 @@ def check_training_run(run_id: str, cfg, data_digest: str) -> None:
     assert contexts == {"training", "validation", "test"}
     history = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.HISTORY))
     assert list(history["epoch"]) == list(range(1, cfg.epochs + 1))
+    # per digit on the validation split: recalls weighted by each digit's count are the accuracy
+    per_digit = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.VAL_PER_CLASS))
+    recalls = [run.data.metrics[names.VAL_RECALL.format(digit=d)] for d in range(10)]
+    np.testing.assert_allclose(recalls, per_digit["recall"], rtol=1e-6)
+    assert [names.VAL_PRECISION.format(digit=d) in run.data.metrics for d in range(10)] == [True] * 10
+    weighted = float(np.dot(recalls, per_digit["support"]) / per_digit["support"].sum())
+    assert weighted == pytest.approx(run.data.metrics["val_accuracy"], abs=1e-6)
+    assert {names.TAG_HOST, names.TAG_PID, names.TAG_PROCESS_START, names.TAG_HEARTBEAT} <= set(run.data.tags)
 
     uri = logged_model.logged_model_uri(run_id)
     info = mlflow.models.get_model_info(uri)

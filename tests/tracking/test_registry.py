@@ -19,6 +19,7 @@ from helpers.runs import scored_run
 from helpers.stores import all_runs
 from mnist_pipeline import cli, names
 from mnist_pipeline.core import data as data_module
+from mnist_pipeline.core import promotion
 from mnist_pipeline.tracking import logged_model, readback, registry, training_run
 
 
@@ -26,6 +27,75 @@ def champion_and_challenger(name=names.MODEL_NAME):
     client = mlflow.MlflowClient()
     aliases = client.get_registered_model(name).aliases
     return str(aliases.get(names.CHAMPION)), str(aliases.get(names.CHALLENGER))
+
+
+def _decisions(run_id: str):
+    import pandas as pd
+
+    return pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.DECISIONS))
+
+
+def test_gates_refuse_noise_and_a_digit_that_got_worse(tracking_store, capsys):
+    """Each gate refuses once, a clear gain passes; every decision is a printed line, a
+    version tag and a row of registry/decisions.csv on the run that decided."""
+    gates = promotion.Gates(min_improvement=0.15, max_class_drop=1.0)
+    champion = scored_run(0.980)
+    steps = [  # (challenger, promoted, gate)
+        (scored_run(0.981), False, "min_improvement"),  # +0.10 pp: within seed noise
+        (scored_run(0.985, recalls={7: 0.960}), False, "max_class_drop"),  # +0.50 pp on average, digit 7 -2.00
+        (scored_run(0.986), True, "passed"),
+    ]
+    with mlflow.start_run() as decider:
+        first = registry.register_best([champion], gates=gates)
+    assert first.champion and first.decision.gate == "first"
+    for number, (run_id, promoted, gate) in enumerate(steps, start=2):
+        with mlflow.start_run() as decider:
+            registration = registry.register_best([run_id], gates=gates)
+        assert (registration.champion, registration.decision.gate) == (promoted, gate)
+        line = f"mnist-digits version {number} (final): {registration.reason}"
+        assert line in capsys.readouterr().out.splitlines()
+        version = mlflow.MlflowClient().get_model_version(names.MODEL_NAME, str(number))
+        assert version.tags[names.TAG_CHAMPION_DECISION] == registration.reason
+        [row] = _decisions(decider.info.run_id).to_dict("records")
+        assert (row["version"], row["promoted"], row["gate"], row["champion_before"]) == (number, promoted, gate, 1)
+    decision = mlflow.MlflowClient().get_model_version(names.MODEL_NAME, "3").tags[names.TAG_CHAMPION_DECISION]
+    assert decision == "refused by max_class_drop: +0.50 pp over version 1; digit 7 recall -2.00 pp"
+    assert champion_and_challenger() == ("4", "4")
+
+
+def test_seeds_of_both_configurations_are_compared_by_their_means(tracking_store):
+    """Where champion and challenger each have several seeds in the store, the gates read
+    the means over seeds and Welch's test: a challenger whose one run is far ahead but whose
+    seeds are not is refused."""
+    gates = promotion.Gates(min_improvement=0.15, max_class_drop=1.0)
+    old = [scored_run(a, config_key="old", seed=s) for s, a in enumerate((0.980, 0.981, 0.979))]
+    lucky = [scored_run(a, config_key="lucky", seed=s) for s, a in enumerate((0.990, 0.978, 0.980))]
+    good = [scored_run(a, config_key="good", seed=s) for s, a in enumerate((0.985, 0.986, 0.984))]
+    registry.register_best([old[0]], gates=gates)
+    refused = registry.register_best([lucky[0]], gates=gates)
+    assert not refused.champion and refused.decision.gate == "welch"
+    assert "means of 3 and 3 seeds, Welch p=" in refused.reason
+    taken = registry.register_best([good[0]], gates=gates)
+    assert taken.champion and taken.decision.p_value < promotion.ALPHA
+    assert taken.decision.gain == pytest.approx(0.5, abs=1e-6)
+
+
+def test_an_impossible_min_improvement_never_moves_the_alias(tracking_store, capsys):
+    """`register -P min_improvement=50` on a main run whose best child is far better than the
+    champion: registered, refused, and the decision row on the register command's own run."""
+    registry.register_best([scored_run(0.50)])
+    children = {"final": scored_run(0.99), "baseline": scored_run(0.60, variant="baseline")}
+    with mlflow.start_run(tags={names.TAG_ROLE: names.ROLE_MAIN, names.TAG_CHILDREN: json.dumps(children)}) as main:
+        pass
+    assert cli.run(["register", "--run-id", main.info.run_id, "--min-improvement", "50"]) == 0
+    assert champion_and_challenger() == ("1", "2")
+    reason = mlflow.MlflowClient().get_model_version(names.MODEL_NAME, "2").tags[names.TAG_CHAMPION_DECISION]
+    assert reason == "refused by min_improvement: +49.00 pp over version 1; needs +50.00"
+    assert f"mnist-digits version 2 (final): {reason}" in capsys.readouterr().out.splitlines()
+    [register] = [r for r in all_runs(tracking_store) if r.data.tags.get(names.TAG_ROLE) == names.ROLE_REGISTER]
+    assert register.info.status == "FINISHED" and register.data.params["main_run_id"] == main.info.run_id
+    [row] = _decisions(register.info.run_id).to_dict("records")
+    assert (row["promoted"], row["gate"], row["min_improvement"]) == (False, "min_improvement", 50.0)
 
 
 def test_champion_moves_only_when_val_accuracy_improves(tracking_store):
@@ -38,7 +108,7 @@ def test_champion_moves_only_when_val_accuracy_improves(tracking_store):
     assert champion_and_challenger() == ("2", "2")
 
     worse = registry.register_best([c])
-    assert not worse.champion and "does not beat champion version 2" in worse.reason
+    assert not worse.champion and worse.reason.startswith("refused by min_improvement: -2.00 pp over version 2")
     assert champion_and_challenger() == ("2", "3")
 
     tie = registry.register_best([d])  # equal val_accuracy does not beat

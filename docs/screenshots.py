@@ -1,0 +1,115 @@
+"""The README's pictures of the MLflow UI, taken from a real `mlflow ui`.
+
+A short `mlflow run .` (2 epochs per variant) fills a fresh store, `mlflow ui` serves it on
+a free port of 127.0.0.1, and Debian's Chromium, driven by Playwright, takes three pictures:
+the runs table with the variants nested under their `main` run, the compare view of the three
+variants, and the registered model with its aliases. They are written to docs/img/ as small
+palette PNGs.
+
+    apt-get install chromium && pip install playwright    # once
+    python docs/screenshots.py --data-dir ../shared/data/mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "img"
+CHROMIUM = "/usr/bin/chromium"
+VIEWPORT = {"width": 1280, "height": 720}
+COLORS = 64  # palette size of the saved PNGs: text and charts stay sharp, files stay small
+
+
+def fill_store(store: Path, data_dir: str) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db", "MNIST_DATA_DIR": data_dir}
+    command = ["mlflow", "run", str(ROOT), "--env-manager", "local", "-P", "epochs=2"]
+    subprocess.run(command, cwd=store, env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ui(store: Path, port: int) -> subprocess.Popen:
+    command = ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}/mlflow.db", "--host", "127.0.0.1"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    ui = subprocess.Popen([*command, "--port", str(port)], cwd=store, **quiet)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return ui
+        except OSError:
+            time.sleep(0.5)
+    ui.terminate()
+    raise RuntimeError("mlflow ui did not answer within 60 s")
+
+
+def ids(store: Path) -> tuple[str, list[str]]:
+    """The experiment's id and the variants' training run ids, from the store."""
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
+    import mlflow
+
+    [parent] = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'main'", output_format="list")
+    return parent.info.experiment_id, list(json.loads(parent.data.tags["children"]).values())
+
+
+def shoot(page, url: str, wait_for: str, path: Path) -> None:
+    page.goto(url)
+    page.get_by_text(wait_for).first.wait_for(timeout=30_000)
+    page.wait_for_timeout(2_000)  # charts draw after their data arrives
+    page.screenshot(path=str(path))
+    Image.open(path).convert("RGB").quantize(COLORS).save(path, optimize=True)
+    print(f"{path.relative_to(ROOT)}: {path.stat().st_size // 1024} KiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR", ""), help="MNIST folder")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp)
+        fill_store(store, args.data_dir)
+        experiment, children = ids(store)
+        port = free_port()
+        ui = start_ui(store, port)
+        base = f"http://127.0.0.1:{port}/#"
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+                page = browser.new_page(viewport=VIEWPORT)
+                page.goto(f"{base}/experiments/{experiment}/runs")
+                page.get_by_text("main").first.wait_for(timeout=30_000)
+                expand = page.get_by_role("button", name="Expand")  # show the variants under their main run
+                if expand.count():
+                    expand.first.click()
+                shoot(page, f"{base}/experiments/{experiment}/runs", "regularized", OUT / "runs.png")
+                runs = json.dumps(children)
+                compare = f"{base}/compare-runs?runs={runs}&experiments={json.dumps([experiment])}"
+                shoot(page, compare, "val_accuracy", OUT / "compare.png")
+                shoot(page, f"{base}/models/mnist-digits", "champion", OUT / "model.png")
+                browser.close()
+        finally:
+            ui.terminate()
+            ui.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The promotion rule: when a new model version takes the `champion` alias. No MLflow here:
+tracking/registry.py gathers the evidence and records the decision.
+
+Every score is on the validation split, with each run's last-epoch weights (the weights
+registered); the test split is only reported. A challenger takes the alias from the
+champion only if it passes every gate, in this order:
+
+1. ``min_improvement``: its val_accuracy beats the champion's by at least this many
+   percentage points;
+2. when both have several seeds of their configuration (``reproduce``): the means over
+   seeds are compared, and Welch's t-test must find the challenger's mean higher
+   (one-sided p < ALPHA);
+3. ``max_class_drop``: no digit's validation recall falls by more than this many
+   percentage points against the champion (means over seeds where there are several).
+
+The first version of a model has nothing to beat: it takes the alias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.stats
+
+# Defaults, in percentage points. Measured in the five-seed table (docs/seeds.md): one seed
+# of the final variant against another differs in last-epoch val_accuracy by about 0.12
+# points (the standard deviation of a difference of two single runs), so a gain below that
+# is noise; a digit's validation recall (about 600 images a digit) moves by up to about 0.6
+# points between seeds.
+MIN_IMPROVEMENT = 0.15
+MAX_CLASS_DROP = 1.0
+ALPHA = 0.05  # Welch's test, one-sided: the challenger's mean over seeds is higher
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One side of the comparison: a version and the seed runs of its configuration."""
+
+    version: str
+    accuracies: tuple[float, ...]  # last-epoch val_accuracy of each seed run (the version's own first)
+    recalls: tuple[tuple[float, ...], ...]  # per seed run: val recall of digits 0..9
+
+    @property
+    def seeds(self) -> int:
+        return len(self.accuracies)
+
+
+@dataclass(frozen=True)
+class Gates:
+    min_improvement: float = MIN_IMPROVEMENT  # percentage points of val_accuracy
+    max_class_drop: float = MAX_CLASS_DROP  # percentage points of any digit's val recall
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    gate: str  # "first" (no champion), "passed", or the gate that refused
+    gain: float  # percentage points of val_accuracy over the champion (means over seeds if several)
+    worst_digit: int | None  # the digit whose recall fell most (or rose least)
+    worst_drop: float  # percentage points that digit's recall fell (negative: it rose)
+    p_value: float | None  # Welch's one-sided p; None with a single run on either side
+    reason: str  # one line for the console and the version tag
+
+
+def decide(challenger: Evidence, champion: Evidence | None, gates: Gates) -> Decision:
+    if champion is None:
+        return Decision(True, "first", 0.0, None, 0.0, None, "the first version: takes the champion alias")
+    seeded = challenger.seeds >= 2 and champion.seeds >= 2
+    if seeded:
+        gain = 100 * (np.mean(challenger.accuracies) - np.mean(champion.accuracies))
+        p_value = _welch(challenger.accuracies, champion.accuracies)
+        basis = f" (means of {challenger.seeds} and {champion.seeds} seeds, Welch p={p_value:.2g})"
+    else:
+        gain, p_value, basis = 100 * (challenger.accuracies[0] - champion.accuracies[0]), None, ""
+    versus = f"{gain:+.2f} pp over version {champion.version}{basis}"
+    worst, drop = _worst_digit(challenger, champion, seeded)
+    if gain < gates.min_improvement:
+        gate, why = "min_improvement", f"needs {gates.min_improvement:+.2f}"
+    elif seeded and not p_value < ALPHA:
+        gate, why = "welch", f"not significant (p >= {ALPHA})"
+    elif worst is not None and drop > gates.max_class_drop:
+        gate, why = "max_class_drop", f"digit {worst} recall {-drop:+.2f} pp"
+    else:
+        checked = "no per-digit recall to compare" if worst is None else f"no digit down {gates.max_class_drop:.2f} pp"
+        reason = f"{versus}, {checked}: takes the champion alias"
+        return Decision(True, "passed", float(gain), worst, drop, p_value, reason)
+    return Decision(False, gate, float(gain), worst, drop, p_value, f"refused by {gate}: {versus}; {why}")
+
+
+def _worst_digit(challenger: Evidence, champion: Evidence, seeded: bool) -> tuple[int | None, float]:
+    """The digit whose validation recall fell most against the champion, and by how many
+    percentage points (means over seeds if ``seeded``); (None, 0) if either side has none."""
+    if not challenger.recalls or not champion.recalls:
+        return None, 0.0
+    pick = (lambda r: np.mean(r, axis=0)) if seeded else (lambda r: np.asarray(r[0]))
+    drops = 100 * (pick(champion.recalls) - pick(challenger.recalls))
+    worst = int(np.argmax(drops))
+    return worst, float(drops[worst])
+
+
+def _welch(a, b) -> float:
+    """One-sided p-value that ``a``'s mean is higher than ``b``'s (1.0 when both are constant)."""
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        return 0.0 if np.mean(a) > np.mean(b) else 1.0
+    return float(scipy.stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)

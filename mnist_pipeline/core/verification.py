@@ -1,0 +1,44 @@
+"""Does a re-training reproduce a registered version? No MLflow here: flows/verify.py
+re-trains and reads the store; this compares.
+
+On the same machine (host) with the same code, a seed fixes every number: validation and
+test accuracy must be equal. Elsewhere another CPU's kernels round differently, so each
+must fall within the variant's seed spread: TOLERANCE_SPREADS standard deviations of the
+accuracies of that configuration's seed runs in the store, or DEFAULT_TOLERANCE where the
+store holds fewer than two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TOLERANCE_SPREADS = 3.0
+# Three times the largest standard deviation over five seeds in docs/seeds.md (test
+# accuracy of `regularized`: 0.25 points), as a fraction.
+DEFAULT_TOLERANCE = 0.0075
+
+
+@dataclass(frozen=True)
+class Verdict:
+    matches: bool
+    exact: bool  # compared for equality (same machine and code) rather than within a tolerance
+    tolerance: float  # fraction of accuracy allowed; 0 when exact
+    lines: tuple[str, ...]  # what the console shows, one comparison a line
+
+
+def compare(recorded: dict[str, float], again: dict[str, float], exact: bool, spread: float | None) -> Verdict:
+    """``recorded`` and ``again``: val_accuracy and test_accuracy of the version's run and of
+    the re-training; ``spread``: the seed runs' standard deviation of accuracy, if known."""
+    tolerance = 0.0 if exact else TOLERANCE_SPREADS * spread if spread else DEFAULT_TOLERANCE
+    lines, matches = [], True
+    for name in ("val_accuracy", "test_accuracy"):
+        difference = again[name] - recorded[name]
+        ok = difference == 0 if exact else abs(difference) <= tolerance
+        matches &= ok
+        rule = "must be equal" if exact else f"allowed ±{100 * tolerance:.2f} pp"
+        verdict = "matches" if ok else "DIFFERS"
+        lines.append(
+            f"{name}: recorded {recorded[name]:.4f}, re-trained {again[name]:.4f} "
+            f"({100 * difference:+.2f} pp, {rule}): {verdict}"
+        )
+    return Verdict(matches, exact, tolerance, tuple(lines))

@@ -1,0 +1,75 @@
+"""`verify`: re-train a registered version from what the registry and its training run
+record (the parameters and the seed), on data with the recorded digest, and compare.
+
+Refuses in one line, before any run, if the data differ. Says whether the code differs.
+The re-training is a training run like any other, tagged ``verifies`` (model/version) and
+linked from the version's ``verified`` tag. Validation and test accuracy must be equal on
+the same machine with the same code, and within the variant's seed spread otherwise
+(core/verification.py). A mismatch exits with status 1.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from mnist_pipeline import names
+from mnist_pipeline.core import config, verification
+from mnist_pipeline.core.data import load_for
+from mnist_pipeline.core.errors import Mismatch, UserError
+from mnist_pipeline.core.params import VerifyParams
+from mnist_pipeline.tracking import identity, liveness, readback, registry, runs, store
+
+
+def run(params: VerifyParams) -> verification.Verdict:
+    data = load_for(params.data_dir)
+    store.check_tracking_store()
+    liveness.end_dead_runs()
+    version = registry.version_of(params.model_uri)
+    trained = readback.get_run(version.tags["run_id"])
+    recorded_digest = trained.data.tags.get(names.TAG_DATA_DIGEST, "")
+    label = f"{version.name} version {version.version}"
+    if data.digest != recorded_digest:
+        raise UserError(
+            f"data_dir: these images have digest {data.digest}, {label} was trained on {recorded_digest}: "
+            "verify needs the same data"
+        )
+    cfg = _config_of(trained.data.params)
+    code_now, code_then = identity.code_version(), trained.data.tags.get(names.TAG_CODE_VERSION, "")
+    same_host = trained.data.tags.get(names.TAG_HOST) == liveness.tags()[names.TAG_HOST]
+    print(f"verifying {label}: {cfg.variant}, seed {cfg.seed}, run {trained.info.run_id}")
+    print(f"code: {'the same' if code_now == code_then else f'differs (recorded {code_then}, now {code_now})'}")
+    print(f"machine: {'the same host' if same_host else 'another host'}")
+    from mnist_pipeline.tracking.training_run import track_training  # TensorFlow: after the fast checks
+
+    tags = {names.TAG_VERIFIES: f"{version.name}/{version.version}"}
+    if runs.launched_by_mlflow_run():  # the re-training nests under the entry point's run
+        with runs.ended_run():
+            run_id = track_training(cfg, data, nested=True, tags=tags)
+    else:
+        runs.use_experiment_of(trained.info.run_id, "training run", "the version's run is not in this store")
+        run_id = track_training(cfg, data, tags=tags)
+    again, recorded = readback.metrics_of(run_id), trained.data.metrics
+    spread = _spread(trained)
+    verdict = verification.compare(recorded, again, exact=same_host and code_now == code_then, spread=spread)
+    for line in verdict.lines:
+        print(line)
+    result = "matches" if verdict.matches else "DIFFERS"
+    registry.tag_version(version, names.TAG_VERIFIED, f"{result} by run {run_id}")
+    if not verdict.matches:
+        raise Mismatch(f"re-training {label} does not reproduce it (see the lines above)")
+    return verdict
+
+
+def _config_of(params: dict[str, str]) -> config.TrainConfig:
+    """The TrainConfig a training run logged (its params)."""
+    overrides = config.parse_overrides({name: params.get(name, "") for name in config.OVERRIDABLE})
+    return config.resolve(params["variant"], overrides)
+
+
+def _spread(trained) -> float | None:
+    """The largest standard deviation of val or test accuracy over the seed runs of the
+    version's configuration in the store; None with fewer than two."""
+    seeds = readback.seed_runs(trained)
+    if len(seeds) < 2:
+        return None
+    return max(statistics.stdev(r.data.metrics[name] for r in seeds) for name in ("val_accuracy", "test_accuracy"))

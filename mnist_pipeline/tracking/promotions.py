@@ -1,0 +1,54 @@
+"""The promotion gates' side that reads and writes the store: the evidence for a version
+(its training run and the other seeds of its configuration) and the decision's row in the
+deciding run's registry/decisions.csv. The rule itself is core/promotion.py."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+
+from mnist_pipeline.core import promotion
+from mnist_pipeline.names import DECISIONS, VAL_RECALL
+from mnist_pipeline.tracking import readback
+
+
+def evidence(client, version: ModelVersion) -> promotion.Evidence:
+    """The last-epoch validation scores of the version's training run and of the other
+    seeds of its configuration in the store."""
+    runs = readback.seed_runs(client.get_run(version.tags["run_id"]))
+    recall_keys = [VAL_RECALL.format(digit=d) for d in range(10)]
+    with_recalls = [r for r in runs if all(k in r.data.metrics for k in recall_keys)]
+    return promotion.Evidence(
+        version=str(version.version),
+        accuracies=tuple(r.data.metrics["val_accuracy"] for r in runs),
+        recalls=tuple(tuple(r.data.metrics[k] for k in recall_keys) for r in with_recalls),
+    )
+
+
+def decision_row(registration, model_name: str) -> dict:
+    """One row of registry/decisions.csv for a registry.Registration."""
+    d, version = registration.decision, registration.version
+    return {
+        "model": model_name,
+        "version": version.version,
+        "run_id": version.tags.get("run_id", ""),
+        "variant": version.tags.get("variant", ""),
+        "champion_before": registration.versus or "",
+        "promoted": bool(d and d.promote),
+        "gate": d.gate if d else "already champion",
+        "gain_pp": d.gain if d else 0.0,
+        "worst_digit": "" if d is None or d.worst_digit is None else d.worst_digit,
+        "worst_drop_pp": d.worst_drop if d else 0.0,
+        "welch_p": "" if d is None or d.p_value is None else d.p_value,
+        "min_improvement": registration.gates.min_improvement,
+        "max_class_drop": registration.gates.max_class_drop,
+        "holds_champion": registration.champion,
+        "reason": registration.reason,
+    }
+
+
+def log_decision(registration, model_name: str, run_id: str) -> None:
+    """The decision as registry/decisions.csv (one row) on the run that took it."""
+    table = pd.DataFrame([decision_row(registration, model_name)])
+    mlflow.MlflowClient().log_text(run_id, table.to_csv(index=False), DECISIONS)

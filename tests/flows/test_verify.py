@@ -1,0 +1,51 @@
+"""`verify`: a registered version re-trained from what the registry records."""
+
+import mlflow
+
+from helpers.data import tiny_arrays, write_idx_folder
+from helpers.stores import all_runs
+from mnist_pipeline import cli, names
+
+
+def test_verify_finds_the_champion_equal_refuses_other_data_and_catches_a_difference(
+    tracking_store, tiny_mnist_dir, tmp_path, capsys
+):
+    common = ["--variants", "baseline", "--epochs", "1", "--batch-size", "64", "--data-dir", str(tiny_mnist_dir)]
+    assert cli.run(["main", *common]) == 0
+    client = mlflow.MlflowClient()
+    trained = client.get_model_version(names.MODEL_NAME, "1").tags["run_id"]
+    capsys.readouterr()
+
+    # the same machine and code: equal
+    assert cli.run(["verify", "--data-dir", str(tiny_mnist_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"verifying mnist-digits version 1: baseline, seed 42, run {trained}" in out
+    assert "code: the same" in out and "machine: the same host" in out
+    metrics = mlflow.get_run(trained).data.metrics
+    for name in ("val_accuracy", "test_accuracy"):
+        value = f"{metrics[name]:.4f}"
+        assert f"{name}: recorded {value}, re-trained {value} (+0.00 pp, must be equal): matches" in out
+    [again] = [r for r in all_runs(tracking_store) if r.data.tags.get(names.TAG_VERIFIES) == "mnist-digits/1"]
+    assert again.info.status == "FINISHED" and again.data.params["seed"] == "42"
+    assert client.get_model_version(names.MODEL_NAME, "1").tags[names.TAG_VERIFIED] == (
+        f"matches by run {again.info.run_id}"
+    )
+
+    # other data: one line, exit 2, no run
+    other = write_idx_folder(tmp_path / "other", tiny_arrays(n_train=300))
+    before = len(all_runs(tracking_store))
+    assert cli.run(["verify", "--data-dir", str(other)]) == cli.USAGE_ERROR
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("mnist-pipeline: error: data_dir: these images have digest ")
+    assert "mnist-digits version 1 was trained on" in line and line.endswith("verify needs the same data")
+    assert len(all_runs(tracking_store)) == before
+
+    # a record the re-training does not reproduce: exit 1
+    client.log_metric(trained, "test_accuracy", metrics["test_accuracy"] - 0.05)
+    assert cli.run(["verify", "--model-uri", "models:/mnist-digits/1", "--data-dir", str(tiny_mnist_dir)]) == 1
+    captured = capsys.readouterr()
+    assert "(+5.00 pp, must be equal): DIFFERS" in captured.out
+    assert captured.err.strip().splitlines()[-1] == (
+        "mnist-pipeline: mismatch: re-training mnist-digits version 1 does not reproduce it (see the lines above)"
+    )
+    assert client.get_model_version(names.MODEL_NAME, "1").tags[names.TAG_VERIFIED].startswith("DIFFERS by run ")
