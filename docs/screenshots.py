@@ -28,7 +28,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "img"
 CHROMIUM = "/usr/bin/chromium"
-VIEWPORT = {"width": 1280, "height": 720}
+VIEWPORT = {"width": 1440, "height": 800}
+CLIP = {"x": 200, "y": 0, "width": 1240, "height": 420}  # the page without MLflow's sidebar
 COLORS = 64  # palette size of the saved PNGs: text and charts stay sharp, files stay small
 
 
@@ -68,11 +69,31 @@ def ids(store: Path) -> tuple[str, list[str]]:
     return parent.info.experiment_id, list(json.loads(parent.data.tags["children"]).values())
 
 
-def shoot(page, url: str, wait_for: str, path: Path) -> None:
+def open_page(page, url: str, wait_for: str) -> None:
     page.goto(url)
     page.get_by_text(wait_for).first.wait_for(timeout=30_000)
+    close = page.get_by_role("button", name="Close")  # MLflow's assistant panel, open at first
+    if close.count():
+        close.first.click()
+
+
+def choose_axes(page, params: list[str], metrics: list[str]) -> None:
+    """The compare view's parallel-coordinates axes: these params and metrics, no others."""
+    page.get_by_role("button", name="Clear All").click()
+    boxes = page.get_by_role("combobox")  # the params select, then the metrics select
+    for box, names in ((boxes.nth(0), params), (boxes.nth(1), metrics)):
+        for name in names:
+            box.click()
+            box.fill(name)
+            page.keyboard.press("Enter")
+            page.wait_for_timeout(300)
+    page.keyboard.press("Escape")
+    page.get_by_text("Comparing 3 Runs").first.scroll_into_view_if_needed()
+
+
+def shoot(page, path: Path, clip: dict = CLIP) -> None:
     page.wait_for_timeout(2_000)  # charts draw after their data arrives
-    page.screenshot(path=str(path))
+    page.screenshot(path=str(path), clip=clip)
     Image.open(path).convert("RGB").quantize(COLORS).save(path, optimize=True)
     print(f"{path.relative_to(ROOT)}: {path.stat().st_size // 1024} KiB")
 
@@ -95,16 +116,16 @@ def main() -> None:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
                 page = browser.new_page(viewport=VIEWPORT)
-                page.goto(f"{base}/experiments/{experiment}/runs")
-                page.get_by_text("main").first.wait_for(timeout=30_000)
-                expand = page.get_by_role("button", name="Expand")  # show the variants under their main run
-                if expand.count():
-                    expand.first.click()
-                shoot(page, f"{base}/experiments/{experiment}/runs", "regularized", OUT / "runs.png")
-                runs = json.dumps(children)
-                compare = f"{base}/compare-runs?runs={runs}&experiments={json.dumps([experiment])}"
-                shoot(page, compare, "val_accuracy", OUT / "compare.png")
-                shoot(page, f"{base}/models/mnist-digits", "champion", OUT / "model.png")
+                open_page(page, f"{base}/experiments/{experiment}/runs", "main")
+                page.get_by_role("row").filter(has_text="main").get_by_role("button").first.click()  # its variants
+                page.get_by_text("regularized").first.wait_for(timeout=30_000)
+                shoot(page, OUT / "runs.png")
+                runs, experiments = json.dumps(children), json.dumps([experiment])
+                open_page(page, f"{base}/compare-runs?runs={runs}&experiments={experiments}", "val_accuracy")
+                choose_axes(page, params=["hidden_units", "dropout", "l2"], metrics=["val_accuracy", "test_accuracy"])
+                shoot(page, OUT / "compare.png", {**CLIP, "height": 620})
+                open_page(page, f"{base}/models/mnist-digits", "champion")
+                shoot(page, OUT / "model.png", {**CLIP, "height": 520})
                 browser.close()
         finally:
             ui.terminate()

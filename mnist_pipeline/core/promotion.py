@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.stats
 
-# Defaults, in percentage points. Measured in the five-seed table (docs/seeds.md): one seed
-# of the final variant against another differs in last-epoch val_accuracy by about 0.12
-# points (the standard deviation of a difference of two single runs), so a gain below that
-# is noise; a digit's validation recall (about 600 images a digit) moves by up to about 0.6
-# points between seeds.
-MIN_IMPROVEMENT = 0.15
-MAX_CLASS_DROP = 1.0
+# Defaults, in percentage points, from five seeds per variant (docs/seeds.md). Two seeds of
+# one configuration differ in last-epoch val_accuracy by up to 0.17 points (baseline; final
+# 0.10): a smaller gain is what a new seed alone gives. Their worst digit's val recall (about
+# 600 images a digit) differs by 1.4-1.5 points on average, up to 1.9-2.4: a larger fall
+# than MAX_CLASS_DROP is more than seed noise.
+MIN_IMPROVEMENT = 0.2
+MAX_CLASS_DROP = 2.0
 ALPHA = 0.05  # Welch's test, one-sided: the challenger's mean over seeds is higher
 
 
