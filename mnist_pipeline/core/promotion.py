@@ -100,7 +100,8 @@ def _worst_digit(challenger: Evidence, champion: Evidence, seeded: bool) -> tupl
 
 
 def _welch(a, b) -> float:
-    """One-sided p-value that ``a``'s mean is higher than ``b``'s (1.0 when both are constant)."""
+    """One-sided p-value that ``a``'s mean is higher than ``b``'s; when neither varies, 0 if it
+    is higher and 1 if not (the t statistic is undefined)."""
     if np.ptp(a) == 0 and np.ptp(b) == 0:
         return 0.0 if np.mean(a) > np.mean(b) else 1.0
     return float(scipy.stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)

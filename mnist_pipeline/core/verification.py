@@ -5,7 +5,7 @@ On the same machine (host) with the same code, a seed fixes every number: valida
 test accuracy must be equal. Elsewhere another CPU's kernels round differently, so each
 must fall within the variant's seed spread: TOLERANCE_SPREADS standard deviations of the
 accuracies of that configuration's seed runs in the store, or DEFAULT_TOLERANCE where the
-store holds fewer than two.
+store holds fewer than three.
 """
 
 from __future__ import annotations

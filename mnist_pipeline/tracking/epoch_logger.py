@@ -3,6 +3,7 @@ a tracking server that goes away for a while."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -73,8 +74,9 @@ class EpochLogger:
             with environment(ONE_SHOT), interrupts.deferred():  # a Ctrl-C must not cut a transaction
                 beat = [RunTag(k, v) for k, v in liveness.heartbeat().items()]
                 if self.parent_id and time.monotonic() >= self._parent_beat_at:
-                    client.log_batch(self.parent_id, tags=beat)
                     self._parent_beat_at = time.monotonic() + self.PARENT_BEAT_SECONDS
+                    with contextlib.suppress(Exception):  # the parent's liveness never holds up the epochs'
+                        client.log_batch(self.parent_id, tags=beat)
                 while self._pending:
                     client.log_batch(self.run_id, metrics=self._pending[: self.BATCH], tags=beat)
                     beat = []

@@ -54,7 +54,9 @@ def alive_here(pid: int, process_start: float) -> bool:
     """Whether the process ``pid`` that started at ``process_start`` still runs on this host."""
     try:
         return abs(psutil.Process(pid).create_time() - process_start) < _SAME_START
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+    except psutil.AccessDenied:  # it exists, and is someone else's
+        return True
+    except (psutil.NoSuchProcess, ValueError):
         return False
 
 
@@ -77,12 +79,15 @@ def end_dead_runs() -> list[str]:
     line each; returns their ids."""
     running = mlflow.search_runs(
         search_all_experiments=True,
-        filter_string=f"attributes.status = 'RUNNING' and tags.{names.TAG_HOST} LIKE '%'",
+        filter_string=f"attributes.status = 'RUNNING' and tags.{names.TAG_PROCESS_START} LIKE '%'",
         output_format="list",
     )
     client, host, now, ended = mlflow.MlflowClient(), socket.gethostname(), int(time.time() * 1000), []
     for run in running:
-        reason = why_dead(run, host, now)
+        try:
+            reason = why_dead(run, host, now)
+        except (KeyError, ValueError):  # not tagged as this pipeline tags its runs: not ours to judge
+            continue
         if reason is None:
             continue
         epochs = len(client.get_metric_history(run.info.run_id, "val_accuracy"))

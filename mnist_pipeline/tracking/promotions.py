@@ -4,11 +4,15 @@ deciding run's registry/decisions.csv. The rule itself is core/promotion.py."""
 
 from __future__ import annotations
 
+import sys
+
 import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
 from mnist_pipeline.core import promotion
+from mnist_pipeline.core.errors import UserError
 from mnist_pipeline.names import DECISIONS, VAL_RECALL
 from mnist_pipeline.tracking import readback
 
@@ -16,9 +20,23 @@ from mnist_pipeline.tracking import readback
 def evidence(client, version: ModelVersion) -> promotion.Evidence:
     """The last-epoch validation scores of the version's training run and of the other
     seeds of its configuration in the store."""
-    runs = readback.seed_runs(client.get_run(version.tags["run_id"]))
+    run_id = version.tags.get("run_id") or version.run_id
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        run = None
+    if run is None or "val_accuracy" not in run.data.metrics:
+        raise UserError(
+            f"{version.name} version {version.version}: its training run {run_id} has no val_accuracy "
+            "in this store, so the promotion gates cannot compare with it (move the champion alias by hand)"
+        )
+    runs = readback.seed_runs(run)
     recall_keys = [VAL_RECALL.format(digit=d) for d in range(10)]
-    with_recalls = [r for r in runs if all(k in r.data.metrics for k in recall_keys)]
+
+    def has_recalls(r) -> bool:
+        return all(k in r.data.metrics for k in recall_keys)
+
+    with_recalls = [r for r in runs if has_recalls(r)] if has_recalls(run) else []  # the version's own first
     return promotion.Evidence(
         version=str(version.version),
         accuracies=tuple(r.data.metrics["val_accuracy"] for r in runs),
@@ -49,6 +67,10 @@ def decision_row(registration, model_name: str) -> dict:
 
 
 def log_decision(registration, model_name: str, run_id: str) -> None:
-    """The decision as registry/decisions.csv (one row) on the run that took it."""
+    """The decision as registry/decisions.csv (one row) on the run that took it. Best effort:
+    the decision stands (the alias and the version's tag are written) if this fails."""
     table = pd.DataFrame([decision_row(registration, model_name)])
-    mlflow.MlflowClient().log_text(run_id, table.to_csv(index=False), DECISIONS)
+    try:
+        mlflow.MlflowClient().log_text(run_id, table.to_csv(index=False), DECISIONS)
+    except Exception as err:  # the store's errors come in many types
+        print(f"warning: {DECISIONS} could not be logged on run {run_id}: {type(err).__name__}", file=sys.stderr)

@@ -23,8 +23,17 @@ class ChildRun:
     reused: bool
 
 
-def get_run(run_id: str):
-    return mlflow.MlflowClient().get_run(run_id)
+def training_run_of(version):
+    """The training run a registered version came from; UserError if the store lacks it."""
+    from mlflow.exceptions import MlflowException
+
+    from mnist_pipeline.core.errors import UserError
+
+    run_id = version.tags.get("run_id") or version.run_id
+    try:
+        return mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise UserError(f"{version.name} version {version.version}: its run {run_id} is not in this store") from None
 
 
 def metrics_of(run_id: str) -> dict[str, float]:

@@ -15,6 +15,7 @@ registry/decisions.csv (``decision_row``).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import mlflow
@@ -42,7 +43,8 @@ from mnist_pipeline.names import (
 )
 from mnist_pipeline.tracking import logged_model, promotions, readback
 
-_ALIAS_ROUNDS = 5  # re-checks of the champion alias against concurrent registrations
+_ALIAS_ROUNDS = 6  # re-checks of the champion alias against concurrent registrations
+_CONFIRM_SECONDS = 0.5  # after taking the alias, look again this much later
 # A database's words for a unique key that another writer took first (PostgreSQL, SQLite, MySQL).
 _LOST_RACE = ("duplicate key value violates unique constraint", "UNIQUE constraint failed", "Duplicate entry")
 
@@ -113,7 +115,7 @@ def register_best(
     variant = run.data.tags.get(TAG_VARIANT)
     print(f"{model_name} version {version.version} ({variant}): {registration.reason}")
     if mlflow.active_run():
-        promotions.log_decision(registration, model_name, mlflow.active_run().info.run_id)
+        promotions.log_decision(registration, model_name, mlflow.active_run().info.run_id)  # best effort
         mlflow.set_tags(
             {
                 TAG_REGISTERED_MODEL: model_name,
@@ -196,8 +198,9 @@ def register_run(
             created = True
     champion, decision, versus = _settle_champion(client, model_name, version, gates)
     reason = decision.reason if decision else "already the champion"
-    if decision and decision.promote and not champion:
-        reason += f"; version {_champion(client, model_name).version} has since taken it"
+    holder = _champion(client, model_name)
+    if decision and decision.promote and not champion and holder is not None:
+        reason += f"; version {holder.version} has since taken it"
     client.set_model_version_tag(model_name, version.version, TAG_CHAMPION_DECISION, reason)
     return Registration(version, created, champion, reason, decision, versus, gates)
 
@@ -248,11 +251,15 @@ def _settle_champion(
     the version it chose, so that concurrent registrations end on one that beat the others.
     Returns (holds the alias, the decision against the first champion compared, that
     champion's version)."""
-    decision, versus, compared = None, None, set()
+    decision, versus, compared, confirmed = None, None, set(), False
     for _ in range(_ALIAS_ROUNDS):
         current = _champion(client, model_name)
         if current is not None and str(current.version) == str(version.version):
-            break
+            if confirmed:
+                break
+            confirmed = True  # look once more after a concurrent registrar had time to write
+            time.sleep(_CONFIRM_SECONDS)
+            continue
         holder = None if current is None else str(current.version)
         if holder in compared:  # lost to it already
             break
@@ -264,6 +271,7 @@ def _settle_champion(
         if not this.promote:
             break
         _set_alias(client, model_name, CHAMPION, version.version)
+        confirmed = False
     versions = client.search_model_versions(f"name = '{model_name}'")
     newest = max(versions, key=lambda v: int(v.version))
     if str(client.get_registered_model(model_name).aliases.get(CHALLENGER)) != str(newest.version):

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 
-from mnist_pipeline.core import plots
+from mnist_pipeline.core import interrupts, plots
 from mnist_pipeline.core.errors import UserError
 from mnist_pipeline.tracking import liveness
 
@@ -36,10 +36,12 @@ def ended_run(**start_run_kwargs):
         raise
     finally:
         if status == "FINISHED":
-            mlflow.end_run(status)
+            with interrupts.deferred():  # a Ctrl-C now is raised once the run is ended
+                mlflow.end_run(status)
         else:  # an error is on its way out: ending the run must not replace it
             try:
-                mlflow.end_run(status)
+                with interrupts.deferred():
+                    mlflow.end_run(status)
             except Exception as err:
                 print(f"warning: could not mark run {run.info.run_id} {status}: {err}", file=sys.stderr)
 
