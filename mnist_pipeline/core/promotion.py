@@ -73,7 +73,7 @@ def decide(challenger: Evidence, champion: Evidence | None, gates: Gates) -> Dec
         basis = f" (means of {challenger.seeds} and {champion.seeds} seeds, Welch p={p_value:.2g})"
     else:
         gain, p_value, basis = 100 * (challenger.accuracies[0] - champion.accuracies[0]), None, ""
-    versus = f"{gain:+.2f} pp over version {champion.version}{basis}"
+    versus = f"{gain:+.3f} pp over version {champion.version}{basis}"
     worst, drop = _worst_digit(challenger, champion, seeded)
     if gain < gates.min_improvement:
         gate, why = "min_improvement", f"needs {gates.min_improvement:+.2f}"

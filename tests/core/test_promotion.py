@@ -34,7 +34,7 @@ def test_single_runs_pass_every_gate_or_name_the_one_that_refused(challenger, pr
 
 def test_the_reason_names_the_gate_the_gain_and_the_digit():
     decision = decide(single("2", 0.9850, {3: 0.969}), single("1", 0.980), GATES)
-    assert decision.reason == "refused by max_class_drop: +0.50 pp over version 1; digit 3 recall -1.10 pp"
+    assert decision.reason == "refused by max_class_drop: +0.500 pp over version 1; digit 3 recall -1.10 pp"
     assert decision.worst_digit == 3 and decision.worst_drop == pytest.approx(1.1)
     assert decide(single("2", 0.5), single("1", 0.4), Gates(min_improvement=50)).gate == "min_improvement"
 

@@ -59,7 +59,7 @@ def test_gates_refuse_noise_and_a_digit_that_got_worse(tracking_store, capsys):
         [row] = _decisions(decider.info.run_id).to_dict("records")
         assert (row["version"], row["promoted"], row["gate"], row["champion_before"]) == (number, promoted, gate, 1)
     decision = mlflow.MlflowClient().get_model_version(names.MODEL_NAME, "3").tags[names.TAG_CHAMPION_DECISION]
-    assert decision == "refused by max_class_drop: +0.50 pp over version 1; digit 7 recall -2.00 pp"
+    assert decision == "refused by max_class_drop: +0.500 pp over version 1; digit 7 recall -2.00 pp"
     assert champion_and_challenger() == ("4", "4")
 
 
@@ -90,7 +90,7 @@ def test_an_impossible_min_improvement_never_moves_the_alias(tracking_store, cap
     assert cli.run(["register", "--run-id", main.info.run_id, "--min-improvement", "50"]) == 0
     assert champion_and_challenger() == ("1", "2")
     reason = mlflow.MlflowClient().get_model_version(names.MODEL_NAME, "2").tags[names.TAG_CHAMPION_DECISION]
-    assert reason == "refused by min_improvement: +49.00 pp over version 1; needs +50.00"
+    assert reason == "refused by min_improvement: +49.000 pp over version 1; needs +50.00"
     assert f"mnist-digits version 2 (final): {reason}" in capsys.readouterr().out.splitlines()
     [register] = [r for r in all_runs(tracking_store) if r.data.tags.get(names.TAG_ROLE) == names.ROLE_REGISTER]
     assert register.info.status == "FINISHED" and register.data.params["main_run_id"] == main.info.run_id
@@ -108,7 +108,7 @@ def test_champion_moves_only_when_val_accuracy_improves(tracking_store):
     assert champion_and_challenger() == ("2", "2")
 
     worse = registry.register_best([c])
-    assert not worse.champion and worse.reason.startswith("refused by min_improvement: -2.00 pp over version 2")
+    assert not worse.champion and worse.reason.startswith("refused by min_improvement: -2.000 pp over version 2")
     assert champion_and_challenger() == ("2", "3")
 
     tie = registry.register_best([d])  # equal val_accuracy does not beat
