@@ -44,7 +44,7 @@ from mnist_pipeline.names import (
 from mnist_pipeline.tracking import logged_model, promotions, readback
 
 _ALIAS_ROUNDS = 6  # re-checks of the champion alias against concurrent registrations
-_CONFIRM_SECONDS = 0.5  # after taking the alias, look again this much later
+_CONFIRM_SECONDS = 0.2  # after taking the alias, look again this much later
 # A database's words for a unique key that another writer took first (PostgreSQL, SQLite, MySQL).
 _LOST_RACE = ("duplicate key value violates unique constraint", "UNIQUE constraint failed", "Duplicate entry")
 
