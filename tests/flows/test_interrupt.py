@@ -58,31 +58,10 @@ def test_a_run_killed_hard_is_ended_killed_by_the_next_command(tracking_store, t
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_training_ends_the_run_killed_with_finished_epochs_kept(signum, tracking_store, tiny_mnist_dir):
-    command = [
-        sys.executable,
-        "-m",
-        "mnist_pipeline",
-        "train",
-        "--variant",
-        "final",
-        "--epochs",
-        "500",
-        "--batch-size",
-        "16",
-        "--data-dir",
-        str(tiny_mnist_dir),
-    ]
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = _train(tiny_mnist_dir, "final", 500, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     client = mlflow.MlflowClient()
-    deadline = time.monotonic() + 120
     try:
-        while True:  # wait for two finished epochs, then stop it in the middle of training
-            assert child.poll() is None, child.stderr.read()
-            assert time.monotonic() < deadline, "training never reached epoch 2"
-            runs = all_runs(tracking_store)
-            if runs and len(client.get_metric_history(runs[0].info.run_id, "val_accuracy")) >= 2:
-                break
-            time.sleep(0.3)
+        _wait_for_epochs(child, tracking_store, 2)  # then stop it in the middle of training
         child.send_signal(signum)
         _, stderr = child.communicate(timeout=60)
     finally:
