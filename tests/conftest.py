@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -25,12 +26,34 @@ def tiny_mnist(tiny_mnist_dir) -> data.Mnist:
     return data.load(tiny_mnist_dir)
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """A new MLflow SQLite store, its tables made: each test's store starts as a copy of it.
+    Making the tables (MLflow's migrations) takes 1-2 s here, a copy milliseconds."""
+    import mlflow
+
+    folder = tmp_path_factory.mktemp("empty-store")
+    with contextlib.chdir(folder):  # the Default experiment's artifacts: ./mlruns/0
+        mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    template = folder / "template.db"  # not named mlflow.db: no_run_left_running skips it
+    (folder / "mlflow.db").rename(template)
+    return template
+
+
 @pytest.fixture
-def tracking_store(tmp_path, monkeypatch) -> str:
+def tracking_store(tmp_path, monkeypatch, empty_store) -> str:
     """A private SQLite store; artifacts land in tmp_path/mlruns (cwd is tmp_path)."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(empty_store, db)
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        # the copy's Default experiment keeps its artifacts beside this store, as a new store would
+        connection.execute(
+            "UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
+            (str(empty_store.parent), str(tmp_path)),
+        )
+    uri = f"sqlite:///{db}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
@@ -121,21 +144,28 @@ def postgres():
 
 
 @pytest.fixture(scope="session")
-def tracking_server(postgres, tmp_path_factory):
-    """URI of an `mlflow server` on the session's PostgreSQL, proxying artifacts."""
+def mlflow_server(postgres, tmp_path_factory):
+    """An `mlflow server` on the session's PostgreSQL, proxying artifacts. A test may stop
+    it and start it again (same port, same store)."""
     import mlflow
 
     from helpers.servers import MlflowServer
 
     server = MlflowServer(postgres.url, tmp_path_factory.mktemp("mlflow-server"))
     try:
-        yield server.start().uri
+        yield server.start()
         client = mlflow.MlflowClient(server.uri)
         ids = [e.experiment_id for e in client.search_experiments()]
         runs = client.search_runs(ids, max_results=5000) if ids else []
         _check_no_run_running(server.uri, [(r.info.run_id, r.info.status) for r in runs])
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def tracking_server(mlflow_server) -> str:
+    """URI of the session's `mlflow server`."""
+    return mlflow_server.uri
 
 
 @pytest.fixture
