@@ -8,9 +8,8 @@ import urllib.parse
 import urllib.request
 
 import mlflow
-import pytest
 
-from helpers.stores import PROJECT_ROOT, REAL_MNIST
+from helpers.stores import PROJECT_ROOT
 from mnist_pipeline import names
 
 REGISTER_AT = """
@@ -60,9 +59,8 @@ def test_concurrent_registrations_lose_no_version_and_the_better_one_is_champion
     assert str(challenger.version) == str(max(int(v.version) for v in versions))
 
 
-@pytest.mark.slow
-def test_main_against_the_server_end_to_end(server_store, tmp_path):
-    """`mlflow run .` (1 epoch per variant, real MNIST): everything visible over REST, artifacts
+def test_main_against_the_server_end_to_end(server_store, tmp_path, tiny_mnist_dir):
+    """`mlflow run .` (1 epoch per variant, tiny data): everything visible over REST, artifacts
     through the server's proxy."""
     env = {
         k: v
@@ -82,7 +80,7 @@ def test_main_against_the_server_end_to_end(server_store, tmp_path):
             "-P",
             "epochs=1",
             "-P",
-            f"data_dir={REAL_MNIST}",
+            f"data_dir={tiny_mnist_dir}",
             "-P",
             f"model_name={name}",
         ],
@@ -122,14 +120,13 @@ def test_main_against_the_server_end_to_end(server_store, tmp_path):
     assert probabilities.shape == (2, 10)
 
 
-def test_training_outlives_a_server_that_stops_and_comes_back(postgres, tmp_path, tiny_mnist_dir):
+def test_training_outlives_a_server_that_stops_and_comes_back(mlflow_server, tmp_path, tiny_mnist_dir):
     """The server dies after epoch 2 and returns: training goes on, the kept epochs are sent
-    when it answers again, and the run ends FINISHED with every epoch."""
+    when it answers again, and the run ends FINISHED with every epoch. (The session's server:
+    it is up again for the tests after this one.)"""
     import time
 
-    from helpers.servers import MlflowServer
-
-    server = MlflowServer(postgres.url, tmp_path).start()
+    server = mlflow_server
     experiment = f"outage-{os.getpid()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_TRACKING_URI=server.uri, MLFLOW_EXPERIMENT_NAME=experiment, MNIST_PIPELINE_RETRY_SECONDS="2")
@@ -170,14 +167,15 @@ def test_training_outlives_a_server_that_stops_and_comes_back(postgres, tmp_path
         server.stop()
         time.sleep(4)  # training goes on without the server
         assert child.poll() is None, child.stderr.read()[-3000:]
-        server = MlflowServer(postgres.url, tmp_path, port=server.port).start()
+        server.start()  # the same port and store
         _, stderr = child.communicate(timeout=600)
         run = client.get_run(run_id)
         steps = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
     finally:
         if child.poll() is None:
             child.kill()
-        server.stop()
+        if server.process.poll() is not None:
+            server.start()
     assert child.returncode == 0, stderr[-3000:]
     assert "did not take the metrics" in stderr and "answers again" in stderr
     assert run.info.status == "FINISHED"
