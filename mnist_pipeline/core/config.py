@@ -69,6 +69,7 @@ class TrainConfig:
     validation_split: float = VALIDATION_SPLIT
     seed: int = SEED
     augment_shift: float = 0.0  # set by the variant only (not overridable)
+    cosine_decay: bool = False  # set by the variant only (not overridable)
     fused_rmsprop: bool = FUSED_RMSPROP  # speed; same optimizer, other float rounding
 
     def __post_init__(self):
@@ -115,6 +116,7 @@ _CHECKS = {
     "seed": ("must be an integer in [0, 2**32)", lambda v: _int(v) and 0 <= v < 2**32),
     "augment_shift": ("must be a number in [0, 0.5)", lambda v: _finite(v) and 0 <= v < 0.5),
     "fused_rmsprop": ("must be true or false", lambda v: isinstance(v, bool)),
+    "cosine_decay": ("must be true or false", lambda v: isinstance(v, bool)),
 }
 
 

@@ -9,8 +9,9 @@ from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES
 
 
-def build_model(cfg: TrainConfig) -> keras.Model:
-    """A compiled network taking raw (n, 28, 28) pixels 0-255, giving 10 probabilities."""
+def build_model(cfg: TrainConfig, steps_per_epoch: int | None = None) -> keras.Model:
+    """A compiled network taking raw (n, 28, 28) pixels 0-255, giving 10 probabilities.
+    ``steps_per_epoch``: gradient steps per epoch, which a decaying learning rate needs."""
     kernel_regularizer = keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
     image = []  # conv blocks and shifts work on (28, 28, 1) images; the dense nets need neither
     if cfg.conv_filters or cfg.augment_shift:
@@ -46,8 +47,18 @@ def build_model(cfg: TrainConfig) -> keras.Model:
     # compiled for its consumers (evaluate, the registry's Keras flavor) and for fit.Loop,
     # which trains with this optimizer's slots and the compiled loss
     model.compile(
-        optimizer=keras.optimizers.RMSprop(learning_rate=cfg.learning_rate),
+        optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate(cfg, steps_per_epoch)),
         loss="categorical_crossentropy",
         metrics=["accuracy"],
     )
     return model
+
+
+def learning_rate(cfg: TrainConfig, steps_per_epoch: int | None):
+    """RMSprop's rate: ``cfg.learning_rate`` throughout, or with ``cfg.cosine_decay`` falling
+    from it to 0 along a cosine over the run's steps (a Keras schedule, saved with the model)."""
+    if not cfg.cosine_decay:
+        return cfg.learning_rate
+    if not steps_per_epoch:
+        raise ValueError(f"{cfg.variant}: a decaying learning rate needs steps_per_epoch")
+    return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=cfg.epochs * steps_per_epoch)

@@ -26,7 +26,7 @@ _OVERRIDE_HELP = {
     "l2": "L2 factor on hidden kernels, >= 0 (0: none)",
     "epochs": "training epochs, >= 1",
     "batch_size": "images per step, >= 1",
-    "learning_rate": "RMSprop learning rate, > 0",
+    "learning_rate": "RMSprop learning rate, > 0 (convnet: the first step's, decaying to 0)",
     "validation_split": "fraction of training images held out, in (0, 1)",
     "seed": "random seed, integer >= 0",
     "fused_rmsprop": "true: RMSprop in TensorFlow's one fused kernel (faster, other float rounding); "

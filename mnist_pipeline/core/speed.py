@@ -11,6 +11,7 @@ times the tracked pipeline beside these.
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 
@@ -139,7 +140,7 @@ def keras_fit_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
     keras.utils.set_random_seed(cfg.seed)
     (x, y), (xv, yv) = split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
     ends = _EpochEnds()
-    build_model(cfg).fit(
+    build_model(cfg, steps_per_epoch=math.ceil(len(x) / cfg.batch_size)).fit(
         x.astype("float32"),
         one_hot(y),
         batch_size=cfg.batch_size,

@@ -6,6 +6,7 @@ for it, is epoch 1.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ def train(
     (x_fit, y_fit), (x_val, y_val) = split_validation(data.x_train, data.y_train, cfg.validation_split)
     phases = Phases()
     with phases("build"):
-        model = build_model(cfg)
+        model = build_model(cfg, steps_per_epoch=math.ceil(len(x_fit) / cfg.batch_size))
         loop = Loop(model, x_fit, y_fit, cfg.batch_size, cfg.seed, fused=cfg.fused_rmsprop)
         loop.trace()
     rows = []

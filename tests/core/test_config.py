@@ -31,6 +31,7 @@ def test_study_table():
     assert VARIANTS["regularized"].l2 > 0 and VARIANTS["final"].l2 == 0
     assert (VARIANTS["regularized"].epochs, VARIANTS["final"].epochs) == (10, 13)
     assert all(VARIANTS[name].conv_filters == () for name in ("baseline", "regularized", "final"))
+    assert not any(VARIANTS[name].cosine_decay for name in ("baseline", "regularized", "final"))  # a constant rate
 
 
 def test_main_trains_the_study_by_default_and_convnet_on_request():

@@ -19,7 +19,7 @@ N_FIT = 70  # two full batches and a last one of 6: the partial batch counts
 
 def _model(cfg):
     keras.utils.set_random_seed(cfg.seed)
-    return build_model(cfg)
+    return build_model(cfg, steps_per_epoch=math.ceil(N_FIT / BATCH))
 
 
 def _split(tiny_mnist, n=N_FIT, n_val=30):
@@ -33,13 +33,19 @@ def small_cfg():
     return resolve("regularized", parse_overrides({"hidden_units": "32,16", "dropout": "0", "batch_size": str(BATCH)}))
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["keras-ops", "fused-kernel"])
-def test_loop_trains_as_keras_fit_does(tiny_mnist, small_cfg, fused):
+@pytest.mark.parametrize(
+    ("fused", "cosine_decay"),
+    [(False, False), (True, False), (True, True)],
+    ids=["keras-ops", "fused-kernel", "fused-kernel-cosine-decay"],
+)
+def test_loop_trains_as_keras_fit_does(tiny_mnist, small_cfg, fused, cosine_decay):
     """From the same initial weights and batches (no shuffling), two epochs of the loop and
     of Keras' fit give the same weights, optimizer slots and epoch metrics within float32
-    rounding; the fused kernel rounds in another order, hence its looser tolerance."""
+    rounding; the fused kernel rounds in another order, hence its looser tolerance. A
+    decaying rate (the convnet's) is Keras' schedule in both, stepped by the same counter."""
     (x, y), (xv, yv) = _split(tiny_mnist)
-    keras_model, loop_model = _model(small_cfg), _model(small_cfg)
+    cfg = dataclasses.replace(small_cfg, epochs=2, cosine_decay=cosine_decay)
+    keras_model, loop_model = _model(cfg), _model(cfg)
     start = keras_model.get_weights()
     for a, b in zip(start, loop_model.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -61,6 +67,9 @@ def test_loop_trains_as_keras_fit_does(tiny_mnist, small_cfg, fused):
         np.testing.assert_allclose(np.asarray(ours_v), np.asarray(keras_v), **tolerance)
     for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose([row[name] for row in ours], fitted[name], rtol=1e-5, err_msg=name)
+    # after all of the run's steps a cosine-decayed rate has reached 0; a constant one stays
+    final_rate = 0.0 if cosine_decay else cfg.learning_rate
+    assert float(loop_model.optimizer.learning_rate) == pytest.approx(final_rate, rel=1e-6, abs=1e-12)
 
 
 def test_epoch_metrics_are_means_over_images(tiny_mnist, small_cfg):

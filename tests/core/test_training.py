@@ -1,3 +1,5 @@
+import contextlib
+
 import keras
 import numpy as np
 import pandas as pd
@@ -17,7 +19,7 @@ def _dense(model):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_models_read_like_the_study_table(name):
     variant = VARIANTS[name]
-    model = build_model(resolve(name))
+    model = build_model(resolve(name), steps_per_epoch=10)
     dense = _dense(model)
     assert [d.units for d in dense] == [*variant.hidden_units, 10]
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
@@ -28,13 +30,22 @@ def test_models_read_like_the_study_table(name):
     assert all((d.kernel_regularizer is not None) == (variant.l2 > 0) for d in dense[:-1])
     assert dense[-1].kernel_regularizer is None
     assert isinstance(model.optimizer, keras.optimizers.RMSprop)
+    # the study's constant rate; the convnet's decays to 0 over its epochs' steps
+    schedule = model.optimizer._learning_rate
+    if variant.cosine_decay:
+        assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+        assert schedule.decay_steps == variant.epochs * 10
+    else:
+        assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="needs steps_per_epoch") if variant.cosine_decay else contextlib.nullcontext():
+        build_model(resolve(name))
 
 
 def test_the_most_conv_blocks_config_allows_still_fit_a_28x28_image():
     from mnist_pipeline.core.config import MAX_CONV_BLOCKS
 
     filters = ",".join(["4"] * MAX_CONV_BLOCKS)
-    model = build_model(resolve("convnet", parse_overrides({"conv_filters": filters})))
+    model = build_model(resolve("convnet", parse_overrides({"conv_filters": filters})), steps_per_epoch=1)
     assert model.predict(np.zeros((1, 28, 28), np.float32)).shape == (1, 10)
 
 
