@@ -142,12 +142,13 @@ def run(params: BenchParams) -> dict:
 
 def system_metrics_cost(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUNDS) -> dict:
     """The tracked pipeline's epoch with MLflow's system metrics off and on, in turns for
-    ``rounds`` rounds: median s/epoch of each, and what the metrics cost as a share of it."""
+    ``rounds`` rounds (off-on, then on-off: a drift of the host falls on both alike): median
+    s/epoch of each, and what the metrics cost as a share of it."""
     epochs = {"false": [], "true": []}
-    for _ in range(rounds):
-        for flag, timed in epochs.items():
+    for round_ in range(rounds):
+        for flag in ("false", "true") if round_ % 2 == 0 else ("true", "false"):
             with store.environment({"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": flag}):
-                timed += pipeline(cfg, mnist)["epochs"]
+                epochs[flag] += pipeline(cfg, mnist)["epochs"]
     off, on = (float(np.median(epochs[flag])) for flag in ("false", "true"))
     return {"variant": cfg.variant, "off_s": off, "on_s": on, "cost": on / off - 1}
 
