@@ -32,11 +32,8 @@ def empty_store(tmp_path_factory) -> Path:
     Making the tables (MLflow's migrations) takes 1-2 s here, a copy milliseconds."""
     import mlflow
 
-    folder = tmp_path_factory.mktemp("empty-store")
-    with contextlib.chdir(folder):  # the Default experiment's artifacts: ./mlruns/0
-        mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
-    template = folder / "template.db"  # not named mlflow.db: no_run_left_running skips it
-    (folder / "mlflow.db").rename(template)
+    template = tmp_path_factory.mktemp("empty-store") / "template.db"  # not mlflow.db: no_run_left_running skips it
+    mlflow.MlflowClient(f"sqlite:///{template}").search_experiments()
     return template
 
 
@@ -48,11 +45,11 @@ def tracking_store(tmp_path, monkeypatch, empty_store) -> str:
     db = tmp_path / "mlflow.db"
     shutil.copyfile(empty_store, db)
     with contextlib.closing(sqlite3.connect(db)) as connection, connection:
-        # the copy's Default experiment keeps its artifacts beside this store, as a new store would
-        connection.execute(
-            "UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
-            (str(empty_store.parent), str(tmp_path)),
-        )
+        # the copy's Default experiment keeps its artifacts in ./mlruns/0, as a new store's would
+        changed = connection.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(tmp_path / "mlruns" / "0"),)
+        ).rowcount
+    assert changed == 1, f"{empty_store}: no Default experiment to point at {tmp_path}"
     uri = f"sqlite:///{db}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

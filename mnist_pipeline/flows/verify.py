@@ -10,6 +10,7 @@ the same machine with the same code, and within the variant's seed spread otherw
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
 from mnist_pipeline import names
@@ -61,9 +62,15 @@ def run(params: VerifyParams) -> verification.Verdict:
 
 
 def _config_of(params: dict[str, str]) -> config.TrainConfig:
-    """The TrainConfig a training run logged (its params)."""
+    """The TrainConfig a training run logged (its params). The fields only a variant sets are
+    taken as logged too: a run from before one existed trained with its default (no shift,
+    a constant rate), whatever the variant says now."""
     overrides = config.parse_overrides({name: params.get(name, "") for name in config.OVERRIDABLE})
-    return config.resolve(params["variant"], overrides)
+    return dataclasses.replace(
+        config.resolve(params["variant"], overrides),
+        augment_shift=float(params.get("augment_shift", "0")),
+        cosine_decay=config.to_bool(params.get("cosine_decay", "false")),
+    )
 
 
 def _spread(trained) -> float | None:

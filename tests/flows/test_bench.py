@@ -36,7 +36,7 @@ def test_variant_rows_compute_their_ratios_from_their_own_timings(report):
 def test_knobs_and_scaling_tables(report):
     assert [k["knob"] for k in report["knobs"]] == ["fused_rmsprop=false", "fused_rmsprop=true"]
     assert all(k["loop_s"] > 0 for k in report["knobs"])
-    monitor = report["system_metrics"]  # the tracked pipeline with MLflow's system metrics off, then on
+    monitor = report["system_metrics"]  # the tracked pipeline with MLflow's system metrics off and on, in turns
     assert monitor["off_s"] > 0 and monitor["on_s"] > 0
     assert monitor["cost"] == pytest.approx(monitor["on_s"] / monitor["off_s"] - 1)
     grid = [(r["width"], r["batch_size"]) for r in report["scaling"]]

@@ -1,5 +1,7 @@
 """`verify`: a registered version re-trained from what the registry records."""
 
+import dataclasses
+
 import mlflow
 
 from helpers.data import tiny_arrays, write_idx_folder
@@ -49,3 +51,15 @@ def test_verify_finds_the_champion_equal_refuses_other_data_and_catches_a_differ
         "mnist-pipeline: mismatch: re-training mnist-digits version 1 does not reproduce it (see the lines above)"
     )
     assert client.get_model_version(names.MODEL_NAME, "1").tags[names.TAG_VERIFIED].startswith("DIFFERS by run ")
+
+
+def test_a_run_is_trained_again_as_it_was_logged():
+    """Its params decide, the variant's fields included: a convnet logged before its rate
+    decayed (no cosine_decay param) is trained again at a constant rate."""
+    from mnist_pipeline.core.config import resolve
+    from mnist_pipeline.flows.verify import _config_of
+
+    logged = {name: str(value) for name, value in resolve("convnet").as_params().items()}
+    assert _config_of(logged) == resolve("convnet")
+    del logged["cosine_decay"]
+    assert _config_of(logged) == dataclasses.replace(resolve("convnet"), cosine_decay=False)

@@ -120,9 +120,10 @@ class MlflowServer:
             "1",
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        self.process = subprocess.Popen(
-            command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True
-        )
+        with log.open("a") as out:  # a restart adds to the log; the child keeps its own handle
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True
+            )
         wait_for(lambda: answers(f"{self.uri}/health"), "mlflow server", self.process, log)
         return self
 
