@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 from mnist_pipeline import names
 from mnist_pipeline.core import config, console
@@ -181,4 +182,15 @@ def _log_inputs(cfg: TrainConfig, data: Mnist) -> None:
             dataset = mlflow.data.from_numpy(
                 x, targets=y, source=data.source, name=names.DATASETS[context], digest=array_digest(x, y)
             )
+        _log_input(dataset, context)
+
+
+def _log_input(dataset, context: str) -> None:
+    """mlflow.log_input, tried twice. Two processes logging one dataset (same experiment, name
+    and digest) at the same moment both find it missing and both insert it: the store refuses
+    the later insert by its key (`dataset_pk`; seen with two sweep workers on one server), and
+    the second try finds the dataset and links it. An error that persists raises from it."""
+    try:
+        mlflow.log_input(dataset, context=context)
+    except MlflowException:
         mlflow.log_input(dataset, context=context)

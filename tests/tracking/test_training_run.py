@@ -32,6 +32,27 @@ def test_system_metrics_are_off_when_mlflow_s_variable_says_so(tracking_store, t
     assert not [name for name in mlflow.get_run(run_id).data.metrics if name.startswith("system/")]
 
 
+def test_a_dataset_another_process_inserted_first_is_linked_on_the_second_try(tracking_store, tiny_mnist, monkeypatch):
+    """Two sweep workers logging the same dataset at once: the store refuses the later insert
+    (its unique key). The training goes on, and its run has all three datasets."""
+    from mlflow.exceptions import MlflowException
+
+    log_input, refused = mlflow.log_input, []
+
+    def refuse_once(dataset, context=None, **kwargs):
+        if not refused:
+            refused.append(context)
+            raise MlflowException('duplicate key value violates unique constraint "dataset_pk"')
+        return log_input(dataset, context=context, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", refuse_once)
+    run_id = training_run.track_training(tiny("baseline", epochs=1), tiny_mnist)
+    run = mlflow.get_run(run_id)
+    assert refused == ["training"] and run.info.status == "FINISHED"
+    contexts = {tag.value for dataset in run.inputs.dataset_inputs for tag in dataset.tags}
+    assert contexts == {"training", "validation", "test"}
+
+
 def test_mlflow_keras_input_example_bug_still_needs_the_workaround(tracking_store):
     """Fails when MLflow fixes the bug on a version we pin: then drop _save_keras_model."""
     import keras
