@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from mnist_pipeline.core.data import load_for
 from mnist_pipeline.core.params import TrainParams
-from mnist_pipeline.tracking import liveness, runs, store
+from mnist_pipeline.tracking import liveness, store
 
 
 def run(params: TrainParams) -> str:
@@ -20,9 +20,6 @@ def run(params: TrainParams) -> str:
     data = load_for(params.data_dir, [cfg.validation_split])
     store.check_tracking_store()
     liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
-    from mnist_pipeline.tracking.training_run import track_training  # TensorFlow: after the fast checks
+    from mnist_pipeline.tracking.training_run import track_alone  # TensorFlow: after the fast checks
 
-    if runs.launched_by_mlflow_run():
-        with runs.ended_run():
-            return track_training(cfg, data, nested=True)
-    return track_training(cfg, data)
+    return track_alone(cfg, data)

@@ -30,13 +30,15 @@ def code_version(package: Path = PACKAGE) -> str:
 
 
 def run_key(cfg: TrainConfig, data_digest: str) -> str:
-    identity = {"config": cfg.as_params(), "code": code_version(), "data": data_digest}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return _key(cfg.as_params(), data_digest)
 
 
 def config_key(cfg: TrainConfig, data_digest: str) -> str:
     """The run key without the seed: the seed runs of one configuration (``reproduce``) share it."""
-    params = {k: v for k, v in cfg.as_params().items() if k != "seed"}
+    return _key({k: v for k, v in cfg.as_params().items() if k != "seed"}, data_digest)
+
+
+def _key(params: dict, data_digest: str) -> str:
     identity = {"config": params, "code": code_version(), "data": data_digest}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 

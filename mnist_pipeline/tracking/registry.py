@@ -41,12 +41,10 @@ from mnist_pipeline.names import (
     TAG_STOPPED,
     TAG_VARIANT,
 )
-from mnist_pipeline.tracking import logged_model, promotions, readback
+from mnist_pipeline.tracking import logged_model, promotions, readback, store
 
 _ALIAS_ROUNDS = 6  # re-checks of the champion alias against concurrent registrations
 _CONFIRM_SECONDS = 0.2  # after taking the alias, look again this much later
-# A database's words for a unique key that another writer took first (PostgreSQL, SQLite, MySQL).
-_LOST_RACE = ("duplicate key value violates unique constraint", "UNIQUE constraint failed", "Duplicate entry")
 
 
 class RegistryError(UserError, LookupError):
@@ -196,9 +194,9 @@ def register_run(
             _attach_card(client, run, version, chosen_from)
             _set_alias(client, model_name, CHALLENGER, version.version)
             created = True
-    champion, decision, versus = _settle_champion(client, model_name, version, gates)
+    holder, decision, versus = _settle_champion(client, model_name, version, gates)
+    champion = holder is not None and str(holder.version) == str(version.version)
     reason = decision.reason if decision else "already the champion"
-    holder = _champion(client, model_name)
     if decision and decision.promote and not champion and holder is not None:
         reason += f"; version {holder.version} has since taken it"
     client.set_model_version_tag(model_name, version.version, TAG_CHAMPION_DECISION, reason)
@@ -239,19 +237,19 @@ def _set_alias(client, model_name: str, alias: str, version) -> None:
     try:
         client.set_registered_model_alias(model_name, alias, version)
     except MlflowException as err:
-        if not any(text in str(err) for text in _LOST_RACE):
+        if not store.lost_race(err):
             raise
 
 
 def _settle_champion(
     client, model_name: str, version: ModelVersion, gates: promotion.Gates
-) -> tuple[bool, promotion.Decision | None, str | None]:
+) -> tuple[ModelVersion | None, promotion.Decision | None, str | None]:
     """Move the champion alias to ``version`` if it passes the gates against the champion.
     Re-read after writing: if another process moved the alias meanwhile, compare again with
     the version it chose, so that concurrent registrations end on one that beat the others.
-    Returns (holds the alias, the decision against the first champion compared, that
+    Returns (the champion now, the decision against the first champion compared, that
     champion's version)."""
-    decision, versus, compared, confirmed = None, None, set(), False
+    decision, versus, compared, confirmed, challenger = None, None, set(), False, None
     for _ in range(_ALIAS_ROUNDS):
         current = _champion(client, model_name)
         if current is not None and str(current.version) == str(version.version):
@@ -264,8 +262,8 @@ def _settle_champion(
         if holder in compared:  # lost to it already
             break
         compared.add(holder)
-        evidence = promotions.evidence(client, version)
-        this = promotion.decide(evidence, promotions.evidence(client, current) if current else None, gates)
+        challenger = challenger or promotions.evidence(client, version)  # the same in every round
+        this = promotion.decide(challenger, promotions.evidence(client, current) if current else None, gates)
         if decision is None:
             decision, versus = this, holder
         if not this.promote:
@@ -276,5 +274,4 @@ def _settle_champion(
     newest = max(versions, key=lambda v: int(v.version))
     if str(client.get_registered_model(model_name).aliases.get(CHALLENGER)) != str(newest.version):
         _set_alias(client, model_name, CHALLENGER, newest.version)  # a concurrent registrar wrote last
-    holder = _champion(client, model_name)
-    return holder is not None and str(holder.version) == str(version.version), decision, versus
+    return _champion(client, model_name), decision, versus

@@ -29,6 +29,15 @@ CHECK_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_T
 ONE_SHOT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 
+# A database's words for a unique key that another writer took first (PostgreSQL, SQLite, MySQL).
+_LOST_RACE = ("duplicate key value violates unique constraint", "UNIQUE constraint failed", "Duplicate entry")
+
+
+def lost_race(err: Exception) -> bool:
+    """Whether the store refused a write because another writer had just taken its unique key."""
+    return any(text in str(err) for text in _LOST_RACE)
+
+
 class TrackingStoreError(UserError, ConnectionError):
     """The tracking server cannot be reached; the message names its URI."""
 

@@ -19,12 +19,13 @@ from mnist_pipeline.core.data import Mnist, array_digest, split_validation
 from mnist_pipeline.core.phases import Phases
 from mnist_pipeline.core.training import TrainResult, train
 from mnist_pipeline.core.variants import VARIANTS
+from mnist_pipeline.tracking import store
 from mnist_pipeline.tracking.epoch_logger import EpochLogger
 from mnist_pipeline.tracking.identity import code_version, config_key, find_reusable_run, run_key
 from mnist_pipeline.tracking.logged_model import log_keras_model
 from mnist_pipeline.tracking.readback import ChildRun
 from mnist_pipeline.tracking.reports import log_history, log_test_report, log_validation_report
-from mnist_pipeline.tracking.runs import ended_run, system_metrics
+from mnist_pipeline.tracking.runs import ended_run, launched_by_mlflow_run, system_metrics
 
 
 class TrainingStopped(Exception):
@@ -97,6 +98,15 @@ def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool) -> list
         run_id = reused or track_training(cfg, data, nested=True)
         children.append(ChildRun(cfg.variant, run_id, reused is not None))
     return children
+
+
+def track_alone(cfg: TrainConfig, data: Mnist, tags: dict[str, str] | None = None) -> str:
+    """One training as an entry point's whole work: under `mlflow run`, nested in the run it
+    made for the entry point; otherwise a run of its own. Returns the training run's id."""
+    if launched_by_mlflow_run():
+        with ended_run():
+            return track_training(cfg, data, nested=True, tags=tags)
+    return track_training(cfg, data, tags=tags)
 
 
 def _tags(cfg: TrainConfig, data: Mnist, extra: dict[str, str] | None) -> dict[str, str]:
@@ -186,11 +196,13 @@ def _log_inputs(cfg: TrainConfig, data: Mnist) -> None:
 
 
 def _log_input(dataset, context: str) -> None:
-    """mlflow.log_input, tried twice. Two processes logging one dataset (same experiment, name
-    and digest) at the same moment both find it missing and both insert it: the store refuses
-    the later insert by its key (`dataset_pk`; seen with two sweep workers on one server), and
-    the second try finds the dataset and links it. An error that persists raises from it."""
+    """mlflow.log_input, once more if it lost a race. Two processes logging one dataset (same
+    experiment, name and digest) at the same moment both find it missing and both insert it:
+    the store refuses the later insert by its key (`dataset_pk`; seen with two sweep workers on
+    one server), and the second try finds the dataset and links it."""
     try:
         mlflow.log_input(dataset, context=context)
-    except MlflowException:
+    except MlflowException as err:
+        if not store.lost_race(err):
+            raise
         mlflow.log_input(dataset, context=context)
