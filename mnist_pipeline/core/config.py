@@ -30,6 +30,7 @@ MAX_CONV_BLOCKS = 3
 
 SEEDS = 5  # `reproduce`: runs per variant, seeds seed, seed + 1, ..., seed + SEEDS - 1
 BENCH_EPOCHS = 4  # `bench`: per timed training, 1 warm-up epoch + 3 timed
+REFRESH_SECONDS = 30  # `serve`: seconds between reads of the alias it follows
 MAX_REQUEST_MB = 16  # `serve`: largest request body read, in MiB; about 3,000 images as JSON
 
 OPTIMIZER = "rmsprop"

@@ -70,3 +70,19 @@ def picture_to_mnist(path: Path) -> np.ndarray:
     middle = (FRAME - 1) / 2
     frame = ndimage.shift(frame, (middle - centre_row, middle - centre_col), order=1)
     return np.clip(frame, 0, 255).round().astype(np.uint8)
+
+
+PIXEL_MAX = 255  # raw MNIST pixels: 0 (black) to 255 (white ink)
+
+
+def pixel_problem(pixels: np.ndarray) -> str | None:
+    """Why ``pixels`` (numbers, any shape) are not raw MNIST pixels, or None if they are."""
+    if pixels.size == 0:
+        return "no images given"
+    finite = np.isfinite(pixels)
+    if not finite.all():
+        return f"pixels must be finite numbers in 0-{PIXEL_MAX}: got {pixels[~finite].flat[0]}"
+    low, high = pixels.min(), pixels.max()
+    if low < 0 or high > PIXEL_MAX:
+        return f"pixels must be in 0-{PIXEL_MAX}: got {low if low < 0 else high}"
+    return None

@@ -1,10 +1,7 @@
-"""One parameter dataclass per command: its defaults, help text and validation.
-
-Fields are declared with param_fields.param (help, parse, ok, allowed in the metadata).
-``from_strings`` reads the strings MLproject passes; construction checks typed values, so
-code past a params object trusts it. cli.py builds its parser from these classes, and a
-test checks MLproject's defaults against them. A command's data is checked by its flow.
-"""
+"""One parameter dataclass per command: its defaults, help text and validation (fields declared
+with param_fields.param). ``from_strings`` reads the strings MLproject passes; construction
+checks typed values, so code past a params object trusts it. cli.py builds its parser from
+these classes, and a test checks MLproject's defaults against them. A flow checks its data."""
 
 from __future__ import annotations
 
@@ -29,8 +26,7 @@ _OVERRIDE_HELP = {
     "learning_rate": "RMSprop learning rate, > 0 (convnet: the first step's, decaying to 0)",
     "validation_split": "fraction of training images held out, in (0, 1)",
     "seed": "random seed, integer >= 0",
-    "fused_rmsprop": "true: RMSprop in TensorFlow's one fused kernel (faster, other float rounding); "
-    "false: Keras' own ops",
+    "fused_rmsprop": "true: RMSprop in TensorFlow's one fused kernel (faster, other rounding); false: Keras' ops",
 }
 
 
@@ -70,6 +66,11 @@ def _min_improvement():
 
 def _max_class_drop():
     return _points(promotion.MAX_CLASS_DROP, "most points any digit's val recall may fall against the champion")
+
+
+def _seconds(default, help: str, when_zero: str, parse=None):
+    ok, allowed = (lambda v: math.isfinite(v) and v >= 0), f"must be a number of seconds >= 0 ({when_zero})"
+    return param(default, f"{help} ({when_zero})", parse or stripped(float), allowed, ok)
 
 
 class _Gated:
@@ -204,6 +205,9 @@ class ServeParams(Params):
         "must be an integer in 1-65535",
         lambda v: 1 <= v <= 65535,
     )
+    refresh_seconds: float = _seconds(
+        config.REFRESH_SECONDS, "seconds between reads of the URI's alias", "0: load once"
+    )
     max_request_mb: float = param(
         config.MAX_REQUEST_MB,
         "largest request body in MiB, > 0 (larger: HTTP 413)",
@@ -224,12 +228,8 @@ class SweepParams(_Gated, Params):
         "must be an integer >= 1",
         lambda v: v >= 1,
     )
-    timeout: float | None = param(
-        None,
-        "seconds after which this worker starts no new trial ('' or 0: no limit)",
-        optional(float),
-        "must be a number of seconds >= 0 ('' or 0: no limit)",
-        lambda v: math.isfinite(v) and v >= 0,
+    timeout: float | None = _seconds(
+        None, "seconds after which this worker starts no new trial", "'' or 0: no limit", optional(float)
     )
     storage: str = param(
         config.OPTUNA_STORAGE,

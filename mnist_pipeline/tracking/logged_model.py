@@ -9,7 +9,6 @@ their input first.
 from __future__ import annotations
 
 import importlib.metadata
-import io
 import os
 import shutil
 import types
@@ -126,39 +125,3 @@ def load_pyfunc(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
 def predict_probabilities(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray) -> np.ndarray:
     """Class probabilities (n, 10) for raw uint8/float pixels (n, 28, 28)."""
     return np.asarray(model.predict(images.astype("float32")))
-
-
-def scoring_app(model: mlflow.pyfunc.PyFuncModel):
-    """MLflow's scoring server app for ``model`` (FastAPI): /invocations, /ping, /health and
-    /version, as `mlflow models serve` runs it."""
-    from mlflow.pyfunc import scoring_server
-
-    return scoring_server.init(model)
-
-
-def json_predictor(model: mlflow.pyfunc.PyFuncModel):
-    """``predict(body)``: the scoring server's JSON answer to a request body that is
-    ``{"inputs": <numbers>}`` of the model's input shape, with one JSON decode (orjson: 3x
-    the standard library's speed on 100 images here) and one array (MLflow's server decodes
-    the body twice with the standard library and deep-copies it); None for any other body,
-    which MLflow's server then answers, errors included."""
-    import orjson
-    from mlflow.pyfunc.scoring_server import predictions_to_json
-
-    shape = tuple(model.metadata.get_input_schema().inputs[0].shape[1:])
-
-    def predict(body: bytes) -> str | None:
-        try:
-            payload = orjson.loads(body)
-            if not isinstance(payload, dict) or list(payload) != ["inputs"]:
-                return None
-            inputs = np.asarray(payload["inputs"])
-        except (ValueError, TypeError):  # not JSON, not UTF-8, ragged lists
-            return None
-        if inputs.dtype.kind not in "iuf" or inputs.ndim != len(shape) + 1 or inputs.shape[1:] != shape:
-            return None
-        answer = io.StringIO()
-        predictions_to_json(model.predict(inputs.astype(np.float32)), answer)
-        return answer.getvalue()
-
-    return predict

@@ -1,0 +1,180 @@
+"""Serving that follows a registered model's alias (``models:/NAME@ALIAS``).
+
+Every ``refresh_seconds`` a background thread reads the alias. When it points at another
+version, that version is loaded beside the serving one, warmed and checked (tracking/served.py),
+then swapped in by one assignment of ``current``: a request reads ``current`` once and
+finishes on the model it started with. A version that fails to load or fails its check is
+refused and not tried again until the alias moves. At most two models are held: before the
+next load the follower waits until the model it swapped out is released by its last request.
+
+One log line per event (loaded, refused, store gone, store back, alias deleted, alias back),
+never one per poll.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import logging
+import threading
+import time
+import weakref
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from mnist_pipeline.core.errors import first_line
+from mnist_pipeline.tracking import served
+
+LOG = logging.getLogger("mnist_pipeline.serve")
+RELEASE_SECONDS = 120  # longest wait for the swapped-out model's last request (MLflow's request timeout: 60 s)
+_GONE = (400, 404)  # the store's answer for an alias or model that does not exist
+
+
+class Follower:
+    """Holds the version that serves (``current``) and, if ``refresh_seconds`` > 0 and the
+    target has an alias, moves it to wherever the alias points, from a thread of its own."""
+
+    def __init__(self, target: served.Target, first: served.Served, refresh_seconds: float, client=None):
+        self.target, self.current, self.refresh_seconds = target, first, refresh_seconds
+        self.client = client or mlflow.MlflowClient()
+        self.refused: dict | None = None  # the version the alias points at and why it does not serve
+        self.alias_version: str | None = first.version
+        self._store_problem: str | None = None  # why the store cannot be read, while it cannot
+        self._retired = None  # weakref to the model last swapped out, until it is released
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def following(self) -> bool:
+        return self.target.alias is not None and self.refresh_seconds > 0
+
+    def start(self) -> None:
+        if self.following:
+            self._thread = threading.Thread(target=self._run, name="alias-follower", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=RELEASE_SECONDS)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.refresh_seconds):
+            try:
+                self.poll()
+            except Exception:  # the thread must outlive any surprise; the server keeps serving
+                LOG.exception("following %s failed this round; still serving %s", self._alias(), self._serving())
+
+    def poll(self) -> None:
+        """One round: read the alias, and load, check and swap in the version it names."""
+        version = self._read_alias()
+        if version is None or version == self.alias_version:
+            return
+        self.alias_version = version
+        if version == self.current.version:
+            LOG.info("%s is back at %s, which serves", self._alias(), self._serving())
+            self.refused = None
+            return
+        self._swap_to(version)
+
+    def _read_alias(self) -> str | None:
+        """The version the alias names; None if it cannot be read now or was deleted (each
+        logged once, when it happens)."""
+        try:
+            version = str(self.client.get_model_version_by_alias(self.target.name, self.target.alias).version)
+        except MlflowException as err:
+            if err.get_http_status_code() in _GONE:
+                if self.alias_version is not None:
+                    LOG.warning(
+                        "%s was deleted (%s); still serving %s", self._alias(), first_line(err), self._serving()
+                    )
+                self.alias_version = None
+                self._store_back()
+                return None
+            return self._store_gone(err)
+        except Exception as err:  # the store's connection, driver or database
+            return self._store_gone(err)
+        self._store_back()
+        return version
+
+    def _store_gone(self, err: Exception) -> None:
+        if self._store_problem is None:
+            self._store_problem = first_line(err)[:300] or type(err).__name__
+            LOG.warning("tracking store cannot be read (%s); still serving %s", self._store_problem, self._serving())
+        return None
+
+    def _store_back(self) -> None:
+        if self._store_problem is not None:
+            self._store_problem = None
+            LOG.info("tracking store can be read again; serving %s", self._serving())
+
+    def _swap_to(self, version: str) -> None:
+        self._wait_released()
+        LOG.info("%s moved to version %s: loading it while %s serves", self._alias(), version, self._serving())
+        start = time.monotonic()
+        try:
+            candidate = served.load(self.current.uri, self.target, version, self.current)
+        except served.Refused as err:
+            return self._refuse(version, str(err))
+        except Exception as err:  # the artifacts could not be had: a bad version, or the store went
+            if self._read_alias() != version:  # the store went, or the alias moved: decide next round
+                if self._store_problem:
+                    self.alias_version = self.current.version  # so that the next round loads it again
+                return None
+            return self._refuse(version, f"cannot be downloaded: {first_line(err) or type(err).__name__}")
+        previous, self.current, self.refused = self.current, candidate, None
+        LOG.info(
+            "serving %s (was version %s), loaded and checked in %.1f s",
+            self._serving(),
+            previous.version,
+            time.monotonic() - start,
+        )
+        self._retired = weakref.ref(previous)
+        del previous
+        self._wait_released()
+
+    def _refuse(self, version: str, reason: str) -> None:
+        self.refused = {"version": version, "reason": reason, "at": _now()}
+        LOG.warning(
+            "refused version %s of %s: %s; still serving %s", version, self.target.name, reason, self._serving()
+        )
+
+    def _wait_released(self) -> None:
+        """Until the model last swapped out is freed (its last request done), so that at most
+        two are ever held; a model still held after RELEASE_SECONDS is reported and passed."""
+        deadline = time.monotonic() + RELEASE_SECONDS
+        while self._retired is not None and self._retired() is not None:
+            gc.collect()  # a Keras model and its compiled function refer to each other
+            if time.monotonic() > deadline:
+                LOG.warning("the model swapped out is still held after %d s", RELEASE_SECONDS)
+                break
+            self._stop.wait(0.05)
+        self._retired = None
+
+    def state(self) -> dict:
+        """What GET /model answers."""
+        current = self.current
+        return {
+            "name": current.name,
+            "alias": self.target.alias,
+            "version": current.version,
+            "run_id": current.run_id,
+            "loaded_at": current.loaded_at,
+            "refused": self.refused,
+            "uri": current.uri,
+            "following": self.following,
+            "refresh_seconds": self.refresh_seconds,
+            "alias_version": self.alias_version if self.following else current.version,
+            "store_problem": self._store_problem,
+        }
+
+    def _alias(self) -> str:
+        return f"alias {self.target.alias} of {self.target.name}"
+
+    def _serving(self) -> str:
+        return self.current.describe()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
