@@ -37,29 +37,41 @@ def empty_store(tmp_path_factory) -> Path:
     return template
 
 
-@pytest.fixture
-def tracking_store(tmp_path, monkeypatch, empty_store) -> str:
-    """A private SQLite store; artifacts land in tmp_path/mlruns (cwd is tmp_path)."""
+def _private_store(folder: Path, template: Path, monkeypatch) -> str:
+    """A copy of ``template`` in ``folder`` as the store of this process and the commands it
+    starts; artifacts land in folder/mlruns (the working directory is ``folder``)."""
     import mlflow
 
-    db = tmp_path / "mlflow.db"
-    shutil.copyfile(empty_store, db)
+    db = folder / "mlflow.db"
+    shutil.copyfile(template, db)
     with contextlib.closing(sqlite3.connect(db)) as connection, connection:
         # the copy's Default experiment keeps its artifacts in ./mlruns/0, as a new store's would
         changed = connection.execute(
-            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(tmp_path / "mlruns" / "0"),)
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(folder / "mlruns" / "0"),)
         ).rowcount
-    assert changed == 1, f"{empty_store}: no Default experiment to point at {tmp_path}"
+    assert changed == 1, f"{template}: no Default experiment to point at {folder}"
     uri = f"sqlite:///{db}"
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(name, raising=False)
     mlflow.set_tracking_uri(uri)
-    yield uri
+    return uri
+
+
+def _leave_store() -> None:
+    import mlflow
+
     while mlflow.active_run():
         mlflow.end_run("FAILED")
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def tracking_store(tmp_path, monkeypatch, empty_store) -> str:
+    """A private SQLite store; artifacts land in tmp_path/mlruns (cwd is tmp_path)."""
+    yield _private_store(tmp_path, empty_store, monkeypatch)
+    _leave_store()
 
 
 # Every tracking store the suite wrote, and the runs still RUNNING in it after the suite.
@@ -99,24 +111,30 @@ def pytest_terminal_summary(terminalreporter):
         )
 
 
-@pytest.fixture
-def registered(tracking_store, tiny_mnist_dir):
-    """A `main` run of two tiny variants that registered its best child."""
+def _register(data_dir: Path) -> None:
+    """A `main` run of two tiny variants that registers its best child."""
     from mnist_pipeline import cli
 
-    argv = [
-        "main",
-        "--variants",
-        "baseline,final",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "64",
-        "--data-dir",
-        str(tiny_mnist_dir),
-    ]
+    argv = ["main", "--variants", "baseline,final", "--epochs", "2", "--batch-size", "64", "--data-dir", str(data_dir)]
     assert cli.run(argv) == 0
+
+
+@pytest.fixture
+def registered(tracking_store, tiny_mnist_dir):
+    """A private store with a `main` run of two tiny variants that registered its best child."""
+    _register(tiny_mnist_dir)
     return tracking_store
+
+
+@pytest.fixture(scope="module")
+def registered_once(tmp_path_factory, empty_store):
+    """`registered`, made once for a test module whose tests only read the store (serving)."""
+    folder = tmp_path_factory.mktemp("registered")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        uri = _private_store(folder, empty_store, monkeypatch)
+        _register(write_idx_folder(folder / "tiny-mnist", tiny_arrays()))
+        yield uri
+        _leave_store()
 
 
 @pytest.fixture(scope="session")

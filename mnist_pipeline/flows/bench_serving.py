@@ -12,6 +12,7 @@ Every request goes to 127.0.0.1, to a server this module started on a free port.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -109,6 +111,86 @@ def load_test(url: str, images: np.ndarray, clients: int = LOAD_CLIENTS, request
         "requests_per_s": len(latencies) / wall,
         "health_after": answers(f"{url}/health"),
     }
+
+
+def follow_load(url: str, images: np.ndarray, move, moves, clients: int = LOAD_CLIENTS, requests: int = LOAD_REQUESTS):
+    """One-image requests from ``clients`` threads, ``requests`` at least, while ``move(v)``
+    points the alias at each version of ``moves`` in turn; after each move, until /model
+    serves it or has refused it. Returns every answer as (start, end, status, X-Model-Version,
+    image index, probabilities or error) and every move as (version, moved at, served or
+    refused at, what /model said then), times in seconds of time.perf_counter."""
+    answers_, stop, sent = [], threading.Event(), itertools.count()
+    bodies = [_body(images[i][None]) for i in range(len(images))]
+
+    def client() -> None:
+        while (n := next(sent)) < requests or not stop.is_set():
+            start = time.perf_counter()
+            answers_.append((start, *_answer(url, bodies[n % len(bodies)], n % len(bodies))))
+
+    workers = [threading.Thread(target=client) for _ in range(clients)]
+    for worker in workers:
+        worker.start()
+    try:
+        moved = [_move_and_wait(url, move, version) for version in moves]
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    return answers_, moved
+
+
+def _answer(url: str, body: bytes, index: int) -> tuple:
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            probabilities = json.loads(response.read())["predictions"][0]
+            return time.perf_counter(), response.status, response.headers["X-Model-Version"], index, probabilities
+    except urllib.error.HTTPError as err:
+        return time.perf_counter(), err.code, err.headers["X-Model-Version"], index, err.read()[:300]
+    except (OSError, ValueError) as err:
+        return time.perf_counter(), None, None, index, repr(err)
+
+
+def _move_and_wait(url: str, move, version: str) -> tuple:
+    """Points the alias at ``version``; waits until /model serves it or reports it refused."""
+    moved = time.perf_counter()
+    move(version)
+    deadline = moved + STARTUP_SECONDS
+    while time.perf_counter() < deadline:
+        state = model_state(url)
+        if state["version"] == version or (state["refused"] or {}).get("version") == version:
+            return version, moved, time.perf_counter(), state
+        time.sleep(0.05)
+    raise RuntimeError(f"version {version} neither served nor refused {STARTUP_SECONDS} s after the alias moved")
+
+
+def follow_summary(answers_: list, moved: list) -> dict:
+    """Errors, swap lags (p50, max) and latencies (p50, p99) in steady state and during swaps."""
+    lags = [done - start for version, start, done, state in moved if state["version"] == version]
+    swapping = [(start, done) for _, start, done, _ in moved]
+    during = [(s, e) for s, e, *_ in answers_ if any(a <= e and s <= b for a, b in swapping)]
+    steady = [(s, e) for s, e, *_ in answers_ if not any(a <= e and s <= b for a, b in swapping)]
+
+    def ms(spans, q) -> float:
+        return 1000 * float(np.percentile([e - s for s, e in spans], q)) if spans else float("nan")
+
+    return {
+        "requests": len(answers_),
+        "errors": sum(status != 200 for _, _, status, *_ in answers_),
+        "swaps": len(lags),
+        "swap_lag_p50_s": float(np.median(lags)) if lags else float("nan"),
+        "swap_lag_max_s": max(lags, default=float("nan")),
+        "steady_p50_ms": ms(steady, 50),
+        "steady_p99_ms": ms(steady, 99),
+        "swapping_p50_ms": ms(during, 50),
+        "swapping_p99_ms": ms(during, 99),
+    }
+
+
+def model_state(url: str) -> dict:
+    """GET /model: who serves."""
+    with urllib.request.urlopen(f"{url}/model", timeout=10) as response:
+        return json.loads(response.read())
 
 
 def post(url: str, body: bytes) -> dict:

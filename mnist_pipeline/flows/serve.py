@@ -100,6 +100,8 @@ class Router:
         self.holder = holder
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":  # not a version's app's: it would hold that version for good
+            return await _lifespan(receive, send)
         version = self.holder.current  # once: a swap during this request does not touch it
         if scope["type"] != "http":
             return await version.app(scope, receive, send)
@@ -119,6 +121,15 @@ class Router:
                 return await _answer(send, answer[0], answer[1].encode(), stamp)
             receive = _replay(message, receive)
         return await version.app(scope, receive, _stamped(send, stamp))
+
+
+async def _lifespan(receive, send) -> None:
+    """The server's start and stop: nothing to do at either."""
+    while True:
+        message = await receive()
+        await send({"type": f"{message['type']}.complete"})
+        if message["type"] == "lifespan.shutdown":
+            return
 
 
 def _stamped(send, stamp: list):

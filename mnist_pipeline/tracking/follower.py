@@ -167,6 +167,7 @@ class Follower:
             "refresh_seconds": self.refresh_seconds,
             "alias_version": self.alias_version if self.following else current.version,
             "store_problem": self._store_problem,
+            "models_held": len(served.LIVE),
         }
 
     def _alias(self) -> str:

@@ -16,6 +16,7 @@ import json
 import re
 import sys
 import tempfile
+import weakref
 from dataclasses import dataclass
 
 import mlflow
@@ -27,9 +28,14 @@ from mnist_pipeline.core.data import NUM_CLASSES
 from mnist_pipeline.core.errors import first_line
 from mnist_pipeline.core.inputs import pixel_problem
 
+MAX_NESTING = 32  # JSON levels; a request nests 4 ({"inputs": images, rows, pixels}), numpy allows 32
+OPENING, CLOSING = np.frombuffer(b"[{", dtype=np.uint8), np.frombuffer(b"]}", dtype=np.uint8)
 SUM_TOLERANCE = 1e-3  # float32 softmax rows sum to 1 within about 1e-6; a broken model is far off
 _ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
 _VERSION_URI = re.compile(r"models:/(?P<name>[^/@]+)/(?P<version>[0-9]+)")
+
+
+LIVE = weakref.WeakSet()  # every Served not yet freed: /model reports how many
 
 
 class Refused(Exception):
@@ -68,6 +74,9 @@ class Served:
     version: str | None
     run_id: str | None
     loaded_at: str
+
+    def __post_init__(self):
+        LIVE.add(self)
 
     def describe(self) -> str:
         return f"version {self.version} of {self.name}" if self.version else self.uri
@@ -162,15 +171,22 @@ def _json_predictor(model):
     def predict(body: bytes) -> tuple[int, str] | None:
         try:
             payload = orjson.loads(body)
-            if not isinstance(payload, dict) or list(payload) != ["inputs"]:
-                return None
-            inputs = np.asarray(payload["inputs"])
-        except (ValueError, TypeError, OverflowError):  # not JSON, not UTF-8, ragged lists, huge integers
-            return None
-        if inputs.dtype.kind not in "iuf" or inputs.ndim != len(shape) + 1 or inputs.shape[1:] != shape:
+            inputs = (
+                np.asarray(payload["inputs"]) if isinstance(payload, dict) and list(payload) == ["inputs"] else None
+            )
+        except (ValueError, TypeError, OverflowError):  # not JSON, not UTF-8, ragged, deep, huge integers
+            inputs = None
+        if (
+            inputs is None
+            or inputs.dtype.kind not in "iuf"
+            or inputs.ndim != len(shape) + 1
+            or inputs.shape[1:] != shape
+        ):
+            if _nesting(body) > MAX_NESTING:  # MLflow's parser would fail with RecursionError: a 500
+                return 400, _error(f"JSON nested deeper than {MAX_NESTING} levels: images are (n, 28, 28)")
             return None
         if problem := pixel_problem(inputs):
-            return 400, json.dumps({"error_code": "INVALID_PARAMETER_VALUE", "message": problem})
+            return 400, _error(problem)
         answer = io.StringIO()
         predictions_to_json(model.predict(inputs.astype(np.float32)), answer)
         return 200, answer.getvalue()
@@ -193,3 +209,14 @@ def load_first(model_uri: str) -> tuple[Target, Served]:
         reason = first_line(err) or type(err).__name__
         what = "served" if isinstance(err, Refused) else "loaded"
         raise ModelURIError(f"model_uri={model_uri!r} cannot be {what}: {reason}") from None
+
+
+def _error(message: str) -> str:
+    return json.dumps({"error_code": "INVALID_PARAMETER_VALUE", "message": message})
+
+
+def _nesting(body: bytes) -> int:
+    """How deep ``body``'s brackets nest (brackets inside strings count too: a bound, not a parse)."""
+    chars = np.frombuffer(body, dtype=np.uint8)
+    steps = np.isin(chars, OPENING).astype(np.int64) - np.isin(chars, CLOSING)
+    return int(np.cumsum(steps).max(initial=0))

@@ -5,13 +5,18 @@ bounded load without an error."""
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
+import mlflow
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers.servers import answers, free_port, stop_group, wait_for
 from mnist_pipeline import names
@@ -25,6 +30,25 @@ def post(url: str, body: bytes) -> tuple[int, dict | str]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode(errors="replace")
+
+
+def version_header(url: str, body: bytes) -> str | None:
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.headers["X-Model-Version"]
+
+
+def raw_post(url: str, body: bytes, content_type: str | None) -> tuple[int, bytes]:
+    """POST with exactly the Content-Type given (None: no such header, which urllib would add)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        connection.request("POST", "/invocations", body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 MAX_REQUEST_MB = 0.25  # 262,144 bytes: about 50 images as JSON
@@ -47,13 +71,13 @@ def chunked_post(url: str, chunks) -> int:
         connection.close()
 
 
-@pytest.fixture
-def served_champion(registered, tmp_path):
+@pytest.fixture(scope="module")
+def served_champion(registered_once, tmp_path_factory):
     """The serve command of docs/registry-and-serving.md on a free loopback port, with a request bound of
     MAX_REQUEST_MB; stopped by its own process group."""
-    port = free_port()
-    log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 (the server writes it until the fixture ends)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered}
+    port, log_path = free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
+    log = open(log_path, "w+")  # noqa: SIM115 (the server writes it until the fixture ends)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered_once}
     command = [
         sys.executable,
         "-m",
@@ -69,7 +93,7 @@ def served_champion(registered, tmp_path):
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: answers(f"{url}/ping"), "mnist-pipeline serve", server, tmp_path / "serve.log")
+        wait_for(lambda: answers(f"{url}/ping"), "mnist-pipeline serve", server, log_path)
         yield url
     finally:
         stop_group(server)
@@ -82,8 +106,11 @@ def test_served_champion_answers_good_and_bad_requests(served_champion, tiny_mni
     status, answer = post(f"{served_champion}/invocations", good)
     assert status == 200
     probabilities = np.array(answer["predictions"])
-    assert probabilities.shape == (4, 10)
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+    champion = mlflow.pyfunc.load_model(names.CHAMPION_URI)  # the served answers are the champion's own
+    np.testing.assert_allclose(probabilities, champion.predict(images.astype(np.float32)), rtol=1e-4, atol=1e-6)
+    state = bench_serving.model_state(served_champion)
+    assert state["version"] == "1" and state["alias"] == names.CHAMPION and state["refused"] is None
+    assert version_header(served_champion, good) == "1"
 
     bad_requests = [
         b"this is not json",
@@ -118,3 +145,93 @@ def test_served_champion_answers_good_and_bad_requests(served_champion, tiny_mni
     load = bench_serving.load_test(served_champion, tiny_mnist.x_test, clients=4, requests=200)
     print(f"load: p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms")  # reported, not asserted
     assert load["errors"] == 0 and load["health_after"]
+
+
+# Bad bodies, as a client might send them: JSON trees of any shape (NaN and infinities as
+# Python's json writes them), images of the right shape with bad pixels, deep nesting,
+# truncated good bodies, bytes that are not JSON; under the right, wrong or no Content-Type.
+LEAVES = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+TREES = st.recursive(
+    LEAVES, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+)
+KEYS = st.sampled_from(["inputs", "instances", "dataframe_split", "dataframe_records", "params", "predictions"])
+BAD_PIXELS = st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e300, -1.0, 256.0, 10**30, -(10**20)])
+CONTENT_TYPES = st.sampled_from(
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/json; charset=latin-1",
+        "application/json; format=pandas-split",
+        "text/csv",
+        "application/x-parquet",
+        "text/plain",
+        "application/xml",
+        "",
+        None,
+    ]
+)
+
+
+@st.composite
+def bad_images(draw) -> bytes:
+    images = np.zeros((draw(st.integers(1, 3)), 28, 28), dtype=object)
+    images[draw(st.integers(0, len(images) - 1)), draw(st.integers(0, 27)), draw(st.integers(0, 27))] = draw(BAD_PIXELS)
+    return json.dumps({draw(st.sampled_from(["inputs", "instances"])): images.tolist()}).encode()
+
+
+@st.composite
+def truncated(draw) -> bytes:
+    good = json.dumps({"inputs": np.full((1, 28, 28), 7.0).tolist()}).encode()
+    return good[: draw(st.integers(0, len(good) - 1))]
+
+
+BODIES = st.one_of(
+    TREES.map(lambda tree: json.dumps(tree).encode()),
+    st.builds(lambda key, tree: json.dumps({key: tree}).encode(), KEYS, TREES),
+    bad_images(),
+    st.integers(1, 3000).map(lambda depth: b'{"inputs": ' + b"[" * depth + b"]" * depth + b"}"),
+    truncated(),
+    st.binary(max_size=200),
+)
+
+
+def test_bad_bodies_get_a_json_4xx_and_the_server_stays_up(served_champion):
+    tried = []
+
+    @settings(max_examples=400, deadline=None, derandomize=True, database=None)
+    @given(body=BODIES, content_type=CONTENT_TYPES)
+    def answers_4xx(body, content_type):
+        tried.append(body)
+        status, answer = raw_post(served_champion, body, content_type)
+        assert 400 <= status < 500, (body[:80], content_type, status, answer[:200])
+        error = json.loads(answer)
+        assert error["message"], (body[:80], content_type, answer[:200])
+
+    answers_4xx()
+    print(f"bad bodies tried: {len(tried)}")  # reported, not asserted
+    assert answers(f"{served_champion}/ping")
+
+
+def test_slow_clients_do_not_keep_others_waiting(served_champion, tiny_mnist):
+    """Three clients send their body one byte a second; twenty others are answered meanwhile."""
+    host, port = served_champion.removeprefix("http://").split(":")
+    body = json.dumps({"inputs": tiny_mnist.x_test[:1].astype(float).tolist()}).encode()
+    slow = []
+    for _ in range(3):
+        connection = socket.create_connection((host, int(port)), timeout=10)
+        head = f"POST /invocations HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        connection.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:1])
+        slow.append(connection)
+    try:
+        fast = []
+        for i in range(20):
+            if i % 5 == 0:
+                for connection in slow:
+                    connection.sendall(body[1 + i // 5 : 2 + i // 5])  # one byte a second, about
+                time.sleep(1)
+            fast.append(post(f"{served_champion}/invocations", body)[0])
+        assert fast == [200] * 20
+    finally:
+        for connection in slow:
+            connection.close()
+    assert answers(f"{served_champion}/ping")
