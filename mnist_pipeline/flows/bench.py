@@ -197,7 +197,8 @@ def variant_row(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUNDS) -> d
 
 def end_to_end(data_dir: str) -> dict:
     """Wall time of the default `mlflow run .`, then the serving speed of its champion:
-    pyfunc, both REST servers, and the load test (flows/bench_serving.py)."""
+    pyfunc, both REST servers, the load test, and the server following the champion's alias
+    under load (flows/bench_serving.py)."""
     if not (PROJECT_ROOT / "MLproject").is_file():
         raise FileNotFoundError(f"{PROJECT_ROOT}/MLproject: end-to-end timing needs a source checkout")
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,7 +220,8 @@ def end_to_end(data_dir: str) -> dict:
         with store.isolated_store(tmp):  # the store `mlflow run` wrote
             phases = phase_rows(wall)
             serving = bench_serving.pyfunc_speed(images)
-        serving |= bench_serving.rest_speed(images, env)
+            serving |= bench_serving.rest_speed(images, env)
+            serving |= bench_serving.follow_speed(images, env, f"{tmp}/broken")  # moves the alias: last
     return {"mlflow_run_s": wall, **serving, "phases": phases}
 
 

@@ -27,14 +27,18 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import psutil
 
 from mnist_pipeline import names
-from mnist_pipeline.tracking import logged_model
+from mnist_pipeline.tracking import logged_model, served
 
 ONE_IMAGE_REQUESTS = 200
 BATCH_IMAGES, BATCH_REQUESTS = 100, 30
 LOAD_CLIENTS, LOAD_REQUESTS = 8, 2000
 STARTUP_SECONDS = 180  # a server that loads TensorFlow and the model
+FOLLOW_REFRESH_SECONDS = 1.0  # the follow benchmark's --refresh-seconds (the default is 30)
+STEADY_REQUESTS = 200  # answers awaited before each move of the alias and after the last
+SWAPS = 20  # swaps after the follow load test, for the server's memory
 
 
 def pyfunc_speed(images: np.ndarray, single: int = 50) -> dict:
@@ -65,11 +69,37 @@ def rest_speed(images: np.ndarray, env: dict[str, str], load: bool = True) -> di
     report = {}
     for name in server_commands(0):
         port = free_port()
-        with served(server_commands(port)[name], port, env) as url:
+        with ServerProcess(server_commands(port)[name], port, env) as url:
             report |= {f"{name}_{key}": value for key, value in requests_speed(url, images).items()}
             if load and name == "pipeline_serve":
                 report |= {f"load_{key}": value for key, value in load_test(url, images).items()}
     return report
+
+
+def follow_speed(images: np.ndarray, env: dict[str, str], folder: str) -> dict:
+    """`mnist-pipeline serve` of the champion, reading its alias every FOLLOW_REFRESH_SECONDS,
+    under the load test while the alias moves to a second good version, back, to it again
+    and to a broken version (follow_summary); then SWAPS more swaps, and the server's
+    resident memory after the first of them and after the last."""
+    first, second, broken = served.bench_versions(names.MODEL_NAME, names.CHAMPION, folder)
+    move = served.alias_mover(names.MODEL_NAME, names.CHAMPION)
+    port = free_port()
+    command = [*server_commands(port)["pipeline_serve"], "--refresh-seconds", str(FOLLOW_REFRESH_SECONDS)]
+    server = ServerProcess(command, port, env)
+    with server as url:
+        report = follow_summary(*follow_load(url, images, move, [second, first, second, broken]))
+        resident = []
+        for swap in range(SWAPS):
+            _move_and_wait(url, move, first if swap % 2 == 0 else second)
+            while model_state(url)["models_held"] > 1:  # the swapped-out model not yet released
+                time.sleep(0.05)
+            resident.append(psutil.Process(server.process.pid).memory_info().rss / 2**20)
+    return {f"follow_{key}": value for key, value in report.items()} | {
+        "follow_refresh_s": FOLLOW_REFRESH_SECONDS,
+        "rss_after_first_swap_mib": resident[0],
+        "rss_after_last_swap_mib": resident[-1],
+        "swaps_for_rss": SWAPS,
+    }
 
 
 def requests_speed(url: str, images: np.ndarray) -> dict:
@@ -116,7 +146,8 @@ def load_test(url: str, images: np.ndarray, clients: int = LOAD_CLIENTS, request
 def follow_load(url: str, images: np.ndarray, move, moves, clients: int = LOAD_CLIENTS, requests: int = LOAD_REQUESTS):
     """One-image requests from ``clients`` threads, ``requests`` at least, while ``move(v)``
     points the alias at each version of ``moves`` in turn; after each move, until /model
-    serves it or has refused it. Returns every answer as (start, end, status, X-Model-Version,
+    serves it or has refused it; STEADY_REQUESTS answers before each move and after the
+    last. Returns every answer as (start, end, status, X-Model-Version,
     image index, probabilities or error) and every move as (version, moved at, served or
     refused at, what /model said then), times in seconds of time.perf_counter."""
     answers_, stop, sent = [], threading.Event(), itertools.count()
@@ -131,12 +162,23 @@ def follow_load(url: str, images: np.ndarray, move, moves, clients: int = LOAD_C
     for worker in workers:
         worker.start()
     try:
-        moved = [_move_and_wait(url, move, version) for version in moves]
+        moved = []
+        for version in moves:  # steady state before each move and after the last
+            _answered(answers_, STEADY_REQUESTS, workers)
+            moved.append(_move_and_wait(url, move, version))
+        _answered(answers_, STEADY_REQUESTS, workers)
     finally:
         stop.set()
         for worker in workers:
             worker.join()
     return answers_, moved
+
+
+def _answered(answers_: list, count: int, workers: list) -> None:
+    """Until ``count`` more answers have come (or every client has stopped)."""
+    target = len(answers_) + count
+    while len(answers_) < target and any(worker.is_alive() for worker in workers):
+        time.sleep(0.01)
 
 
 def _answer(url: str, body: bytes, index: int) -> tuple:
@@ -204,7 +246,7 @@ def _body(images: np.ndarray) -> bytes:
     return json.dumps({"inputs": images.astype(float).tolist()}).encode()
 
 
-class served:
+class ServerProcess:
     """A server process (its own process group) for the ``with`` block, its URL as the value."""
 
     def __init__(self, command: list[str], port: int, env: dict[str, str]):

@@ -94,21 +94,23 @@ class BodyLimit:
 
 
 class Router:
-    """ASGI app: each request served by the version ``holder.current`` names when it arrives."""
+    """ASGI app: each request served by the version ``holder.current`` names when it arrives,
+    on the fast path or by MLflow's ``app`` (served.scoring_app)."""
 
-    def __init__(self, holder: follower.Follower):
-        self.holder = holder
+    def __init__(self, holder: follower.Follower, app):
+        self.holder, self.app = holder, app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "lifespan":  # not a version's app's: it would hold that version for good
+        if scope["type"] == "lifespan":  # answered here: it lasts as long as the server, and holds no version
             return await _lifespan(receive, send)
         version = self.holder.current  # once: a swap during this request does not touch it
+        served.CURRENT.set(version)  # for MLflow's app, in this request's context only
         if scope["type"] != "http":
-            return await version.app(scope, receive, send)
+            return await self.app(scope, receive, send)
         if scope["method"] == "GET" and scope["path"] == "/model":
             return await _answer(send, 200, json.dumps(self.holder.state()).encode())
         if scope["path"] != "/invocations":
-            return await version.app(scope, receive, send)
+            return await self.app(scope, receive, send)
         stamp = [(VERSION_HEADER, version.version.encode())] if version.version else []
         content_type = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
         if scope["method"] == "POST" and not content_type:
@@ -120,7 +122,7 @@ class Router:
             if answer is not None:
                 return await _answer(send, answer[0], answer[1].encode(), stamp)
             receive = _replay(message, receive)
-        return await version.app(scope, receive, _stamped(send, stamp))
+        return await self.app(scope, receive, _stamped(send, stamp))
 
 
 async def _lifespan(receive, send) -> None:
@@ -191,7 +193,8 @@ def run(params: ServeParams) -> None:
     follower.LOG.info("serving %s from %s", holder.current.describe(), params.model_uri)
     holder.start()
     try:
-        app = BodyLimit(Router(holder), int(params.max_request_mb * 1024 * 1024))
+        app = Router(holder, served.scoring_app(holder.current))
+        app = BodyLimit(app, int(params.max_request_mb * 1024 * 1024))
         uvicorn.run(app, host=params.host, port=params.port, log_level="info")
     finally:
         holder.stop()

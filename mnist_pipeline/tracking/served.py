@@ -1,15 +1,21 @@
-"""One loaded version of a model, ready to answer REST requests: MLflow's scoring app for it,
-the fast JSON path, and who it is (registered name, version, run).
+"""One loaded version of a model, ready to answer REST requests: the fast JSON path for it,
+who it is (registered name, version, run), and MLflow's scoring app over the version that
+serves each request.
 
 A version is loaded from a local copy of its artifacts, warmed (its first compiled call done)
 and checked before it answers anything: the probabilities of its own input example must be
 finite and sum to 1, and a version that replaces another must take the same input signature.
 Both request paths refuse pixels that are not finite numbers in 0-255 with a 400: MLflow's
 JSON decoder reads NaN and Infinity, and a model answers them as if they were digits.
+
+The process has one MLflow scoring app, whose model is the version CURRENT names in each
+request's context: FastAPI keeps the endpoints of every app it made, so an app per version
+held every version ever served (3 MiB of resident memory more per swap, measured).
 """
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import io
 import json
@@ -35,6 +41,7 @@ _ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
 _VERSION_URI = re.compile(r"models:/(?P<name>[^/@]+)/(?P<version>[0-9]+)")
 
 
+CURRENT: contextvars.ContextVar[Served] = contextvars.ContextVar("served_version")  # set per request
 LIVE = weakref.WeakSet()  # every Served not yet freed: /model reports how many
 
 
@@ -63,11 +70,10 @@ def target_of(model_uri: str) -> Target:
 
 @dataclass(eq=False)  # compared by identity: two loads of one version are two models
 class Served:
-    """A loaded, warmed and checked model version. ``app`` is MLflow's scoring app (FastAPI)
-    over it; ``predict_json(body)`` answers a plain ``{"inputs": ...}`` body, or None."""
+    """A loaded, warmed and checked model version; ``predict_json(body)`` answers a plain
+    ``{"inputs": ...}`` body, or None."""
 
     model: object
-    app: object
     predict_json: object
     uri: str
     name: str | None
@@ -99,7 +105,6 @@ def load(uri: str, target: Target, version: str | None, current: Served | None =
     check(model, current.model if current else None)
     return Served(
         model=model,
-        app=_scoring_app(model),
         predict_json=_json_predictor(model),
         uri=uri,
         name=target.name,
@@ -135,26 +140,33 @@ def _schema(schema) -> str:
     return json.dumps(schema.to_dict() if schema is not None else None, sort_keys=True)
 
 
-class _PixelChecked:
-    """The pyfunc model as MLflow's scoring app calls it, refusing pixels that are not finite
-    numbers in 0-255 (MlflowException INVALID_PARAMETER_VALUE: the app answers 400)."""
+class _Current:
+    """The pyfunc model as MLflow's scoring app calls it: the version CURRENT names, refusing
+    pixels that are not finite numbers in 0-255 (MlflowException INVALID_PARAMETER_VALUE: the
+    app answers 400)."""
 
-    def __init__(self, model):
-        self.model, self.metadata = model, model.metadata
+    @property
+    def metadata(self):
+        return CURRENT.get().model.metadata
 
     def predict(self, data, params=None):
         pixels = np.asarray(getattr(data, "values", data))
         if pixels.dtype.kind in "iuf" and (problem := pixel_problem(pixels)):
             raise MlflowException(problem, INVALID_PARAMETER_VALUE)
-        return self.model.predict(data, params=params)
+        return CURRENT.get().model.predict(data, params=params)
 
 
-def _scoring_app(model):
-    """MLflow's scoring server app for ``model``: /invocations, /ping, /health and /version,
-    as `mlflow models serve` runs it."""
+def scoring_app(first: Served):
+    """MLflow's scoring server app (/invocations, /ping, /health and /version, as `mlflow models
+    serve` runs it) over the version CURRENT names; its input schema is ``first``'s, which
+    every later version shares (check)."""
     from mlflow.pyfunc import scoring_server
 
-    return scoring_server.init(_PixelChecked(model))
+    token = CURRENT.set(first)
+    try:
+        return scoring_server.init(_Current())
+    finally:
+        CURRENT.reset(token)
 
 
 def _json_predictor(model):
@@ -220,3 +232,29 @@ def _nesting(body: bytes) -> int:
     chars = np.frombuffer(body, dtype=np.uint8)
     steps = np.isin(chars, OPENING).astype(np.int64) - np.isin(chars, CLOSING)
     return int(np.cumsum(steps).max(initial=0))
+
+
+def bench_versions(name: str, alias: str, folder: str) -> dict[str, str]:
+    """Versions for the follow test and benchmark, beside ``alias``'s: a second good one (the
+    model of another training run of the champion's experiment) and a broken one (the alias's
+    files with a model.keras that is not one, kept in ``folder``). Version -> run id, in that
+    order, and the alias's first."""
+    from mnist_pipeline.tracking.logged_model import logged_model_uri
+
+    client = mlflow.MlflowClient()
+    first = client.get_model_version_by_alias(name, alias)
+    experiment = client.get_run(first.run_id).info.experiment_id
+    runs = client.search_runs([experiment], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+    other = next(r.info.run_id for r in runs if "variant" in r.data.params and r.info.run_id != first.run_id)
+    second = client.create_model_version(name, logged_model_uri(other), run_id=other)
+    broken = mlflow.artifacts.download_artifacts(f"models:/{name}/{first.version}", dst_path=folder)
+    with open(f"{broken}/data/model.keras", "wb") as model_file:
+        model_file.write(b"not a Keras file")
+    third = client.create_model_version(name, broken, run_id=first.run_id)
+    return {str(v.version): v.run_id for v in (first, second, third)}
+
+
+def alias_mover(name: str, alias: str):
+    """``move(version)``: points ``alias`` of ``name`` at ``version``, as a release manager would."""
+    client = mlflow.MlflowClient()
+    return lambda version: client.set_registered_model_alias(name, alias, version)

@@ -17,24 +17,16 @@ import pytest
 from helpers.servers import answers, free_port, stop_group, wait_for
 from mnist_pipeline import names
 from mnist_pipeline.flows import bench_serving
-from mnist_pipeline.tracking import logged_model
+from mnist_pipeline.tracking import served
 
 REFRESH_SECONDS = 0.5
 
 
 @pytest.fixture
 def versions(registered, tmp_path) -> dict[str, str]:
-    """Version 1: the champion `registered` made; 2: main's other training run, registered by
-    hand; 3: version 1's files with a model.keras that is not one. Version number -> run id."""
-    client = mlflow.MlflowClient()
-    first = client.get_model_version_by_alias(names.MODEL_NAME, names.CHAMPION)
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    other = next(r.info.run_id for r in runs if "variant" in r.data.params and r.info.run_id != first.run_id)
-    second = client.create_model_version(names.MODEL_NAME, logged_model.logged_model_uri(other), run_id=other)
-    broken = mlflow.artifacts.download_artifacts(f"models:/{names.MODEL_NAME}/{first.version}", dst_path=tmp_path / "v")
-    (tmp_path / "v" / "data" / "model.keras").write_bytes(b"not a Keras file")
-    third = client.create_model_version(names.MODEL_NAME, broken, run_id=first.run_id)
-    return {str(v.version): v.run_id for v in (first, second, third)}
+    """1: the champion `registered` made; 2: main's other training run, registered by hand;
+    3: version 1's files with a model.keras that is not one. Version number -> run id."""
+    return served.bench_versions(names.MODEL_NAME, names.CHAMPION, str(tmp_path / "broken"))
 
 
 @pytest.fixture
@@ -70,11 +62,7 @@ def test_serve_follows_the_alias_under_load_and_refuses_a_broken_version(followi
     assert first["version"] == "1" and first["alias"] == names.CHAMPION and first["refused"] is None
     assert first["name"] == names.MODEL_NAME and first["run_id"] == versions["1"] and first["loaded_at"]
 
-    client = mlflow.MlflowClient()
-
-    def move(version: str) -> None:
-        client.set_registered_model_alias(names.MODEL_NAME, names.CHAMPION, version)
-
+    move = served.alias_mover(names.MODEL_NAME, names.CHAMPION)
     answered, moved = bench_serving.follow_load(url, images, move, ["2", "1", "2", "3"], clients=8, requests=2000)
     time.sleep(4 * REFRESH_SECONDS)  # more reads of the alias: the refusal stands, no second try
     after = bench_serving.model_state(url)

@@ -29,7 +29,7 @@ class FakeModel:
 
 
 def fake_served(version: str) -> served.Served:
-    return served.Served(FakeModel(version), None, None, "models:/digits@champion", "digits", version, "run", "now")
+    return served.Served(FakeModel(version), None, "models:/digits@champion", "digits", version, "run", "now")
 
 
 class Registry:
