@@ -110,7 +110,9 @@ def test_served_champion_answers_good_and_bad_requests(served_champion, tiny_mni
     np.testing.assert_allclose(probabilities, champion.predict(images.astype(np.float32)), rtol=1e-4, atol=1e-6)
     state = bench_serving.model_state(served_champion)
     assert state["version"] == "1" and state["alias"] == names.CHAMPION and state["refused"] is None
-    assert version_header(served_champion, good) == "1"
+    assert version_header(served_champion, good) == "1"  # the fast path
+    instances = json.dumps({"instances": images.astype(float).tolist()}).encode()
+    assert version_header(served_champion, instances) == "1"  # MLflow's own handler
 
     bad_requests = [
         b"this is not json",
