@@ -26,8 +26,10 @@ USAGE_ERROR = 2
 MISMATCH = 1  # `verify` found that a re-training does not reproduce the version
 # What a console run prints is ours: TensorFlow's INFO lines (the CPU features it was built
 # for) and MLflow's artifact download bars are off unless the environment says otherwise;
-# TensorFlow's warnings and errors still show.
-QUIET = {"TF_CPP_MIN_LOG_LEVEL": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+# TensorFlow's warnings and errors still show. On a CPU with AVX-512, TensorFlow turns its
+# oneDNN kernels on by default and says so in two lines TF_CPP_MIN_LOG_LEVEL does not hide;
+# off, such a CPU runs the Eigen kernels every other CPU runs (README, "Entry points and parameters").
+QUIET = {"TF_CPP_MIN_LOG_LEVEL": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
 class _Parser(argparse.ArgumentParser):
