@@ -22,7 +22,7 @@ import json
 import uvicorn
 
 from mnist_pipeline.core.params import ServeParams
-from mnist_pipeline.tracking import logged_model, store
+from mnist_pipeline.tracking import access, logged_model, store
 
 IMAGE_JSON_BYTES = 5_000  # about one 28x28 image of "123.0, " values in a JSON request
 
@@ -110,6 +110,7 @@ def _replay(first: dict, receive):
 def run(params: ServeParams) -> None:
     """Serve ``params.model_uri`` until interrupted."""
     store.check_tracking_store()
+    access.require_model_read(params.model_uri, "serve")
 
     model = logged_model.load_pyfunc(params.model_uri)
     app = FastJson(logged_model.scoring_app(model), logged_model.json_predictor(model))

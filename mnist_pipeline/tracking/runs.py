@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from mnist_pipeline.core import interrupts, plots
 from mnist_pipeline.core.errors import UserError
+from mnist_pipeline.core.secrets import mask_url
 from mnist_pipeline.tracking import liveness
 
 
@@ -86,14 +87,16 @@ def detach_project_run() -> str | None:
     return os.environ.pop(mlflow.environment_variables.MLFLOW_RUN_ID.name, None)
 
 
-def use_experiment_of(run_id: str, what: str, fix: str) -> None:
-    """Start the next runs in ``run_id``'s experiment. If this store lacks the run: UserError
+def use_experiment_of(run_id: str, what: str, fix: str) -> str:
+    """Start the next runs in ``run_id``'s experiment; returns its id. If this store lacks the run: UserError
     "<what> <run_id> is not in tracking store <uri>: <fix>"."""
     try:
         experiment_id = mlflow.get_run(run_id).info.experiment_id
     except MlflowException:
-        raise UserError(f"{what} {run_id} is not in tracking store {mlflow.get_tracking_uri()}: {fix}") from None
+        where = mask_url(mlflow.get_tracking_uri())
+        raise UserError(f"{what} {run_id} is not in tracking store {where}: {fix}") from None
     mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def log_missing_params(params: dict[str, str]) -> None:
