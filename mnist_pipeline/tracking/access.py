@@ -89,7 +89,7 @@ def require(command: str, action: str, resource: tuple[str, str, str], needed: s
         raise AccessError(refusal(command, action, resource, needed))
 
 
-def experiment(experiment_id: str | None = None) -> tuple[str | None, str]:
+def experiment(command: str, experiment_id: str | None = None) -> tuple[str | None, str]:
     """(id, label) of the experiment the next runs go to: ``experiment_id``, else the one
     MLFLOW_EXPERIMENT_ID or MLFLOW_EXPERIMENT_NAME names, else Default. The id is None for
     a name that does not exist yet: the user who creates it holds MANAGE on it."""
@@ -103,8 +103,8 @@ def experiment(experiment_id: str | None = None) -> tuple[str | None, str]:
         if not is_refusal(err):
             raise
         raise AccessError(
-            f"{_who()} may not read experiment {name!r}: runs there need EDIT on it and {user()} has no "
-            f"permission; the server's admin or a user with MANAGE on the experiment grants it with {TEAM_HINT}"
+            f"{_who()} may not read experiment {name!r} for `{command}`: that needs EDIT on it and {user()} "
+            f"has no permission; the server's admin or a user with MANAGE on the experiment grants it with {TEAM_HINT}"
         ) from None
     return (found.experiment_id if found else None), f"{name!r}"
 
@@ -112,7 +112,7 @@ def experiment(experiment_id: str | None = None) -> tuple[str | None, str]:
 def runs_refusal(command: str, experiment_id: str | None = None) -> Refusal | None:
     """Why this user may not create ``command``'s runs in the experiment they go to (None:
     it may, or the experiment is new and the user who creates it will hold MANAGE on it)."""
-    found, label = experiment(experiment_id)
+    found, label = experiment(command, experiment_id)
     if found is None or allows("experiment", found, RUNS_NEED):
         return None
     return refusal(command, "create runs in", ("experiment", found, f"{label} (id {found})".strip()), RUNS_NEED)

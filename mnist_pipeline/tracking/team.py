@@ -23,7 +23,7 @@ from mnist_pipeline.tracking import store
 
 def _admin_client():
     with warnings.catch_warnings():  # the auth app's Starlette imports warn of a deprecation
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore")
         from mlflow.server.auth.client import AuthServiceClient  # 2 s of imports
 
     return AuthServiceClient(mlflow.get_tracking_uri())

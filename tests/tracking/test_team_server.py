@@ -1,0 +1,230 @@
+"""A team on a real `mlflow server --app-name basic-auth` (runs and users in the session's
+PostgreSQL): every role against the commands it may and may not run, anonymous and
+wrong-password requests, and a grep of everything the session printed and stored for its
+secrets.
+
+The session runs once (``session``: tiny data, one epoch), in this order: the refusals at the
+door, a researcher's `main`, a release manager's `register`, a consumer's `evaluate` and
+`predict`, a researcher's sweep on PostgreSQL, `verify`, and a researcher's `main` with the
+password in the tracking URI, as a process of its own. Each test checks one cell.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from helpers.data import tiny_arrays, write_idx_folder
+from helpers.team import EXPERIMENT, MODEL, PRIVATE_MODEL, Outcome, store_texts, team_argv
+from mnist_pipeline import names
+
+WRONG = "wrong-password-0123"  # a password the server never gave anyone
+STORAGE_PASSWORD = "pg-url-password-0123"
+PG_PASSWORD = "pg-variable-password-0123"  # PGPASSWORD: PostgreSQL's clients read it; trust auth ignores it
+
+
+def _state(team) -> dict:
+    """The team experiment's runs {id: (name, status)}, and the model's versions and aliases."""
+    with team.as_user() as client:
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        runs = client.search_runs([experiment.experiment_id], max_results=1000)
+        versions = client.search_model_versions(f"name = '{MODEL}'")
+        aliases = client.get_registered_model(MODEL).aliases
+    return {
+        "runs": {r.info.run_id: (r.info.run_name, r.info.status) for r in runs},
+        "versions": sorted(int(v.version) for v in versions),
+        "aliases": dict(aliases),
+    }
+
+
+class Session:
+    def __init__(self, team, data_dir, storage):
+        self.team, self.data, self.storage = team, str(data_dir), storage
+        self.cells: dict[str, tuple[Outcome, dict, dict]] = {}  # name -> (outcome, state before, after)
+
+    def step(self, name: str, user: str | None, argv: list[str], **kwargs) -> Outcome:
+        before = _state(self.team)
+        outcome = self.team.run_as(user, argv, **kwargs)
+        self.cells[name] = (outcome, before, _state(self.team))
+        return outcome
+
+    def main_argv(self) -> list[str]:
+        return ["main", "--variants", "baseline", "--epochs", "1", "--batch-size", "64"] + self.common()
+
+    def common(self) -> list[str]:
+        return ["--data-dir", self.data, "--model-name", MODEL]
+
+    def run(self) -> Session:
+        self.step("anonymous main", None, self.main_argv())
+        self.step("wrong password main", "rhea", self.main_argv(), password=WRONG)
+        self.step("consumer main", "cody", self.main_argv())
+        self.step("outsider main", "otto", self.main_argv())
+        refused = self.step("researcher main", "rhea", self.main_argv())
+        self.main_run = re.search(r"run_id=(\w+)", refused.error)[1]
+        register = ["register", "--run-id", self.main_run, "--model-name", MODEL]
+        self.step("researcher register", "rhea", register)
+        self.step("consumer register", "cody", register)
+        self.step("release manager register", "remy", register)
+        champion = f"models:/{MODEL}@champion"
+        self.step("consumer evaluate", "cody", ["evaluate", "--model-uri", champion, "--data-dir", self.data])
+        images = os.path.join(self.data, "t10k-images-idx3-ubyte.gz")
+        self.step("consumer predict", "cody", ["predict", "--model-uri", champion, images])
+        self.step("outsider evaluate", "otto", ["evaluate", "--model-uri", champion, "--data-dir", self.data])
+        self.step(
+            "consumer serve of a model it cannot read", "cody", ["serve", "--model-uri", f"models:/{PRIVATE_MODEL}@x"]
+        )
+        sweep = ["sweep", "--n-trials", "1", "--study-name", "team-sweep"] + self.common()
+        self.step("researcher sweep", "rhea", sweep + ["--storage", self.storage], PGPASSWORD=PG_PASSWORD)
+        with_password = self.storage.replace("mlflow@", f"mlflow:{STORAGE_PASSWORD}@")
+        self.step("sweep with a password in storage", "rhea", sweep + ["--storage", with_password])
+        verify = ["verify", "--model-uri", champion, "--data-dir", self.data]
+        self.step("researcher verify", "rhea", verify)
+        self.step("release manager verify", "remy", verify)
+        self.step("admin team again", "admin", team_argv())
+        self.uri_main = self._main_with_password_in_uri()
+        return self
+
+    def _main_with_password_in_uri(self) -> subprocess.CompletedProcess:
+        """`main` as its own process, the password in MLFLOW_TRACKING_URI: what it prints, all of it."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        uri = self.team.uri.replace("http://", f"http://rhea:{self.team.passwords['rhea']}@")
+        env |= {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
+        done = subprocess.run(
+            [sys.executable, "-m", "mnist_pipeline", *self.main_argv()],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        self.team.printed += [done.stdout, done.stderr]
+        return done
+
+
+@pytest.fixture(scope="module")
+def session(team_server, postgres, tmp_path_factory, monkeypatch_module) -> Session:
+    data = write_idx_folder(tmp_path_factory.mktemp("team-data") / "tiny-mnist", tiny_arrays())
+    monkeypatch_module.chdir(tmp_path_factory.mktemp("team-cwd"))
+    monkeypatch_module.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    return Session(team_server, data, postgres.createdb("optuna_team")).run()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def cell(session: Session, name: str) -> tuple[Outcome, dict, dict]:
+    return session.cells[name]
+
+
+def new_runs(before: dict, after: dict) -> dict:
+    return {k: v for k, v in after["runs"].items() if k not in before["runs"]}
+
+
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("anonymous main", "refused an anonymous request (HTTP 401"),
+        ("wrong password main", "refused the credentials of user rhea (HTTP 401"),
+        ("consumer main", "user cody may not create runs in experiment 'digits-team'"),
+        ("outsider main", "user otto may not read experiment 'digits-team'"),
+        ("researcher register", f"user rhea may not register versions of registered model '{MODEL}' for `register`"),
+        ("consumer register", "user cody may not create runs in experiment"),
+        ("outsider evaluate", f"user otto may not read registered model '{MODEL}' for `evaluate`"),
+        ("consumer serve of a model it cannot read", f"user cody may not read registered model '{PRIVATE_MODEL}'"),
+        ("sweep with a password in storage", "storage='postgresql+psycopg2://mlflow:***@"),
+        ("researcher verify", f"user rhea may not tag versions of registered model '{MODEL}' for `verify`"),
+    ],
+)
+def test_a_refusal_is_one_line_exit_2_and_changes_nothing(session, name, says):
+    outcome, before, after = cell(session, name)
+    assert outcome.code == 2, outcome.err
+    assert says in outcome.error, outcome.err
+    assert outcome.err.count("mnist-pipeline: error:") == 1 and "Traceback" not in outcome.err
+    assert after == before  # no run, no version, no alias
+
+
+@pytest.mark.parametrize("name", ["consumer main", "researcher verify", "outsider main"])
+def test_a_refusal_names_the_permission_and_who_grants_it(session, name):
+    line = cell(session, name)[0].error
+    assert "needs EDIT on it and" in line and "the server's admin or a user with MANAGE" in line, line
+
+
+def test_the_researchers_main_keeps_its_runs_and_hands_registration_to_a_release_manager(session):
+    outcome, before, after = cell(session, "researcher main")
+    assert outcome.code == 2
+    assert f"user rhea may not register versions of registered model '{MODEL}' for `main`" in outcome.error
+    assert "needs EDIT on it and rhea has READ" in outcome.error
+    assert f"`mlflow run . -e register -P run_id={session.main_run}`" in outcome.error
+    runs = new_runs(before, after)
+    assert sorted(runs.values()) == [("baseline", "FINISHED"), ("main", "FINISHED")]
+    assert after["versions"] == before["versions"] == [] and after["aliases"] == {}
+    assert outcome.err.count("mnist-pipeline: error:") == 1 and "Traceback" not in outcome.err
+
+
+def test_the_release_manager_registers_the_researchers_run(session):
+    outcome, before, after = cell(session, "release manager register")
+    assert outcome.code == 0, outcome.err
+    assert after["versions"] == [1] and after["aliases"] == {names.CHAMPION: "1", names.CHALLENGER: "1"}
+    assert list(new_runs(before, after).values()) == [("register", "FINISHED")]
+
+
+def test_the_consumer_evaluates_and_predicts_without_a_run(session):
+    outcome, before, after = cell(session, "consumer evaluate")
+    assert outcome.code == 0, outcome.err
+    assert re.search(r"test accuracy \d\.\d{4}", outcome.out)
+    assert "user cody may not create runs" in outcome.err and "the scores are printed, not logged" in outcome.err
+    assert after == before
+    outcome, before, after = cell(session, "consumer predict")
+    assert outcome.code == 0, outcome.err
+    assert len(re.findall(r"\]: \d \(p=", outcome.out)) == 100 and after == before
+
+
+def test_the_researchers_sweep_trains_on_postgresql_and_leaves_registration(session):
+    outcome, before, after = cell(session, "researcher sweep")
+    assert outcome.code == 2
+    assert f"user rhea may not register versions of registered model '{MODEL}' for `sweep`" in outcome.error
+    assert "the trials are kept" in outcome.error
+    statuses = sorted(status for _, status in new_runs(before, after).values())
+    assert statuses == ["FINISHED", "FINISHED"]  # the study's parent run and its trial
+    assert after["versions"] == before["versions"]
+
+
+def test_the_release_manager_verifies_the_champion(session):
+    outcome, before, after = cell(session, "release manager verify")
+    assert outcome.code == 0, outcome.err
+    assert [status for _, status in new_runs(before, after).values()] == ["FINISHED"]
+
+
+def test_the_team_command_is_idempotent(session):
+    outcome, before, after = cell(session, "admin team again")
+    assert outcome.code == 0, outcome.err
+    assert outcome.out.count("(kept)") == 6 and "granted" not in outcome.out and "created" not in outcome.out
+    assert after == before
+
+
+def test_a_password_in_the_tracking_uri_is_masked_in_what_main_prints(session):
+    done = session.uri_main
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "the runs: http://rhea:***@127.0.0.1" in done.stdout
+    assert "View run" not in done.stdout  # MLflow's own lines would carry the URI whole
+
+
+def test_no_secret_in_anything_the_session_printed_or_stored(session, tmp_path):
+    team = session.team
+    secrets = {**team.passwords, **team.secrets, "storage": STORAGE_PASSWORD, "PGPASSWORD": PG_PASSWORD}
+    with team.as_user() as client:
+        stored = store_texts(client, tmp_path)
+    searched = {
+        "printed": "\n".join(team.printed),
+        "stored": "\n".join(stored),
+        "server log": team.server_log.read_text(errors="replace"),
+    }
+    assert len(searched["printed"]) > 1000 and len(stored) > 50  # the grep has something to search
+    found = {(what, where) for what, secret in secrets.items() for where, text in searched.items() if secret in text}
+    assert not found
