@@ -26,8 +26,8 @@ URL_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")  # URLs that may 
 CREDENTIALS_FILE = "~/.mlflow/credentials"  # MLflow's: [mlflow] mlflow_tracking_password = ...
 MASK = "***"
 _MIN_SECRET = 4  # shorter values are not searched for: "1" would mask every digit 1
-# scheme://user:password@ : the password is what lies between the first ':' and the '@'
-_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):(?P<password>[^@/\s]*)@")
+# scheme://user:password@host : the password runs from the first ':' to the last '@' before the path
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):(?P<password>[^/\s]*)@")
 
 
 def mask_url(text: str) -> str:
