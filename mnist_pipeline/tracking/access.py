@@ -96,7 +96,7 @@ def experiment(command: str, experiment_id: str | None = None) -> tuple[str | No
     experiment_id = experiment_id or mlflow.environment_variables.MLFLOW_EXPERIMENT_ID.get()
     name = mlflow.environment_variables.MLFLOW_EXPERIMENT_NAME.get()
     if experiment_id or not name:
-        return experiment_id or "0", ""
+        return experiment_id or "0", _name_of(experiment_id or "0")
     try:
         found = mlflow.MlflowClient().get_experiment_by_name(name)
     except MlflowException as err:
@@ -107,6 +107,14 @@ def experiment(command: str, experiment_id: str | None = None) -> tuple[str | No
             f"has no permission; the server's admin or a user with MANAGE on the experiment grants it with {TEAM_HINT}"
         ) from None
     return (found.experiment_id if found else None), f"{name!r}"
+
+
+def _name_of(experiment_id: str) -> str:
+    """The experiment's name, quoted, for a refusal line; '' if this user may not read it."""
+    try:
+        return repr(mlflow.MlflowClient().get_experiment(experiment_id).name)
+    except MlflowException:
+        return ""
 
 
 def runs_refusal(command: str, experiment_id: str | None = None) -> Refusal | None:

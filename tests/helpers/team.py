@@ -54,7 +54,8 @@ class Team:
 
         from mnist_pipeline import cli
 
-        values = {"MLFLOW_TRACKING_URI": self.uri, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
+        # MLFLOW_EXPERIMENT_ID: mlflow.set_experiment sets it for the process, as a command's last act may
+        values = {"MLFLOW_TRACKING_URI": self.uri, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "MLFLOW_EXPERIMENT_ID": None}
         values |= self.credentials(user, password) | env
         out, err = io.StringIO(), io.StringIO()
         with variables(values), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

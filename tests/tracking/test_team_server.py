@@ -5,20 +5,24 @@ secrets.
 
 The session runs once (``session``: tiny data, one epoch), in this order: the refusals at the
 door, a researcher's `main`, a release manager's `register`, a consumer's `evaluate` and
-`predict`, a researcher's sweep on PostgreSQL, `verify`, and a researcher's `main` with the
-password in the tracking URI, as a process of its own. Each test checks one cell.
+`predict`, a researcher's sweep on PostgreSQL, `verify`, the consumer's `serve` (a process of
+its own), and a researcher's `main` with the password in the tracking URI. Commands run in
+this process with their output captured, except `serve`. Each test checks one cell.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
 from helpers.data import tiny_arrays, write_idx_folder
+from helpers.servers import answers, free_port, stop_group, wait_for
 from helpers.team import EXPERIMENT, MODEL, PRIVATE_MODEL, Outcome, store_texts, team_argv
 from mnist_pipeline import names
 
@@ -63,6 +67,20 @@ class Session:
         self.step("wrong password main", "rhea", self.main_argv(), password=WRONG)
         self.step("consumer main", "cody", self.main_argv())
         self.step("outsider main", "otto", self.main_argv())
+        train = [
+            "train",
+            "--variant",
+            "baseline",
+            "--epochs",
+            "1",
+            "--seed",
+            "7",
+            "--data-dir",
+            self.data,
+        ]  # not main's
+        self.step("consumer train", "cody", train)
+        self.step("consumer reproduce", "cody", ["reproduce", "--variants", "baseline", "--data-dir", self.data])
+        self.step("researcher train", "rhea", train)
         refused = self.step("researcher main", "rhea", self.main_argv())
         self.main_run = re.search(r"run_id=(\w+)", refused.error)[1]
         register = ["register", "--run-id", self.main_run, "--model-name", MODEL]
@@ -78,6 +96,7 @@ class Session:
             "consumer serve of a model it cannot read", "cody", ["serve", "--model-uri", f"models:/{PRIVATE_MODEL}@x"]
         )
         sweep = ["sweep", "--n-trials", "1", "--study-name", "team-sweep"] + self.common()
+        self.step("consumer sweep", "cody", sweep + ["--storage", self.storage])
         self.step("researcher sweep", "rhea", sweep + ["--storage", self.storage], PGPASSWORD=PG_PASSWORD)
         with_password = self.storage.replace("mlflow@", f"mlflow:{STORAGE_PASSWORD}@")
         self.step("sweep with a password in storage", "rhea", sweep + ["--storage", with_password])
@@ -85,23 +104,33 @@ class Session:
         self.step("researcher verify", "rhea", verify)
         self.step("release manager verify", "remy", verify)
         self.step("admin team again", "admin", team_argv())
-        self.uri_main = self._main_with_password_in_uri()
+        self.served = self._serve_as_consumer(champion)
+        uri = self.team.uri.replace("http://", f"http://rhea:{self.team.passwords['rhea']}@")
+        self.step("researcher main, the password in the URI", None, self.main_argv(), MLFLOW_TRACKING_URI=uri)
         return self
 
-    def _main_with_password_in_uri(self) -> subprocess.CompletedProcess:
-        """`main` as its own process, the password in MLFLOW_TRACKING_URI: what it prints, all of it."""
+    def _serve_as_consumer(self, model_uri: str) -> dict:
+        """`serve` as the consumer, a process of its own: the answer to one request, and all it printed."""
+        port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        uri = self.team.uri.replace("http://", f"http://rhea:{self.team.passwords['rhea']}@")
-        env |= {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
-        done = subprocess.run(
-            [sys.executable, "-m", "mnist_pipeline", *self.main_argv()],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        env |= self.team.credentials("cody") | {"MLFLOW_TRACKING_URI": self.team.uri}
+        command = [sys.executable, "-m", "mnist_pipeline", "serve", "--model-uri", model_uri, "--port", str(port)]
+        server = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
-        self.team.printed += [done.stdout, done.stderr]
-        return done
+        try:
+            wait_for(lambda: answers(f"http://127.0.0.1:{port}/ping"), "serve", server)
+            body = json.dumps({"inputs": [[[0.0] * 28] * 28]}).encode()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answer = json.loads(response.read())
+        finally:
+            stop_group(server)
+        printed = server.stdout.read()
+        self.team.printed.append(printed)
+        return {"answer": answer, "printed": printed}
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +162,9 @@ def new_runs(before: dict, after: dict) -> dict:
         ("wrong password main", "refused the credentials of user rhea (HTTP 401"),
         ("consumer main", "user cody may not create runs in experiment 'digits-team'"),
         ("outsider main", "user otto may not read experiment 'digits-team'"),
+        ("consumer train", "user cody may not create runs in experiment 'digits-team' (id 1) for `train`"),
+        ("consumer reproduce", "user cody may not create runs in experiment 'digits-team' (id 1) for `reproduce`"),
+        ("consumer sweep", "user cody may not create runs in experiment 'digits-team' (id 1) for `sweep`"),
         ("researcher register", f"user rhea may not register versions of registered model '{MODEL}' for `register`"),
         ("consumer register", "user cody may not create runs in experiment"),
         ("outsider evaluate", f"user otto may not read registered model '{MODEL}' for `evaluate`"),
@@ -165,6 +197,12 @@ def test_the_researchers_main_keeps_its_runs_and_hands_registration_to_a_release
     assert sorted(runs.values()) == [("baseline", "FINISHED"), ("main", "FINISHED")]
     assert after["versions"] == before["versions"] == [] and after["aliases"] == {}
     assert outcome.err.count("mnist-pipeline: error:") == 1 and "Traceback" not in outcome.err
+
+
+def test_the_researcher_trains(session):
+    outcome, before, after = cell(session, "researcher train")
+    assert outcome.code == 0, outcome.err
+    assert list(new_runs(before, after).values()) == [("baseline", "FINISHED")]
 
 
 def test_the_release_manager_registers_the_researchers_run(session):
@@ -209,10 +247,16 @@ def test_the_team_command_is_idempotent(session):
 
 
 def test_a_password_in_the_tracking_uri_is_masked_in_what_main_prints(session):
-    done = session.uri_main
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "the runs: http://rhea:***@127.0.0.1" in done.stdout
-    assert "View run" not in done.stdout  # MLflow's own lines would carry the URI whole
+    outcome, before, after = cell(session, "researcher main, the password in the URI")
+    assert outcome.code == 2 and "user rhea may not register versions" in outcome.error, outcome.err
+    assert "the runs: http://rhea:***@127.0.0.1" in outcome.out
+    assert "View run" not in outcome.out  # MLflow's own lines would carry the URI whole
+    assert sorted(status for _, status in new_runs(before, after).values()) == ["FINISHED"]  # main; baseline reused
+
+
+def test_the_consumer_serves_the_champion(session):
+    [probabilities] = session.served["answer"]["predictions"]
+    assert len(probabilities) == 10 and abs(sum(probabilities) - 1) < 1e-4
 
 
 def test_no_secret_in_anything_the_session_printed_or_stored(session, tmp_path):
