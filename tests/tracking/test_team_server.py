@@ -67,17 +67,8 @@ class Session:
         self.step("wrong password main", "rhea", self.main_argv(), password=WRONG)
         self.step("consumer main", "cody", self.main_argv())
         self.step("outsider main", "otto", self.main_argv())
-        train = [
-            "train",
-            "--variant",
-            "baseline",
-            "--epochs",
-            "1",
-            "--seed",
-            "7",
-            "--data-dir",
-            self.data,
-        ]  # not main's
+        # seed 7: not the configuration main trains next (that would reuse this run)
+        train = ["train", "--variant", "baseline", "--epochs", "1", "--seed", "7", "--data-dir", self.data]
         self.step("consumer train", "cody", train)
         self.step("consumer reproduce", "cody", ["reproduce", "--variants", "baseline", "--data-dir", self.data])
         self.step("researcher train", "rhea", train)
