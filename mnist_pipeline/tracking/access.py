@@ -104,7 +104,7 @@ def experiment(command: str, experiment_id: str | None = None) -> tuple[str | No
             raise
         raise AccessError(
             f"{_who()} may not read experiment {name!r} for `{command}`: that needs EDIT on it and {user()} "
-            f"has no permission; the server's admin or a user with MANAGE on the experiment grants it with {TEAM_HINT}"
+            f"has NO_PERMISSIONS; the server's admin or a user with MANAGE on the experiment grants it with {TEAM_HINT}"
         ) from None
     return (found.experiment_id if found else None), f"{name!r}"
 
