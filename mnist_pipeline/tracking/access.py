@@ -43,12 +43,18 @@ def _who() -> str:
     return f"user {user()}" if user() else "an anonymous request (no MLFLOW_TRACKING_USERNAME)"
 
 
+def _asks() -> bool:
+    """Whether there is a server to ask: an HTTP store, and a user (a basic-auth server
+    refused an anonymous request at the store check already)."""
+    return mlflow.get_tracking_uri().startswith(("http://", "https://")) and bool(user())
+
+
 def permission(resource_type: str, resource_id: str) -> str | None:
     """This user's permission on a resource as the server resolves it (grants, else the
     server's default); None on a store without authentication."""
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith(("http://", "https://")) or not user():
-        return None  # a local store; or anonymous, which a basic-auth server refused at the store check
+    if not _asks():
+        return None
     params = {"username": user(), "resource_type": resource_type, "resource_id": resource_id}
     with store.environment(store.CHECK_SETTINGS):
         response = http_request(get_default_host_creds(uri), _PERMISSION, "GET", params=params)
@@ -120,6 +126,8 @@ def _name_of(experiment_id: str) -> str:
 def runs_refusal(command: str, experiment_id: str | None = None) -> Refusal | None:
     """Why this user may not create ``command``'s runs in the experiment they go to (None:
     it may, or the experiment is new and the user who creates it will hold MANAGE on it)."""
+    if not _asks():
+        return None
     found, label = experiment(command, experiment_id)
     if found is None or allows("experiment", found, RUNS_NEED):
         return None
@@ -137,6 +145,8 @@ def require_runs(command: str, experiment_id: str | None = None) -> None:
 def registration_refusal(model_name: str, command: str) -> Refusal | None:
     """Why this user may not register versions of ``model_name`` (None: it may, or the
     model does not exist yet and the user who creates it will hold MANAGE on it)."""
+    if not _asks():
+        return None
     try:
         mlflow.MlflowClient().get_registered_model(model_name)
     except MlflowException as err:
