@@ -4,10 +4,11 @@ wrong-password requests, and a grep of everything the session printed and stored
 secrets.
 
 The session runs once (``session``: tiny data, one epoch), in this order: the refusals at the
-door, a researcher's `main`, a release manager's `register`, a consumer's `evaluate` and
-`predict`, a researcher's sweep on PostgreSQL, `verify`, the consumer's `serve` (a process of
-its own), and a researcher's `main` with the password in the tracking URI. Commands run in
-this process with their output captured, except `serve`. Each test checks one cell.
+door, a researcher's `train`, `reproduce`, `mlflow run -e train` and `main`, a release
+manager's `register`, a consumer's `evaluate` and `predict`, a researcher's sweep on
+PostgreSQL, `verify`, the consumer's `serve`, and a researcher's `main` with the password in
+the tracking URI. Commands run in this process with their output captured, except `mlflow
+run` and `serve`. Each test checks one cell.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import pytest
 
 from helpers.data import tiny_arrays, write_idx_folder
 from helpers.servers import answers, free_port, stop_group, wait_for
+from helpers.stores import PROJECT_ROOT
 from helpers.team import EXPERIMENT, MODEL, PRIVATE_MODEL, Outcome, store_texts, team_argv
 from mnist_pipeline import names
 
-WRONG = "wrong-password-0123"  # a password the server never gave anyone
+WRONG = "wrong-password-0123"
+# a password the server never gave anyone
 STORAGE_PASSWORD = "pg-url-password-0123"
 PG_PASSWORD = "pg-variable-password-0123"  # PGPASSWORD: PostgreSQL's clients read it; trust auth ignores it
 
@@ -72,6 +75,9 @@ class Session:
         self.step("consumer train", "cody", train)
         self.step("consumer reproduce", "cody", ["reproduce", "--variants", "baseline", "--data-dir", self.data])
         self.step("researcher train", "rhea", train)
+        reproduce = ["reproduce", "--variants", "baseline", "--seeds", "2", "--epochs", "1", "--data-dir", self.data]
+        self.step("researcher reproduce", "rhea", reproduce)
+        self.mlflow_run = self._mlflow_run_as_researcher()
         refused = self.step("researcher main", "rhea", self.main_argv())
         self.main_run = re.search(r"run_id=(\w+)", refused.error)[1]
         register = ["register", "--run-id", self.main_run, "--model-name", MODEL]
@@ -99,6 +105,18 @@ class Session:
         uri = self.team.uri.replace("http://", f"http://rhea:{self.team.passwords['rhea']}@")
         self.step("researcher main, the password in the URI", None, self.main_argv(), MLFLOW_TRACKING_URI=uri)
         return self
+
+    def _mlflow_run_as_researcher(self) -> tuple[subprocess.CompletedProcess, dict, dict]:
+        """`mlflow run -e train --experiment-name ...` as the researcher, credentials in the variables."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env |= self.team.credentials("rhea") | {"MLFLOW_TRACKING_URI": self.team.uri}
+        params = ["variant=baseline", "epochs=1", "seed=11", f"data_dir={self.data}"]
+        command = ["mlflow", "run", str(PROJECT_ROOT), "-e", "train", "--env-manager", "local"]
+        command += ["--experiment-name", EXPERIMENT] + [arg for p in params for arg in ("-P", p)]
+        before = _state(self.team)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        self.team.printed += [done.stdout, done.stderr]
+        return done, before, _state(self.team)
 
     def _serve_as_consumer(self, model_uri: str) -> dict:
         """`serve` as the consumer, a process of its own: the answer to one request, and all it printed."""
@@ -194,6 +212,20 @@ def test_the_researcher_trains(session):
     outcome, before, after = cell(session, "researcher train")
     assert outcome.code == 0, outcome.err
     assert list(new_runs(before, after).values()) == [("baseline", "FINISHED")]
+
+
+def test_the_researcher_reproduces(session):
+    outcome, before, after = cell(session, "researcher reproduce")
+    assert outcome.code == 0, outcome.err
+    assert sorted(new_runs(before, after).values()) == [("baseline", "FINISHED")] * 2 + [("reproduce", "FINISHED")]
+
+
+def test_the_researcher_trains_under_mlflow_run_in_the_named_experiment(session):
+    done, before, after = session.mlflow_run
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = new_runs(before, after).values()  # `mlflow run`'s run for the entry point, the training run its child
+    assert [status for _, status in runs] == ["FINISHED", "FINISHED"]
+    assert [name for name, _ in runs].count("baseline") == 1
 
 
 def test_the_release_manager_registers_the_researchers_run(session):
