@@ -49,8 +49,8 @@ def _state(team) -> dict:
 
 
 class Session:
-    def __init__(self, team, data_dir, storage):
-        self.team, self.data, self.storage = team, str(data_dir), storage
+    def __init__(self, team, data_dir, storage, home):
+        self.team, self.data, self.storage, self.home = team, str(data_dir), storage, home
         self.cells: dict[str, tuple[Outcome, dict, dict]] = {}  # name -> (outcome, state before, after)
 
     def step(self, name: str, user: str | None, argv: list[str], **kwargs) -> Outcome:
@@ -88,6 +88,10 @@ class Session:
         self.step("consumer evaluate", "cody", ["evaluate", "--model-uri", champion, "--data-dir", self.data])
         images = os.path.join(self.data, "t10k-images-idx3-ubyte.gz")
         self.step("consumer predict", "cody", ["predict", "--model-uri", champion, images])
+        home = self._credentials_file("cody")
+        self.step(
+            "consumer predict, credentials in a file", None, ["predict", "--model-uri", champion, images], HOME=home
+        )
         self.step("outsider evaluate", "otto", ["evaluate", "--model-uri", champion, "--data-dir", self.data])
         self.step(
             "consumer serve of a model it cannot read", "cody", ["serve", "--model-uri", f"models:/{PRIVATE_MODEL}@x"]
@@ -105,6 +109,15 @@ class Session:
         uri = self.team.uri.replace("http://", f"http://rhea:{self.team.passwords['rhea']}@")
         self.step("researcher main, the password in the URI", None, self.main_argv(), MLFLOW_TRACKING_URI=uri)
         return self
+
+    def _credentials_file(self, user: str) -> str:
+        """A home folder whose ~/.mlflow/credentials holds ``user``'s name and password."""
+        home = self.home / user
+        (home / ".mlflow").mkdir(parents=True)
+        (home / ".mlflow" / "credentials").write_text(
+            f"[mlflow]\nmlflow_tracking_username = {user}\nmlflow_tracking_password = {self.team.passwords[user]}\n"
+        )
+        return str(home)
 
     def _mlflow_run_as_researcher(self) -> tuple[subprocess.CompletedProcess, dict, dict]:
         """`mlflow run -e train --experiment-name ...` as the researcher, credentials in the variables."""
@@ -147,7 +160,8 @@ def session(team_server, postgres, tmp_path_factory, monkeypatch_module) -> Sess
     data = write_idx_folder(tmp_path_factory.mktemp("team-data") / "tiny-mnist", tiny_arrays())
     monkeypatch_module.chdir(tmp_path_factory.mktemp("team-cwd"))
     monkeypatch_module.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
-    return Session(team_server, data, postgres.createdb("optuna_team")).run()
+    home = tmp_path_factory.mktemp("team-homes")
+    return Session(team_server, data, postgres.createdb("optuna_team"), home).run()
 
 
 @pytest.fixture(scope="module")
@@ -241,9 +255,10 @@ def test_the_consumer_evaluates_and_predicts_without_a_run(session):
     assert re.search(r"test accuracy \d\.\d{4}", outcome.out)
     assert "user cody may not create runs" in outcome.err and "the scores are printed, not logged" in outcome.err
     assert after == before
-    outcome, before, after = cell(session, "consumer predict")
-    assert outcome.code == 0, outcome.err
-    assert len(re.findall(r"\]: \d \(p=", outcome.out)) == 100 and after == before
+    for name in ("consumer predict", "consumer predict, credentials in a file"):
+        outcome, before, after = cell(session, name)
+        assert outcome.code == 0, outcome.err
+        assert len(re.findall(r"\]: \d \(p=", outcome.out)) == 100 and after == before
 
 
 def test_the_researchers_sweep_trains_on_postgresql_and_leaves_registration(session):
