@@ -216,6 +216,7 @@ def test_the_researchers_main_keeps_its_runs_and_hands_registration_to_a_release
     assert f"user rhea may not register versions of registered model '{MODEL}' for `main`" in outcome.error
     assert "needs EDIT on it and rhea has READ" in outcome.error
     assert f"`mlflow run . -e register -P run_id={session.main_run}`" in outcome.error
+    assert "note: user rhea may not register versions" in outcome.err
     runs = new_runs(before, after)
     assert sorted(runs.values()) == [("baseline", "FINISHED"), ("main", "FINISHED")]
     assert after["versions"] == before["versions"] == [] and after["aliases"] == {}
@@ -266,6 +267,7 @@ def test_the_researchers_sweep_trains_on_postgresql_and_leaves_registration(sess
     assert outcome.code == 2
     assert f"user rhea may not register versions of registered model '{MODEL}' for `sweep`" in outcome.error
     assert "the trials are kept" in outcome.error
+    assert "note: user rhea may not register versions" in outcome.err
     statuses = sorted(status for _, status in new_runs(before, after).values())
     assert statuses == ["FINISHED", "FINISHED"]  # the study's parent run and its trial
     assert after["versions"] == before["versions"]
