@@ -105,6 +105,9 @@ class Session:
         self.step("researcher verify", "rhea", verify)
         self.step("release manager verify", "remy", verify)
         self.step("admin team again", "admin", team_argv())
+        self.step("researcher team", "rhea", team_argv())
+        promote = ["team", "--experiment", EXPERIMENT, "--model-name", MODEL, "--researchers", "cody"]
+        self.step("admin team, the consumer made a researcher", "admin", promote)
         self.served = self._serve_as_consumer(champion)
         uri = self.team.uri.replace("http://", f"http://rhea:{self.team.passwords['rhea']}@")
         self.step("researcher main, the password in the URI", None, self.main_argv(), MLFLOW_TRACKING_URI=uri)
@@ -194,6 +197,7 @@ def new_runs(before: dict, after: dict) -> dict:
         ("consumer serve of a model it cannot read", f"user cody may not read registered model '{PRIVATE_MODEL}'"),
         ("sweep with a password in storage", "storage='postgresql+psycopg2://mlflow:***@"),
         ("researcher verify", f"user rhea may not tag versions of registered model '{MODEL}' for `verify`"),
+        ("researcher team", "user rhea may not set a team up on http://127.0.0.1:"),
     ],
 )
 def test_a_refusal_is_one_line_exit_2_and_changes_nothing(session, name, says):
@@ -284,6 +288,19 @@ def test_the_team_command_is_idempotent(session):
     assert outcome.code == 0, outcome.err
     assert outcome.out.count("(kept)") == 6 and "granted" not in outcome.out and "created" not in outcome.out
     assert after == before
+
+
+def test_the_team_command_changes_a_grant_that_differs(session):
+    outcome, before, after = cell(session, "admin team, the consumer made a researcher")
+    assert outcome.code == 0, outcome.err
+    assert "cody (researcher): EDIT on the experiment (changed from READ), READ on the model (kept)" in outcome.out
+    with session.team.as_user("cody") as client:  # the server agrees: cody may create runs now
+        client.set_terminated(client.create_run(_experiment_id(session)).info.run_id)
+
+
+def _experiment_id(session) -> str:
+    with session.team.as_user() as client:
+        return client.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
 def test_a_password_in_the_tracking_uri_is_masked_in_what_main_prints(session):
