@@ -90,6 +90,11 @@ class Postgres:
         )
         return self.url.rsplit("/", 1)[0] + f"/{name}"
 
+    def dump(self, name: str) -> str:
+        """Everything database ``name`` holds, as pg_dump's SQL text."""
+        command = [postgres_bin("pg_dump"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlflow", name]
+        return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
     def stop(self) -> None:
         pid_file = self.data / "postmaster.pid"
         if pid_file.exists():
