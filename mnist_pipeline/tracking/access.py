@@ -179,6 +179,14 @@ def is_refusal(err: BaseException) -> bool:
     return "error code 403" in text or "PERMISSION_DENIED" in text or "403 Client Error" in text
 
 
+def refused_during(err: BaseException, run_id: str) -> str:
+    """The line for a refusal in the middle of a run (a grant revoked since the checks)."""
+    return (
+        f"{_who()} was refused by the tracking server ({first_line(err)[:160]}); run {run_id} ended FAILED: "
+        f"a permission changed since the command's checks, or this step needs one docs/team-server.md lists"
+    )
+
+
 def explain(err: BaseException, model_name: str, command: str) -> str:
     """A registration's failure in one line: the refusal (a Refusal) if the server refused it."""
     if is_refusal(err):

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mnist_pipeline.core import interrupts, plots
 from mnist_pipeline.core.errors import UserError
 from mnist_pipeline.core.secrets import mask_url
-from mnist_pipeline.tracking import liveness
+from mnist_pipeline.tracking import access, liveness
 
 
 @contextlib.contextmanager
@@ -34,6 +34,10 @@ def ended_run(**start_run_kwargs):
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
+        raise
+    except Exception as err:
+        if access.is_refusal(err):  # one the command's checks did not foresee: one line, not a traceback
+            raise access.AccessError(access.refused_during(err, run.info.run_id)) from None
         raise
     finally:
         if status == "FINISHED":
