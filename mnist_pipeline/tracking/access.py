@@ -128,7 +128,10 @@ def runs_refusal(command: str, experiment_id: str | None = None) -> Refusal | No
     it may, or the experiment is new and the user who creates it will hold MANAGE on it)."""
     if not _asks():
         return None
-    found, label = experiment(command, experiment_id)
+    try:
+        found, label = experiment(command, experiment_id)
+    except AccessError as refused:  # it may not even read the experiment
+        return Refusal(str(refused))
     if found is None or allows("experiment", found, RUNS_NEED):
         return None
     return refusal(command, "create runs in", ("experiment", found, f"{label} (id {found})".strip()), RUNS_NEED)
