@@ -18,7 +18,7 @@ from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 
 from mnist_pipeline.core.errors import UserError, first_line
-from mnist_pipeline.core.secrets import mask_url
+from mnist_pipeline.core.secrets import mask_url, redact
 from mnist_pipeline.tracking import store
 from mnist_pipeline.tracking.store import user
 
@@ -185,7 +185,7 @@ def is_refusal(err: BaseException) -> bool:
 def refused_during(err: BaseException, run_id: str) -> str:
     """The line for a refusal in the middle of a run (a grant revoked since the checks)."""
     return (
-        f"{_who()} was refused by the tracking server ({first_line(err)[:160]}); run {run_id} ended FAILED: "
+        f"{_who()} was refused by the tracking server ({redact(first_line(err))[:160]}); run {run_id} ended FAILED: "
         f"a permission changed since the command's checks, or this step needs one docs/team-server.md lists"
     )
 
@@ -195,6 +195,6 @@ def explain(err: BaseException, model_name: str, command: str) -> str:
     if is_refusal(err):
         return registration_refusal(model_name, command) or Refusal(
             f"{_who()} was refused a call while registering in registered model {model_name!r} "
-            f"({first_line(err)[:200]}); a release manager (MANAGE on it) can register instead"
+            f"({redact(first_line(err))[:200]}); a release manager (MANAGE on it) can register instead"
         )
-    return f"{type(err).__name__}: {first_line(err)}"
+    return f"{type(err).__name__}: {redact(first_line(err))}"  # it may be tagged on a run

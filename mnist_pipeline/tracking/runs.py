@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from mnist_pipeline.core import interrupts, plots
 from mnist_pipeline.core.errors import UserError
-from mnist_pipeline.core.secrets import mask_url
+from mnist_pipeline.core.secrets import mask_url, redact
 from mnist_pipeline.tracking import access, liveness
 
 
@@ -48,7 +48,7 @@ def ended_run(**start_run_kwargs):
                 with interrupts.deferred():
                     mlflow.end_run(status)
             except Exception as err:
-                print(f"warning: could not mark run {run.info.run_id} {status}: {err}", file=sys.stderr)
+                print(f"warning: could not mark run {run.info.run_id} {status}: {redact(str(err))}", file=sys.stderr)
 
 
 def create_finished_run(name: str, params: dict, tags: dict[str, str]) -> str:

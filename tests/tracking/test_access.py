@@ -33,3 +33,10 @@ def test_a_refusal_inside_a_run_is_one_line_and_the_run_ends_failed(tracking_sto
 def test_other_errors_inside_a_run_are_left_alone(tracking_store):
     with pytest.raises(MlflowException, match="error code 500"), runs.ended_run(run_name="broken"):
         raise MlflowException("API request to endpoint /x failed with error code 500 != 200")
+
+
+def test_a_failure_kept_as_a_tag_has_the_uri_password_masked(tracking_store):
+    err = MlflowException("API request to http://rhea:tagged-secret-01@host:5000/api/2.0/x failed with exception E")
+    assert access.explain(err, "mnist-digits", "main") == (
+        "MlflowException: API request to http://rhea:***@host:5000/api/2.0/x failed with exception E"
+    )
