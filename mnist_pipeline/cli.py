@@ -20,6 +20,8 @@ from mnist_pipeline.core import interrupts
 from mnist_pipeline.core.errors import Mismatch, UserError
 from mnist_pipeline.core.param_fields import Params, text
 from mnist_pipeline.core.params import COMMANDS
+from mnist_pipeline.core.secrets import redact
+from mnist_pipeline.core.team import ADMIN_COMMANDS
 
 PROG = "mnist-pipeline"
 USAGE_ERROR = 2
@@ -49,7 +51,7 @@ def _add_command(commands, name: str, params: type[Params]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Train, compare, register and use the MNIST study's models.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, params in COMMANDS.items():
+    for name, params in (COMMANDS | ADMIN_COMMANDS).items():
         _add_command(commands, name, params)
     return parser
 
@@ -58,13 +60,13 @@ def run(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     try:
-        params = COMMANDS[command].from_strings(args)
+        params = (COMMANDS | ADMIN_COMMANDS)[command].from_strings(args)
         importlib.import_module(f"mnist_pipeline.flows.{command}").run(params)
     except UserError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {redact(str(err))}", file=sys.stderr)
         return USAGE_ERROR
     except Mismatch as err:
-        print(f"{PROG}: mismatch: {err}", file=sys.stderr)
+        print(f"{PROG}: mismatch: {redact(str(err))}", file=sys.stderr)
         return MISMATCH
     return 0
 

@@ -201,3 +201,30 @@ def server_store(tracking_server, request, monkeypatch, tmp_path):
         mlflow.end_run("FAILED")
     mlflow.set_tracking_uri(None)
     mlflow.tracking.fluent._active_experiment_id = None
+
+
+@pytest.fixture(scope="session")
+def team_server(postgres, tmp_path_factory):
+    """`mlflow server --app-name basic-auth` on the session's PostgreSQL (its runs and its users
+    in databases of their own) with a team set up by `mnist-pipeline team` as its admin: a
+    researcher, a release manager, a consumer, and a user outside the team (helpers/team.py)."""
+    pytest.importorskip("flask_wtf", reason="the basic-auth app: pip install 'mlflow[auth]'")
+    from helpers import team
+    from helpers.servers import AuthServer
+
+    secrets = {"admin": team.password(), "key": team.password()}
+    server = AuthServer(postgres, tmp_path_factory.mktemp("team-server"), secrets)
+    try:
+        server.start()
+        passwords = {AuthServer.ADMIN: secrets["admin"]} | {u: team.password() for u in [*team.ROLES, team.OUTSIDER]}
+        crew = team.Team(
+            server.uri, passwords, {"server secret key": secrets["key"]}, server.root / "mlflow-server.log"
+        )
+        team.set_up(crew)
+        yield crew
+        with crew.as_user() as client:
+            ids = [e.experiment_id for e in client.search_experiments()]
+            runs = client.search_runs(ids, max_results=5000) if ids else []
+        _check_no_run_running(server.uri, [(r.info.run_id, r.info.status) for r in runs])
+    finally:
+        server.stop()

@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 
 from mnist_pipeline.core.errors import UserError
+from mnist_pipeline.core.secrets import mask_url
 from mnist_pipeline.core.variants import VARIANTS
 
 # Defaults shared by every variant. The study names the optimizer (RMSprop) and loss
@@ -251,7 +252,12 @@ def parse_storage(text: str) -> str:
     try:
         url = make_url(text.strip())
     except (ArgumentError, ValueError):
-        raise ConfigError(f"storage={text!r} is not allowed: {allowed}") from None
+        raise ConfigError(f"storage={mask_url(text)!r} is not allowed: {allowed}") from None
+    if url.password:  # `mlflow run` logs every parameter, and echoes the command
+        raise ConfigError(
+            f"storage={url.render_as_string(hide_password=True)!r} is not allowed: a password in it would be "
+            "logged as a run parameter; give it as PGPASSWORD or in ~/.pgpass"
+        )
     try:
         dialect = url.get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError):

@@ -3,6 +3,8 @@ for any terminal."""
 
 from __future__ import annotations
 
+from mnist_pipeline.core.secrets import mask_url
+
 
 def header(variant: str, run_id: str, epochs: int) -> str:
     return f"{variant}: run {run_id}, {epochs} epochs"
@@ -33,5 +35,5 @@ def summary(run_id: str, rows: list[dict]) -> str:
 def ui_hint(tracking_uri: str) -> str:
     """How to look at the runs: the server's address, or the command that opens a local store."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"the runs: {tracking_uri}"
+        return f"the runs: {mask_url(tracking_uri)}"
     return f"the runs: mlflow ui --backend-store-uri {tracking_uri}"

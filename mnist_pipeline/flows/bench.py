@@ -28,7 +28,7 @@ from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.params import BenchParams
 from mnist_pipeline.core.variants import VARIANTS
 from mnist_pipeline.flows import bench_serving
-from mnist_pipeline.tracking import readback, runs, store, training_run
+from mnist_pipeline.tracking import access, readback, runs, store, training_run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where MLproject is, in a source checkout
 SCALING_EPOCHS = 2  # 1 warm-up + 1 timed, for each of the 12 scaling points
@@ -133,6 +133,9 @@ def run(params: BenchParams) -> dict:
     folder = source if source.is_dir() else source.parent if source.is_file() else None
     if params.end_to_end and folder is None:
         raise config.ConfigError("end_to_end=true needs data on disk: pass data_dir or set MNIST_DATA_DIR")
+    if runs.launched_by_mlflow_run():  # the report goes to `mlflow run`'s run: refused before minutes of work
+        store.check_tracking_store()
+        access.require_runs("bench")
     report = run_benchmark(mnist, epochs=params.bench_epochs, data_dir=str(folder) if params.end_to_end else None)
     paths = write_report(report, Path(params.out))
     log_report(report, paths)

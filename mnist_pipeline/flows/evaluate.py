@@ -7,11 +7,13 @@ two scores.
 
 from __future__ import annotations
 
+import sys
+
 from mnist_pipeline import names
 from mnist_pipeline.core import evaluation
 from mnist_pipeline.core.data import load_for
 from mnist_pipeline.core.params import EvaluateParams
-from mnist_pipeline.tracking import logged_model, reports, runs, store
+from mnist_pipeline.tracking import access, logged_model, reports, runs, store
 
 
 def run(params: EvaluateParams) -> dict[str, float]:
@@ -20,7 +22,19 @@ def run(params: EvaluateParams) -> dict[str, float]:
     store.check_tracking_store()
 
     uri = params.model_uri
+    access.require_model_read(uri, "evaluate")
+    unlogged = access.runs_refusal("evaluate")  # a consumer (READ only) evaluates without a run
     model = logged_model.load_pyfunc(uri)  # before the run: a bad URI creates no run
+    if unlogged:
+        print(f"note: {unlogged}; the scores are printed, not logged", file=sys.stderr)
+        scores = evaluation.scores(data.y_test, logged_model.predict_probabilities(model, data.x_test))
+    else:
+        scores = _evaluate_in_a_run(model, data, uri)
+    print(f"{uri}: test accuracy {scores['test_accuracy']:.4f}, loss {scores['test_loss']:.4f}")
+    return scores
+
+
+def _evaluate_in_a_run(model, data, uri: str) -> dict[str, float]:
     with runs.ended_run(run_name="evaluate", tags={names.TAG_ROLE: names.ROLE_EVALUATE, names.TAG_MODEL_URI: uri}):
         runs.log_missing_params({"model_uri": uri, "data_source": data.source, "data_digest": data.digest})
         if getattr(model.metadata, "model_id", None):
@@ -29,5 +43,4 @@ def run(params: EvaluateParams) -> dict[str, float]:
         scores = evaluation.scores(data.y_test, probabilities)
         runs.log_metrics(scores)
         reports.log_test_report(data, probabilities, uri)
-    print(f"{uri}: test accuracy {scores['test_accuracy']:.4f}, loss {scores['test_loss']:.4f}")
     return scores

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 
 import pandas as pd
 import psutil
@@ -20,10 +21,10 @@ from mnist_pipeline import names
 from mnist_pipeline.core import console, plots, promotion
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist, load_for
-from mnist_pipeline.core.errors import RegistrationError, first_line
+from mnist_pipeline.core.errors import RegistrationError
 from mnist_pipeline.core.params import MainParams
 from mnist_pipeline.core.phases import Phases
-from mnist_pipeline.tracking import liveness, readback, registry, runs, store
+from mnist_pipeline.tracking import access, liveness, readback, registry, runs, store
 
 
 def run(params: MainParams) -> pd.DataFrame:
@@ -34,6 +35,10 @@ def run(params: MainParams) -> pd.DataFrame:
         configs = params.configs()
         data = load_for(params.data_dir, [cfg.validation_split for cfg in configs])
         store.check_tracking_store()
+        access.require_runs("main")  # refused before any training
+        refused = access.registration_refusal(params.model_name, "main") if params.model_name else None
+        if refused:
+            print(f"note: {refused}; the runs are trained and kept for a release manager", file=sys.stderr)
         liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
     return compare(configs, data, params.force, params.model_name, phases, params.gates())
 
@@ -68,23 +73,39 @@ def compare(
             table = _log_comparison(children)
         print(console.summary(parent.info.run_id, table.to_dict("records")))
         if model_name:
-            try:
-                with phases("registration and model card"):
-                    registry.register_best([c.run_id for c in children], model_name, "this main run's variants", gates)
-            except Exception as err:  # the store's errors come in many types
-                failure = f"{type(err).__name__}: {first_line(err)}"
-                with contextlib.suppress(Exception):  # the store may be what failed
-                    runs.set_tags({names.TAG_REGISTRATION_ERROR: failure[:5000]})
+            failure = _register(children, model_name, gates, phases)
         with contextlib.suppress(Exception):  # a timing is never worth failing the command
             runs.log_dict({**phases.seconds, "total": phases.total()}, names.PHASES, parent.info.run_id)
     print(console.ui_hint(store.tracking_uri()))
     if failure:  # raised only now: training and comparison are complete, the parent FINISHED
+        run_id = parent.info.run_id
+        kept = f"the training runs and main run {run_id} are FINISHED and kept"
+        if isinstance(failure, access.Refusal):  # a release manager registers it
+            raise RegistrationError(
+                f"{failure}; {kept}: a release manager registers its best with "
+                f"`mlflow run . -e register -P run_id={run_id}`"
+            )
         raise RegistrationError(
-            f"registering the best run failed ({failure}); the training runs and main run "
-            f"{parent.info.run_id} are FINISHED and kept: retry with "
-            f"`mlflow run . -e register -P run_id={parent.info.run_id}`"
+            f"registering the best run failed ({failure}); {kept}: retry with "
+            f"`mlflow run . -e register -P run_id={run_id}`"
         )
     return table
+
+
+def _register(children, model_name: str, gates, phases: Phases) -> str | None:
+    """Register the best child on the active (parent) run; the failure in one line, or None.
+    A user without the right to register is not sent to the registry at all."""
+    failure = access.registration_refusal(model_name, "main")
+    if failure is None:
+        try:
+            with phases("registration and model card"):
+                registry.register_best([c.run_id for c in children], model_name, "this main run's variants", gates)
+        except Exception as err:  # the store's errors come in many types
+            failure = access.explain(err, model_name, "main")
+    if failure:
+        with contextlib.suppress(Exception):  # the store may be what failed
+            runs.set_tags({names.TAG_REGISTRATION_ERROR: failure[:5000]})
+    return failure
 
 
 def _log_comparison(children: list[readback.ChildRun]) -> pd.DataFrame:

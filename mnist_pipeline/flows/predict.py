@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from mnist_pipeline.core.inputs import load_inputs
 from mnist_pipeline.core.params import PredictParams
-from mnist_pipeline.tracking import logged_model, store
+from mnist_pipeline.tracking import access, logged_model, store
 
 
 def run(params: PredictParams) -> None:
     names, images = load_inputs(params.files)
     store.check_tracking_store()
+    access.require_model_read(params.model_uri, "predict")
 
     model = logged_model.load_pyfunc(params.model_uri)
     for name, p in zip(names, logged_model.predict_probabilities(model, images)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from mnist_pipeline import names
 from mnist_pipeline.core.params import RegisterParams
-from mnist_pipeline.tracking import registry, runs, store
+from mnist_pipeline.tracking import access, registry, runs, store
 
 
 def run(params: RegisterParams):
@@ -19,9 +19,19 @@ def run(params: RegisterParams):
 
     parent_id, children = registry.children_of(params.run_id or None)
     name = {} if runs.launched_by_mlflow_run() else {"run_name": "register"}  # mlflow run's own run is named
+    experiment_id = None  # under `mlflow run`: the project run's
     if name:  # beside the main run it registers from
-        runs.use_experiment_of(parent_id, "main run", "pass a run_id from this store")
+        experiment_id = runs.use_experiment_of(parent_id, "main run", "pass a run_id from this store")
+    access.require_runs("register", experiment_id)  # refused before any run or version
+    refused = access.registration_refusal(params.model_name, "register")
+    if refused:
+        raise access.AccessError(refused)
     with runs.ended_run(**name, tags={names.TAG_ROLE: names.ROLE_REGISTER}):
         runs.log_missing_params({"main_run_id": parent_id, "model_name": params.model_name})
         chosen_from = f"main run {parent_id}"
-        return registry.register_best(list(children.values()), params.model_name, chosen_from, params.gates())
+        try:
+            return registry.register_best(list(children.values()), params.model_name, chosen_from, params.gates())
+        except Exception as err:  # refused half-way (a permission changed meanwhile): one line
+            if access.is_refusal(err):
+                raise access.AccessError(access.explain(err, params.model_name, "register")) from None
+            raise

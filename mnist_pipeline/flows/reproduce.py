@@ -19,7 +19,7 @@ from mnist_pipeline.core import plots, seeds
 from mnist_pipeline.core.data import load_for
 from mnist_pipeline.core.params import ReproduceParams
 from mnist_pipeline.core.variants import VARIANTS
-from mnist_pipeline.tracking import liveness, readback, runs, store
+from mnist_pipeline.tracking import access, liveness, readback, runs, store
 
 
 def run(params: ReproduceParams) -> pd.DataFrame:
@@ -27,6 +27,7 @@ def run(params: ReproduceParams) -> pd.DataFrame:
     configs = params.configs()
     data = load_for(params.data_dir, [cfg.validation_split for cfg in configs])
     store.check_tracking_store()
+    access.require_runs("reproduce")  # refused before any training
     liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
     from mnist_pipeline.tracking import training_run  # TensorFlow: after the fast checks
 

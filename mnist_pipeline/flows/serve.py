@@ -28,7 +28,7 @@ import sys
 import uvicorn
 
 from mnist_pipeline.core.params import ServeParams
-from mnist_pipeline.tracking import follower, served, store
+from mnist_pipeline.tracking import access, follower, served, store
 
 IMAGE_JSON_BYTES = 5_000  # about one 28x28 image of "123.0, " values in a JSON request
 BODY_SECONDS = 30  # longest a client may take to send its body (a slow client holds a connection)
@@ -188,6 +188,7 @@ def _log_events() -> None:
 def run(params: ServeParams) -> None:
     """Serve ``params.model_uri`` until interrupted, following its alias if it has one."""
     store.check_tracking_store()
+    access.require_model_read(params.model_uri, "serve")
     _log_events()
     holder = follower.Follower(*served.load_first(params.model_uri), params.refresh_seconds)
     follower.LOG.info("serving %s from %s", holder.current.describe(), params.model_uri)

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 from mnist_pipeline import names
 from mnist_pipeline.core.errors import UserError, first_line
 from mnist_pipeline.core.params import SweepParams
+from mnist_pipeline.core.secrets import redact
 from mnist_pipeline.tracking import readback, runs
 
 VARIANT = "final"  # the architecture whose hyperparameters the sweep tunes
@@ -193,4 +194,4 @@ def end_runs_of(parent_id: str, number: int, why: str) -> None:
             runs.set_run_tags(run_id, {names.TAG_TRIAL_STATE: TrialState.FAIL.name})
             print(f"trial {number}: {why}; run {run_id} ended KILLED")
     except Exception as err:  # the store's errors come in many types
-        print(f"warning: could not end the run of failed trial {number}: {err}")
+        print(f"warning: could not end the run of failed trial {number}: {redact(str(err))}")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 import optuna
@@ -49,11 +50,11 @@ from mnist_pipeline import names
 from mnist_pipeline.core import promotion
 from mnist_pipeline.core.config import TrainConfig, resolve
 from mnist_pipeline.core.data import Mnist, load_for
-from mnist_pipeline.core.errors import RegistrationError, first_line
+from mnist_pipeline.core.errors import RegistrationError
 from mnist_pipeline.core.params import SweepParams
 from mnist_pipeline.flows import study as studies
 from mnist_pipeline.flows.study import PARAMS, VARIANT, SearchSpace
-from mnist_pipeline.tracking import liveness, promotions, readback, registry, runs, store
+from mnist_pipeline.tracking import access, liveness, promotions, readback, registry, runs, store
 
 
 class OverBudget(Exception):
@@ -73,6 +74,10 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
     default to study.SEARCH_SPACE and study.median_pruner()."""
     data = load_for(params.data_dir, [resolve(VARIANT, {"seed": params.training_seed}).validation_split])
     store.check_tracking_store()
+    access.require_runs("sweep")  # refused before the study opens
+    refused = access.registration_refusal(params.model_name, "sweep") if params.model_name else None
+    if refused:  # known now; said again, with what to do, once the trials are done
+        print(f"note: {refused}; the trials are run and kept for a release manager", file=sys.stderr)
     space = space or studies.SEARCH_SPACE
     worker = f"{socket.gethostname()}:{os.getpid()}"
     project_run = runs.detach_project_run()  # `mlflow run -e sweep`'s own run stays beside
@@ -205,14 +210,20 @@ def _row(trial: optuna.trial.FrozenTrial, trial_runs: dict) -> dict:
 
 
 def _register(best, model_name: str, chosen_from: str, parent_id: str, gates: promotion.Gates | None) -> None:
+    again = (
+        "run the same sweep command again with --n-trials no larger than the trials the study holds "
+        "(then it only registers)"
+    )
+    refused = access.registration_refusal(model_name, "sweep")
+    if refused:
+        raise RegistrationError(f"{refused}; the trials are kept: a release manager can {again}")
     try:
         registration = registry.register_run(best, model_name, chosen_from, gates)
         promotions.log_decision(registration, model_name, parent_id)
     except Exception as err:  # the store's errors come in many types
         raise RegistrationError(
-            f"registering the best trial's run {best.info.run_id} failed ({type(err).__name__}: "
-            f"{first_line(err)}); the trials are kept: run the same sweep command again with "
-            "--n-trials no larger than the trials the study holds (then it only registers)"
+            f"registering the best trial's run {best.info.run_id} failed ({access.explain(err, model_name, 'sweep')}); "
+            f"the trials are kept: {again}"
         ) from None
     version = registration.version
     print(f"{model_name} version {version.version} (run {best.info.run_id}): {registration.reason}")

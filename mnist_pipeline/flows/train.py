@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from mnist_pipeline.core.data import load_for
 from mnist_pipeline.core.params import TrainParams
-from mnist_pipeline.tracking import liveness, store
+from mnist_pipeline.tracking import access, liveness, store
 
 
 def run(params: TrainParams) -> str:
@@ -19,6 +19,7 @@ def run(params: TrainParams) -> str:
     [cfg] = params.configs()
     data = load_for(params.data_dir, [cfg.validation_split])
     store.check_tracking_store()
+    access.require_runs("train")  # refused before any training
     liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
     from mnist_pipeline.tracking.training_run import track_alone  # TensorFlow: after the fast checks
 

@@ -18,13 +18,14 @@ from mnist_pipeline.core import config, verification
 from mnist_pipeline.core.data import load_for
 from mnist_pipeline.core.errors import Mismatch, UserError
 from mnist_pipeline.core.params import VerifyParams
-from mnist_pipeline.tracking import identity, liveness, readback, registry, runs, store
+from mnist_pipeline.tracking import access, identity, liveness, readback, registry, runs, store
 
 
 def run(params: VerifyParams) -> verification.Verdict:
     data = load_for(params.data_dir)
     store.check_tracking_store()
     liveness.end_dead_runs()
+    access.require_model_read(params.model_uri, "verify")
     version = registry.version_of(params.model_uri)
     trained = readback.training_run_of(version)
     recorded_digest = trained.data.tags.get(names.TAG_DATA_DIGEST, "")
@@ -37,6 +38,9 @@ def run(params: VerifyParams) -> verification.Verdict:
     cfg = _config_of(trained.data.params)
     code_now, code_then = identity.code_version(), trained.data.tags.get(names.TAG_CODE_VERSION, "")
     same_host = trained.data.tags.get(names.TAG_HOST) == liveness.tags()[names.TAG_HOST]
+    # the re-training's run, and the version's `verified` tag: both refused before any training
+    access.require_runs("verify", None if runs.launched_by_mlflow_run() else trained.info.experiment_id)
+    access.require("verify", "tag versions of", access.model(version.name), access.REGISTER_NEEDS)
     print(f"verifying {label}: {cfg.variant}, seed {cfg.seed}, run {trained.info.run_id}")
     print(f"code: {'the same' if code_now == code_then else f'differs (recorded {code_then}, now {code_now})'}")
     print(f"machine: {'the same host' if same_host else 'another host'}")

@@ -13,6 +13,7 @@ import pandas as pd
 from mlflow.entities import Metric, RunTag
 
 from mnist_pipeline.core import interrupts
+from mnist_pipeline.core.secrets import mask_url
 from mnist_pipeline.tracking import liveness
 from mnist_pipeline.tracking.store import ONE_SHOT, TrackingStoreError, environment
 
@@ -58,7 +59,7 @@ class EpochLogger:
         while final and self._pending:
             if time.monotonic() > give_up_at:
                 raise TrackingStoreError(
-                    f"tracking server {mlflow.get_tracking_uri()} did not answer for "
+                    f"tracking server {mask_url(mlflow.get_tracking_uri())} did not answer for "
                     f"{self.FINAL_WAIT_SECONDS:.0f} s after training: metrics of "
                     f"{len({m.step for m in self._pending})} epochs could not be logged"
                 )
@@ -85,7 +86,7 @@ class EpochLogger:
         except Exception as err:  # the server's errors reach us in many types
             if not self._retry_at:
                 print(
-                    f"warning: tracking server {mlflow.get_tracking_uri()} did not take the metrics "
+                    f"warning: tracking server {mask_url(mlflow.get_tracking_uri())} did not take the metrics "
                     f"of epoch {self._pending[-1].step} ({type(err).__name__}); training goes on and "
                     "they are sent when it answers again",
                     file=sys.stderr,

@@ -23,6 +23,7 @@ import weakref
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from mnist_pipeline.core import secrets
 from mnist_pipeline.core.errors import first_line
 from mnist_pipeline.tracking import served
 
@@ -63,8 +64,10 @@ class Follower:
         while not self._stop.wait(self.refresh_seconds):
             try:
                 self.poll()
-            except Exception:  # the thread must outlive any surprise; the server keeps serving
-                LOG.exception("following %s failed this round; still serving %s", self._alias(), self._serving())
+            except Exception as err:  # the thread must outlive any surprise; the server keeps serving
+                LOG.error(
+                    "following %s failed this round (%s); still serving %s", self._alias(), _why(err), self._serving()
+                )
 
     def poll(self) -> None:
         """One round: read the alias, and load, check and swap in the version it names."""
@@ -86,9 +89,7 @@ class Follower:
         except MlflowException as err:
             if err.get_http_status_code() in _GONE:
                 if self.alias_version is not None:
-                    LOG.warning(
-                        "%s was deleted (%s); still serving %s", self._alias(), first_line(err), self._serving()
-                    )
+                    LOG.warning("%s was deleted (%s); still serving %s", self._alias(), _why(err), self._serving())
                 self.alias_version = None
                 self._store_back()
                 return None
@@ -100,7 +101,7 @@ class Follower:
 
     def _store_gone(self, err: Exception) -> None:
         if self._store_problem is None:
-            self._store_problem = first_line(err)[:300] or type(err).__name__
+            self._store_problem = _why(err)[:300]
             LOG.warning("tracking store cannot be read (%s); still serving %s", self._store_problem, self._serving())
         return None
 
@@ -122,7 +123,7 @@ class Follower:
                 if self._store_problem:
                     self.alias_version = self.current.version  # so that the next round loads it again
                 return None
-            return self._refuse(version, f"cannot be downloaded: {first_line(err) or type(err).__name__}")
+            return self._refuse(version, f"cannot be downloaded: {_why(err)}")
         previous, self.current, self.refused = self.current, candidate, None
         LOG.info(
             "serving %s (was version %s), loaded and checked in %.1f s",
@@ -135,6 +136,7 @@ class Follower:
         self._wait_released()
 
     def _refuse(self, version: str, reason: str) -> None:
+        reason = secrets.redact(reason)
         self.refused = {"version": version, "reason": reason, "at": _now()}
         LOG.warning(
             "refused version %s of %s: %s; still serving %s", version, self.target.name, reason, self._serving()
@@ -175,6 +177,12 @@ class Follower:
 
     def _serving(self) -> str:
         return self.current.describe()
+
+
+def _why(err: Exception) -> str:
+    """``err`` in one line, with any secret this process was given masked (a store's error can
+    quote its URL)."""
+    return secrets.redact(first_line(err)) or type(err).__name__
 
 
 def _now() -> str:

@@ -17,7 +17,8 @@ from mlflow.exceptions import MlflowException
 
 from mnist_pipeline.core import interrupts, plots
 from mnist_pipeline.core.errors import UserError
-from mnist_pipeline.tracking import liveness
+from mnist_pipeline.core.secrets import mask_url, redact
+from mnist_pipeline.tracking import access, liveness
 
 
 @contextlib.contextmanager
@@ -34,6 +35,10 @@ def ended_run(**start_run_kwargs):
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except Exception as err:
+        if access.is_refusal(err):  # one the command's checks did not foresee: one line, not a traceback
+            raise access.AccessError(access.refused_during(err, run.info.run_id)) from None
+        raise
     finally:
         if status == "FINISHED":
             with interrupts.deferred():  # a Ctrl-C now is raised once the run is ended
@@ -43,7 +48,7 @@ def ended_run(**start_run_kwargs):
                 with interrupts.deferred():
                     mlflow.end_run(status)
             except Exception as err:
-                print(f"warning: could not mark run {run.info.run_id} {status}: {err}", file=sys.stderr)
+                print(f"warning: could not mark run {run.info.run_id} {status}: {redact(str(err))}", file=sys.stderr)
 
 
 def create_finished_run(name: str, params: dict, tags: dict[str, str]) -> str:
@@ -86,14 +91,16 @@ def detach_project_run() -> str | None:
     return os.environ.pop(mlflow.environment_variables.MLFLOW_RUN_ID.name, None)
 
 
-def use_experiment_of(run_id: str, what: str, fix: str) -> None:
-    """Start the next runs in ``run_id``'s experiment. If this store lacks the run: UserError
+def use_experiment_of(run_id: str, what: str, fix: str) -> str:
+    """Start the next runs in ``run_id``'s experiment; returns its id. If this store lacks the run: UserError
     "<what> <run_id> is not in tracking store <uri>: <fix>"."""
     try:
         experiment_id = mlflow.get_run(run_id).info.experiment_id
     except MlflowException:
-        raise UserError(f"{what} {run_id} is not in tracking store {mlflow.get_tracking_uri()}: {fix}") from None
+        where = mask_url(mlflow.get_tracking_uri())
+        raise UserError(f"{what} {run_id} is not in tracking store {where}: {fix}") from None
     mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def log_missing_params(params: dict[str, str]) -> None:

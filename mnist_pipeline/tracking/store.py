@@ -10,8 +10,10 @@ import contextlib
 import os
 
 import mlflow
+from mlflow.utils.credentials import read_mlflow_creds
 
 from mnist_pipeline.core.errors import UserError, first_line
+from mnist_pipeline.core.secrets import mask_url, redact, url_password, url_user
 
 # Bounded retries against an HTTP tracking server for the whole process: a server that
 # dies mid-run fails the run's next call after about 1 + 2 + 4 s of back-off instead of
@@ -26,6 +28,8 @@ HTTP_SETTINGS = {
 # waited for.
 CHECK_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 # One attempt, short timeout: for calls that have their own way to try again later.
+# MLflow's variable that keeps its "View run ... at: <tracking uri>/#/..." lines off stdout.
+SUPPRESS_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 ONE_SHOT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 
@@ -56,20 +60,47 @@ def environment(values: dict[str, str]):
                 os.environ[name] = value
 
 
+def user() -> str:
+    """The user name MLflow sends: its variables or credentials file, else the URI's user-info."""
+    return read_mlflow_creds().username or url_user(mlflow.get_tracking_uri()) or ""
+
+
+class CredentialsRefused(TrackingStoreError, PermissionError):
+    """The server answered, and refused the credentials (HTTP 401)."""
+
+
+def _refused(uri: str) -> CredentialsRefused:
+    if user():
+        who, fix = f"the credentials of user {user()}", "check MLFLOW_TRACKING_PASSWORD or ~/.mlflow/credentials"
+        why = "a wrong password, or no such user"
+    else:
+        who, fix = "an anonymous request", "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        why = "it requires a user name and password"
+    return CredentialsRefused(
+        f"the tracking server {mask_url(uri)} refused {who} (HTTP 401: {why}): {fix}; "
+        "the server's admin creates users and resets passwords"
+    )
+
+
 def check_tracking_store() -> None:
-    """Fail fast, before any training, if the tracking URI is a server that does not answer."""
+    """Fail fast, before any training, if the tracking URI is a server that does not answer
+    or refuses the credentials."""
     for name, value in HTTP_SETTINGS.items():
         os.environ.setdefault(name, value)
     uri = mlflow.get_tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return  # a local database or folder: nothing to reach
+    if url_password(uri):  # MLflow prints "View run <name> at: <uri>/#/..." as it ends a run
+        os.environ.setdefault(SUPPRESS_URLS, "true")
     try:
         with environment(CHECK_SETTINGS):
             mlflow.MlflowClient().search_experiments(max_results=1)
     except Exception as err:  # refused, timed out, 5xx after the retry: all fatal here
-        reason = first_line(err)[:200] or type(err).__name__
+        reason = redact(first_line(err))[:200] or type(err).__name__
+        if "error code 401" in reason:
+            raise _refused(uri) from None
         raise TrackingStoreError(
-            f"tracking server {uri} cannot be reached ({reason}); start it or set MLFLOW_TRACKING_URI"
+            f"tracking server {mask_url(uri)} cannot be reached ({reason}); start it or set MLFLOW_TRACKING_URI"
         ) from None
 
 

@@ -78,12 +78,22 @@ class Postgres:
             check=True,
             capture_output=True,
         )
+        self.createdb("mlflow")
+        return self
+
+    def createdb(self, name: str) -> str:
+        """A new database in the cluster; its SQLAlchemy URL."""
         subprocess.run(
-            [postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlflow", "mlflow"],
+            [postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlflow", name],
             check=True,
             capture_output=True,
         )
-        return self
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+    def dump(self, name: str) -> str:
+        """Everything database ``name`` holds, as pg_dump's SQL text."""
+        command = [postgres_bin("pg_dump"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlflow", name]
+        return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
     def stop(self) -> None:
         pid_file = self.data / "postmaster.pid"
@@ -102,6 +112,8 @@ class MlflowServer:
         self.port, self.root, self.backend_url = port or free_port(), root, backend_url
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
+        self.options: list[str] = []  # more `mlflow server` options
+        self.env: dict[str, str] = {}  # more variables for the server
 
     def start(self) -> MlflowServer:
         log = self.root / "mlflow-server.log"
@@ -118,8 +130,9 @@ class MlflowServer:
             str(self.port),
             "--workers",
             "1",
+            *self.options,
         ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | self.env
         with log.open("a") as out:  # a restart adds to the log; the child keeps its own handle
             self.process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True
@@ -143,3 +156,31 @@ def stop_group(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+class AuthServer(MlflowServer):
+    """`mlflow server --app-name basic-auth`: runs and users each in a database of their own in
+    the session's PostgreSQL; new users hold no permission until granted one. ``secrets`` are
+    the admin's password and the server's secret key."""
+
+    ADMIN = "admin"
+
+    def __init__(self, postgres: Postgres, root: Path, secrets: dict[str, str]):
+        super().__init__(postgres.createdb("mlflow_team"), root)
+        config = root / "auth.ini"
+        config.write_text(
+            "[mlflow]\n"
+            "default_permission = NO_PERMISSIONS\n"
+            f"database_uri = {postgres.createdb('mlflow_auth')}\n"
+            f"admin_username = {self.ADMIN}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            "auth_cache_ttl_seconds = 300\n"  # else every request hashes the password again
+        )
+        self.admin_password = secrets["admin"]
+        self.options = ["--app-name", "basic-auth"]
+        self.env = {
+            "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": secrets["admin"],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets["key"],
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # spares its job-runner processes
+        }

@@ -192,3 +192,12 @@ def test_a_uri_without_an_alias_or_a_zero_refresh_is_not_followed():
     assert served.target_of("models:/digits/12") == served.Target("digits", version="12")
     assert served.target_of("runs:/abc/model") == served.Target()
     assert served.target_of("models:/m-0123456789abcdef") == served.Target()
+
+
+def test_a_store_error_that_quotes_a_password_is_logged_masked(loads, events):
+    registry, holder = make("1")
+    registry.error = MlflowException("request to http://ann:s3cret-word-12@store:5000 failed", INTERNAL_ERROR)
+    holder.poll()
+    lines = [line for line in events() if "cannot be read" in line]
+    assert len(lines) == 1 and "ann:***@store" in lines[0]
+    assert "s3cret-word-12" not in " ".join(events()) + str(holder.state())

@@ -1,0 +1,200 @@
+"""Who this process is on a tracking server with authentication (MLflow's basic-auth app),
+what it may do there, and one line for each refusal.
+
+The server decides; these checks ask it first (its "permission of a user on a resource"
+endpoint, which any user may call about themselves), so that a command it would refuse
+stops before it trains or opens a run. On a local store or a server without authentication
+every check passes. MLflow's permissions, from least to most: NO_PERMISSIONS, READ, USE,
+EDIT, MANAGE; DENY refuses everything. What each call needs is measured in docs/team-server.md.
+"""
+
+from __future__ import annotations
+
+import re
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request
+
+from mnist_pipeline.core.errors import UserError, first_line
+from mnist_pipeline.core.secrets import mask_url, redact
+from mnist_pipeline.tracking import store
+from mnist_pipeline.tracking.store import user
+
+LEVELS = {"DENY": -1, "NO_PERMISSIONS": 0, "READ": 1, "USE": 2, "EDIT": 3, "MANAGE": 4}
+RUNS_NEED = "EDIT"  # creating runs in an experiment, logging to them, ending them
+REGISTER_NEEDS = "EDIT"  # a model version, its tags and description, moving an alias
+READ_NEEDS = "READ"  # reading a registered model and downloading its files
+_PERMISSION = "/api/3.0/mlflow/users/permissions/get"
+_KIND = {"experiment": "experiment", "registered_model": "registered model"}
+TEAM_HINT = "`mnist-pipeline team` (docs/team-server.md)"
+
+
+class AccessError(UserError, PermissionError):
+    """The server refused this user something, or refused the credentials; one line."""
+
+
+class Refusal(str):
+    """One refusal line (``refusal``), as text to report later."""
+
+
+def _who() -> str:
+    return f"user {user()}" if user() else "an anonymous request (no MLFLOW_TRACKING_USERNAME)"
+
+
+def _asks() -> bool:
+    """Whether there is a server to ask: an HTTP store, and a user (a basic-auth server
+    refused an anonymous request at the store check already)."""
+    return mlflow.get_tracking_uri().startswith(("http://", "https://")) and bool(user())
+
+
+def permission(resource_type: str, resource_id: str) -> str | None:
+    """This user's permission on a resource as the server resolves it (grants, else the
+    server's default); None on a store without authentication."""
+    uri = mlflow.get_tracking_uri()
+    if not _asks():
+        return None
+    params = {"username": user(), "resource_type": resource_type, "resource_id": resource_id}
+    with store.environment(store.CHECK_SETTINGS):
+        response = http_request(get_default_host_creds(uri), _PERMISSION, "GET", params=params)
+    if response.status_code == 404 and "permission" not in response.text:
+        return None  # no auth app: the route does not exist
+    if response.status_code != 200:
+        raise AccessError(
+            f"{_who()}: the tracking server {mask_url(uri)} did not say what it may do on "
+            f"{_KIND[resource_type]} {resource_id!r} (HTTP {response.status_code}: {response.text[:200]})"
+        )
+    return response.json()["permission"]
+
+
+def allows(resource_type: str, resource_id: str, needed: str) -> bool:
+    held = permission(resource_type, resource_id)
+    return held is None or LEVELS.get(held, -1) >= LEVELS[needed]
+
+
+def model(name: str) -> tuple[str, str, str]:
+    """A registered model as a resource: (type, id, label)."""
+    return "registered_model", name, repr(name)
+
+
+def refusal(command: str, action: str, resource: tuple[str, str, str], needed: str) -> Refusal:
+    """One line: who, what was refused on which resource for which command, the permission it
+    needs, what the user holds, who grants it."""
+    resource_type, resource_id, label = resource
+    held, kind = permission(resource_type, resource_id) or "no permission", _KIND[resource_type]
+    return Refusal(
+        f"{_who()} may not {action} {kind} {label} for `{command}`: that needs {needed} on it and "
+        f"{user()} has {held}; the server's admin or a user with MANAGE on the {kind} grants it with {TEAM_HINT}"
+    )
+
+
+def require(command: str, action: str, resource: tuple[str, str, str], needed: str) -> None:
+    """AccessError (one line) unless this user holds ``needed`` on the resource."""
+    if not allows(*resource[:2], needed):
+        raise AccessError(refusal(command, action, resource, needed))
+
+
+def experiment(command: str, experiment_id: str | None = None) -> tuple[str | None, str]:
+    """(id, label) of the experiment the next runs go to: ``experiment_id``, else the one
+    MLFLOW_EXPERIMENT_ID or MLFLOW_EXPERIMENT_NAME names, else Default. The id is None for
+    a name that does not exist yet: the user who creates it holds MANAGE on it."""
+    experiment_id = experiment_id or mlflow.environment_variables.MLFLOW_EXPERIMENT_ID.get()
+    name = mlflow.environment_variables.MLFLOW_EXPERIMENT_NAME.get()
+    if experiment_id or not name:
+        return experiment_id or "0", _name_of(experiment_id or "0")
+    try:
+        found = mlflow.MlflowClient().get_experiment_by_name(name)
+    except MlflowException as err:
+        if not is_refusal(err):
+            raise
+        raise AccessError(
+            f"{_who()} may not read experiment {name!r} for `{command}`: that needs EDIT on it and {user()} "
+            f"has NO_PERMISSIONS; the server's admin or a user with MANAGE on the experiment grants it with {TEAM_HINT}"
+        ) from None
+    return (found.experiment_id if found else None), f"{name!r}"
+
+
+def _name_of(experiment_id: str) -> str:
+    """The experiment's name, quoted, for a refusal line; '' if this user may not read it."""
+    try:
+        return repr(mlflow.MlflowClient().get_experiment(experiment_id).name)
+    except MlflowException:
+        return ""
+
+
+def runs_refusal(command: str, experiment_id: str | None = None) -> Refusal | None:
+    """Why this user may not create ``command``'s runs in the experiment they go to (None:
+    it may, or the experiment is new and the user who creates it will hold MANAGE on it)."""
+    if not _asks():
+        return None
+    try:
+        found, label = experiment(command, experiment_id)
+    except AccessError as refused:  # it may not even read the experiment
+        return Refusal(str(refused))
+    if found is None or allows("experiment", found, RUNS_NEED):
+        return None
+    return refusal(command, "create runs in", ("experiment", found, f"{label} (id {found})".strip()), RUNS_NEED)
+
+
+def require_runs(command: str, experiment_id: str | None = None) -> None:
+    """Before ``command`` opens a run or trains: AccessError unless this user may create runs
+    in the experiment they go to."""
+    refused = runs_refusal(command, experiment_id)
+    if refused:
+        raise AccessError(refused)
+
+
+def registration_refusal(model_name: str, command: str) -> Refusal | None:
+    """Why this user may not register versions of ``model_name`` (None: it may, or the
+    model does not exist yet and the user who creates it will hold MANAGE on it)."""
+    if not _asks():
+        return None
+    try:
+        mlflow.MlflowClient().get_registered_model(model_name)
+    except MlflowException as err:
+        if not is_refusal(err):
+            return None  # RESOURCE_DOES_NOT_EXIST: registration creates it
+    else:
+        if allows("registered_model", model_name, REGISTER_NEEDS):
+            return None
+    return refusal(command, "register versions of", model(model_name), REGISTER_NEEDS)
+
+
+def model_name_of(model_uri: str) -> str | None:
+    """The registered model a models:/ URI names; None for any other URI."""
+    if not model_uri.startswith("models:/"):
+        return None
+    rest = model_uri.removeprefix("models:/")
+    return rest.split("@")[0].split("/")[0] or None
+
+
+def require_model_read(model_uri: str, command: str) -> None:
+    """Before ``command`` loads ``model_uri``: AccessError unless this user may read its model."""
+    name = model_name_of(model_uri)
+    if name is not None and not re.fullmatch(r"m-[0-9a-f]{32}", name):  # models:/m-<id>: a logged model
+        require(command, "read", model(name), READ_NEEDS)
+
+
+def is_refusal(err: BaseException) -> bool:
+    """Whether ``err`` is the server refusing a call (HTTP 403)."""
+    text = first_line(err)
+    return "error code 403" in text or "PERMISSION_DENIED" in text or "403 Client Error" in text
+
+
+def refused_during(err: BaseException, run_id: str) -> str:
+    """The line for a refusal in the middle of a run (a grant revoked since the checks)."""
+    return (
+        f"{_who()} was refused by the tracking server ({redact(first_line(err))[:160]}); run {run_id} ended FAILED: "
+        f"a permission changed since the command's checks, or this step needs one docs/team-server.md lists"
+    )
+
+
+def explain(err: BaseException, model_name: str, command: str) -> str:
+    """A registration's failure in one line: the refusal (a Refusal) if the server refused it."""
+    if is_refusal(err):
+        return registration_refusal(model_name, command) or Refusal(
+            f"{_who()} was refused a call while registering in registered model {model_name!r} "
+            f"({redact(first_line(err))[:200]}); a release manager (MANAGE on it) can register instead"
+        )
+    return f"{type(err).__name__}: {redact(first_line(err))}"  # it may be tagged on a run
