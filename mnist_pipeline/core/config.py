@@ -253,7 +253,9 @@ def parse_storage(text: str) -> str:
         url = make_url(text.strip())
     except (ArgumentError, ValueError):
         raise ConfigError(f"storage={mask_url(text)!r} is not allowed: {allowed}") from None
-    if url.password:  # `mlflow run` logs every parameter, and echoes the command
+    secret = {key: "***" for key in ("password", "sslpassword") if key in url.query}
+    url = url.update_query_dict(secret) if secret else url  # shown masked in every message below
+    if url.password or secret:  # `mlflow run` logs every parameter, and echoes the command
         raise ConfigError(
             f"storage={url.render_as_string(hide_password=True)!r} is not allowed: a password in it would be "
             "logged as a run parameter; give it as PGPASSWORD or in ~/.pgpass"

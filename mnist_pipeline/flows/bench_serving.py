@@ -4,10 +4,9 @@
 - REST: one-image requests (p50, p95) and 100-image requests (images/s) against
   `mlflow models serve --env-manager local` and `mnist-pipeline serve`;
 - load: a bounded load test against `mnist-pipeline serve` (``LOAD_CLIENTS`` threads,
-  ``LOAD_REQUESTS`` one-image requests in all, then stop): errors, p50, p99, and whether
-  /health answers afterwards.
-
-Every request goes to 127.0.0.1, to a server this module started on a free port.
+  ``LOAD_REQUESTS`` one-image requests in all): errors, p50, p99, /health afterwards;
+- follow: the load test again while the champion's alias moves, then SWAPS more swaps and the
+  server's memory. Every request goes to 127.0.0.1, to a server this module started.
 """
 
 from __future__ import annotations
@@ -91,7 +90,8 @@ def follow_speed(images: np.ndarray, env: dict[str, str], folder: str) -> dict:
         resident = []
         for swap in range(SWAPS):
             _move_and_wait(url, move, first if swap % 2 == 0 else second)
-            while model_state(url)["models_held"] > 1:  # the swapped-out model not yet released
+            deadline = time.monotonic() + STARTUP_SECONDS
+            while model_state(url)["models_held"] > 1 and time.monotonic() < deadline:  # not yet released
                 time.sleep(0.05)
             resident.append(psutil.Process(server.process.pid).memory_info().rss / 2**20)
     return {f"follow_{key}": value for key, value in report.items()} | {

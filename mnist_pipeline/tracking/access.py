@@ -152,12 +152,13 @@ def registration_refusal(model_name: str, command: str) -> Refusal | None:
         return None
     try:
         mlflow.MlflowClient().get_registered_model(model_name)
-    except MlflowException as err:
-        if not is_refusal(err):
-            return None  # RESOURCE_DOES_NOT_EXIST: registration creates it
-    else:
-        if allows("registered_model", model_name, REGISTER_NEEDS):
-            return None
+    except MlflowException:
+        # RESOURCE_DOES_NOT_EXIST: registration creates it. A refusal too may mean a model that
+        # does not exist yet (the server answers an unknown model with its default permission):
+        # the registration itself then says, in one line, if the server refuses it.
+        return None
+    if allows("registered_model", model_name, REGISTER_NEEDS):
+        return None
     return refusal(command, "register versions of", model(model_name), REGISTER_NEEDS)
 
 
@@ -182,10 +183,15 @@ def is_refusal(err: BaseException) -> bool:
     return "error code 403" in text or "PERMISSION_DENIED" in text or "403 Client Error" in text
 
 
-def refused_during(err: BaseException, run_id: str) -> str:
+def refused_during(err: BaseException, run_id: str, ended: bool = True) -> str:
     """The line for a refusal in the middle of a run (a grant revoked since the checks)."""
+    fate = (
+        "ended FAILED"
+        if ended
+        else "could not be ended (refused too): it stays RUNNING until someone with EDIT ends it"
+    )
     return (
-        f"{_who()} was refused by the tracking server ({redact(first_line(err))[:160]}); run {run_id} ended FAILED: "
+        f"{_who()} was refused by the tracking server ({redact(first_line(err))[:160]}); run {run_id} {fate}: "
         f"a permission changed since the command's checks, or this step needs one docs/team-server.md lists"
     )
 

@@ -21,6 +21,7 @@ import time
 import weakref
 
 import mlflow
+import requests
 from mlflow.exceptions import MlflowException
 
 from mnist_pipeline.core import secrets
@@ -43,6 +44,7 @@ class Follower:
         self.alias_version: str | None = first.version
         self._store_problem: str | None = None  # why the store cannot be read, while it cannot
         self._retired = None  # weakref to the model last swapped out, until it is released
+        self._retrying: str | None = None  # a version whose download the store failed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -112,18 +114,18 @@ class Follower:
 
     def _swap_to(self, version: str) -> None:
         self._wait_released()
-        LOG.info("%s moved to version %s: loading it while %s serves", self._alias(), version, self._serving())
+        if self._retrying != version:
+            LOG.info("%s moved to version %s: loading it while %s serves", self._alias(), version, self._serving())
         start = time.monotonic()
         try:
             candidate = served.load(self.current.uri, self.target, version, self.current)
         except served.Refused as err:
             return self._refuse(version, str(err))
-        except Exception as err:  # the artifacts could not be had: a bad version, or the store went
-            if self._read_alias() != version:  # the store went, or the alias moved: decide next round
-                if self._store_problem:
-                    self.alias_version = self.current.version  # so that the next round loads it again
-                return None
+        except Exception as err:  # the artifacts could not be had: a bad version, or the store failed
+            if _transient(err) or self._read_alias() != version:  # the store's fault, or the alias moved
+                return self._retry(version, err)
             return self._refuse(version, f"cannot be downloaded: {_why(err)}")
+        self._retrying = None
         previous, self.current, self.refused = self.current, candidate, None
         LOG.info(
             "serving %s (was version %s), loaded and checked in %.1f s",
@@ -135,7 +137,16 @@ class Follower:
         del previous
         self._wait_released()
 
+    def _retry(self, version: str, err: Exception) -> None:
+        """The store failed while ``version`` was downloaded: the next round tries it again
+        (said once per version, not once per round)."""
+        if self._retrying != version:
+            LOG.warning("version %s could not be downloaded (%s); trying again at the next read", version, _why(err))
+            self._retrying = version
+        self.alias_version = self.current.version  # so that the next round loads it again
+
     def _refuse(self, version: str, reason: str) -> None:
+        self._retrying = None
         reason = secrets.redact(reason)
         self.refused = {"version": version, "reason": reason, "at": _now()}
         LOG.warning(
@@ -143,15 +154,20 @@ class Follower:
         )
 
     def _wait_released(self) -> None:
-        """Until the model last swapped out is freed (its last request done), so that at most
-        two are ever held; a model still held after RELEASE_SECONDS is reported and passed."""
-        deadline = time.monotonic() + RELEASE_SECONDS
-        while self._retired is not None and self._retired() is not None:
-            gc.collect()  # a Keras model and its compiled function refer to each other
+        """Until the version last swapped out is freed (its last request done), so that at most
+        two are ever held; one still held after RELEASE_SECONDS is reported and passed. Then a
+        collection: a Keras model and its compiled function refer to each other, so freeing the
+        version leaves its model to the garbage collector, which may not run for a long time."""
+        deadline, pause = time.monotonic() + RELEASE_SECONDS, 0.01
+        while self._retired is not None and self._retired() is not None and not self._stop.is_set():
             if time.monotonic() > deadline:
-                LOG.warning("the model swapped out is still held after %d s", RELEASE_SECONDS)
+                LOG.warning("the version swapped out is still held after %d s", RELEASE_SECONDS)
                 break
-            self._stop.wait(0.05)
+            self._stop.wait(pause)  # requests take milliseconds; a stuck one is not polled hard
+            pause = min(2 * pause, 1.0)
+            gc.collect()
+        if self._retired is not None:
+            gc.collect()
         self._retired = None
 
     def state(self) -> dict:
@@ -177,6 +193,14 @@ class Follower:
 
     def _serving(self) -> str:
         return self.current.describe()
+
+
+def _transient(err: Exception) -> bool:
+    """Whether a download failed for the store's sake (no connection, a timeout, a 5xx), not the
+    version's (its files missing or unreadable)."""
+    if isinstance(err, MlflowException):
+        return err.get_http_status_code() >= 500
+    return isinstance(err, ConnectionError | TimeoutError | requests.RequestException)
 
 
 def _why(err: Exception) -> str:

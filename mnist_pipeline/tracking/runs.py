@@ -28,7 +28,7 @@ def ended_run(**start_run_kwargs):
     process's liveness tags, so that a later command ends it KILLED if the process dies hard."""
     start_run_kwargs["tags"] = {**liveness.tags(), **(start_run_kwargs.get("tags") or {})}
     run = mlflow.start_run(**start_run_kwargs)
-    status = "FAILED"
+    status, refused, ended = "FAILED", None, False
     try:
         yield run
         status = "FINISHED"
@@ -36,19 +36,29 @@ def ended_run(**start_run_kwargs):
         status = "KILLED"
         raise
     except Exception as err:
-        if access.is_refusal(err):  # one the command's checks did not foresee: one line, not a traceback
-            raise access.AccessError(access.refused_during(err, run.info.run_id)) from None
-        raise
+        if not access.is_refusal(err):
+            raise
+        refused = err  # one the command's checks did not foresee: one line once the run is ended
     finally:
-        if status == "FINISHED":
-            with interrupts.deferred():  # a Ctrl-C now is raised once the run is ended
-                mlflow.end_run(status)
-        else:  # an error is on its way out: ending the run must not replace it
-            try:
-                with interrupts.deferred():
-                    mlflow.end_run(status)
-            except Exception as err:
-                print(f"warning: could not mark run {run.info.run_id} {status}: {redact(str(err))}", file=sys.stderr)
+        ended = _end(run.info.run_id, status)
+    if refused is not None:
+        raise access.AccessError(access.refused_during(refused, run.info.run_id, ended))
+
+
+def _end(run_id: str, status: str) -> bool:
+    """Ends the active run ``status``; whether it could. A FINISHED run that cannot be ended
+    raises; otherwise an error is on its way out, and ending the run must not replace it."""
+    if status == "FINISHED":
+        with interrupts.deferred():  # a Ctrl-C now is raised once the run is ended
+            mlflow.end_run(status)
+        return True
+    try:
+        with interrupts.deferred():
+            mlflow.end_run(status)
+        return True
+    except Exception as err:
+        print(f"warning: could not mark run {run_id} {status}: {redact(str(err))}", file=sys.stderr)
+        return False
 
 
 def create_finished_run(name: str, params: dict, tags: dict[str, str]) -> str:

@@ -40,6 +40,10 @@ def test_storage_with_a_password_is_refused_with_it_masked():
     assert "postgresql+psycopg2://bob:***@127.0.0.1/optuna" in str(refused.value)
     assert "PGPASSWORD" in str(refused.value) and "~/.pgpass" in str(refused.value)
     assert config.parse_storage("postgresql+psycopg2://bob@127.0.0.1/optuna").endswith("/optuna")
+    for query in ("password=db-secret-02", "sslmode=require&sslpassword=db-secret-02"):  # psycopg2 reads both
+        with pytest.raises(ConfigError) as refused:
+            config.parse_storage(f"postgresql+psycopg2://bob@127.0.0.1/optuna?{query}")
+        assert "db-secret-02" not in str(refused.value) and "PGPASSWORD" in str(refused.value)
 
 
 def test_team_params_give_each_member_one_role():

@@ -8,9 +8,9 @@ import json
 from mnist_pipeline.flows import serve
 
 
-def call(app, chunks: list[bytes], stall: bool = False) -> tuple[list[dict], list[bytes]]:
+def call(app, chunks: list[bytes], stall: bool = False) -> tuple[list[dict], list[bytes], list[dict]]:
     """Runs ``app`` on a POST whose body comes in ``chunks`` (then, if ``stall``, never ends);
-    the messages it sent, and the body the inner app got (if it was called)."""
+    the messages it sent, the body the inner app got (if it was called), the chunks unread."""
     scope = {
         "type": "http",
         "method": "POST",
@@ -36,21 +36,21 @@ def call(app, chunks: list[bytes], stall: bool = False) -> tuple[list[dict], lis
         await send({"type": "http.response.body", "body": b"{}"})
 
     asyncio.run(asyncio.wait_for(app(inner)(scope, receive, send), timeout=10))  # a missing deadline fails, not hangs
-    return sent, seen
+    return sent, seen, pending
 
 
 def test_a_body_over_the_bound_is_read_to_its_end_and_answered_413_without_the_app():
-    sent, seen = call(lambda inner: serve.BodyLimit(inner, max_bytes=10), [b"x" * 6, b"x" * 6, b"x" * 6])
-    assert sent[0]["status"] == 413 and seen == []
+    sent, seen, unread = call(lambda inner: serve.BodyLimit(inner, max_bytes=10), [b"x" * 6, b"x" * 6, b"x" * 6])
+    assert sent[0]["status"] == 413 and seen == [] and unread == []
     assert json.loads(sent[1]["body"])["error_code"] == "REQUEST_TOO_LARGE"
 
 
 def test_a_body_within_the_bound_reaches_the_app_whole():
-    sent, seen = call(lambda inner: serve.BodyLimit(inner, max_bytes=10), [b"12345", b"6789"])
+    sent, seen, _ = call(lambda inner: serve.BodyLimit(inner, max_bytes=10), [b"12345", b"6789"])
     assert sent[0]["status"] == 200 and seen == [b"123456789"]
 
 
 def test_a_body_not_sent_within_the_deadline_is_answered_408():
-    sent, seen = call(lambda inner: serve.BodyLimit(inner, max_bytes=10, seconds=0.2), [b"12"], stall=True)
+    sent, seen, _ = call(lambda inner: serve.BodyLimit(inner, max_bytes=10, seconds=0.2), [b"12"], stall=True)
     assert sent[0]["status"] == 408 and seen == []
     assert "not sent whole within 0.2 s" in json.loads(sent[1]["body"])["message"]

@@ -30,6 +30,21 @@ def test_a_refusal_inside_a_run_is_one_line_and_the_run_ends_failed(tracking_sto
     assert mlflow.get_run(run.info.run_id).info.status == "FAILED"
 
 
+def test_a_refusal_that_also_refuses_ending_the_run_says_it_stays_running(tracking_store, monkeypatch, capsys):
+    def refused_too(status):
+        raise MlflowException(REFUSED.replace("log-batch", "update"))
+
+    with pytest.raises(access.AccessError) as refused, runs.ended_run(run_name="refused twice") as run:
+        monkeypatch.setattr(mlflow, "end_run", refused_too)
+        raise MlflowException(REFUSED)
+    monkeypatch.undo()
+    assert f"run {run.info.run_id} could not be ended" in str(refused.value) and "ended FAILED" not in str(
+        refused.value
+    )
+    assert mlflow.get_run(run.info.run_id).info.status == "RUNNING"  # as the line says
+    mlflow.end_run("FAILED")
+
+
 def test_other_errors_inside_a_run_are_left_alone(tracking_store):
     with pytest.raises(MlflowException, match="error code 500"), runs.ended_run(run_name="broken"):
         raise MlflowException("API request to endpoint /x failed with error code 500 != 200")

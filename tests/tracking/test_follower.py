@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 import weakref
 
 import pytest
@@ -97,8 +98,11 @@ def test_a_request_in_flight_keeps_its_model_and_at_most_two_are_held(loads, mon
     registry.version = "2"
     swap = threading.Thread(target=holder.poll)
     swap.start()
-    swap.join(timeout=1)
+    deadline = time.monotonic() + 30
+    while holder.current.version != "2" and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert holder.current.version == "2" and in_flight.version == "1"
+    time.sleep(0.5)
     assert swap.is_alive(), "the follower did not wait for version 1's last request"
     del in_flight  # the request finishes
     swap.join(timeout=30)
@@ -201,3 +205,22 @@ def test_a_store_error_that_quotes_a_password_is_logged_masked(loads, events):
     lines = [line for line in events() if "cannot be read" in line]
     assert len(lines) == 1 and "ann:***@store" in lines[0]
     assert "s3cret-word-12" not in " ".join(events()) + str(holder.state())
+
+
+def test_a_download_the_store_fails_is_tried_again_not_refused(loads, monkeypatch, events):
+    registry, holder = make("1")
+    registry.version = "2"
+    failures = [MlflowException("API request failed: Max retries exceeded", INTERNAL_ERROR)] * 2
+
+    def flaky(uri, target, version, current=None):
+        if failures:
+            raise failures.pop()
+        return fake_served(version)
+
+    monkeypatch.setattr(served, "load", flaky)
+    holder.poll()
+    holder.poll()
+    assert holder.refused is None and holder.current.version == "1"
+    holder.poll()
+    assert holder.current.version == "2"
+    assert sum("could not be downloaded" in line for line in events()) == 1

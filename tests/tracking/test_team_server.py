@@ -162,7 +162,9 @@ class Session:
 def session(team_server, postgres, tmp_path_factory, monkeypatch_module) -> Session:
     data = write_idx_folder(tmp_path_factory.mktemp("team-data") / "tiny-mnist", tiny_arrays())
     monkeypatch_module.chdir(tmp_path_factory.mktemp("team-cwd"))
-    monkeypatch_module.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    # unset for the session, and unset again after it (the pipeline sets it in this process)
+    monkeypatch_module.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "recorded")
+    monkeypatch_module.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
     home = tmp_path_factory.mktemp("team-homes")
     return Session(team_server, data, postgres.createdb("optuna_team"), home).run()
 
@@ -318,7 +320,7 @@ def test_the_consumer_serves_the_champion(session):
 
 def test_no_secret_in_anything_the_session_printed_or_stored(session, postgres, tmp_path):
     team = session.team
-    secrets = {**team.passwords, **team.secrets, "storage": STORAGE_PASSWORD, "PGPASSWORD": PG_PASSWORD}
+    secrets = {**team.passwords, **team.secrets, "storage": STORAGE_PASSWORD, "PGPASSWORD": PG_PASSWORD, "wrong": WRONG}
     with team.as_user() as client:
         stored = store_texts(client, tmp_path)
     searched = {
