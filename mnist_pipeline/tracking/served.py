@@ -9,8 +9,8 @@ Both request paths refuse pixels that are not finite numbers in 0-255 with a 400
 JSON decoder reads NaN and Infinity, and a model answers them as if they were digits.
 
 The process has one MLflow scoring app, whose model is the version CURRENT names in each
-request's context: FastAPI keeps the endpoints of every app it made, so an app per version
-held every version ever served (3 MiB of resident memory more per swap, measured).
+request's context: the endpoints of an app made per version outlive the app and would hold
+that version's model.
 """
 
 from __future__ import annotations
