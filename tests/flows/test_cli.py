@@ -9,9 +9,9 @@ import yaml
 
 from helpers.stores import PROJECT_ROOT, all_runs
 from mnist_pipeline import cli
-from mnist_pipeline.core import model_card
 from mnist_pipeline.core.config import OVERRIDABLE
-from mnist_pipeline.core.params import COMMANDS, ServeParams
+from mnist_pipeline.core.params import COMMANDS
+from mnist_pipeline.core.team import ADMIN_COMMANDS
 
 # Every entry point parameter, out of range and of the wrong type.
 BAD_INPUT = [
@@ -102,18 +102,17 @@ def test_split_that_leaves_no_training_images_is_refused_before_a_run(tracking_s
     assert all_runs(tracking_store) == []
 
 
+def listed_commands(help_text: str) -> list[str]:
+    """The sub-commands argparse lists in ``--help`` ("{train,main,...}")."""
+    return re.search(r"\{([a-z,]+)\}", help_text).group(1).split(",")
+
+
 def test_console_script_and_module_expose_the_same_commands():
-    for command in ([sys.executable, "-m", "mnist_pipeline", "--help"], ["mnist-pipeline", "--help"]):
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        assert "train" in out and "main" in out
-
-
-def test_defaults_repeated_outside_params_agree():
-    """The model card tells consumers the request bound `serve` applies by default."""
-    card = model_card.build(
-        model_name="m", version="1", chosen="", params={}, metrics={}, confusion=None, run_id="r", model_uri="models:/x"
-    )
-    assert f"bodies over {ServeParams().max_request_mb} MiB get 413" in card
+    helps = [
+        subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        for command in ([sys.executable, "-m", "mnist_pipeline", "--help"], ["mnist-pipeline", "--help"])
+    ]
+    assert listed_commands(helps[0]) == listed_commands(helps[1]) == list(COMMANDS) + list(ADMIN_COMMANDS)
 
 
 def test_mlproject_parameters_and_defaults_match_the_command_dataclasses():

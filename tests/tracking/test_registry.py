@@ -297,11 +297,16 @@ def test_predict_pictures_and_idx_files(registered, tiny_mnist, tmp_path, capsys
 def test_bad_files_and_uris_are_one_line_errors(registered, tiny_mnist_dir, tmp_path, capsys):
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")
+    a_digit = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(a_digit)  # readable: the URI is what is wrong
     runs_before = len(all_runs(registered))
     cases = [
         (["predict", str(not_an_image)], f"{not_an_image}: not a readable image"),
         (["predict", str(tmp_path / "missing.png")], "missing.png: no such file"),
-        (["predict", "--model-uri", "models:/no-such-model@champion", str(not_an_image)], "not a readable image"),
+        (
+            ["predict", "--model-uri", "models:/no-such-model@champion", str(a_digit)],
+            "model_uri='models:/no-such-model@champion' cannot be loaded",
+        ),
         (
             ["evaluate", "--model-uri", "models:/no-such-model@champion", "--data-dir", str(tiny_mnist_dir)],
             "model_uri='models:/no-such-model@champion' cannot be loaded",

@@ -12,14 +12,17 @@ import mlflow
 from helpers.stores import PROJECT_ROOT
 from mnist_pipeline import names
 
-REGISTER_AT = """
-import sys, time, mlflow
+REGISTER_TOGETHER = """
+import pathlib, sys, time, mlflow
 from mnist_pipeline.tracking import registry
-run_id, name, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
+run_id, name, folder, me = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3]), sys.argv[4]
 run = mlflow.get_run(run_id)
-time.sleep(max(0.0, start_at - time.time()))  # both processes register at the same moment
+(folder / me).touch()  # a barrier: ready, then wait until both are
+while len(list(folder.iterdir())) < 2:
+    time.sleep(0.01)
+start = time.time()
 r = registry.register_run(run, name)
-print(r.version.version, r.champion)
+print(r.version.version, r.champion, start, time.time())
 """
 
 
@@ -29,18 +32,17 @@ def rest(uri: str, endpoint: str, **query) -> dict:
         return json.loads(response.read())
 
 
-def test_concurrent_registrations_lose_no_version_and_the_better_one_is_champion(server_store, request):
-    import time
-
+def test_concurrent_registrations_lose_no_version_and_the_better_one_is_champion(server_store, request, tmp_path):
     from helpers.runs import scored_run
 
     name = f"digits-{request.node.name}-{os.getpid()}"
     worse, better = scored_run(0.91), scored_run(0.97)
     env = {**os.environ, "MLFLOW_TRACKING_URI": server_store}
-    start_at = time.time() + 8  # after both interpreters have imported MLflow
+    barrier = tmp_path / "ready"
+    barrier.mkdir()
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", REGISTER_AT, run_id, name, str(start_at)],
+            [sys.executable, "-c", REGISTER_TOGETHER, run_id, name, str(barrier), run_id],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -50,6 +52,10 @@ def test_concurrent_registrations_lose_no_version_and_the_better_one_is_champion
     ]
     outputs = [w.communicate(timeout=180) for w in workers]
     assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in outputs]
+    spans = [tuple(map(float, out.split()[-2:])) for out, _ in outputs]
+    assert max(start for start, _ in spans) < min(end for _, end in spans), (
+        f"the registrations did not overlap: {spans}"
+    )
     client = mlflow.MlflowClient()
     versions = client.search_model_versions(f"name = '{name}'")
     assert sorted(v.tags["run_id"] for v in versions) == sorted([worse, better])
