@@ -54,15 +54,15 @@ def test_a_dataset_another_process_inserted_first_is_linked_on_the_second_try(tr
 
 
 def test_mlflow_keras_input_example_bug_still_needs_the_workaround(tracking_store):
-    """Fails when MLflow fixes the bug on a version we pin: then drop _save_keras_model."""
+    """On every MLflow version: fails once MLflow fixes the bug (then drop the folder made first
+    in logged_model._save_keras_model, and this test); the workaround logs the example."""
     import keras
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     example = np.zeros((1, 2), np.float32)
     with mlflow.start_run():
-        if mlflow.__version__.startswith(("3.17.", "3.18.")):
-            with pytest.raises(FileNotFoundError):
-                mlflow.keras.log_model(model, name="m", input_example=example)
+        with pytest.raises(FileNotFoundError):  # no raise: MLflow fixed it
+            mlflow.keras.log_model(model, name="m", input_example=example)
         info = logged_model.log_keras_model(model, example)
     assert mlflow.models.Model.load(info.model_uri).load_input_example().shape == (1, 2)
 
