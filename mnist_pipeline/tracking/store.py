@@ -28,9 +28,9 @@ HTTP_SETTINGS = {
 # waited for.
 CHECK_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 # One attempt, short timeout: for calls that have their own way to try again later.
+ONE_SHOT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 # MLflow's variable that keeps its "View run ... at: <tracking uri>/#/..." lines off stdout.
 SUPPRESS_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
-ONE_SHOT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 
 # A database's words for a unique key that another writer took first (PostgreSQL, SQLite, MySQL).
@@ -47,17 +47,22 @@ class TrackingStoreError(UserError, ConnectionError):
 
 
 @contextlib.contextmanager
-def environment(values: dict[str, str]):
+def environment(values: dict[str, str | None]):
+    """Environment variables set (None: unset) for the block, then put back."""
     saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
     try:
+        _set(values)
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _set(saved)
+
+
+def _set(values: dict[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def user() -> str:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mnist_pipeline.tracking import store
 
 ROLES = {"rhea": "researchers", "remy": "release_managers", "cody": "consumers"}
 OUTSIDER = "otto"  # a user of the server with no grant in the team
@@ -58,7 +59,7 @@ class Team:
         values = {"MLFLOW_TRACKING_URI": self.uri, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "MLFLOW_EXPERIMENT_ID": None}
         values |= self.credentials(user, password) | env
         out, err = io.StringIO(), io.StringIO()
-        with variables(values), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with store.environment(values), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             mlflow.set_tracking_uri(values["MLFLOW_TRACKING_URI"])
             try:
                 code = cli.run(argv)
@@ -74,27 +75,8 @@ class Team:
         """An MlflowClient acting as ``user`` for the block."""
         import mlflow
 
-        with variables(self.credentials(user) | {"MLFLOW_TRACKING_URI": self.uri}):
+        with store.environment(self.credentials(user) | {"MLFLOW_TRACKING_URI": self.uri}):
             yield mlflow.MlflowClient(self.uri)
-
-
-@contextlib.contextmanager
-def variables(values: dict[str, str | None]):
-    """Environment variables set (None: unset) for the block, then put back."""
-    saved = {name: os.environ.get(name) for name in values}
-    try:
-        for name, value in values.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def store_texts(client, folder: Path) -> list[str]:
