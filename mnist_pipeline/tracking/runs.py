@@ -48,15 +48,13 @@ def ended_run(**start_run_kwargs):
 def _end(run_id: str, status: str) -> bool:
     """Ends the active run ``status``; whether it could. A FINISHED run that cannot be ended
     raises; otherwise an error is on its way out, and ending the run must not replace it."""
-    if status == "FINISHED":
+    try:
         with interrupts.deferred():  # a Ctrl-C now is raised once the run is ended
             mlflow.end_run(status)
         return True
-    try:
-        with interrupts.deferred():
-            mlflow.end_run(status)
-        return True
     except Exception as err:
+        if status == "FINISHED":
+            raise
         print(f"warning: could not mark run {run_id} {status}: {redact(str(err))}", file=sys.stderr)
         return False
 
