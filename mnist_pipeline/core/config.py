@@ -1,33 +1,21 @@
-"""Run configuration: ``TrainConfig`` (one training run, validated at construction), every
-default of the pipeline, and the parsers that read parameter strings.
+"""Run configuration: ``TrainConfig`` (one training run, validated at construction, its
+fields made from core/knobs.py), the pipeline's other defaults, and parsers of parameter
+strings.
 
-``resolve`` gives a variant's TrainConfig with overrides on top; the command dataclasses in
-params.py read their strings with the parsers here.
+``resolve`` gives a variant's TrainConfig with overrides on top; ``logged_config`` the one a
+run logged. The command dataclasses in params.py read their strings with the parsers here.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import make_dataclass
 
 from mnist_pipeline.core.errors import UserError
+from mnist_pipeline.core.knobs import ALWAYS_LOGGED, EACH_VARIANT, KNOBS, OVERRIDABLE
 from mnist_pipeline.core.secrets import mask_url
 from mnist_pipeline.core.variants import VARIANTS
-
-# Defaults shared by every variant. The study names the optimizer (RMSprop) and loss
-# (categorical cross-entropy) but not these; the values below are ours.
-BATCH_SIZE = 128  # images per gradient step
-LEARNING_RATE = 1e-3  # RMSprop step size (Keras' default)
-VALIDATION_SPLIT = 0.1  # fraction of the 60,000 training images held out for validation
-SEED = 42  # seeds Python, NumPy and TensorFlow once per run
-# RMSprop's update as TensorFlow's one fused kernel per weight (called by fit.Loop) instead
-# of Keras 3's ~10 element-wise ops: the same formula, rounded in another order (float32
-# last-bit differences); five seeds per variant showed no accuracy change (docs/seeds.md).
-FUSED_RMSPROP = True
-
-# 3x3 conv + 2x2 max-pool blocks that fit a 28x28 image: 28 -> 13 -> 5 -> 1 pixels a side.
-MAX_CONV_BLOCKS = 3
 
 SEEDS = 5  # `reproduce`: runs per variant, seeds seed, seed + 1, ..., seed + SEEDS - 1
 BENCH_EPOCHS = 4  # `bench`: per timed training, 1 warm-up epoch + 3 timed
@@ -37,118 +25,43 @@ MAX_REQUEST_MB = 16  # `serve`: largest request body read, in MiB; about 3,000 i
 OPTIMIZER = "rmsprop"
 LOSS = "categorical_crossentropy"
 
-# Names of the fields a run may override; an override left unset takes the variant's value.
-OVERRIDABLE = (
-    "hidden_units",
-    "conv_filters",
-    "dropout",
-    "l2",
-    "epochs",
-    "batch_size",
-    "learning_rate",
-    "validation_split",
-    "seed",
-    "fused_rmsprop",
-)
+_VARIANT_ALLOWED = f"must be one of {', '.join(VARIANTS)}"
 
 
 class ConfigError(UserError, ValueError):
     """A parameter value that is not allowed; the message is one line for the user."""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides one training run, validated at construction."""
-
-    variant: str
-    hidden_units: tuple[int, ...]
-    conv_filters: tuple[int, ...]  # () for the dense nets
-    dropout: float
-    l2: float
-    epochs: int
-    batch_size: int = BATCH_SIZE
-    learning_rate: float = LEARNING_RATE
-    validation_split: float = VALIDATION_SPLIT
-    seed: int = SEED
-    augment_shift: float = 0.0  # set by the variant only (not overridable)
-    cosine_decay: bool = False  # set by the variant only (not overridable)
-    fused_rmsprop: bool = FUSED_RMSPROP  # speed; same optimizer, other float rounding
+class _Checked:
+    """TrainConfig's behaviour; its fields are ``variant`` and one per knob."""
 
     def __post_init__(self):
-        for name, (allowed, ok) in _CHECKS.items():
-            value = getattr(self, name)
-            if not ok(value):
-                raise ConfigError(f"{name}={show(value)} is not allowed: {allowed}")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"variant={show(self.variant)} is not allowed: {_VARIANT_ALLOWED}")
+        for knob in KNOBS.values():
+            value = getattr(self, knob.name)
+            if not knob.ok(value):
+                raise ConfigError(f"{knob.name}={show(value)} is not allowed: {knob.allowed}")
 
     def as_params(self) -> dict[str, str | int | float]:
         """Flat dict for logging: the same keys for every variant."""
-        params = asdict(self)
-        params["hidden_units"] = ",".join(map(str, self.hidden_units))
-        params["conv_filters"] = ",".join(map(str, self.conv_filters))  # "" for a dense net
-        return params
+        return {"variant": self.variant} | {knob.name: knob.logged(getattr(self, knob.name)) for knob in KNOBS.values()}
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-_CHECKS = {
-    "variant": (f"must be one of {', '.join(VARIANTS)}", lambda v: v in VARIANTS),
-    "hidden_units": (
-        "must be one or more positive integers separated by commas, e.g. 512,256,128",
-        lambda v: len(v) > 0 and all(_int(u) and u > 0 for u in v),
-    ),
-    "conv_filters": (
-        f"must be at most {MAX_CONV_BLOCKS} positive integers separated by commas, e.g. 32,64",
-        lambda v: len(v) <= MAX_CONV_BLOCKS and all(_int(f) and f > 0 for f in v),
-    ),
-    "dropout": ("must be a number in [0, 1)", lambda v: _finite(v) and 0 <= v < 1),
-    "l2": ("must be a number >= 0", lambda v: _finite(v) and v >= 0),
-    "epochs": ("must be an integer >= 1", lambda v: _int(v) and v >= 1),
-    "batch_size": ("must be an integer >= 1", lambda v: _int(v) and v >= 1),
-    "learning_rate": ("must be a number > 0", lambda v: _finite(v) and v > 0),
-    "validation_split": (
-        "must be a number in (0, 1)",
-        lambda v: _finite(v) and 0 < v < 1,
-    ),
-    "seed": ("must be an integer in [0, 2**32)", lambda v: _int(v) and 0 <= v < 2**32),
-    "augment_shift": ("must be a number in [0, 0.5)", lambda v: _finite(v) and 0 <= v < 0.5),
-    "fused_rmsprop": ("must be true or false", lambda v: isinstance(v, bool)),
-    "cosine_decay": ("must be true or false", lambda v: isinstance(v, bool)),
-}
-
-
-def allowed(name: str) -> str:
-    """What a TrainConfig field allows, as its error messages say it."""
-    return _CHECKS[name][0]
+TrainConfig = make_dataclass(
+    "TrainConfig",
+    [("variant", str), *((knob.name, knob.type) for knob in KNOBS.values())],
+    bases=(_Checked,),
+    frozen=True,
+)
+TrainConfig.__module__ = __name__  # make_dataclass's own module= is Python 3.12's
+TrainConfig.__doc__ = "Everything that decides one training run: its variant and every knob (core/knobs.py)."
 
 
 def show(value) -> str:
     if isinstance(value, tuple):
         return ",".join(map(str, value)) or "''"
     return repr(value) if isinstance(value, str) else str(value)
-
-
-def _parse_int(text: str) -> int:
-    return int(text)
-
-
-def _parse_units(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(","))
-
-
-_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def to_bool(text: str) -> bool:
-    """true or false (also 1 or 0, yes or no, any case); ValueError otherwise."""
-    if text.lower() not in _BOOLS:
-        raise ValueError(text)
-    return _BOOLS[text.lower()]
 
 
 def parse_digits(text: str) -> int:
@@ -158,35 +71,32 @@ def parse_digits(text: str) -> int:
     return int(text)
 
 
-# How each overridable field is read from a command-line / MLproject string.
-PARSERS = {
-    "hidden_units": _parse_units,
-    "conv_filters": _parse_units,
-    "dropout": float,
-    "l2": float,
-    "epochs": _parse_int,
-    "batch_size": _parse_int,
-    "learning_rate": float,
-    "validation_split": float,
-    "seed": _parse_int,
-    "fused_rmsprop": to_bool,
-}
+def _parsed(name: str, text: str):
+    try:
+        return KNOBS[name].parse(text.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not allowed: {KNOBS[name].allowed}") from None
 
 
-def parse_overrides(raw: dict[str, str | None]) -> dict:
+def parse_overrides(raw: Mapping[str, str | None]) -> dict:
     """Read string overrides; ``None`` or an empty string means "the variant's value"."""
-    parsed = {}
-    for name, text in raw.items():
-        if name not in PARSERS:
-            raise ConfigError(f"{name} is not a parameter: use one of {', '.join(PARSERS)}")
-        if text is None or str(text).strip() == "":
-            continue
-        try:
-            parsed[name] = PARSERS[name](str(text).strip())
-        except ValueError:
-            allowed = _CHECKS[name][0]
-            raise ConfigError(f"{name}={text!r} is not allowed: {allowed}") from None
-    return parsed
+    for name in raw:
+        if name not in OVERRIDABLE:
+            raise ConfigError(f"{name} is not a parameter: use one of {', '.join(OVERRIDABLE)}")
+    return {name: _parsed(name, str(text)) for name, text in raw.items() if text is not None and str(text).strip()}
+
+
+def logged_config(params: Mapping[str, str]) -> TrainConfig:
+    """The TrainConfig a training run logged (its params, as strings). A knob the run did not
+    log is the value runs trained with before it existed (``Knob.unlogged``), whatever the
+    variant or default says now."""
+    values = {}
+    for name, knob in KNOBS.items():
+        if name in params:
+            values[name] = _parsed(name, params[name])
+        elif knob.unlogged is not ALWAYS_LOGGED:
+            values[name] = knob.unlogged
+    return resolve(params["variant"], values)
 
 
 def seed_list(first: int, count: int) -> list[int]:
@@ -194,14 +104,12 @@ def seed_list(first: int, count: int) -> list[int]:
     return list(range(first, first + count))
 
 
-def resolve(variant: str, overrides: dict | None = None) -> TrainConfig:
-    """The variant's own values, with any parsed ``overrides`` on top."""
+def resolve(variant: str, overrides: Mapping | None = None) -> TrainConfig:
+    """The variant's own values over the knobs' defaults, with any parsed ``overrides`` on top."""
     if variant not in VARIANTS:
-        raise ConfigError(f"variant={variant!r} is not allowed: {_CHECKS['variant'][0]}")
-    base = VARIANTS[variant]
-    values = {f.name: getattr(base, f.name) for f in fields(TrainConfig) if hasattr(base, f.name)}
-    values.update(overrides or {})
-    return TrainConfig(variant=variant, **values)
+        raise ConfigError(f"variant={variant!r} is not allowed: {_VARIANT_ALLOWED}")
+    defaults = {name: knob.default for name, knob in KNOBS.items() if knob.default is not EACH_VARIANT}
+    return TrainConfig(variant=variant, **(defaults | dict(VARIANTS[variant].knobs) | dict(overrides or {})))
 
 
 def parse_variants(text: str) -> tuple[str, ...]:

@@ -6,42 +6,30 @@ these classes, and a test checks MLproject's defaults against them. A flow check
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, make_dataclass, replace
 from pathlib import Path
 
 from mnist_pipeline import names
 from mnist_pipeline.core import config, promotion
 from mnist_pipeline.core.config import ConfigError, TrainConfig
+from mnist_pipeline.core.knobs import EACH_VARIANT, KNOBS, OVERRIDABLE, Knob, to_bool
 from mnist_pipeline.core.param_fields import Params, optional, param, stripped, text
 from mnist_pipeline.core.variants import DEFAULT_VARIANTS, VARIANTS
 
+_SEED = KNOBS["seed"]
 DATA_DIR = "folder with the MNIST IDX files or mnist.npz (default: $MNIST_DATA_DIR, else keras.datasets.mnist download)"
-_OVERRIDE_HELP = {
-    "hidden_units": "comma-separated widths of the hidden Dense layers, e.g. 512,256,128",
-    "conv_filters": "comma-separated filters of the 3x3 conv + 2x2 max-pool blocks, e.g. 32,64",
-    "dropout": "Dropout rate after each hidden layer, in [0, 1)",
-    "l2": "L2 factor on hidden kernels, >= 0 (0: none)",
-    "epochs": "training epochs, >= 1",
-    "batch_size": "images per step, >= 1",
-    "learning_rate": "RMSprop learning rate, > 0 (convnet: the first step's, decaying to 0)",
-    "validation_split": "fraction of training images held out, in (0, 1)",
-    "seed": "random seed, integer >= 0",
-    "fused_rmsprop": "true: RMSprop in TensorFlow's one fused kernel (faster, other rounding); false: Keras' ops",
-}
 
 
-def _override(name: str):
-    """An override of a TrainConfig field: None ('') takes the variant's value. Its range is
-    checked by TrainConfig itself (Overrides.check)."""
-    shared = getattr(TrainConfig, name, None)  # None: each variant has its own value
-    default = "the variant's value" if shared is None else text(shared)
-    return param(
-        None, f"{_OVERRIDE_HELP[name]} (default: {default})", optional(config.PARSERS[name]), config.allowed(name)
-    )
+def _override(knob: Knob):
+    """A knob as a parameter: None ('') takes the variant's value. It is read here and
+    checked by TrainConfig (Overrides.check)."""
+    own = knob.default is EACH_VARIANT or any(knob.name in v.knobs for v in VARIANTS.values())
+    default = "the variant's value" if own else text(knob.default)
+    return param(None, f"{knob.help} (default: {default})", optional(knob.parse), knob.allowed)
 
 
 def _bool(default: bool, help: str):
-    return param(default, help, stripped(config.to_bool), "must be true or false")
+    return param(default, help, stripped(to_bool), "must be true or false")
 
 
 def _model_name(help: str, optional: bool):
@@ -80,26 +68,27 @@ class _Gated:
         return promotion.Gates(self.min_improvement, self.max_class_drop)
 
 
-@dataclass(frozen=True)
-class Overrides(Params):
-    """The TrainConfig fields a training command may set; None: the variant's own value."""
-
-    hidden_units: tuple[int, ...] | None = _override("hidden_units")
-    conv_filters: tuple[int, ...] | None = _override("conv_filters")
-    dropout: float | None = _override("dropout")
-    l2: float | None = _override("l2")
-    epochs: int | None = _override("epochs")
-    batch_size: int | None = _override("batch_size")
-    learning_rate: float | None = _override("learning_rate")
-    validation_split: float | None = _override("validation_split")
-    seed: int | None = _override("seed")
-    fused_rmsprop: bool | None = _override("fused_rmsprop")
+class _Overridable(Params):
+    """Behaviour of Overrides, whose fields are made from the knobs."""
 
     def overrides(self) -> dict:
-        return {name: getattr(self, name) for name in config.OVERRIDABLE if getattr(self, name) is not None}
+        return {name: getattr(self, name) for name in OVERRIDABLE if getattr(self, name) is not None}
 
     def configs_of(self, variants) -> list[TrainConfig]:
         return [config.resolve(name, self.overrides()) for name in variants]
+
+    def check(self) -> None:
+        self.configs()
+
+
+Overrides = make_dataclass(
+    "Overrides",
+    [(name, KNOBS[name].type | None, _override(KNOBS[name])) for name in OVERRIDABLE],
+    bases=(_Overridable,),
+    frozen=True,
+)
+Overrides.__module__ = __name__  # make_dataclass's own module= is Python 3.12's
+Overrides.__doc__ = "The knobs a training command may set (core/knobs.py); None: the variant's own value."
 
 
 @dataclass(frozen=True)
@@ -108,9 +97,6 @@ class TrainParams(Overrides):
 
     variant: str = param("final", ", ".join(VARIANTS))
     data_dir: str = param("", DATA_DIR)
-
-    def check(self) -> None:
-        self.configs()
 
     def configs(self) -> list[TrainConfig]:
         return self.configs_of([self.variant])
@@ -127,9 +113,6 @@ class MainParams(_Gated, Overrides):
     max_class_drop: float = _max_class_drop()
     data_dir: str = param("", DATA_DIR)
 
-    def check(self) -> None:
-        self.configs()
-
     def configs(self) -> list[TrainConfig]:
         return self.configs_of(self.variants)
 
@@ -141,7 +124,7 @@ class ReproduceParams(Overrides):
     variants: tuple[str, ...] = _variants()
     seeds: int = param(
         config.SEEDS,
-        "runs per variant, >= 2: seeds seed, seed+1, ... (--seed: the first, default 42)",
+        f"runs per variant, >= 2: seeds seed, seed+1, ... (--seed: the first, default {_SEED.default})",
         stripped(config.parse_digits),
         "must be an integer >= 2 (the spread needs two runs per variant)",
         lambda v: v >= 2,
@@ -245,15 +228,15 @@ class SweepParams(_Gated, Params):
     data_dir: str = param("", DATA_DIR)
     seed: int | None = param(
         None,
-        f"training seed of every trial and the first worker's sampler seed (default: {config.SEED})",
-        optional(int),
-        config.allowed("seed"),
-        lambda v: 0 <= v < 2**32,
+        f"training seed of every trial and the first worker's sampler seed (default: {_SEED.default})",
+        optional(_SEED.parse),
+        _SEED.allowed,
+        _SEED.ok,
     )
 
     @property
     def training_seed(self) -> int:
-        return config.SEED if self.seed is None else self.seed
+        return _SEED.default if self.seed is None else self.seed
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ the same machine with the same code, and within the variant's seed spread otherw
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 
 from mnist_pipeline import names
@@ -35,7 +34,7 @@ def run(params: VerifyParams) -> verification.Verdict:
             f"data_dir: these images have digest {data.digest}, {label} was trained on {recorded_digest}: "
             "verify needs the same data"
         )
-    cfg = _config_of(trained.data.params)
+    cfg = config.logged_config(trained.data.params)
     code_now, code_then = identity.code_version(), trained.data.tags.get(names.TAG_CODE_VERSION, "")
     same_host = trained.data.tags.get(names.TAG_HOST) == liveness.tags()[names.TAG_HOST]
     # the re-training's run, and the version's `verified` tag: both refused before any training
@@ -59,18 +58,6 @@ def run(params: VerifyParams) -> verification.Verdict:
     if not verdict.matches:
         raise Mismatch(f"re-training {label} does not reproduce it (see the lines above)")
     return verdict
-
-
-def _config_of(params: dict[str, str]) -> config.TrainConfig:
-    """The TrainConfig a training run logged (its params). The fields only a variant sets are
-    taken as logged too: a run from before one existed trained with its default (no shift,
-    a constant rate), whatever the variant says now."""
-    overrides = config.parse_overrides({name: params.get(name, "") for name in config.OVERRIDABLE})
-    return dataclasses.replace(
-        config.resolve(params["variant"], overrides),
-        augment_shift=float(params.get("augment_shift", "0")),
-        cosine_decay=config.to_bool(params.get("cosine_decay", "false")),
-    )
 
 
 def _spread(trained) -> float | None:

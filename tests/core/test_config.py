@@ -1,54 +1,70 @@
+import dataclasses
+
 import pytest
 
 from mnist_pipeline.core import config
 from mnist_pipeline.core.config import ConfigError, parse_overrides, parse_variants, resolve
+from mnist_pipeline.core.knobs import ALWAYS_LOGGED, EACH_VARIANT, KNOBS, OVERRIDABLE
 from mnist_pipeline.core.variants import VARIANTS
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_a_variant_alone_gives_its_study_values(name):
-    cfg = resolve(name)
-    variant = VARIANTS[name]
-    assert (cfg.hidden_units, cfg.conv_filters, cfg.dropout, cfg.l2, cfg.epochs) == (
-        variant.hidden_units,
-        variant.conv_filters,
-        variant.dropout,
-        variant.l2,
-        variant.epochs,
-    )
-    assert (cfg.batch_size, cfg.learning_rate, cfg.validation_split, cfg.seed) == (
-        config.BATCH_SIZE,
-        config.LEARNING_RATE,
-        config.VALIDATION_SPLIT,
-        config.SEED,
-    )
+def test_a_variant_alone_gives_its_own_values_over_the_knobs_defaults(name):
+    cfg, own = resolve(name), VARIANTS[name].knobs
+    assert set(own) <= set(KNOBS), "a variant sets only knobs"
+    for knob in KNOBS.values():
+        expected = own[knob.name] if knob.default is EACH_VARIANT or knob.name in own else knob.default
+        assert getattr(cfg, knob.name) == expected, knob.name
+    assert (cfg.batch_size, cfg.learning_rate, cfg.validation_split, cfg.seed) == (128, 1e-3, 0.1, 42)
 
 
 def test_study_table():
-    assert VARIANTS["baseline"].hidden_units == (128,)
-    assert VARIANTS["baseline"].dropout == 0.5
-    assert VARIANTS["regularized"].hidden_units == VARIANTS["final"].hidden_units == (512, 256, 128)
-    assert VARIANTS["regularized"].l2 > 0 and VARIANTS["final"].l2 == 0
-    assert (VARIANTS["regularized"].epochs, VARIANTS["final"].epochs) == (10, 13)
-    assert all(VARIANTS[name].conv_filters == () for name in ("baseline", "regularized", "final"))
-    assert not any(VARIANTS[name].cosine_decay for name in ("baseline", "regularized", "final"))  # a constant rate
+    baseline, regularized, final = (resolve(name) for name in ("baseline", "regularized", "final"))
+    assert baseline.hidden_units == (128,) and baseline.dropout == 0.5
+    assert regularized.hidden_units == final.hidden_units == (512, 256, 128)
+    assert regularized.l2 > 0 and final.l2 == 0
+    assert (regularized.epochs, final.epochs) == (10, 13)
+    assert all(cfg.conv_filters == () and not cfg.cosine_decay for cfg in (baseline, regularized, final))
+
+
+def test_train_config_fields_are_the_variant_and_the_knobs_and_runs_log_them_all():
+    assert [f.name for f in dataclasses.fields(config.TrainConfig)] == ["variant", *KNOBS]
+    assert list(resolve("convnet").as_params()) == ["variant", *KNOBS]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_a_logged_run_reads_back_as_the_config_it_logged(name):
+    """What verify trains again: every knob's logged text parses to its value (MLflow logs
+    str(value)), overrides of every overridable knob included."""
+    cfg = dataclasses.replace(resolve(name), seed=7, batch_size=32, fused_rmsprop=False, learning_rate=5e-4)
+    logged = {key: str(value) for key, value in cfg.as_params().items()}
+    assert config.logged_config(logged) == cfg
+
+
+def test_a_knob_a_run_did_not_log_is_what_runs_trained_with_before_it():
+    logged = {key: str(value) for key, value in resolve("convnet").as_params().items()}
+    unlogged = {name: knob.unlogged for name, knob in KNOBS.items() if knob.unlogged is not ALWAYS_LOGGED}
+    assert unlogged == {"augment_shift": 0.0, "cosine_decay": False, "fused_rmsprop": False}
+    for name in unlogged:
+        del logged[name]
+    assert config.logged_config(logged) == dataclasses.replace(resolve("convnet"), **unlogged)
 
 
 def test_main_trains_the_study_by_default_and_convnet_on_request():
     from mnist_pipeline.core.variants import DEFAULT_VARIANTS
 
     assert DEFAULT_VARIANTS == ("baseline", "regularized", "final")
-    assert VARIANTS["convnet"].conv_filters and parse_variants("final,convnet") == ("final", "convnet")
+    assert resolve("convnet").conv_filters and parse_variants("final,convnet") == ("final", "convnet")
     cfg = resolve("final", parse_overrides({"conv_filters": "16"}))  # any variant can take conv blocks
     assert cfg.conv_filters == (16,) and cfg.as_params()["conv_filters"] == "16"
     assert resolve("final").as_params()["conv_filters"] == ""
 
 
 def test_overrides_replace_only_what_is_given():
-    raw = {name: "" for name in config.OVERRIDABLE} | {"epochs": "3", "hidden_units": "64, 32"}
+    raw = {name: "" for name in OVERRIDABLE} | {"epochs": "3", "hidden_units": "64, 32"}
     cfg = resolve("regularized", parse_overrides(raw))
     assert cfg.epochs == 3 and cfg.hidden_units == (64, 32)
-    assert cfg.l2 == VARIANTS["regularized"].l2
+    assert cfg.l2 == resolve("regularized").l2
 
 
 def test_zero_is_a_real_override_not_a_default():
@@ -97,8 +113,6 @@ def test_bad_values_name_parameter_value_and_what_is_allowed(name, text, allowed
 
 @pytest.mark.parametrize("shift", [-0.1, 0.5, float("nan")])
 def test_augment_shift_is_checked_though_only_a_variant_sets_it(shift):
-    import dataclasses
-
     with pytest.raises(ConfigError, match=rf"augment_shift={shift} is not allowed: must be a number in \[0, 0.5\)"):
         dataclasses.replace(resolve("convnet"), augment_shift=shift)
 

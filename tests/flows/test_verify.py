@@ -56,10 +56,9 @@ def test_verify_finds_the_champion_equal_refuses_other_data_and_catches_a_differ
 def test_a_run_is_trained_again_as_it_was_logged():
     """Its params decide, the variant's fields included: a convnet logged before its rate
     decayed (no cosine_decay param) is trained again at a constant rate."""
-    from mnist_pipeline.core.config import resolve
-    from mnist_pipeline.flows.verify import _config_of
+    from mnist_pipeline.core.config import logged_config, resolve
 
     logged = {name: str(value) for name, value in resolve("convnet").as_params().items()}
-    assert _config_of(logged) == resolve("convnet")
+    assert logged_config(logged) == resolve("convnet")
     del logged["cosine_decay"]
-    assert _config_of(logged) == dataclasses.replace(resolve("convnet"), cosine_decay=False)
+    assert logged_config(logged) == dataclasses.replace(resolve("convnet"), cosine_decay=False)
