@@ -44,7 +44,8 @@ def test_a_logged_run_reads_back_as_the_config_it_logged(name):
 def test_a_knob_a_run_did_not_log_is_what_runs_trained_with_before_it():
     logged = {key: str(value) for key, value in resolve("convnet").as_params().items()}
     unlogged = {name: knob.unlogged for name, knob in KNOBS.items() if knob.unlogged is not ALWAYS_LOGGED}
-    assert unlogged == {"augment_shift": 0.0, "cosine_decay": False, "fused_rmsprop": False}
+    # no shift, a constant rate, Keras' RMSprop ops: how runs trained before these knobs
+    assert unlogged.items() >= {"augment_shift": 0.0, "cosine_decay": False, "fused_rmsprop": False}.items()
     for name in unlogged:
         del logged[name]
     assert config.logged_config(logged) == dataclasses.replace(resolve("convnet"), **unlogged)
