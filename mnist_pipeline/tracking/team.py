@@ -5,7 +5,7 @@ grant per member and resource. Running it again changes nothing that is already 
 MLflow 3.13 replaced the per-resource grant methods (``create_experiment_permission``, ...)
 with ``grant_user_permission(username, resource_type, resource_id, permission)``, which
 refuses a second grant on the same resource: a grant that exists with another level is
-revoked and granted again.
+revoked and granted again (the old level granted back if the new grant fails).
 """
 
 from __future__ import annotations
@@ -41,7 +41,11 @@ def _grant(admin, user: str, resource_type: str, resource_id: str, level: str) -
     if held == level:
         return "kept"
     admin.revoke_user_permission(user, resource_type, resource_id)
-    admin.grant_user_permission(user, resource_type, resource_id, level)
+    try:
+        admin.grant_user_permission(user, resource_type, resource_id, level)
+    except Exception:  # the server has no update of a user's grant: put the old one back
+        admin.grant_user_permission(user, resource_type, resource_id, held)
+        raise
     return f"changed from {held}"
 
 
