@@ -62,6 +62,10 @@ def to_bool(text: str) -> bool:
     return _BOOLS[text.lower()]
 
 
+def _switch(name: str, help: str, **rest) -> Knob:
+    return Knob(name, bool, help, to_bool, "must be true or false", lambda v: isinstance(v, bool), **rest)
+
+
 # 3x3 conv + 2x2 max-pool blocks that fit a 28x28 image: 28 -> 13 -> 5 -> 1 pixels a side.
 MAX_CONV_BLOCKS = 3
 
@@ -153,13 +157,9 @@ KNOBS: dict[str, Knob] = {
             unlogged=0.0,
             override=False,
         ),
-        Knob(
+        _switch(
             "cosine_decay",
-            bool,
             "true: the learning rate falls from learning_rate to 0 over the run's steps; false: constant",
-            to_bool,
-            "must be true or false",
-            lambda v: isinstance(v, bool),
             default=False,
             unlogged=False,
             override=False,
@@ -168,13 +168,9 @@ KNOBS: dict[str, Knob] = {
         # instead of Keras 3's ~10 element-wise ops: the same formula, rounded in another
         # order (float32 last-bit differences); five seeds per variant showed no accuracy
         # change (docs/seeds.md). Runs from before it trained with Keras' ops.
-        Knob(
+        _switch(
             "fused_rmsprop",
-            bool,
             "true: RMSprop in TensorFlow's one fused kernel (faster, other rounding); false: Keras' ops",
-            to_bool,
-            "must be true or false",
-            lambda v: isinstance(v, bool),
             default=True,
             unlogged=False,
         ),
