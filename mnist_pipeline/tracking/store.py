@@ -15,15 +15,7 @@ from mlflow.utils.credentials import read_mlflow_creds
 from mnist_pipeline.core.errors import UserError, first_line
 from mnist_pipeline.core.secrets import mask_url, redact, url_password, url_user
 
-# Bounded retries against an HTTP tracking server for the whole process: a server that
-# dies mid-run fails the run's next call after about 1 + 2 + 4 s of back-off instead of
-# MLflow's default minutes. Values the user set in the environment win.
-HTTP_SETTINGS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # seconds (an integer), doubled each retry
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",  # seconds
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",  # seconds per request
-}
+# The process's bounded retries are set once, as the CLI starts (cli.HTTP_RETRIES).
 # The start-up check asks once more after a second: a server that is not there is not
 # waited for.
 CHECK_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
@@ -90,8 +82,6 @@ def _refused(uri: str) -> CredentialsRefused:
 def check_tracking_store() -> None:
     """Fail fast, before any training, if the tracking URI is a server that does not answer
     or refuses the credentials."""
-    for name, value in HTTP_SETTINGS.items():
-        os.environ.setdefault(name, value)
     uri = mlflow.get_tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return  # a local database or folder: nothing to reach
