@@ -15,7 +15,7 @@ from mlflow.entities import Metric, RunTag
 from mnist_pipeline.core import interrupts
 from mnist_pipeline.core.secrets import mask_url
 from mnist_pipeline.tracking import liveness
-from mnist_pipeline.tracking.store import ONE_SHOT, TrackingStoreError, environment
+from mnist_pipeline.tracking.store import TrackingStoreError, log_batch_once
 
 
 class EpochLogger:
@@ -27,7 +27,7 @@ class EpochLogger:
     # While the server is away, try again at most this often (seconds).
     RETRY_SECONDS = float(os.environ.get("MNIST_PIPELINE_RETRY_SECONDS", "20"))
     FINAL_WAIT_SECONDS = 120.0
-    BATCH = 1000  # metrics per request: MLflow's log_batch limit
+    BATCH = 1000  # metrics and tags per request: MLflow's log_batch limit
 
     PARENT_BEAT_SECONDS = 60.0  # the enclosing run's heartbeat, at most this often
 
@@ -70,18 +70,17 @@ class EpochLogger:
         if not self._pending:
             return
         try:
-            client = mlflow.MlflowClient()
-            # no retries here: a server that is away must not stall training for seconds
-            with environment(ONE_SHOT), interrupts.deferred():  # a Ctrl-C must not cut a transaction
+            # one attempt, no retry (store.ONE_SHOT): a server that is away must not stall training for seconds
+            with interrupts.deferred():  # a Ctrl-C must not cut a transaction
                 beat = [RunTag(k, v) for k, v in liveness.heartbeat().items()]
                 if self.parent_id and time.monotonic() >= self._parent_beat_at:
                     self._parent_beat_at = time.monotonic() + self.PARENT_BEAT_SECONDS
                     with contextlib.suppress(Exception):  # the parent's liveness never holds up the epochs'
-                        client.log_batch(self.parent_id, tags=beat)
+                        log_batch_once(self.parent_id, [], beat)
                 while self._pending:
-                    client.log_batch(self.run_id, metrics=self._pending[: self.BATCH], tags=beat)
-                    beat = []
-                    sent, self._pending = self._pending[: self.BATCH], self._pending[self.BATCH :]
+                    size = self.BATCH - len(beat)  # the tags count towards MLflow's limit
+                    log_batch_once(self.run_id, self._pending[:size], beat)
+                    beat, sent, self._pending = [], self._pending[:size], self._pending[size:]
                     self._sent_while_away += len({m.step for m in sent}) if self._retry_at else 0
         except Exception as err:  # the server's errors reach us in many types
             if not self._retry_at:
