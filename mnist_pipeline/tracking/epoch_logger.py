@@ -24,8 +24,9 @@ class EpochLogger:
     and sent when it answers again. ``flush(final=True)`` at the end waits up to
     FINAL_WAIT_SECONDS for the server, then raises."""
 
-    # While the server is away, try again at most this often (seconds).
-    RETRY_SECONDS = float(os.environ.get("MNIST_PIPELINE_RETRY_SECONDS", "20"))
+    # While the server is away, try again at most this often (seconds), unless RETRY_VARIABLE says otherwise.
+    RETRY_SECONDS = 20.0
+    RETRY_VARIABLE = "MNIST_PIPELINE_RETRY_SECONDS"
     FINAL_WAIT_SECONDS = 120.0
     BATCH = 1000  # metrics and tags per request: MLflow's log_batch limit
 
@@ -33,6 +34,8 @@ class EpochLogger:
 
     def __init__(self, run_id: str, parent_id: str | None = None):
         self.run_id, self.parent_id = run_id, parent_id
+        # read for each run, not at import: a user or a test may set it after this module loads
+        self.retry_seconds = float(os.environ.get(self.RETRY_VARIABLE, self.RETRY_SECONDS))
         self._parent_beat_at = 0.0
         self.finished: dict[int, dict[str, float]] = {}  # epoch -> metrics, for the history
         self.seconds = 0.0  # spent logging inside the epochs: what tracking costs training
@@ -63,7 +66,7 @@ class EpochLogger:
                     f"{self.FINAL_WAIT_SECONDS:.0f} s after training: metrics of "
                     f"{len({m.step for m in self._pending})} epochs could not be logged"
                 )
-            time.sleep(self.RETRY_SECONDS)
+            time.sleep(self.retry_seconds)
             self._send()
 
     def _send(self) -> None:
@@ -90,7 +93,7 @@ class EpochLogger:
                     "they are sent when it answers again",
                     file=sys.stderr,
                 )
-            self._retry_at = time.monotonic() + self.RETRY_SECONDS
+            self._retry_at = time.monotonic() + self.retry_seconds
             return
         if self._retry_at:
             print(
