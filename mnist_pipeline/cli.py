@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -32,6 +33,20 @@ MISMATCH = 1  # `verify` found that a re-training does not reproduce the version
 # oneDNN kernels on by default and says so in two lines TF_CPP_MIN_LOG_LEVEL does not hide;
 # off, such a CPU runs the Eigen kernels every other CPU runs (README, "Entry points and parameters").
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TF_ENABLE_ONEDNN_OPTS": "0"}
+# Bounded retries against an HTTP tracking server for the whole process: a server that dies
+# mid-run fails the run's next call after about 1 + 2 + 4 s of back-off instead of MLflow's
+# default minutes. Set here, before any run: MLflow reads them at each request, in every thread
+# (its system metrics too). Calls that need others pass their own (tracking/store.py).
+HTTP_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # seconds (an integer), doubled each retry
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",  # seconds
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",  # seconds per request
+}
+# MLflow's system metrics of every training run, every 2 s (seconds): its 10 s would leave the
+# baseline's 11 s of training one point. (mlflow.set_system_metrics_sampling_interval writes the
+# same variable, over a value the user set.)
+SYSTEM_METRICS = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "2"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,8 +87,10 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    for name, value in QUIET.items():
+    for name, value in (QUIET | HTTP_RETRIES | SYSTEM_METRICS).items():  # values the user set win
         os.environ.setdefault(name, value)
+    # MLflow's "started / stopping / terminated" INFO lines for every run; its warnings still show
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     # A polite kill ends runs KILLED, as Ctrl-C does. SIGINT too is set here: a process
     # started in the background of a non-interactive shell inherits SIGINT ignored.
     signal.signal(signal.SIGTERM, interrupts.handler)

@@ -46,7 +46,7 @@ def _who() -> str:
 def _asks() -> bool:
     """Whether there is a server to ask: an HTTP store, and a user (a basic-auth server
     refused an anonymous request at the store check already)."""
-    return mlflow.get_tracking_uri().startswith(("http://", "https://")) and bool(user())
+    return store.is_server(mlflow.get_tracking_uri()) and bool(user())
 
 
 def permission(resource_type: str, resource_id: str) -> str | None:
@@ -56,8 +56,7 @@ def permission(resource_type: str, resource_id: str) -> str | None:
     if not _asks():
         return None
     params = {"username": user(), "resource_type": resource_type, "resource_id": resource_id}
-    with store.environment(store.CHECK_SETTINGS):
-        response = http_request(get_default_host_creds(uri), _PERMISSION, "GET", params=params)
+    response = http_request(get_default_host_creds(uri), _PERMISSION, "GET", params=params, **store.CHECK)
     if response.status_code == 404 and "permission" not in response.text:
         return None  # no auth app: the route does not exist
     if response.status_code != 200:

@@ -15,7 +15,7 @@ from mlflow.entities import Metric, RunTag
 from mnist_pipeline.core import interrupts
 from mnist_pipeline.core.secrets import mask_url
 from mnist_pipeline.tracking import liveness
-from mnist_pipeline.tracking.store import ONE_SHOT, TrackingStoreError, environment
+from mnist_pipeline.tracking.store import TrackingStoreError, log_batch_once
 
 
 class EpochLogger:
@@ -24,15 +24,18 @@ class EpochLogger:
     and sent when it answers again. ``flush(final=True)`` at the end waits up to
     FINAL_WAIT_SECONDS for the server, then raises."""
 
-    # While the server is away, try again at most this often (seconds).
-    RETRY_SECONDS = float(os.environ.get("MNIST_PIPELINE_RETRY_SECONDS", "20"))
+    # While the server is away, try again at most this often (seconds), unless RETRY_VARIABLE says otherwise.
+    RETRY_SECONDS = 20.0
+    RETRY_VARIABLE = "MNIST_PIPELINE_RETRY_SECONDS"
     FINAL_WAIT_SECONDS = 120.0
-    BATCH = 1000  # metrics per request: MLflow's log_batch limit
+    BATCH = 1000  # metrics and tags per request: MLflow's log_batch limit
 
     PARENT_BEAT_SECONDS = 60.0  # the enclosing run's heartbeat, at most this often
 
     def __init__(self, run_id: str, parent_id: str | None = None):
         self.run_id, self.parent_id = run_id, parent_id
+        # read for each run, not at import: a user or a test may set it after this module loads
+        self.retry_seconds = float(os.environ.get(self.RETRY_VARIABLE, self.RETRY_SECONDS))
         self._parent_beat_at = 0.0
         self.finished: dict[int, dict[str, float]] = {}  # epoch -> metrics, for the history
         self.seconds = 0.0  # spent logging inside the epochs: what tracking costs training
@@ -63,25 +66,24 @@ class EpochLogger:
                     f"{self.FINAL_WAIT_SECONDS:.0f} s after training: metrics of "
                     f"{len({m.step for m in self._pending})} epochs could not be logged"
                 )
-            time.sleep(self.RETRY_SECONDS)
+            time.sleep(self.retry_seconds)
             self._send()
 
     def _send(self) -> None:
         if not self._pending:
             return
         try:
-            client = mlflow.MlflowClient()
-            # no retries here: a server that is away must not stall training for seconds
-            with environment(ONE_SHOT), interrupts.deferred():  # a Ctrl-C must not cut a transaction
+            # one attempt, no retry (store.ONE_SHOT): a server that is away must not stall training for seconds
+            with interrupts.deferred():  # a Ctrl-C must not cut a transaction
                 beat = [RunTag(k, v) for k, v in liveness.heartbeat().items()]
                 if self.parent_id and time.monotonic() >= self._parent_beat_at:
                     self._parent_beat_at = time.monotonic() + self.PARENT_BEAT_SECONDS
                     with contextlib.suppress(Exception):  # the parent's liveness never holds up the epochs'
-                        client.log_batch(self.parent_id, tags=beat)
+                        log_batch_once(self.parent_id, [], beat)
                 while self._pending:
-                    client.log_batch(self.run_id, metrics=self._pending[: self.BATCH], tags=beat)
-                    beat = []
-                    sent, self._pending = self._pending[: self.BATCH], self._pending[self.BATCH :]
+                    size = self.BATCH - len(beat)  # the tags count towards MLflow's limit
+                    log_batch_once(self.run_id, self._pending[:size], beat)
+                    beat, sent, self._pending = [], self._pending[:size], self._pending[size:]
                     self._sent_while_away += len({m.step for m in sent}) if self._retry_at else 0
         except Exception as err:  # the server's errors reach us in many types
             if not self._retry_at:
@@ -91,7 +93,7 @@ class EpochLogger:
                     "they are sent when it answers again",
                     file=sys.stderr,
                 )
-            self._retry_at = time.monotonic() + self.RETRY_SECONDS
+            self._retry_at = time.monotonic() + self.retry_seconds
             return
         if self._retry_at:
             print(

@@ -6,7 +6,6 @@ active run, or on the run whose ``run_id`` a function takes.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 
@@ -70,20 +69,11 @@ def create_finished_run(name: str, params: dict, tags: dict[str, str]) -> str:
 
 # MLflow's own system metrics (system/cpu_utilization_percentage, system/system_memory_usage_
 # megabytes, ...) are recorded in every training run unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
-# is set (false turns them off), every SYSTEM_METRICS_SECONDS unless
-# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says otherwise: MLflow's 10 s would leave the
-# baseline's 11 s of training one point.
-SYSTEM_METRICS_SECONDS = "2"
-
-
+# is set (false turns them off). Their interval and their INFO lines are the process's, set
+# once as the CLI starts (cli.SYSTEM_METRICS), not as each run starts.
 def system_metrics() -> bool:
     """Whether the next training run records MLflow's system metrics."""
     variable = mlflow.environment_variables.MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
-    # its "started / stopping / terminated" INFO lines for every run; its warnings still show
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    os.environ.setdefault(
-        mlflow.environment_variables.MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.name, SYSTEM_METRICS_SECONDS
-    )
     return variable.get() if variable.defined else True
 
 

@@ -1,5 +1,5 @@
-"""The tracking store: bounded HTTP retries, a reachability check before any work, and a
-throw-away store for measurements.
+"""The tracking store: a reachability check before any work, sends in one attempt (HTTP
+settings given to the request, not to the process), and a throw-away store for measurements.
 
 Imports MLflow but not TensorFlow, so a dead server is reported in seconds.
 """
@@ -7,28 +7,30 @@ Imports MLflow but not TensorFlow, so a dead server is reported in seconds.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 import mlflow
-from mlflow.utils.credentials import read_mlflow_creds
+from mlflow.entities import Metric, RunTag
+from mlflow.protos.service_pb2 import LogBatch
+from mlflow.utils.credentials import get_default_host_creds, read_mlflow_creds
+from mlflow.utils.proto_json_utils import message_to_json
+from mlflow.utils.rest_utils import http_request_safe
 
 from mnist_pipeline.core.errors import UserError, first_line
 from mnist_pipeline.core.secrets import mask_url, redact, url_password, url_user
 
-# Bounded retries against an HTTP tracking server for the whole process: a server that
-# dies mid-run fails the run's next call after about 1 + 2 + 4 s of back-off instead of
-# MLflow's default minutes. Values the user set in the environment win.
-HTTP_SETTINGS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # seconds (an integer), doubled each retry
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",  # seconds
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",  # seconds per request
-}
-# The start-up check asks once more after a second: a server that is not there is not
-# waited for.
-CHECK_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+# MLflow reads its HTTP retry settings from os.environ at each request, and other threads of
+# this process (its system metrics) make requests too: the calls below that need settings of
+# their own pass them to their request alone (http_request's arguments), never through
+# os.environ. The process's bounded retries are set once, as the CLI starts (cli.HTTP_RETRIES).
+# The start-up check asks once more, after the process's back-off (1 s as the CLI sets it): a
+# server that is not there is not waited for.
+CHECK = {"max_retries": 1, "timeout": 5}  # timeout: seconds per request
 # One attempt, short timeout: for calls that have their own way to try again later.
-ONE_SHOT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+ONE_SHOT = {"max_retries": 0, "timeout": 5}
+# MLflow's REST endpoints these calls use (its REST API, version 2.0)
+SEARCH_EXPERIMENTS, LOG_BATCH = "/api/2.0/mlflow/experiments/search", "/api/2.0/mlflow/runs/log-batch"
 # MLflow's variable that keeps its "View run ... at: <tracking uri>/#/..." lines off stdout.
 SUPPRESS_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 
@@ -87,19 +89,21 @@ def _refused(uri: str) -> CredentialsRefused:
     )
 
 
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server (HTTP), rather than a local database or folder."""
+    return uri.startswith(("http://", "https://"))
+
+
 def check_tracking_store() -> None:
     """Fail fast, before any training, if the tracking URI is a server that does not answer
     or refuses the credentials."""
-    for name, value in HTTP_SETTINGS.items():
-        os.environ.setdefault(name, value)
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith(("http://", "https://")):
+    if not is_server(uri):
         return  # a local database or folder: nothing to reach
     if url_password(uri):  # MLflow prints "View run <name> at: <uri>/#/..." as it ends a run
         os.environ.setdefault(SUPPRESS_URLS, "true")
     try:
-        with environment(CHECK_SETTINGS):
-            mlflow.MlflowClient().search_experiments(max_results=1)
+        http_request_safe(get_default_host_creds(uri), SEARCH_EXPERIMENTS, "POST", json={"max_results": 1}, **CHECK)
     except Exception as err:  # refused, timed out, 5xx after the retry: all fatal here
         reason = redact(first_line(err))[:200] or type(err).__name__
         if "error code 401" in reason:
@@ -107,6 +111,23 @@ def check_tracking_store() -> None:
         raise TrackingStoreError(
             f"tracking server {mask_url(uri)} cannot be reached ({reason}); start it or set MLFLOW_TRACKING_URI"
         ) from None
+
+
+def log_batch_once(run_id: str, metrics: list[Metric], tags: list[RunTag]) -> None:
+    """What ``MlflowClient().log_batch`` logs, in one request with ONE_SHOT's settings (a local
+    store has no retries to skip): for a caller that tries again later itself. At most 1000
+    metrics and tags together, 100 of them tags (MLflow's limits for one request)."""
+    uri = mlflow.get_tracking_uri()
+    if not is_server(uri):
+        mlflow.MlflowClient().log_batch(run_id, metrics=metrics, tags=tags)
+        return
+    model_id = mlflow.get_active_model_id()  # the model MlflowClient.log_batch links metrics to
+    metrics = [Metric(m.key, float(m.value), m.timestamp, m.step, model_id=m.model_id or model_id) for m in metrics]
+    # MLflow's own JSON, as its REST store sends it (a NaN as the string "NaN", which JSON lacks)
+    body = message_to_json(
+        LogBatch(run_id=run_id, metrics=[m.to_proto() for m in metrics], tags=[t.to_proto() for t in tags])
+    )
+    http_request_safe(get_default_host_creds(uri), LOG_BATCH, "POST", json=json.loads(body), **ONE_SHOT)
 
 
 # What `mlflow run` and a user set to point MLflow at a store, an experiment or a run.

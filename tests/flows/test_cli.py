@@ -181,8 +181,6 @@ def test_unreachable_tracking_server_fails_fast_naming_the_uri(tiny_mnist_dir, t
 def test_http_settings_parse_as_mlflow_reads_them(monkeypatch):
     import mlflow.environment_variables as variables
 
-    from mnist_pipeline.tracking import store
-
-    for name, value in {**store.HTTP_SETTINGS, **store.CHECK_SETTINGS}.items():
+    for name, value in {**cli.HTTP_RETRIES, **cli.SYSTEM_METRICS}.items():
         monkeypatch.setenv(name, value)
         assert getattr(variables, name).get() is not None, name  # raises if MLflow cannot parse it

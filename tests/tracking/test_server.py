@@ -189,3 +189,49 @@ def test_training_outlives_a_server_that_stops_and_comes_back(mlflow_server, tmp
     assert "did not take the metrics" in stderr and "answers again" in stderr
     assert run.info.status == "FINISHED"
     assert sorted(steps) == list(range(1, epochs + 1))
+
+
+def test_an_epoch_s_send_leaves_the_environment_alone_while_system_metrics_run(server_store, monkeypatch):
+    """MLflow's system-metrics thread makes its own requests in this process, and MLflow reads
+    its retry settings from os.environ at each request: an epoch's send (one attempt, no
+    retry) must not change os.environ, not even for the length of a request."""
+    import math
+    import threading
+    import time
+
+    from mnist_pipeline.tracking import epoch_logger, runs
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")  # requests all through the sends
+    client = mlflow.MlflowClient()
+    with runs.ended_run(run_name="parent") as parent, runs.ended_run(nested=True, log_system_metrics=True) as run:
+        run_id = run.info.run_id
+        deadline = time.monotonic() + 30
+        while not any(name.startswith("system/") for name in client.get_run(run_id).data.metrics):
+            assert time.monotonic() < deadline, "no system metrics after 30 s"
+            time.sleep(0.1)
+        before, writes = dict(os.environ), []
+        environ = type(os.environ)  # every write to os.environ, from any thread, goes through these
+        set_item, del_item = environ.__setitem__, environ.__delitem__
+
+        def record_set(self, key, value):
+            writes.append(f"{threading.current_thread().name} set {key}={value}")
+            set_item(self, key, value)
+
+        def record_del(self, key):
+            writes.append(f"{threading.current_thread().name} unset {key}")
+            del_item(self, key)
+
+        logger = epoch_logger.EpochLogger(run_id, parent.info.run_id)
+        with monkeypatch.context() as patch:
+            patch.setattr(environ, "__setitem__", record_set)
+            patch.setattr(environ, "__delitem__", record_del)
+            for epoch in range(1, 6):
+                assert any(t.name == "SystemMetricsMonitor" for t in threading.enumerate())
+                logger(epoch, {"val_accuracy": epoch / 10, "loss": math.nan if epoch == 5 else 1 / epoch})
+                time.sleep(0.15)
+            logger.flush(final=True)
+        assert writes == [] and dict(os.environ) == before
+        time.sleep(0.3)  # the system metrics go on after the sends
+    assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1, 2, 3, 4, 5]
+    assert math.isnan(client.get_run(run_id).data.metrics["loss"])  # a NaN as MLflow's client sends it
+    assert len(client.get_metric_history(run_id, "system/cpu_utilization_percentage")) >= 3

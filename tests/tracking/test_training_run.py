@@ -91,9 +91,10 @@ def test_metrics_kept_while_the_server_is_away_fail_in_one_named_line(monkeypatc
 
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MNIST_PIPELINE_RETRY_SECONDS", "0.1")  # read as the logger starts, not at import
     try:
         logger = epoch_logger.EpochLogger("0" * 32)
-        monkeypatch.setattr(logger, "RETRY_SECONDS", 0.1)
+        assert logger.retry_seconds == 0.1
         monkeypatch.setattr(logger, "FINAL_WAIT_SECONDS", 0.5)
         logger(1, {"val_accuracy": 0.5})  # kept, not raised: training goes on
         logger(2, {"val_accuracy": 0.6})
