@@ -4,7 +4,6 @@ a tracking server that goes away for a while."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 
@@ -15,7 +14,7 @@ from mlflow.entities import Metric, RunTag
 from mnist_pipeline.core import interrupts
 from mnist_pipeline.core.secrets import mask_url
 from mnist_pipeline.tracking import liveness
-from mnist_pipeline.tracking.store import TrackingStoreError, log_batch_once
+from mnist_pipeline.tracking.store import TrackingStoreError, log_batch_once, retry_seconds
 
 
 class EpochLogger:
@@ -24,9 +23,6 @@ class EpochLogger:
     and sent when it answers again. ``flush(final=True)`` at the end waits up to
     FINAL_WAIT_SECONDS for the server, then raises."""
 
-    # While the server is away, try again at most this often (seconds), unless RETRY_VARIABLE says otherwise.
-    RETRY_SECONDS = 20.0
-    RETRY_VARIABLE = "MNIST_PIPELINE_RETRY_SECONDS"
     FINAL_WAIT_SECONDS = 120.0
     BATCH = 1000  # metrics and tags per request: MLflow's log_batch limit
 
@@ -34,8 +30,7 @@ class EpochLogger:
 
     def __init__(self, run_id: str, parent_id: str | None = None):
         self.run_id, self.parent_id = run_id, parent_id
-        # read for each run, not at import: a user or a test may set it after this module loads
-        self.retry_seconds = float(os.environ.get(self.RETRY_VARIABLE, self.RETRY_SECONDS))
+        self.retry_seconds = retry_seconds()  # checked before any run (store.check_tracking_store)
         self._parent_beat_at = 0.0
         self.finished: dict[int, dict[str, float]] = {}  # epoch -> metrics, for the history
         self.seconds = 0.0  # spent logging inside the epochs: what tracking costs training

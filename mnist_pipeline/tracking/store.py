@@ -94,9 +94,26 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+# While the server is away, an epoch's metrics are sent again at most this often (seconds).
+RETRY_SECONDS, RETRY_VARIABLE = 20.0, "MNIST_PIPELINE_RETRY_SECONDS"
+
+
+def retry_seconds() -> float:
+    """RETRY_SECONDS, or RETRY_VARIABLE's value; read when asked, not at import."""
+    text = os.environ.get(RETRY_VARIABLE, "")
+    try:
+        seconds = float(text) if text.strip() else RETRY_SECONDS
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise UserError(f"{RETRY_VARIABLE}={text!r} is not allowed: must be a number of seconds >= 0")
+    return seconds
+
+
 def check_tracking_store() -> None:
     """Fail fast, before any training, if the tracking URI is a server that does not answer
-    or refuses the credentials."""
+    or refuses the credentials (or a setting of ours for it is not a number)."""
+    retry_seconds()
     uri = mlflow.get_tracking_uri()
     if not is_server(uri):
         return  # a local database or folder: nothing to reach

@@ -184,3 +184,14 @@ def test_http_settings_parse_as_mlflow_reads_them(monkeypatch):
     for name, value in {**cli.HTTP_RETRIES, **cli.SYSTEM_METRICS}.items():
         monkeypatch.setenv(name, value)
         assert getattr(variables, name).get() is not None, name  # raises if MLflow cannot parse it
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "inf"])
+def test_a_bad_retry_interval_is_refused_before_a_run(tracking_store, tiny_mnist_dir, monkeypatch, capsys, value):
+    monkeypatch.setenv("MNIST_PIPELINE_RETRY_SECONDS", value)
+    assert cli.run(["train", "--data-dir", str(tiny_mnist_dir), "--epochs", "1"]) == cli.USAGE_ERROR
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"mnist-pipeline: error: MNIST_PIPELINE_RETRY_SECONDS={value!r} is not allowed: must be a number of seconds >= 0"
+    )
+    assert all_runs(tracking_store) == []
