@@ -64,7 +64,13 @@ def permission(resource_type: str, resource_id: str) -> str | None:
             f"{_who()}: the tracking server {mask_url(uri)} did not say what it may do on "
             f"{_KIND[resource_type]} {resource_id!r} (HTTP {response.status_code}: {response.text[:200]})"
         )
-    return response.json()["permission"]
+    try:
+        return response.json()["permission"]
+    except (ValueError, KeyError, TypeError):  # not MLflow's auth app, or another version of it
+        raise AccessError(
+            f"{_who()}: the tracking server {mask_url(uri)} answered its permission query without a "
+            f"permission ({response.text[:200]!r})"
+        ) from None
 
 
 def allows(resource_type: str, resource_id: str, needed: str) -> bool:

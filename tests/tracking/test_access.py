@@ -55,3 +55,20 @@ def test_a_failure_kept_as_a_tag_has_the_uri_password_masked(tracking_store):
     assert access.explain(err, "mnist-digits", "main") == (
         "MlflowException: API request to http://rhea:***@host:5000/api/2.0/x failed with exception E"
     )
+
+
+@pytest.mark.parametrize("body", ["<html>a proxy's page</html>", '{"detail": "no permission here"}'])
+def test_a_permission_answer_without_a_permission_is_one_line(monkeypatch, body):
+    """A server (or a proxy before it) that answers 200 with something else than MLflow's
+    auth app: the command stops with one line, not a traceback."""
+    import requests
+
+    answer = requests.Response()
+    answer.status_code, answer._content = 200, body.encode()
+    monkeypatch.setattr(access, "http_request", lambda *args, **kwargs: answer)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "rhea")
+    with pytest.raises(access.AccessError) as refused:
+        access.permission("experiment", "1")
+    assert "answered its permission query without a permission" in str(refused.value)
+    assert "\n" not in str(refused.value) and body[:15] in str(refused.value)
