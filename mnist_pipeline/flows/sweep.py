@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from dataclasses import dataclass
 
 import optuna
@@ -75,9 +74,8 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
     data = load_for(params.data_dir, [resolve(VARIANT, {"seed": params.training_seed}).validation_split])
     store.check_tracking_store()
     access.require_runs("sweep")  # refused before the study opens
-    refused = access.registration_refusal(params.model_name, "sweep") if params.model_name else None
-    if refused:  # known now; said again, with what to do, once the trials are done
-        print(f"note: {refused}; the trials are run and kept for a release manager", file=sys.stderr)
+    # known now; said again, with what to do, once the trials are done
+    access.note_registration_refusal(params.model_name, "sweep", "the trials are run and kept")
     space = space or studies.SEARCH_SPACE
     worker = f"{socket.gethostname()}:{os.getpid()}"
     project_run = runs.detach_project_run()  # `mlflow run -e sweep`'s own run stays beside

@@ -11,6 +11,7 @@ EDIT, MANAGE; DENY refuses everything. What each call needs is measured in docs/
 from __future__ import annotations
 
 import re
+import sys
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -165,6 +166,14 @@ def registration_refusal(model_name: str, command: str) -> Refusal | None:
     if allows("registered_model", model_name, REGISTER_NEEDS):
         return None
     return refusal(command, "register versions of", model(model_name), REGISTER_NEEDS)
+
+
+def note_registration_refusal(model_name: str, command: str, kept: str) -> None:
+    """Before any training: if this user may not register (``model_name`` '' : no
+    registration), say so now in one note; the work (``kept``) is still done and kept."""
+    refused = registration_refusal(model_name, command) if model_name else None
+    if refused:
+        print(f"note: {refused}; {kept} for a release manager", file=sys.stderr)
 
 
 def model_name_of(model_uri: str) -> str | None:
