@@ -92,16 +92,29 @@ class Loop:
         n = self.x.shape[0]
         self._epoch.assign_add(1)
         order = epoch_order(n, self._seed, self._epoch) if self.shuffle else tf.range(n)
+        epoch_seed = tf.stack([tf.constant(self._seed, tf.int64), self._epoch])
 
-        def step(indices):
+        def step(i, indices):
             x, labels = tf.cast(tf.gather(self.x, indices), tf.float32), tf.gather(self.labels, indices)
             with tf.GradientTape() as tape:
-                probabilities = self.model(x, training=True)
+                probabilities = self._forward(x, tf.random.experimental.stateless_fold_in(epoch_seed, i))
                 loss = self.model.compute_loss(y=_one_hot(labels), y_pred=probabilities, training=True)
             self._apply(tape.gradient(loss, self._weights))
-            return loss, probabilities
+            return loss, _correct(labels, probabilities)
 
-        return _sums_over_batches(order, self.labels, self.batch_size, step)
+        return _sums_over_batches(order, self.batch_size, step)
+
+    def _forward(self, x, seed):
+        """The model's layers in training mode, each Dropout as a mask drawn here from ``seed``
+        (the epoch's and the step's) and the layer's place: see ``dropout``."""
+        dropped = 0
+        for layer in self.model.layers:
+            if isinstance(layer, keras.layers.Dropout):
+                x = dropout(x, layer.rate, tf.random.experimental.stateless_fold_in(seed, dropped))
+                dropped += 1
+            else:
+                x = layer(x, training=True)
+        return x
 
     def _apply(self, gradients) -> None:
         optimizer = self.model.optimizer
@@ -149,27 +162,38 @@ def epoch_order(n: int, seed: int, epoch) -> tf.Tensor:
     return tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
 
 
-def _sums_over_batches(order, labels, batch_size: int, step):
-    """``step(indices)`` -> (batch mean loss, probabilities) over consecutive batches of
+def _sums_over_batches(order, batch_size: int, step):
+    """``step(i, indices)`` -> (batch mean loss, correct count) over consecutive batches of
     ``order``, the last one the remainder (its own static shape); returns the mean loss and
     the accuracy over all images, each batch weighted by its size."""
     n = order.shape[0]
     full, rest = divmod(n, batch_size)
-
-    def scores(indices):
-        loss, probabilities = step(indices)
-        return loss * tf.cast(tf.shape(indices)[0], tf.float32), _correct(tf.gather(labels, indices), probabilities)
+    batches = tf.reshape(order[: full * batch_size], [full, batch_size])  # each batch of static shape
 
     def body(i, loss_sum, correct_sum):
-        loss, correct = scores(order[i * batch_size : (i + 1) * batch_size])
-        return i + 1, loss_sum + loss, correct_sum + correct
+        loss, correct = step(i, batches[i])
+        return i + 1, loss_sum + loss * batch_size, correct_sum + correct
 
     zero = tf.constant(0.0)
     _, loss_sum, correct_sum = tf.while_loop(lambda i, *_: i < full, body, (tf.constant(0), zero, zero))
     if rest:
-        loss, correct = scores(order[full * batch_size :])
-        loss_sum, correct_sum = loss_sum + loss, correct_sum + correct
+        loss, correct = step(tf.constant(full), order[full * batch_size :])
+        loss_sum, correct_sum = loss_sum + loss * rest, correct_sum + correct
     return loss_sum / n, correct_sum / n
+
+
+def dropout(x, rate: float, seed) -> tf.Tensor:
+    """Inverted Dropout as Keras' layer does it in training: each value kept with probability
+    1 - ``rate`` and scaled by 1 / (1 - rate), the others 0. The draw is 16 random bits per
+    value (two from each 32-bit number, against Keras' one float each), so the rate is taken
+    to the nearest 1/65536; ``seed`` (shape [2]) decides the mask."""
+    if rate == 0:
+        return x
+    count = int(np.prod(x.shape))
+    words = tf.random.stateless_uniform([(count + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32)
+    draws = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:count]
+    kept = tf.reshape(draws >= tf.constant(min(round(rate * 65536), 65535), tf.uint16), x.shape)
+    return tf.where(kept, x * (1 / (1 - rate)), tf.zeros_like(x))
 
 
 def _correct(labels, probabilities):

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from mnist_pipeline.core.config import parse_overrides, resolve
-from mnist_pipeline.core.fit import Loop, epoch_order
+from mnist_pipeline.core.fit import Loop, dropout, epoch_order
 from mnist_pipeline.core.models import build_model
 from mnist_pipeline.core.training import one_hot, train
 
@@ -147,6 +147,41 @@ def test_dropout_and_shifts_act_in_training_only(tiny_mnist, dropout, shift):
     assert training_loss != pytest.approx(inference_loss, rel=1e-3), "nothing random acted in training"
     assert training_loss > inference_loss or not dropout
     np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.2, 0.9])
+def test_dropout_masks_as_keras_inverted_dropout_does(rate):
+    """Each value kept with probability 1 - rate (within 5 standard deviations over 200,000
+    values) and scaled by 1 / (1 - rate), the others 0; the seed alone decides the mask."""
+    x = tf.random.uniform((200, 1000), 0.5, 1.5, seed=1)
+    seed = tf.constant([42, 7], tf.int64)
+    out = dropout(x, rate, seed).numpy()
+    kept = out != 0
+    spread = 5 * math.sqrt(rate * (1 - rate) / kept.size)
+    assert abs(kept.mean() - (1 - rate)) < spread
+    np.testing.assert_allclose(out[kept], x.numpy()[kept] / (1 - rate), rtol=1e-6)
+    np.testing.assert_array_equal(dropout(x, rate, seed).numpy(), out)
+    other = dropout(x, rate, tf.random.experimental.stateless_fold_in(seed, 1)).numpy() != 0
+    assert (other != kept).mean() > 0.9 * 2 * rate * (1 - rate)  # another seed: an independent mask
+    assert dropout(x, 0.0, seed) is x
+
+
+def test_the_loop_s_dropout_gives_keras_training_loss_on_average(tiny_mnist):
+    """The same weights, in training mode: the mean loss over many masks of the loop's
+    Dropout and of Keras' own Dropout layers agree within 1%."""
+    cfg = resolve("regularized", parse_overrides({"hidden_units": "64,32", "batch_size": str(BATCH)}))
+    (x, y), _ = _split(tiny_mnist, n=200)
+    model = _model(cfg)
+    loop = Loop(model, x, y, BATCH, seed=0)
+    x, target = tf.constant(x), tf.constant(one_hot(y))
+
+    def mean_loss(forward):
+        return np.mean([float(model.compute_loss(y=target, y_pred=forward(i), training=True)) for i in range(100)])
+
+    ours = mean_loss(lambda i: loop._forward(x, tf.constant([0, i], tf.int64)))
+    keras_own = mean_loss(lambda i: model(x, training=True))
+    inference = float(model.compute_loss(y=target, y_pred=model(x, training=False)))
+    assert ours == pytest.approx(keras_own, rel=0.01) and ours > inference * 1.01
 
 
 def test_train_reports_the_loop_phases(tiny_mnist):
