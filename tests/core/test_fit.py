@@ -167,21 +167,24 @@ def test_dropout_masks_as_keras_inverted_dropout_does(rate):
 
 
 def test_the_loop_s_dropout_gives_keras_training_loss_on_average(tiny_mnist):
-    """The same weights, in training mode: the mean loss over many masks of the loop's
-    Dropout and of Keras' own Dropout layers agree within 1%."""
+    """The same weights, in training mode: the mean loss over 400 masks of the loop's Dropout
+    and of Keras' own Dropout layers agree within 2% (a scale 10% off is 16% away)."""
     cfg = resolve("regularized", parse_overrides({"hidden_units": "64,32", "batch_size": str(BATCH)}))
     (x, y), _ = _split(tiny_mnist, n=200)
     model = _model(cfg)
+    for weight in model.trainable_variables:  # larger weights: Dropout moves the loss far from inference's
+        weight.assign(weight * 4)
     loop = Loop(model, x, y, BATCH, seed=0)
-    x, target = tf.constant(x), tf.constant(one_hot(y))
+    copies = 40  # masks per forward pass: the images repeated
+    x, target = tf.constant(np.tile(x, (copies, 1, 1))), tf.constant(np.tile(one_hot(y), (copies, 1)))
 
     def mean_loss(forward):
-        return np.mean([float(model.compute_loss(y=target, y_pred=forward(i), training=True)) for i in range(100)])
+        return np.mean([float(model.compute_loss(y=target, y_pred=forward(i), training=True)) for i in range(10)])
 
     ours = mean_loss(lambda i: loop._forward(x, tf.constant([0, i], tf.int64)))
     keras_own = mean_loss(lambda i: model(x, training=True))
     inference = float(model.compute_loss(y=target, y_pred=model(x, training=False)))
-    assert ours == pytest.approx(keras_own, rel=0.01) and ours > inference * 1.01
+    assert ours == pytest.approx(keras_own, rel=0.02) and ours > inference * 1.5
 
 
 def test_train_reports_the_loop_phases(tiny_mnist):
