@@ -2,11 +2,12 @@
 
 Keras' ``fit`` pays per step for its data adapter, its metric objects and its optimizer's
 bookkeeping; this loop does what the study needs inside one graph. The network is still
-the Keras model from models.py, called with ``training=True`` (Dropout and random shifts
-active), its loss is the model's own ``compute_loss`` (the compiled categorical
-cross-entropy on the softmax output, plus the L2 terms of its regularizers), and its
-optimizer is the compiled ``keras.optimizers.RMSprop``, whose slots are the ones updated
-and saved. Per epoch, as Keras' ``fit`` reports them:
+the Keras model from models.py: its layers are called with ``training=True`` (random shifts
+active), each Dropout layer as a mask the loop draws (``dropout``: Keras' inverted Dropout
+from fewer random bits). Its loss is the compiled categorical cross-entropy on the softmax
+output plus, for each kernel with an L2 regularizer, l2 * sum(w ** 2), whose gradient the
+loop adds itself; its optimizer is the compiled ``keras.optimizers.RMSprop``, whose slots
+are the ones updated and saved. Per epoch, as Keras' ``fit`` reports them:
 
 - ``loss`` and ``accuracy``: means over the epoch's training images of each batch's loss
   (before its update, with Dropout active) and of its categorical accuracy;
@@ -57,11 +58,14 @@ class Loop:
         optimizer = model.optimizer
         if not isinstance(optimizer, keras.optimizers.RMSprop) or optimizer.momentum or optimizer.centered:
             raise ValueError("Loop trains with plain RMSprop only (no momentum, not centered)")
+        if model.loss != "categorical_crossentropy":
+            raise ValueError(f"Loop trains with the categorical cross-entropy only, not {model.loss!r}")
         self.model, self.batch_size, self.fused, self.shuffle = model, batch_size, fused, shuffle
         self.x, self.labels = tf.constant(x), tf.constant(y, tf.int32)
         self._seed = seed
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._weights = model.trainable_variables
+        self._l2 = _l2_factors(model, self._weights)
         optimizer.build(self._weights)
         # the fused kernel's momentum slot: with momentum 0 never read back, and not the optimizer's
         self._scratch = [tf.Variable(tf.zeros(w.shape, w.dtype), trainable=False) for w in self._weights * fused]
@@ -98,8 +102,13 @@ class Loop:
             x, labels = tf.cast(tf.gather(self.x, indices), tf.float32), tf.gather(self.labels, indices)
             with tf.GradientTape() as tape:
                 probabilities = self._forward(x, tf.random.experimental.stateless_fold_in(epoch_seed, i))
-                loss = self.model.compute_loss(y=_one_hot(labels), y_pred=probabilities, training=True)
-            self._apply(tape.gradient(loss, self._weights))
+                loss = _cross_entropy(labels, probabilities)
+            gradients = tape.gradient(loss, self._weights)
+            # L2 as Keras adds it, l2 * sum(w ** 2) to the loss, its gradient 2 * l2 * w added here
+            for index, factor in self._l2.items():
+                loss += 2 * factor * tf.nn.l2_loss(self._weights[index])  # l2_loss: sum(w ** 2) / 2
+                gradients[index] += 2 * factor * self._weights[index]
+            self._apply(gradients)
             return loss, _correct(labels, probabilities)
 
         return _sums_over_batches(order, self.batch_size, step)
@@ -194,6 +203,27 @@ def dropout(x, rate: float, seed) -> tf.Tensor:
     draws = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:count]
     kept = tf.reshape(draws >= tf.constant(min(round(rate * 65536), 65535), tf.uint16), x.shape)
     return tf.where(kept, x * (1 / (1 - rate)), tf.zeros_like(x))
+
+
+def _l2_factors(model: keras.Model, weights) -> dict[int, float]:
+    """The index in ``weights`` and the L2 factor of every kernel with an L2 regularizer;
+    ValueError for any other regularizer (the loop adds L2's terms itself)."""
+    factors = {}
+    for layer in model.layers:
+        for kind in ("kernel", "bias", "activity"):
+            regularizer = getattr(layer, f"{kind}_regularizer", None)
+            if regularizer is None:
+                continue
+            if kind != "kernel" or type(regularizer) is not keras.regularizers.L2:
+                raise ValueError(f"Loop adds L2 on kernels only; {layer.name} has {kind}_regularizer {regularizer}")
+            [index] = [i for i, weight in enumerate(weights) if weight is layer.kernel]
+            factors[index] = float(regularizer.l2)
+    return factors
+
+
+def _cross_entropy(labels, probabilities):
+    """The compiled loss, categorical cross-entropy on the softmax output, as Keras computes it."""
+    return tf.reduce_mean(keras.losses.categorical_crossentropy(_one_hot(labels), probabilities))
 
 
 def _correct(labels, probabilities):
