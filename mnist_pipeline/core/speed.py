@@ -11,6 +11,7 @@ times the tracked pipeline beside these.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 import time
@@ -157,6 +158,63 @@ def loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
     ends = []
     training.train(cfg, mnist, on_epoch=lambda epoch, row: ends.append(time.perf_counter()))
     return epoch_times(ends)
+
+
+def plain_loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
+    """Epoch times (after the warm-up) of the reference the loop is held to: a plain TensorFlow
+    loop over the same dense network and initial weights, untracked. Each epoch one shuffled,
+    pre-batched copy of the images; each Dropout mask one uniform draw and a multiply; the
+    cross-entropy on the logits; L2 on the kernels; ResourceApplyRMSProp per weight; then a
+    forward pass over the validation images."""
+    if cfg.conv_filters or cfg.augment_shift:
+        raise ValueError(f"{cfg.variant}: the plain loop is a dense network's")
+    keras.utils.set_random_seed(cfg.seed)
+    (x, y), (xv, _) = split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
+    model = build_model(cfg)
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    weights = model.trainable_variables
+    slots = [tf.Variable(tf.zeros(w.shape)) for w in weights] + [tf.Variable(tf.zeros(w.shape)) for w in weights]
+    x, y, xv = tf.constant(x.reshape(len(x), -1)), tf.constant(y, tf.int32), tf.constant(xv.reshape(len(xv), -1))
+    full = len(y) // cfg.batch_size
+    epoch = tf.Variable(0, dtype=tf.int64)
+    forward = functools.partial(_plain_forward, layers, cfg.dropout)
+
+    @tf.function
+    def run_epoch():
+        epoch.assign_add(1)
+        order = tf.random.experimental.stateless_shuffle(tf.range(len(y)), seed=tf.stack([epoch, epoch]))
+        xs = tf.reshape(tf.gather(x, order[: full * cfg.batch_size]), [full, cfg.batch_size, -1])
+        ys = tf.reshape(tf.gather(y, order[: full * cfg.batch_size]), [full, cfg.batch_size])
+        for i in tf.range(full):
+            with tf.GradientTape() as tape:
+                logits = forward(xs[i], tf.cast(i, tf.int64) + epoch * full)
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(ys[i], logits))
+                loss += sum(cfg.l2 * tf.reduce_sum(tf.square(layer.kernel.value)) for layer in layers[:-1])
+            for w, ms, mom, g in zip(weights, slots, slots[len(weights) :], tape.gradient(loss, weights)):
+                tf.raw_ops.ResourceApplyRMSProp(
+                    var=w.value.handle, ms=ms.handle, mom=mom.handle, lr=cfg.learning_rate, rho=0.9,
+                    momentum=0.0, epsilon=1e-7, grad=g,
+                )  # fmt: skip
+        return tf.reduce_sum(forward(xv))
+
+    ends = []
+    for _ in range(cfg.epochs):
+        run_epoch().numpy()
+        ends.append(time.perf_counter())
+    return epoch_times(ends)
+
+
+def _plain_forward(layers, rate: float, h, seed=None):
+    """The plain loop's dense network: logits of raw pixels ``h``, Dropout if ``seed``."""
+    h = tf.cast(h, tf.float32) / 255
+    for index, layer in enumerate(layers):
+        h = tf.matmul(h, layer.kernel.value) + layer.bias.value
+        if index < len(layers) - 1:
+            h = tf.nn.relu(h)
+            if seed is not None and rate:
+                mask = tf.random.stateless_uniform(tf.shape(h), tf.stack([seed, index])) >= rate
+                h = h * tf.cast(mask, tf.float32) / (1 - rate)
+    return h
 
 
 def scaling_row(cfg: TrainConfig, mnist: Mnist) -> dict:

@@ -83,7 +83,8 @@ def _cpus() -> int:
 
 def markdown(report: dict) -> str:
     parts = [
-        "## Variants (s/epoch: median of every epoch after each warm-up; Keras' fit and the tracked pipeline in turns)",
+        "## Variants (s/epoch: median of every epoch after each warm-up; Keras' fit, the tracked pipeline and "
+        "the plain TensorFlow loop, untracked, in turns)",
         _table(report["variants"]),
     ]
     if report["knobs"]:
@@ -174,14 +175,17 @@ def variant_row(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUNDS) -> d
     """One row of the main table, every ratio computed from this row's own timings. Keras'
     fit and the tracked pipeline take turns for ``rounds`` rounds, so a slow spell of the
     host falls on both; each time is the median over every timed epoch of its kind."""
-    keras_fit, tracked, accuracy, tracking_s = [], [], [], []
+    keras_fit, tracked, plain, accuracy, tracking_s = [], [], [], [], []
+    dense = not (cfg.conv_filters or cfg.augment_shift)  # the plain loop is a dense network's
     for _ in range(rounds):
         keras_fit += speed.keras_fit_epochs(cfg, mnist)
         timed = pipeline(cfg, mnist)
+        plain += speed.plain_loop_epochs(cfg, mnist) if dense else []
         tracked += timed["epochs"]
         accuracy.append(timed["test_accuracy"])
         tracking_s.append(timed["tracking_s_per_epoch"])
     keras_s, pipeline_s, tracking_s = (float(np.median(t)) for t in (keras_fit, tracked, tracking_s))
+    plain_s = float(np.median(plain)) if plain else None
     limit = speed.roofline(cfg, mnist)
     return {
         "variant": cfg.variant,
@@ -189,6 +193,8 @@ def variant_row(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUNDS) -> d
         "keras_s": keras_s,
         "pipeline_s": pipeline_s,
         "pipeline_over_keras": pipeline_s / keras_s,
+        "plain_loop_s": plain_s,
+        "pipeline_over_plain": pipeline_s / plain_s if plain_s else None,
         "tracking_s": tracking_s,
         "tracking_overhead": pipeline_s / (pipeline_s - tracking_s),
         "roofline_s": limit["roofline_s"],

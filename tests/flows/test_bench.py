@@ -29,7 +29,16 @@ def test_variant_rows_compute_their_ratios_from_their_own_timings(report):
         assert row["pipeline_over_keras"] == pytest.approx(row["pipeline_s"] / row["keras_s"])
         assert row["tracking_overhead"] == pytest.approx(row["pipeline_s"] / (row["pipeline_s"] - row["tracking_s"]))
         assert row["pipeline_over_roofline"] == pytest.approx(row["pipeline_s"] / row["roofline_s"])
+        assert row["plain_loop_s"] > 0  # the dense nets' reference row
+        assert row["pipeline_over_plain"] == pytest.approx(row["pipeline_s"] / row["plain_loop_s"])
         assert 0 <= row["test_accuracy"] <= 1
+
+
+def test_the_plain_loop_is_a_dense_network_s_reference():
+    from mnist_pipeline.core import config, speed
+
+    with pytest.raises(ValueError, match="convnet: the plain loop is a dense network's"):
+        speed.plain_loop_epochs(config.resolve("convnet"), None)
 
 
 def test_knobs_and_scaling_tables(report):
