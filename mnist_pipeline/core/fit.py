@@ -195,7 +195,7 @@ def dropout(x, rate: float, seed) -> tf.Tensor:
     """Inverted Dropout as Keras' layer does it in training: each value kept with probability
     1 - ``rate`` and scaled by 1 / (1 - rate), the others 0. The draw is 16 random bits per
     value (two from each 32-bit number, against Keras' one float each), so the rate is taken
-    to the nearest 1/65536; ``seed`` (shape [2]) decides the mask."""
+    to the nearest 1/65536; ``seed`` (shape [2]) decides the mask. ``x`` has a static shape."""
     if rate == 0:
         return x
     count = int(np.prod(x.shape))
