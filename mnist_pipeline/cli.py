@@ -49,6 +49,9 @@ HTTP_RETRIES = {
 SYSTEM_METRICS = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "2"}
 
 
+ALL_COMMANDS = COMMANDS | ADMIN_COMMANDS  # the MLproject entry points, and the admin's
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not argparse's usage block
         self.exit(USAGE_ERROR, f"{PROG}: error: {message}\n")
@@ -66,7 +69,7 @@ def _add_command(commands, name: str, params: type[Params]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Train, compare, register and use the MNIST study's models.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, params in (COMMANDS | ADMIN_COMMANDS).items():
+    for name, params in ALL_COMMANDS.items():
         _add_command(commands, name, params)
     return parser
 
@@ -75,7 +78,7 @@ def run(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     try:
-        params = (COMMANDS | ADMIN_COMMANDS)[command].from_strings(args)
+        params = ALL_COMMANDS[command].from_strings(args)
         importlib.import_module(f"mnist_pipeline.flows.{command}").run(params)
     except UserError as err:
         print(f"{PROG}: error: {redact(str(err))}", file=sys.stderr)

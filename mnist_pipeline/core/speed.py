@@ -160,17 +160,23 @@ def loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
     return epoch_times(ends)
 
 
+def has_plain_loop(cfg: TrainConfig) -> bool:
+    """Whether ``cfg`` is a dense network, the only kind the plain loop trains."""
+    return not (cfg.conv_filters or cfg.augment_shift)
+
+
 def plain_loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
     """Epoch times (after the warm-up) of the reference the loop is held to: a plain TensorFlow
     loop over the same dense network and initial weights, untracked. Each epoch one shuffled,
     pre-batched copy of the images; each Dropout mask one uniform draw and a multiply; the
     cross-entropy on the logits; L2 on the kernels; ResourceApplyRMSProp per weight; then a
     forward pass over the validation images."""
-    if cfg.conv_filters or cfg.augment_shift:
+    if not has_plain_loop(cfg):
         raise ValueError(f"{cfg.variant}: the plain loop is a dense network's")
     keras.utils.set_random_seed(cfg.seed)
     (x, y), (xv, _) = split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
     model = build_model(cfg)
+    rmsprop = model.optimizer  # its rate, rho and epsilon; the slots are the plain loop's own
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     weights = model.trainable_variables
     slots = [tf.Variable(tf.zeros(w.shape)) for w in weights] + [tf.Variable(tf.zeros(w.shape)) for w in weights]
@@ -192,8 +198,8 @@ def plain_loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
                 loss += sum(cfg.l2 * tf.reduce_sum(tf.square(layer.kernel.value)) for layer in layers[:-1])
             for w, ms, mom, g in zip(weights, slots, slots[len(weights) :], tape.gradient(loss, weights)):
                 tf.raw_ops.ResourceApplyRMSProp(
-                    var=w.value.handle, ms=ms.handle, mom=mom.handle, lr=cfg.learning_rate, rho=0.9,
-                    momentum=0.0, epsilon=1e-7, grad=g,
+                    var=w.value.handle, ms=ms.handle, mom=mom.handle, lr=cfg.learning_rate, rho=rmsprop.rho,
+                    momentum=0.0, epsilon=rmsprop.epsilon, grad=g,
                 )  # fmt: skip
         return tf.reduce_sum(forward(xv))
 

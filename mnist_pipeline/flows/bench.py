@@ -176,7 +176,7 @@ def variant_row(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUNDS) -> d
     fit and the tracked pipeline take turns for ``rounds`` rounds, so a slow spell of the
     host falls on both; each time is the median over every timed epoch of its kind."""
     keras_fit, tracked, plain, accuracy, tracking_s = [], [], [], [], []
-    dense = not (cfg.conv_filters or cfg.augment_shift)  # the plain loop is a dense network's
+    dense = speed.has_plain_loop(cfg)
     for _ in range(rounds):
         keras_fit += speed.keras_fit_epochs(cfg, mnist)
         timed = pipeline(cfg, mnist)
