@@ -72,6 +72,7 @@ TAG_VERIFIED = "verified"  # the version: "<matches|DIFFERS> by run <run id>", t
 # (tracking/liveness.py ends the RUNNING runs whose process died).
 TAG_HOST, TAG_PID, TAG_PROCESS_START = "host", "pid", "process_start"  # process_start: seconds since the epoch
 TAG_HEARTBEAT = "heartbeat"  # milliseconds since the epoch: the run's start, then every epoch
+TAG_THREADS = "threads"  # on a training run: TensorFlow's threads per op it trained on (core/threads.py)
 TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: nests a run under its parent in the UI
 TAG_CHILDREN = "children"  # on a main run: JSON {variant: training run id}, reused ones included
 TAG_REGISTRATION_ERROR = "registration_error"  # on a main run whose registration failed

@@ -116,6 +116,7 @@ def _register(data_dir: Path) -> None:
     from mnist_pipeline import cli
 
     argv = ["main", "--variants", "baseline,final", "--epochs", "2", "--batch-size", "64", "--data-dir", str(data_dir)]
+    argv += ["--workers", "1"]  # in this process: workers start in seconds, these trainings take less
     assert cli.run(argv) == 0
 
 

@@ -10,6 +10,10 @@ class RegistrationError(UserError):
     """Training finished and is kept, but registering its best run failed."""
 
 
+class WorkerDied(UserError):
+    """A training's worker process died without a word (killed hard, out of memory)."""
+
+
 class Mismatch(Exception):
     """A check ran to the end and found a difference (`verify`): exit status 1."""
 

@@ -44,6 +44,16 @@ def _force():
     return _bool(False, "true: retrain even if a matching FINISHED run exists")
 
 
+def _workers():
+    return param(
+        config.WORKERS,
+        "trainings at once, each in a process of its own on an equal share of the CPU cores "
+        "(0: one per core, at most one per run to train; 1: one at a time, in this process)",
+        stripped(config.parse_digits),
+        "must be an integer >= 0",
+    )
+
+
 def _points(default: float, help: str):
     return param(default, help, stripped(float), "must be a number of points >= 0", lambda v: v >= 0 and v < math.inf)
 
@@ -112,6 +122,7 @@ class MainParams(_Gated, Overrides):
     min_improvement: float = _min_improvement()
     max_class_drop: float = _max_class_drop()
     data_dir: str = param("", DATA_DIR)
+    workers: int = _workers()
 
     def configs(self) -> list[TrainConfig]:
         return self.configs_of(self.variants)
@@ -131,6 +142,7 @@ class ReproduceParams(Overrides):
     )
     force: bool = _force()
     data_dir: str = param("", DATA_DIR)
+    workers: int = _workers()
 
     def check(self) -> None:
         first = self.configs_of(self.variants)[0].seed

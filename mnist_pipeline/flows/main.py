@@ -23,7 +23,7 @@ from mnist_pipeline.core.data import Mnist, load_for
 from mnist_pipeline.core.errors import RegistrationError
 from mnist_pipeline.core.params import MainParams
 from mnist_pipeline.core.phases import Phases
-from mnist_pipeline.tracking import access, liveness, readback, registry, runs, store
+from mnist_pipeline.tracking import access, liveness, readback, registry, runs, store, trainers
 
 
 def run(params: MainParams) -> pd.DataFrame:
@@ -37,7 +37,7 @@ def run(params: MainParams) -> pd.DataFrame:
         access.require_runs("main")  # refused before any training
         access.note_registration_refusal(params.model_name, "main", "the runs are trained and kept")
         liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
-    return compare(configs, data, params.force, params.model_name, phases, params.gates())
+    return compare(configs, data, params.force, params.model_name, phases, params.gates(), params.workers)
 
 
 def compare(
@@ -47,15 +47,13 @@ def compare(
     model_name: str = "",
     phases: Phases | None = None,
     gates: promotion.Gates | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
-    """The parent run with ``configs`` as children; registers the best unless ``model_name``
-    is ''. A failed registration leaves the parent FINISHED, tagged registration_error, and
-    raises RegistrationError saying how to retry. ``phases`` (those before) gets this
-    command's phases, logged on the parent run."""
+    """The parent run with ``configs`` as children, trained ``workers`` at once (0: one per
+    core); registers the best unless ``model_name`` is ''. A failed registration leaves the
+    parent FINISHED, tagged registration_error, and raises RegistrationError saying how to
+    retry. ``phases`` (those before) gets this command's phases, logged on the parent run."""
     phases = phases or Phases()
-    with phases("import tensorflow"):
-        from mnist_pipeline.tracking import training_run  # after the fast checks
-
     failure = None
     with runs.ended_run(
         run_name="main", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: names.ROLE_MAIN}
@@ -63,7 +61,7 @@ def compare(
         runs.log_missing_params({"variants": ",".join(c.variant for c in configs), "force": str(force).lower()})
         runs.set_tags({names.TAG_DATA_SOURCE: data.source})
         with phases("variants"):
-            children = training_run.train_or_reuse(configs, data, force)
+            children = trainers.train_or_reuse(configs, data, force, workers)
         runs.set_tags({f"{names.TAG_REUSED}.{c.variant}": c.run_id for c in children if c.reused})
         runs.set_tags({names.TAG_CHILDREN: json.dumps({c.variant: c.run_id for c in children})})
         with phases("comparison"):

@@ -19,7 +19,7 @@ from mnist_pipeline.core import plots, seeds
 from mnist_pipeline.core.data import load_for
 from mnist_pipeline.core.params import ReproduceParams
 from mnist_pipeline.core.variants import VARIANTS
-from mnist_pipeline.tracking import access, liveness, readback, runs, store
+from mnist_pipeline.tracking import access, liveness, readback, runs, store, trainers
 
 
 def run(params: ReproduceParams) -> pd.DataFrame:
@@ -29,8 +29,6 @@ def run(params: ReproduceParams) -> pd.DataFrame:
     store.check_tracking_store()
     access.require_runs("reproduce")  # refused before any training
     liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
-    from mnist_pipeline.tracking import training_run  # TensorFlow: after the fast checks
-
     variants = list(dict.fromkeys(c.variant for c in configs))
     with runs.ended_run(
         run_name="reproduce", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: names.ROLE_REPRODUCE}
@@ -43,7 +41,7 @@ def run(params: ReproduceParams) -> pd.DataFrame:
             }
         )
         runs.set_tags({names.TAG_DATA_SOURCE: data.source})
-        children = training_run.train_or_reuse(configs, data, params.force)
+        children = trainers.train_or_reuse(configs, data, params.force, params.workers)
         results = readback.seed_results([c.seed for c in configs], children)
         by_variant = {v: list(results.loc[results["variant"] == v, "run_id"]) for v in variants}
         runs.set_tags({names.TAG_SEED_RUNS: json.dumps(by_variant)})

@@ -131,6 +131,7 @@ class _Objective:
                 cfg,
                 self.data,
                 after_epoch=after_epoch,
+                label=f"trial {trial.number}",
                 tags={names.TAG_PARENT_RUN: self.parent_id, names.TAG_WORKER: self.worker, **tags},
             )
         except training_run.TrainingStopped as stop:

@@ -21,6 +21,6 @@ def run(params: TrainParams) -> str:
     store.check_tracking_store()
     access.require_runs("train")  # refused before any training
     liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
-    from mnist_pipeline.tracking.training_run import track_alone  # TensorFlow: after the fast checks
+    from mnist_pipeline.tracking.trainers import track_alone
 
     return track_alone(cfg, data)

@@ -13,7 +13,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from mnist_pipeline import names
-from mnist_pipeline.core import config, console
+from mnist_pipeline.core import config, console, threads
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist, array_digest, split_validation
 from mnist_pipeline.core.phases import Phases
@@ -21,11 +21,10 @@ from mnist_pipeline.core.training import TrainResult, train
 from mnist_pipeline.core.variants import VARIANTS
 from mnist_pipeline.tracking import store
 from mnist_pipeline.tracking.epoch_logger import EpochLogger
-from mnist_pipeline.tracking.identity import code_version, config_key, find_reusable_run, run_key
+from mnist_pipeline.tracking.identity import code_version, config_key, run_key
 from mnist_pipeline.tracking.logged_model import log_keras_model
-from mnist_pipeline.tracking.readback import ChildRun
 from mnist_pipeline.tracking.reports import log_history, log_test_report, log_validation_report
-from mnist_pipeline.tracking.runs import ended_run, launched_by_mlflow_run, system_metrics
+from mnist_pipeline.tracking.runs import ended_run, system_metrics
 
 
 class TrainingStopped(Exception):
@@ -45,6 +44,8 @@ def track_training(
     nested: bool = False,
     tags: dict[str, str] | None = None,
     after_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    parent_run_id: str | None = None,
+    label: str = "",
 ) -> str:
     """Train ``cfg`` inside one MLflow run named after the variant; returns the run id.
 
@@ -53,22 +54,30 @@ def track_training(
     run KILLED, any other exception FAILED; either way the epochs that finished keep their
     metrics, history table and curves.
 
-    ``tags`` go on the run beside its own. ``after_epoch(epoch, metrics)`` is called after
+    ``nested``: a child of the active run; ``parent_run_id``: a child of that run (a worker
+    process's training, tracking/trainers.py). ``label`` names the run on the console
+    (default: the variant). ``tags`` go on the run beside its own. ``after_epoch(epoch, metrics)`` is called after
     each epoch's metrics are handed to the logger; if it raises TrainingStopped, the run
     keeps the finished epochs and ends FINISHED without a run key, and TrainingStopped
     (with its ``run_id`` set) goes on up.
     """
     description = VARIANTS[cfg.variant].description
     stopped = None
-    start = {"nested": nested, "tags": _tags(cfg, data, tags), "description": description}
-    phases, parent = Phases(), mlflow.active_run() if nested else None
+    start = {
+        "nested": nested,
+        "parent_run_id": parent_run_id,
+        "tags": _tags(cfg, data, tags),
+        "description": description,
+    }
+    parent_run_id = mlflow.active_run().info.run_id if nested else parent_run_id
+    phases, label = Phases(), label or cfg.variant
     with ended_run(run_name=cfg.variant, log_system_metrics=system_metrics(), **start) as run:
-        print(console.header(cfg.variant, run.info.run_id, cfg.epochs), flush=True)
+        print(console.header(label, run.info.run_id, cfg.epochs), flush=True)
         with phases("datasets"):
             _log_inputs(cfg, data)
-        epochs = EpochLogger(run.info.run_id, parent.info.run_id if parent else None)
+        epochs = EpochLogger(run.info.run_id, parent_run_id)
         try:
-            result = train(cfg, data, on_epoch=_then(_printer(cfg.epochs), _then(epochs, after_epoch)))
+            result = train(cfg, data, on_epoch=_then(_printer(label, cfg.epochs), _then(epochs, after_epoch)))
         except TrainingStopped as stop:
             stopped = stop
             _log_stopped(stop, epochs, cfg.variant)
@@ -87,28 +96,6 @@ def track_training(
     return run.info.run_id
 
 
-def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool) -> list[ChildRun]:
-    """Each config as a child of the active run, or the FINISHED run with its run key
-    (unless ``force``)."""
-    children = []
-    for cfg in configs:
-        reused = None if force else find_reusable_run(run_key(cfg, data.digest))
-        if reused:
-            print(f"{cfg.variant} (seed {cfg.seed}): reusing FINISHED run {reused} (same config, code and data)")
-        run_id = reused or track_training(cfg, data, nested=True)
-        children.append(ChildRun(cfg.variant, run_id, reused is not None))
-    return children
-
-
-def track_alone(cfg: TrainConfig, data: Mnist, tags: dict[str, str] | None = None) -> str:
-    """One training as an entry point's whole work: under `mlflow run`, nested in the run it
-    made for the entry point; otherwise a run of its own. Returns the training run's id."""
-    if launched_by_mlflow_run():
-        with ended_run():
-            return track_training(cfg, data, nested=True, tags=tags)
-    return track_training(cfg, data, tags=tags)
-
-
 def _tags(cfg: TrainConfig, data: Mnist, extra: dict[str, str] | None) -> dict[str, str]:
     return {
         names.TAG_VARIANT: cfg.variant,
@@ -117,6 +104,7 @@ def _tags(cfg: TrainConfig, data: Mnist, extra: dict[str, str] | None) -> dict[s
         names.TAG_CONFIG_KEY: config_key(cfg, data.digest),
         names.TAG_CODE_VERSION: code_version(),
         names.TAG_DATA_DIGEST: data.digest,
+        names.TAG_THREADS: str(threads.current()),
         **(extra or {}),
     }
 
@@ -133,9 +121,9 @@ def _then(first: Callable, then: Callable | None) -> Callable:
     return both
 
 
-def _printer(total: int) -> Callable[[int, dict[str, float]], None]:
+def _printer(label: str, total: int) -> Callable[[int, dict[str, float]], None]:
     def show(epoch: int, row: dict[str, float]) -> None:
-        print(console.epoch_line(epoch, total, row), flush=True)
+        print(console.epoch_line(label, epoch, total, row), flush=True)
 
     return show
 

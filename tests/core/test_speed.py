@@ -3,6 +3,7 @@
 import pytest
 
 from mnist_pipeline.core import speed
+from mnist_pipeline.core.macs import layer_macs, linear_layers, training_macs
 
 
 def test_roofline_arithmetic():
@@ -10,12 +11,12 @@ def test_roofline_arithmetic():
 
     cfg = resolve("baseline")
     macs = 784 * 128 + 128 * 10
-    assert speed.linear_layers(cfg) == [((784,), (784, 128)), ((128,), (128, 10))]
+    assert linear_layers(cfg) == [((784,), (784, 128)), ((128,), (128, 10))]
     # training: forward + weight gradients of both layers, input gradient of the second only
     assert speed.epoch_flops(cfg, 100, 10) == 2 * (2 * macs + 128 * 10) * 100 + 2 * macs * 10
     convnet = resolve("convnet")  # 28 -conv-> 26 -pool-> 13 -conv-> 11 -pool-> 5: 5 * 5 * 64 = 1600 inputs
-    assert [w for _, w in speed.linear_layers(convnet)] == [(3, 3, 1, 32), (3, 3, 32, 64), (1600, 128), (128, 10)]
-    assert speed.layer_macs(convnet) == [26 * 26 * 9 * 32, 11 * 11 * 9 * 32 * 64, 1600 * 128, 1280]
+    assert [w for _, w in linear_layers(convnet)] == [(3, 3, 1, 32), (3, 3, 32, 64), (1600, 128), (128, 10)]
+    assert layer_macs(convnet) == [26 * 26 * 9 * 32, 11 * 11 * 9 * 32 * 64, 1600 * 128, 1280]
     # epoch ends at 5 s (the warm-up), 6, 8 and 9.5 s: epochs of 1, 2 and 1.5 s
     assert speed.epoch_times([5.0, 6.0, 8.0, 9.5]) == [1.0, 2.0, 1.5]
 
@@ -64,7 +65,7 @@ def test_roofline_counts_the_products_tensorflow_runs(variant, overrides):
             output, kernel = _conv_output_and_kernel(op)
             n, height, width, _ = output.shape
             macs += n * height * width * int(np.prod(kernel.shape))
-    assert macs == speed.training_macs(cfg) * batch
+    assert macs == training_macs(cfg) * batch
 
 
 def _conv_output_and_kernel(op):

@@ -7,6 +7,8 @@ import pytest
 
 from helpers.checks import check_training_run
 from helpers.stores import PROJECT_ROOT, REAL_MNIST, all_runs
+from mnist_pipeline import names
+from mnist_pipeline.core import threads
 from mnist_pipeline.core.config import parse_overrides, resolve
 
 # Each floor is the mean minus 3 standard deviations of five seeds (42-46), so that a CPU whose
@@ -36,7 +38,7 @@ def test_train_entry_point(tmp_path, tiny_mnist_dir, tiny_mnist, monkeypatch):
         tmp_path, f"data_dir={tiny_mnist_dir}", *(f"{k}={v}" for k, v in params.items()), entry_point="train"
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "  epoch 2/2  loss " in result.stdout  # one line per epoch on the console
+    assert "baseline  epoch 2/2  loss " in result.stdout  # one line per epoch on the console
     runs = all_runs(result.uri)
     [project_run] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     [training_run] = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == project_run.info.run_id]
@@ -89,12 +91,16 @@ def check_console(result, runs) -> None:
     out = result.stdout.splitlines()
     parent = next(r for r in runs if r.data.tags.get("role") == "main")
     children = sorted((r for r in runs if "variant" in r.data.tags), key=lambda r: r.info.start_time)
-    for run in children:
-        epochs = int(run.data.params["epochs"])
-        header = out.index(f"{run.data.tags['variant']}: run {run.info.run_id}, {epochs} epochs")
-        for epoch, line in enumerate(out[header + 1 : header + 1 + epochs], start=1):
-            assert line.startswith(f"  epoch {epoch:>{len(str(epochs))}}/{epochs}  loss "), line
+    for run in children:  # trained side by side: their lines come mixed, each naming its run
+        epochs, variant = int(run.data.params["epochs"]), run.data.tags["variant"]
+        header = out.index(f"{variant}: run {run.info.run_id}, {epochs} epochs")
+        lines = [line for line in out[header + 1 :] if line.startswith(f"{variant}  epoch ")]
+        assert len(lines) == epochs, lines
+        for epoch, line in enumerate(lines, start=1):
+            assert line.startswith(f"{variant}  epoch {epoch:>{len(str(epochs))}}/{epochs}  loss "), line
             assert " accuracy " in line and " val_loss " in line and " val_accuracy " in line and line.endswith(" s")
+    side_by_side = str(threads.plan(len(children), 0)[1])  # on 2 cores: two at once, one thread each
+    assert {r.data.tags[names.TAG_THREADS] for r in children} == {side_by_side}
     summary = out[out.index(f"main run {parent.info.run_id}") :]
     assert summary[1].split() == ["variant", "val_accuracy", "test_accuracy", "seconds"]
     assert [line.split()[0] for line in summary[2:5]] == ["baseline", "regularized", "final"]

@@ -64,6 +64,8 @@ BAD_INPUT = [
         ["serve", "--model-uri", "models:/no-such-model@champion"],
         "model_uri='models:/no-such-model@champion' cannot be loaded",
     ),
+    (["main", "--workers", "-1"], "workers='-1' is not allowed: must be an integer >= 0"),
+    (["reproduce", "--workers", "two"], "workers='two' is not allowed: must be an integer >= 0"),
     (["reproduce", "--seeds", "1"], "seeds='1' is not allowed: must be an integer >= 2"),
     (["reproduce", "--seeds", "five"], "seeds='five' is not allowed"),
     (["reproduce", "--variants", "base"], "variants='base' is not allowed"),

@@ -2,6 +2,7 @@
 keeps the epochs it finished, and leaves nothing RUNNING. One killed hard (SIGKILL) cannot:
 the next command ends its run KILLED."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -78,3 +79,65 @@ def test_signal_mid_training_ends_the_run_killed_with_finished_epochs_kept(signu
     assert list(history["epoch"]) == epochs
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "plots")}
     assert names.CURVES in artifacts
+
+
+def _main_side_by_side(tiny_mnist_dir, epochs: int, **popen) -> subprocess.Popen:
+    command = [sys.executable, "-m", "mnist_pipeline", "main", "--variants", "baseline,final", "--workers", "2"]
+    command += ["--epochs", str(epochs), "--batch-size", "16", "--model-name", "", "--data-dir", str(tiny_mnist_dir)]
+    return subprocess.Popen(command, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+
+
+def _wait_for_children(main, tracking_store, epochs: int) -> list:
+    """The two training runs of ``main`` once each has finished ``epochs`` epochs."""
+    client, deadline = mlflow.MlflowClient(), time.monotonic() + 120
+    while True:
+        assert main.poll() is None, main.stderr.read()
+        assert time.monotonic() < deadline, f"the trainings never reached epoch {epochs}"
+        children = [r for r in all_runs(tracking_store) if names.TAG_VARIANT in r.data.tags]
+        done = [len(client.get_metric_history(r.info.run_id, "val_accuracy")) for r in children]
+        if len(children) == 2 and min(done) >= epochs:
+            return children
+        time.sleep(0.3)
+
+
+@pytest.mark.parametrize("how", ["Ctrl-C to the process group", "SIGTERM to main alone"])
+def test_an_interrupt_ends_every_worker_s_run_killed_then_main_s(how, tracking_store, tiny_mnist_dir):
+    main = _main_side_by_side(tiny_mnist_dir, 500, start_new_session=True)
+    try:
+        _wait_for_children(main, tracking_store, 2)
+        if how.startswith("Ctrl-C"):  # a terminal's Ctrl-C reaches main and both workers
+            os.killpg(main.pid, signal.SIGINT)
+        else:  # main passes it on to its workers
+            main.send_signal(signal.SIGTERM)
+        _, stderr = main.communicate(timeout=120)
+    finally:
+        if main.poll() is None:
+            os.killpg(main.pid, signal.SIGKILL)
+    signum = signal.SIGINT if how.startswith("Ctrl-C") else signal.SIGTERM
+    assert main.returncode == 128 + signum, stderr
+    assert f"interrupted by {signum.name}" in stderr and "Traceback" not in stderr, stderr
+    runs = all_runs(tracking_store)
+    assert sorted(r.info.status for r in runs) == ["KILLED"] * 3
+    client = mlflow.MlflowClient()
+    for run in runs:
+        if names.TAG_VARIANT in run.data.tags:  # each worker's run keeps its epochs and its history
+            epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+            assert 2 <= len(epochs) < 500 and epochs == list(range(1, len(epochs) + 1))
+            assert names.HISTORY in {f.path for f in client.list_artifacts(run.info.run_id, "tables")}
+
+
+def test_a_worker_killed_hard_fails_main_in_one_line_with_its_run_ended(tracking_store, tiny_mnist_dir):
+    main = _main_side_by_side(tiny_mnist_dir, 500, start_new_session=True)
+    try:
+        children = _wait_for_children(main, tracking_store, 1)
+        for run in children:  # SIGKILL: no handler runs, no word to main
+            os.kill(int(run.data.tags[names.TAG_PID]), signal.SIGKILL)
+        _, stderr = main.communicate(timeout=120)
+    finally:
+        if main.poll() is None:
+            os.killpg(main.pid, signal.SIGKILL)
+    assert main.returncode == cli.USAGE_ERROR, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("mnist-pipeline: error: the process training ") and " died (exit code -9)" in last
+    statuses = {r.info.run_name: r.info.status for r in all_runs(tracking_store)}
+    assert statuses == {"main": "FAILED", "baseline": "KILLED", "final": "KILLED"}

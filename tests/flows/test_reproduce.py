@@ -40,23 +40,14 @@ def test_a_difference_counts_only_when_larger_than_seed_noise():
     assert list(constant["larger_than_seed_noise"]) == [False, True, True]
 
 
-def test_reproduce_trains_each_variant_per_seed_and_logs_the_table(tracking_store, tiny_mnist_dir):
-    argv = [
-        "reproduce",
-        "--variants",
-        "baseline,final",
-        "--seeds",
-        "2",
-        "--seed",
-        "7",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "64",
-        "--data-dir",
-        str(tiny_mnist_dir),
-    ]
+def test_reproduce_trains_each_variant_per_seed_and_logs_the_table(tracking_store, tiny_mnist_dir, capfd):
+    argv = ["reproduce", "--variants", "baseline,final", "--seeds", "2", "--seed", "7", "--epochs", "1"]
+    argv += ["--batch-size", "64", "--data-dir", str(tiny_mnist_dir)]
+    argv += ["--workers", "1"]  # in this process, for the suite's time (side by side: tests/tracking/test_trainers.py)
     assert cli.run(argv) == 0
+    out = capfd.readouterr().out.splitlines()
+    for label in ("baseline seed 7", "baseline seed 8", "final seed 7", "final seed 8"):  # a variant repeats
+        assert [line.split("  ")[0] for line in out if "  epoch 1/1  loss " in line].count(label) == 1, out
     runs = all_runs(tracking_store)
     assert {r.info.status for r in runs} == {"FINISHED"}
     [parent] = [r for r in runs if r.data.tags.get(names.TAG_ROLE) == "reproduce"]

@@ -1,6 +1,7 @@
 """`verify`: a registered version re-trained from what the registry records."""
 
 import dataclasses
+import os
 
 import mlflow
 
@@ -10,18 +11,21 @@ from mnist_pipeline import cli, names
 
 
 def test_verify_finds_the_champion_equal_refuses_other_data_and_catches_a_difference(
-    tracking_store, tiny_mnist_dir, tmp_path, capsys
+    tracking_store, tiny_mnist_dir, tmp_path, capfd
 ):
-    common = ["--variants", "baseline", "--epochs", "1", "--batch-size", "64", "--data-dir", str(tiny_mnist_dir)]
-    assert cli.run(["main", *common]) == 0
+    # two trainings side by side, on one thread each: the champion is re-trained on one too
+    common = ["--variants", "baseline,final", "--epochs", "1", "--batch-size", "64", "--data-dir", str(tiny_mnist_dir)]
+    assert cli.run(["main", *common, "--workers", "2"]) == 0
     client = mlflow.MlflowClient()
     trained = client.get_model_version(names.MODEL_NAME, "1").tags["run_id"]
-    capsys.readouterr()
+    variant = mlflow.get_run(trained).data.tags[names.TAG_VARIANT]
+    assert mlflow.get_run(trained).data.tags[names.TAG_THREADS] == "1"
+    capfd.readouterr()
 
     # the same machine and code: equal
     assert cli.run(["verify", "--data-dir", str(tiny_mnist_dir)]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert f"verifying mnist-digits version 1: baseline, seed 42, run {trained}" in out
+    out = capfd.readouterr().out.splitlines()
+    assert f"verifying mnist-digits version 1: {variant}, seed 42, run {trained}" in out
     assert "code: the same" in out and "machine: the same host" in out
     metrics = mlflow.get_run(trained).data.metrics
     for name in ("val_accuracy", "test_accuracy"):
@@ -29,6 +33,7 @@ def test_verify_finds_the_champion_equal_refuses_other_data_and_catches_a_differ
         assert f"{name}: recorded {value}, re-trained {value} (+0.00 pp, must be equal): matches" in out
     [again] = [r for r in all_runs(tracking_store) if r.data.tags.get(names.TAG_VERIFIES) == "mnist-digits/1"]
     assert again.info.status == "FINISHED" and again.data.params["seed"] == "42"
+    assert again.data.tags[names.TAG_THREADS] == "1" and again.data.tags[names.TAG_PID] != str(os.getpid())
     assert client.get_model_version(names.MODEL_NAME, "1").tags[names.TAG_VERIFIED] == (
         f"matches by run {again.info.run_id}"
     )
@@ -37,7 +42,7 @@ def test_verify_finds_the_champion_equal_refuses_other_data_and_catches_a_differ
     other = write_idx_folder(tmp_path / "other", tiny_arrays(n_train=300))
     before = len(all_runs(tracking_store))
     assert cli.run(["verify", "--data-dir", str(other)]) == cli.USAGE_ERROR
-    [line] = capsys.readouterr().err.strip().splitlines()
+    [line] = capfd.readouterr().err.strip().splitlines()
     assert line.startswith("mnist-pipeline: error: data_dir: these images have digest ")
     assert "mnist-digits version 1 was trained on" in line and line.endswith("verify needs the same data")
     assert len(all_runs(tracking_store)) == before
@@ -45,7 +50,7 @@ def test_verify_finds_the_champion_equal_refuses_other_data_and_catches_a_differ
     # a record the re-training does not reproduce: exit 1
     client.log_metric(trained, "test_accuracy", metrics["test_accuracy"] - 0.05)
     assert cli.run(["verify", "--model-uri", "models:/mnist-digits/1", "--data-dir", str(tiny_mnist_dir)]) == 1
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
     assert "(+5.00 pp, must be equal): DIFFERS" in captured.out
     assert captured.err.strip().splitlines()[-1] == (
         "mnist-pipeline: mismatch: re-training mnist-digits version 1 does not reproduce it (see the lines above)"

@@ -64,6 +64,7 @@ def check_training_run(run_id: str, cfg, data_digest: str) -> None:
     weighted = float(np.dot(recalls, per_digit["support"]) / per_digit["support"].sum())
     assert weighted == pytest.approx(run.data.metrics["val_accuracy"], abs=1e-6)
     assert {names.TAG_HOST, names.TAG_PID, names.TAG_PROCESS_START, names.TAG_HEARTBEAT} <= set(run.data.tags)
+    assert int(run.data.tags[names.TAG_THREADS]) >= 1  # what `verify` trains on again
 
     uri = logged_model.logged_model_uri(run_id)
     info = mlflow.models.get_model_info(uri)

@@ -1,0 +1,51 @@
+"""What a configuration costs, counted without running it: the multiply-adds of its matrix
+products and convolutions per image, and the FLOPs of an epoch. core/speed.py's roofline
+times them; tracking/trainers.py starts the costliest trainings first."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mnist_pipeline.core.config import TrainConfig
+from mnist_pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES
+
+KERNEL = 3  # conv kernels are 3x3, "valid", each followed by a 2x2 max-pool (models.py)
+
+
+def linear_layers(cfg: TrainConfig) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(input shape of one image, weight shape) of each conv and Dense layer, in order."""
+    layers, side, channels = [], IMAGE_SHAPE[0], 1
+    for filters in cfg.conv_filters:
+        layers.append(((side, side, channels), (KERNEL, KERNEL, channels, filters)))
+        side, channels = (side - KERNEL + 1) // 2, filters
+    width = side * side * channels
+    for units in (*cfg.hidden_units, NUM_CLASSES):
+        layers.append(((width,), (width, units)))
+        width = units
+    return layers
+
+
+def layer_macs(cfg: TrainConfig) -> list[int]:
+    """Multiply-adds of each layer's forward pass, per image."""
+    macs = []
+    for shape, weight in linear_layers(cfg):
+        if len(weight) == 2:
+            macs.append(weight[0] * weight[1])
+        else:
+            out = shape[0] - KERNEL + 1
+            macs.append(out * out * int(np.prod(weight)))
+    return macs
+
+
+def training_macs(cfg: TrainConfig) -> int:
+    """Multiply-adds per training image: forward, weight gradients, and the input gradients
+    of every layer but the first (nothing trainable lies below it: TensorFlow skips that
+    product, and so does the roofline)."""
+    macs = layer_macs(cfg)
+    return 3 * sum(macs) - macs[0]
+
+
+def epoch_flops(cfg: TrainConfig, n_train: int, n_val: int) -> float:
+    """FLOPs (2 per multiply-add) of one epoch: training steps, then a forward pass over
+    the validation images."""
+    return 2.0 * (training_macs(cfg) * n_train + sum(layer_macs(cfg)) * n_val)

@@ -1,0 +1,252 @@
+"""Which process trains: `main`'s and `reproduce`'s runs (reused, trained here, or trained
+side by side in worker processes), and one training on a given thread count (`verify`).
+
+Workers are fresh interpreters (multiprocessing's spawn: no TensorFlow state is copied).
+Each sets its thread count before TensorFlow's first op, then takes trainings from one
+queue, costliest first, and logs each as a child of the parent run itself, as a run
+trained here is logged (training_run.track_training); the console gets each worker's
+lines as they come, every line naming its run's label. The run records the thread count
+it trained on (core/threads.py says why).
+
+- A failed training stops the queue: the trainings under way finish, then its error is
+  raised here.
+- An interrupt (Ctrl-C reaches every process of the group; SIGTERM reaches this one and is
+  passed on) ends each worker's run KILLED, its finished epochs kept, then this process's.
+- A worker killed hard leaves its run RUNNING: it is ended KILLED here at once (liveness).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
+import traceback
+from dataclasses import dataclass
+
+import mlflow
+
+from mnist_pipeline.core import interrupts, macs, threads
+from mnist_pipeline.core.config import TrainConfig
+from mnist_pipeline.core.data import Mnist
+from mnist_pipeline.core.errors import UserError, WorkerDied
+from mnist_pipeline.tracking import liveness
+from mnist_pipeline.tracking.identity import find_reusable_run, run_key
+from mnist_pipeline.tracking.readback import ChildRun
+from mnist_pipeline.tracking.runs import ended_run, launched_by_mlflow_run
+
+POLL_SECONDS = 0.5  # how often a waiting parent looks for workers that died without a word
+STOP_SECONDS = 120  # an interrupted worker's time to end its run KILLED, history and plots logged
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int  # the training's place in the caller's list
+    cfg: TrainConfig
+    label: str  # names the run on the console: the variant, with its seed if a variant repeats
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What a worker needs of this process: the store, where its runs go, and its threads."""
+
+    tracking_uri: str
+    experiment_id: str | None
+    parent_run_id: str | None
+    threads: int
+    tags: dict[str, str]
+    log_levels: dict[str, int]  # MLflow's loggers as this process set them (the CLI quiets some)
+
+
+def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool, workers: int = 0) -> list[ChildRun]:
+    """Each config as a child of the active run, or the FINISHED run with its run key
+    (unless ``force``). Those to train go ``workers`` at a time (0: one per core)."""
+    labels = _labels(configs)
+    reused = [None if force else find_reusable_run(run_key(cfg, data.digest)) for cfg in configs]
+    for cfg, run_id in zip(configs, reused):
+        if run_id:
+            print(f"{cfg.variant} (seed {cfg.seed}): reusing FINISHED run {run_id} (same config, code and data)")
+    todo = [Job(i, cfg, labels[i]) for i, (cfg, run_id) in enumerate(zip(configs, reused)) if run_id is None]
+    processes, per_worker = threads.plan(len(todo), workers)
+    parent = mlflow.active_run()
+    if processes > 1:
+        trained = in_workers(todo, data, processes, per_worker, parent.info.run_id, parent.info.experiment_id)
+    else:
+        from mnist_pipeline.tracking.training_run import track_training  # TensorFlow: only to train here
+
+        trained = {job.index: track_training(job.cfg, data, nested=True, label=job.label) for job in todo}
+    return [
+        ChildRun(cfg.variant, run_id or trained[i], run_id is not None)
+        for i, (cfg, run_id) in enumerate(zip(configs, reused))
+    ]
+
+
+def track_alone(
+    cfg: TrainConfig,
+    data: Mnist,
+    tags: dict[str, str] | None = None,
+    on_threads: int = 0,
+    experiment_id: str | None = None,
+) -> str:
+    """One training as an entry point's whole work: under `mlflow run`, nested in the run it
+    made for the entry point; otherwise a run of its own (in ``experiment_id``, if given).
+    ``on_threads``: trained on that many threads, in a worker if this process runs on
+    another count; 0: here. Returns the training run's id."""
+    if launched_by_mlflow_run():
+        with ended_run() as run:
+            return _track_one(cfg, data, tags, on_threads, run.info.run_id, run.info.experiment_id)
+    return _track_one(cfg, data, tags, on_threads, None, experiment_id)
+
+
+def _track_one(cfg, data, tags, on_threads: int, parent_run_id: str | None, experiment_id: str | None) -> str:
+    if on_threads and on_threads != threads.current():
+        job = Job(0, cfg, cfg.variant)
+        return in_workers([job], data, 1, on_threads, parent_run_id, experiment_id, tags)[0]
+    from mnist_pipeline.tracking.training_run import track_training
+
+    return track_training(cfg, data, nested=parent_run_id is not None, tags=tags)
+
+
+def in_workers(
+    jobs: list[Job],
+    data: Mnist,
+    processes: int,
+    on_threads: int,
+    parent_run_id: str | None,
+    experiment_id: str | None,
+    tags: dict[str, str] | None = None,
+) -> dict[int, str]:
+    """Train ``jobs`` in ``processes`` workers at ``on_threads`` threads each; returns
+    {job.index: run id}. Raises the first failure once every worker has stopped."""
+    context = multiprocessing.get_context("spawn")
+    tasks, results, stop = context.Queue(), context.Queue(), context.Event()
+    for job in sorted(jobs, key=lambda j: -j.cfg.epochs * macs.training_macs(j.cfg)):  # costliest first
+        tasks.put(job)
+    for _ in range(processes):
+        tasks.put(None)  # one end mark per worker
+    levels = {
+        name: logging.getLogger(name).level for name in logging.root.manager.loggerDict if name.startswith("mlflow")
+    }
+    setup = _Setup(mlflow.get_tracking_uri(), experiment_id, parent_run_id, on_threads, tags or {}, levels)
+    workers = [
+        context.Process(target=_work, args=(setup, data, tasks, results, stop), name=f"trainer-{n}", daemon=True)
+        for n in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        trained, failure = _collect(jobs, workers, results, stop)
+    except BaseException:  # an interrupt here: every worker ends its run KILLED first
+        stop.set()
+        _stop(workers)
+        raise
+    if failure is not None:
+        raise failure
+    return trained
+
+
+def _collect(jobs, workers, results, stop) -> tuple[dict[int, str], BaseException | None]:
+    """Each job's run id as its worker reports it, until every worker has ended; the first
+    failure stops the queue."""
+    labels = {job.index: job.label for job in jobs}
+    trained, running, failure = {}, {}, None
+    while True:
+        try:
+            kind, index, value = results.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            if any(w.is_alive() for w in workers):
+                continue
+            try:  # every worker has ended: what they said last is in the pipe already
+                kind, index, value = results.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                break
+        if kind == "started":
+            running[index] = value
+        elif kind == "done":
+            trained[index] = value
+            running.pop(index)
+        else:
+            running.pop(index)
+            failure = failure or value
+            stop.set()
+    if failure is None and running:  # a worker died in a training without a word: killed hard
+        index, pid = next(iter(running.items()))
+        code = next(w.exitcode for w in workers if w.pid == pid)
+        liveness.end_dead_runs()  # its run, RUNNING still: a line for each
+        failure = WorkerDied(f"the process training {labels[index]} died (exit code {code}) before its run ended")
+    if failure is None and len(trained) < len(jobs):
+        codes = ", ".join(str(w.exitcode) for w in workers)
+        failure = WorkerDied(f"the training processes ended (exit codes {codes}) before training every run")
+    return trained, failure
+
+
+def _stop(workers) -> None:
+    """Pass the interrupt on (a worker that has it already takes no second one) and wait for
+    the workers to end their runs; one that does not in STOP_SECONDS is killed."""
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()  # SIGTERM: its run ends KILLED
+    for worker in workers:
+        worker.join(STOP_SECONDS)
+        if worker.is_alive():
+            worker.kill()
+
+
+def _work(setup: _Setup, data: Mnist, tasks, results, stop) -> None:
+    """A worker process: train jobs from ``tasks`` until the end mark or ``stop``."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt_once)
+    with contextlib.suppress(KeyboardInterrupt):  # between trainings: nothing to end, nothing to say
+        _train_jobs(setup, data, tasks, results, stop)
+
+
+def _train_jobs(setup: _Setup, data: Mnist, tasks, results, stop) -> None:
+    os.environ.pop(mlflow.environment_variables.MLFLOW_RUN_ID.name, None)  # the parent's run is not ours to resume
+    for name, level in setup.log_levels.items():
+        logging.getLogger(name).setLevel(level)
+    threads.use(setup.threads)
+    mlflow.set_tracking_uri(setup.tracking_uri)
+    if setup.experiment_id:
+        mlflow.set_experiment(experiment_id=setup.experiment_id)
+    from mnist_pipeline.tracking.training_run import track_training
+
+    while (job := tasks.get()) is not None and not stop.is_set():
+        results.put(("started", job.index, os.getpid()))
+        try:
+            run_id = track_training(job.cfg, data, tags=setup.tags, parent_run_id=setup.parent_run_id, label=job.label)
+        except BaseException as err:
+            if not isinstance(err, (KeyboardInterrupt, UserError)):
+                traceback.print_exc()  # where it failed; the parent raises it again
+            results.put(("failed", job.index, _portable(err)))
+            return
+        results.put(("done", job.index, run_id))
+
+
+def _interrupt_once(signum, frame) -> None:
+    """The first SIGINT or SIGTERM ends the run KILLED; later ones (the parent passing on the
+    same Ctrl-C) must not cut that short."""
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, _ignore)  # not SIG_IGN: Python raises on a signal already on its way
+    interrupts.handler(signum, frame)
+
+
+def _ignore(signum, frame) -> None:
+    pass
+
+
+def _portable(err: BaseException) -> BaseException:
+    """``err`` if it crosses to the parent intact, else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        return RuntimeError(f"{type(err).__name__}: {err}")
+
+
+def _labels(configs: list[TrainConfig]) -> list[str]:
+    """Each run's name on the console: its variant, with the seed where a variant repeats."""
+    variants = [cfg.variant for cfg in configs]
+    return [cfg.variant if variants.count(cfg.variant) == 1 else f"{cfg.variant} seed {cfg.seed}" for cfg in configs]
