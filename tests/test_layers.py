@@ -67,7 +67,7 @@ def test_the_walk_sees_the_layers():
     assert {"core", "tracking", "flows", "cli", "names"} <= {_layer(m) for m in MODULES}
     assert "mnist_pipeline.core.config" in IMPORTS["mnist_pipeline.core.training"]
     assert "mlflow" in IMPORTS["mnist_pipeline.tracking.runs"]
-    assert "mnist_pipeline.tracking.training_run" in IMPORTS["mnist_pipeline.flows.train"]  # inside run()
+    assert "mnist_pipeline.tracking.trainers" in IMPORTS["mnist_pipeline.flows.train"]  # inside run()
 
 
 def test_core_knows_nothing_of_mlflow_optuna_or_the_other_layers():

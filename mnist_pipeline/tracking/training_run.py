@@ -54,24 +54,18 @@ def track_training(
     run KILLED, any other exception FAILED; either way the epochs that finished keep their
     metrics, history table and curves.
 
-    ``nested``: a child of the active run; ``parent_run_id``: a child of that run (a worker
-    process's training, tracking/trainers.py). ``label`` names the run on the console
-    (default: the variant). ``tags`` go on the run beside its own. ``after_epoch(epoch, metrics)`` is called after
+    A child of the active run if ``nested``, else of ``parent_run_id`` if given (a worker's
+    training, tracking/trainers.py); ``label`` (default: the variant) names it on the console.
+    ``tags`` go on the run beside its own. ``after_epoch(epoch, metrics)`` is called after
     each epoch's metrics are handed to the logger; if it raises TrainingStopped, the run
     keeps the finished epochs and ends FINISHED without a run key, and TrainingStopped
     (with its ``run_id`` set) goes on up.
     """
-    description = VARIANTS[cfg.variant].description
-    stopped = None
-    start = {
-        "nested": nested,
-        "parent_run_id": parent_run_id,
-        "tags": _tags(cfg, data, tags),
-        "description": description,
-    }
+    stopped, description = None, VARIANTS[cfg.variant].description
+    start = {"nested": nested, "parent_run_id": parent_run_id, "tags": _tags(cfg, data, tags)}
     parent_run_id = mlflow.active_run().info.run_id if nested else parent_run_id
     phases, label = Phases(), label or cfg.variant
-    with ended_run(run_name=cfg.variant, log_system_metrics=system_metrics(), **start) as run:
+    with ended_run(run_name=cfg.variant, description=description, log_system_metrics=system_metrics(), **start) as run:
         print(console.header(label, run.info.run_id, cfg.epochs), flush=True)
         with phases("datasets"):
             _log_inputs(cfg, data)
