@@ -1,12 +1,12 @@
 """Which process trains: `main`'s and `reproduce`'s runs (reused, trained here, or trained
 side by side in worker processes), and one training on a given thread count (`verify`).
 
-Workers are fresh interpreters (multiprocessing's spawn: no TensorFlow state is copied).
-Each sets its thread count before TensorFlow's first op, then takes trainings from one
-queue, costliest first, and logs each as a child of the parent run itself, as a run
-trained here is logged (training_run.track_training); the console gets each worker's
-lines as they come, every line naming its run's label. The run records the thread count
-it trained on (core/threads.py says why).
+Workers are forked from multiprocessing's fork server, a process that imported the training
+code (TensorFlow too) but never ran an op. Each takes this process's environment, sets its
+thread count before its first op, then takes trainings from one queue, costliest first, and
+logs each as a child of the parent run itself, as a run trained here is logged
+(training_run.track_training). The console gets each worker's lines as they come, every line
+naming its run's label. A run records the thread count it trained on (core/threads.py: why).
 
 - A failed training stops the queue: the trainings under way finish, then its error is
   raised here.
@@ -59,6 +59,7 @@ class _Setup:
     threads: int
     tags: dict[str, str]
     log_levels: dict[str, int]  # MLflow's loggers as this process set them (the CLI quiets some)
+    environ: dict[str, str]  # this process's variables now (the fork server has those it started with)
 
 
 def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool, workers: int = 0) -> list[ChildRun]:
@@ -121,7 +122,7 @@ def in_workers(
 ) -> dict[int, str]:
     """Train ``jobs`` in ``processes`` workers at ``on_threads`` threads each; returns
     {job.index: run id}. Raises the first failure once every worker has stopped."""
-    context = multiprocessing.get_context("spawn")
+    context = _context()
     tasks, results, stop = context.Queue(), context.Queue(), context.Event()
     for job in sorted(jobs, key=lambda j: -j.cfg.epochs * macs.training_macs(j.cfg)):  # costliest first
         tasks.put(job)
@@ -130,7 +131,9 @@ def in_workers(
     levels = {
         name: logging.getLogger(name).level for name in logging.root.manager.loggerDict if name.startswith("mlflow")
     }
-    setup = _Setup(mlflow.get_tracking_uri(), experiment_id, parent_run_id, on_threads, tags or {}, levels)
+    setup = _Setup(
+        mlflow.get_tracking_uri(), experiment_id, parent_run_id, on_threads, tags or {}, levels, {**os.environ}
+    )
     workers = [
         context.Process(target=_work, args=(setup, data, tasks, results, stop), name=f"trainer-{n}", daemon=True)
         for n in range(processes)
@@ -146,6 +149,17 @@ def in_workers(
     if failure is not None:
         raise failure
     return trained
+
+
+def _context():
+    """The fork server (Linux, macOS): it imports the training code once, as the first worker
+    starts, and forks each worker ready to train; elsewhere each worker is spawned and imports
+    it itself (about 5 s here, two workers importing at once on 2 cores: 8 s)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["mnist_pipeline.tracking.training_run"])
+    return context
 
 
 def _collect(jobs, workers, results, stop) -> tuple[dict[int, str], BaseException | None]:
@@ -204,6 +218,8 @@ def _work(setup: _Setup, data: Mnist, tasks, results, stop) -> None:
 
 
 def _train_jobs(setup: _Setup, data: Mnist, tasks, results, stop) -> None:
+    os.environ.clear()
+    os.environ.update(setup.environ)
     os.environ.pop(mlflow.environment_variables.MLFLOW_RUN_ID.name, None)  # the parent's run is not ours to resume
     for name, level in setup.log_levels.items():
         logging.getLogger(name).setLevel(level)
