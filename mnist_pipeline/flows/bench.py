@@ -235,21 +235,33 @@ def end_to_end(data_dir: str) -> dict:
 
 
 def phase_rows(wall: float) -> list[dict]:
-    """Seconds per phase of the `mlflow run .` that took ``wall`` seconds, from the
-    phases its runs logged; the last row is the wall time over the sum of its epochs."""
+    """Seconds per phase of the `mlflow run .` that took ``wall`` seconds, from the phases its
+    runs logged. The variants' rows overlap where they trained side by side: only their wall
+    time (the `variants` phase) counts towards the rest. The last rows are the wall time over
+    the sum of the epochs and over the epochs of the process that trained longest."""
     main, *children = readback.phases_of_last_main()
     top = main.phases
     rows = [{"phase": "mlflow run: its start, the project, the run", "seconds": wall - top["total"]}]
     rows += [{"phase": name, "seconds": top[name]} for name in ("start and imports", "data and store checks")]
-    rows += [{"phase": "import tensorflow", "seconds": top["import tensorflow"]}]
-    for child in children:
-        phases = dict(child.phases)
-        phases["logging and printing of epochs"] = phases.pop("epochs") - child.epoch_seconds
-        rows.append({"phase": f"{child.name}: epochs", "seconds": child.epoch_seconds})
-        rows += [{"phase": f"{child.name}: {name}", "seconds": value} for name, value in phases.items()]
-        own = child.run_seconds - sum(phases.values()) - child.epoch_seconds  # params, tags, summary, ending
-        rows.append({"phase": f"{child.name}: the run's own logging", "seconds": own})
+    rows.append({"phase": "variants (wall time)", "seconds": top["variants"]})
     rows += [{"phase": name, "seconds": top[name]} for name in ("comparison", "registration and model card")]
     rows.append({"phase": "the rest", "seconds": wall - sum(r["seconds"] for r in rows)})
-    rows.append({"phase": "wall / sum of epochs", "seconds": wall / sum(c.epoch_seconds for c in children)})
+    busy, epochs = {}, {}  # per process: its runs' seconds, its epochs' seconds
+    for child in children:
+        busy[child.process] = busy.get(child.process, 0.0) + child.run_seconds
+        epochs[child.process] = epochs.get(child.process, 0.0) + child.epoch_seconds
+        rows += _child_rows(child)
+    rows.append({"phase": "variants: processes starting, and waiting", "seconds": top["variants"] - max(busy.values())})
+    rows.append({"phase": "wall / sum of epochs", "seconds": wall / sum(epochs.values())})
+    rows.append({"phase": "wall / the longest process's epochs", "seconds": wall / max(epochs.values())})
     return rows
+
+
+def _child_rows(child: readback.RunPhases) -> list[dict]:
+    """A training run's phases, inside the variants' wall time."""
+    phases = dict(child.phases)
+    phases["logging and printing of epochs"] = phases.pop("epochs") - child.epoch_seconds
+    rows = [{"phase": f"{child.name}: epochs", "seconds": child.epoch_seconds}]
+    rows += [{"phase": f"{child.name}: {name}", "seconds": value} for name, value in phases.items()]
+    own = child.run_seconds - sum(phases.values()) - child.epoch_seconds  # params, tags, summary, ending
+    return [*rows, {"phase": f"{child.name}: the run's own logging", "seconds": own}]

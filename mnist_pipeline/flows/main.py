@@ -32,6 +32,7 @@ def run(params: MainParams) -> pd.DataFrame:
     phases.seconds["start and imports"] = phases.total()
     with phases("data and store checks"):
         configs = params.configs()
+        trainers.prepare(len(configs), params.workers)
         data = load_for(params.data_dir, [cfg.validation_split for cfg in configs])
         store.check_tracking_store()
         access.require_runs("main")  # refused before any training

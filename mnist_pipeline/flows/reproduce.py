@@ -25,6 +25,7 @@ from mnist_pipeline.tracking import access, liveness, readback, runs, store, tra
 def run(params: ReproduceParams) -> pd.DataFrame:
     """Returns the seed table."""
     configs = params.configs()
+    trainers.prepare(len(configs), params.workers)
     data = load_for(params.data_dir, [cfg.validation_split for cfg in configs])
     store.check_tracking_store()
     access.require_runs("reproduce")  # refused before any training

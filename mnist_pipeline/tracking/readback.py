@@ -127,6 +127,7 @@ class RunPhases:
     phases: dict[str, float]
     run_seconds: float
     epoch_seconds: float  # sum of the epoch_seconds metric; 0 for the parent
+    process: str = ""  # the process that trained it (trainings side by side: one of the workers)
 
 
 def phases_of_last_main() -> list[RunPhases]:
@@ -142,10 +143,11 @@ def phases_of_last_main() -> list[RunPhases]:
     runs += list(json.loads(parent.data.tags[names.TAG_CHILDREN]).items())
     client, result = mlflow.MlflowClient(), []
     for name, run_id in runs:
-        info = client.get_run(run_id).info
+        run = client.get_run(run_id)
         epochs = sum(m.value for m in client.get_metric_history(run_id, names.EPOCH_SECONDS))
         phases = mlflow.artifacts.load_dict(f"runs:/{run_id}/{names.PHASES}")
-        result.append(RunPhases(name, phases, (info.end_time - info.start_time) / 1000, epochs))
+        seconds, process = (run.info.end_time - run.info.start_time) / 1000, run.data.tags.get(names.TAG_PID, "")
+        result.append(RunPhases(name, phases, seconds, epochs, process))
     return result
 
 

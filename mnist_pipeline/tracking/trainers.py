@@ -85,6 +85,15 @@ def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool, workers
     ]
 
 
+def prepare(trainings: int, workers: int) -> None:
+    """If ``trainings`` will go to workers, start the fork server now: it imports the training
+    code while this process loads the data and checks the store."""
+    if threads.plan(trainings, workers)[0] > 1 and _context().get_start_method() == "forkserver":
+        import multiprocessing.forkserver
+
+        multiprocessing.forkserver.ensure_running()
+
+
 def track_alone(
     cfg: TrainConfig,
     data: Mnist,
