@@ -43,11 +43,13 @@ def run(params: VerifyParams) -> verification.Verdict:
     print(f"verifying {label}: {cfg.variant}, seed {cfg.seed}, run {trained.info.run_id}")
     print(f"code: {'the same' if code_now == code_then else f'differs (recorded {code_then}, now {code_now})'}")
     print(f"machine: {'the same host' if same_host else 'another host'}")
+    recorded_threads = trained.data.tags.get(names.TAG_THREADS, "")  # '': trained before runs recorded it
+    on_threads = int(recorded_threads) if recorded_threads.isdigit() else 0
+    print(f"threads: {on_threads}, as recorded" if on_threads else "threads: not recorded; this process's")
     from mnist_pipeline.tracking.trainers import track_alone
 
     if not runs.launched_by_mlflow_run():  # a run of its own, beside the version's
         runs.use_experiment_of(trained.info.run_id, "training run", "the version's run is not in this store")
-    on_threads = int(trained.data.tags.get(names.TAG_THREADS, 0))  # 0: not recorded, train as this process does
     tags = {names.TAG_VERIFIES: f"{version.name}/{version.version}"}
     run_id = track_alone(cfg, data, tags, on_threads, trained.info.experiment_id)
     again, recorded = readback.metrics_of(run_id), trained.data.metrics

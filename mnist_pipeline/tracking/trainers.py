@@ -1,12 +1,13 @@
 """Which process trains: `main`'s and `reproduce`'s runs (reused, trained here, or trained
 side by side in worker processes), and one training on a given thread count (`verify`).
 
-Workers are forked from multiprocessing's fork server, a process that imported the training
-code (TensorFlow too) but never ran an op. Each takes this process's environment, sets its
-thread count before its first op, then takes trainings from one queue, costliest first, and
-logs each as a child of the parent run itself, as a run trained here is logged
-(training_run.track_training). The console gets each worker's lines as they come, every line
-naming its run's label. A run records the thread count it trained on (core/threads.py: why).
+Workers (tracking/worker_process.py) are forked from multiprocessing's fork server, a process
+that imported the training code (TensorFlow too) but never ran an op. Each takes this
+process's environment, sets its thread count before its first op, then takes trainings from
+one queue, costliest first, and logs each as a child of the parent run itself, as a run
+trained here is logged (training_run.track_training). Their lines come here and are printed
+as they come, every line naming its run's label. A run records the thread count it trained
+on (core/threads.py: why).
 
 - A failed training stops the queue: the trainings under way finish, then its error is
   raised here.
@@ -21,19 +22,17 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import pickle
 import queue
-import signal
-import traceback
+import time
 from dataclasses import dataclass
 
 import mlflow
 
-from mnist_pipeline.core import interrupts, macs, threads
+from mnist_pipeline.core import macs, threads
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist
-from mnist_pipeline.core.errors import UserError, WorkerDied
-from mnist_pipeline.tracking import liveness
+from mnist_pipeline.core.errors import WorkerDied
+from mnist_pipeline.tracking import liveness, worker_process
 from mnist_pipeline.tracking.identity import find_reusable_run, run_key
 from mnist_pipeline.tracking.readback import ChildRun
 from mnist_pipeline.tracking.runs import ended_run, launched_by_mlflow_run
@@ -47,19 +46,6 @@ class Job:
     index: int  # the training's place in the caller's list
     cfg: TrainConfig
     label: str  # names the run on the console: the variant, with its seed if a variant repeats
-
-
-@dataclass(frozen=True)
-class _Setup:
-    """What a worker needs of this process: the store, where its runs go, and its threads."""
-
-    tracking_uri: str
-    experiment_id: str | None
-    parent_run_id: str | None
-    threads: int
-    tags: dict[str, str]
-    log_levels: dict[str, int]  # MLflow's loggers as this process set them (the CLI quiets some)
-    environ: dict[str, str]  # this process's variables now (the fork server has those it started with)
 
 
 def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool, workers: int = 0) -> list[ChildRun]:
@@ -140,11 +126,13 @@ def in_workers(
     levels = {
         name: logging.getLogger(name).level for name in logging.root.manager.loggerDict if name.startswith("mlflow")
     }
-    setup = _Setup(
+    setup = worker_process.Setup(
         mlflow.get_tracking_uri(), experiment_id, parent_run_id, on_threads, tags or {}, levels, {**os.environ}
     )
     workers = [
-        context.Process(target=_work, args=(setup, data, tasks, results, stop), name=f"trainer-{n}", daemon=True)
+        context.Process(
+            target=worker_process.work, args=(setup, data, tasks, results, stop), name=f"trainer-{n}", daemon=True
+        )
         for n in range(processes)
     ]
     for worker in workers:
@@ -153,7 +141,7 @@ def in_workers(
         trained, failure = _collect(jobs, workers, results, stop)
     except BaseException:  # an interrupt here: every worker ends its run KILLED first
         stop.set()
-        _stop(workers)
+        _stop(workers, results)
         raise
     if failure is not None:
         raise failure
@@ -186,7 +174,9 @@ def _collect(jobs, workers, results, stop) -> tuple[dict[int, str], BaseExceptio
                 kind, index, value = results.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 break
-        if kind == "started":
+        if kind in worker_process.STREAMS:
+            worker_process.echo(kind, value)
+        elif kind == "started":
             running[index] = value
         elif kind == "done":
             trained[index] = value
@@ -206,69 +196,29 @@ def _collect(jobs, workers, results, stop) -> tuple[dict[int, str], BaseExceptio
     return trained, failure
 
 
-def _stop(workers) -> None:
+def _stop(workers, results) -> None:
     """Pass the interrupt on (a worker that has it already takes no second one) and wait for
-    the workers to end their runs; one that does not in STOP_SECONDS is killed."""
+    the workers to end their runs, printing what they print; one that has not ended in
+    STOP_SECONDS is killed."""
     for worker in workers:
         if worker.is_alive():
             worker.terminate()  # SIGTERM: its run ends KILLED
+    deadline = time.monotonic() + STOP_SECONDS
+    while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
+        _show_lines(results)
     for worker in workers:
-        worker.join(STOP_SECONDS)
         if worker.is_alive():
             worker.kill()
+    _show_lines(results)
 
 
-def _work(setup: _Setup, data: Mnist, tasks, results, stop) -> None:
-    """A worker process: train jobs from ``tasks`` until the end mark or ``stop``."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _interrupt_once)
-    with contextlib.suppress(KeyboardInterrupt):  # between trainings: nothing to end, nothing to say
-        _train_jobs(setup, data, tasks, results, stop)
-
-
-def _train_jobs(setup: _Setup, data: Mnist, tasks, results, stop) -> None:
-    os.environ.clear()
-    os.environ.update(setup.environ)
-    os.environ.pop(mlflow.environment_variables.MLFLOW_RUN_ID.name, None)  # the parent's run is not ours to resume
-    for name, level in setup.log_levels.items():
-        logging.getLogger(name).setLevel(level)
-    threads.use(setup.threads)
-    mlflow.set_tracking_uri(setup.tracking_uri)
-    if setup.experiment_id:
-        mlflow.set_experiment(experiment_id=setup.experiment_id)
-    from mnist_pipeline.tracking.training_run import track_training
-
-    while (job := tasks.get()) is not None and not stop.is_set():
-        results.put(("started", job.index, os.getpid()))
-        try:
-            run_id = track_training(job.cfg, data, tags=setup.tags, parent_run_id=setup.parent_run_id, label=job.label)
-        except BaseException as err:
-            if not isinstance(err, (KeyboardInterrupt, UserError)):
-                traceback.print_exc()  # where it failed; the parent raises it again
-            results.put(("failed", job.index, _portable(err)))
-            return
-        results.put(("done", job.index, run_id))
-
-
-def _interrupt_once(signum, frame) -> None:
-    """The first SIGINT or SIGTERM ends the run KILLED; later ones (the parent passing on the
-    same Ctrl-C) must not cut that short."""
-    for other in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(other, _ignore)  # not SIG_IGN: Python raises on a signal already on its way
-    interrupts.handler(signum, frame)
-
-
-def _ignore(signum, frame) -> None:
-    pass
-
-
-def _portable(err: BaseException) -> BaseException:
-    """``err`` if it crosses to the parent intact, else a RuntimeError with its text."""
-    try:
-        pickle.loads(pickle.dumps(err))
-        return err
-    except Exception:
-        return RuntimeError(f"{type(err).__name__}: {err}")
+def _show_lines(results) -> None:
+    """Print the lines the workers sent within POLL_SECONDS (a stopping worker's reports are dropped)."""
+    with contextlib.suppress(queue.Empty):
+        while True:
+            kind, _, value = results.get(timeout=POLL_SECONDS)
+            if kind in worker_process.STREAMS:
+                worker_process.echo(kind, value)
 
 
 def _labels(configs: list[TrainConfig]) -> list[str]:

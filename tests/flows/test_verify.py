@@ -26,7 +26,7 @@ def test_verify_finds_the_champion_equal_refuses_other_data_and_catches_a_differ
     assert cli.run(["verify", "--data-dir", str(tiny_mnist_dir)]) == 0
     out = capfd.readouterr().out.splitlines()
     assert f"verifying mnist-digits version 1: {variant}, seed 42, run {trained}" in out
-    assert "code: the same" in out and "machine: the same host" in out
+    assert "code: the same" in out and "machine: the same host" in out and "threads: 1, as recorded" in out
     metrics = mlflow.get_run(trained).data.metrics
     for name in ("val_accuracy", "test_accuracy"):
         value = f"{metrics[name]:.4f}"

@@ -1,0 +1,113 @@
+"""A training worker process (tracking/trainers.py starts them): it takes the parent's
+environment, sets its thread count before TensorFlow's first op, and trains jobs from a queue,
+each a run of its own under the parent run. What it prints goes to the parent, line by line,
+and the parent prints it: the console stays the parent's."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import pickle
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+
+import mlflow
+
+from mnist_pipeline.core import interrupts, threads
+from mnist_pipeline.core.data import Mnist
+from mnist_pipeline.core.errors import UserError
+
+STREAMS = ("out", "err")  # the kinds of report that carry a printed line
+
+
+def echo(stream: str, line: str) -> None:
+    """Print, in the parent, a line a worker printed."""
+    print(line, file=sys.stderr if stream == "err" else sys.stdout, flush=True)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a worker needs of this process: the store, where its runs go, and its threads."""
+
+    tracking_uri: str
+    experiment_id: str | None
+    parent_run_id: str | None
+    threads: int
+    tags: dict[str, str]
+    log_levels: dict[str, int]  # MLflow's loggers as this process set them (the CLI quiets some)
+    environ: dict[str, str]  # this process's variables now (the fork server has those it started with)
+
+
+class _Lines(io.TextIOBase):
+    """A worker's sys.stdout or sys.stderr: each whole line goes to the parent, which prints it,
+    so the console is the parent's (its stdout may be a pipe or a test's capture by now)."""
+
+    def __init__(self, results, stream: str):
+        self.results, self.stream, self.pending = results, stream, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            self.results.put((self.stream, None, line))
+        return len(text)
+
+
+def work(setup: Setup, data: Mnist, tasks, results, stop) -> None:
+    """A worker process: train jobs from ``tasks`` until the end mark or ``stop``."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt_once)
+    with contextlib.suppress(KeyboardInterrupt):  # between trainings: nothing to end, nothing to say
+        _train_jobs(setup, data, tasks, results, stop)
+
+
+def _train_jobs(setup: Setup, data: Mnist, tasks, results, stop) -> None:
+    sys.stdout, sys.stderr = _Lines(results, "out"), _Lines(results, "err")
+    os.environ.clear()
+    os.environ.update(setup.environ)
+    os.environ.pop(mlflow.environment_variables.MLFLOW_RUN_ID.name, None)  # the parent's run is not ours to resume
+    for name, level in setup.log_levels.items():
+        logging.getLogger(name).setLevel(level)
+    threads.use(setup.threads)
+    mlflow.set_tracking_uri(setup.tracking_uri)
+    if setup.experiment_id:
+        mlflow.set_experiment(experiment_id=setup.experiment_id)
+    from mnist_pipeline.tracking.training_run import track_training
+
+    while (job := tasks.get()) is not None and not stop.is_set():
+        results.put(("started", job.index, os.getpid()))
+        try:
+            run_id = track_training(job.cfg, data, tags=setup.tags, parent_run_id=setup.parent_run_id, label=job.label)
+        except BaseException as err:
+            if not isinstance(err, (KeyboardInterrupt, UserError)):
+                traceback.print_exc()  # where it failed; the parent raises it again
+            results.put(("failed", job.index, _portable(err)))
+            return
+        results.put(("done", job.index, run_id))
+
+
+def _interrupt_once(signum, frame) -> None:
+    """The first SIGINT or SIGTERM ends the run KILLED; later ones (the parent passing on the
+    same Ctrl-C) must not cut that short."""
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, _ignore)  # not SIG_IGN: Python raises on a signal already on its way
+    interrupts.handler(signum, frame)
+
+
+def _ignore(signum, frame) -> None:
+    pass
+
+
+def _portable(err: BaseException) -> BaseException:
+    """``err`` if it crosses to the parent intact, else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        return RuntimeError(f"{type(err).__name__}: {err}")
