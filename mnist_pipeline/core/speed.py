@@ -156,7 +156,8 @@ def plain_loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
             with tf.GradientTape() as tape:
                 logits = forward(xs[i], tf.cast(i, tf.int64) + epoch * full)
                 loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(ys[i], logits))
-                loss += sum(cfg.l2 * tf.reduce_sum(tf.square(layer.kernel.value)) for layer in layers[:-1])
+                if cfg.l2:  # Keras adds no penalty term for a network without L2
+                    loss += sum(cfg.l2 * tf.reduce_sum(tf.square(layer.kernel.value)) for layer in layers[:-1])
             for w, ms, mom, g in zip(weights, slots, slots[len(weights) :], tape.gradient(loss, weights)):
                 tf.raw_ops.ResourceApplyRMSProp(
                     var=w.value.handle, ms=ms.handle, mom=mom.handle, lr=cfg.learning_rate, rho=rmsprop.rho,
