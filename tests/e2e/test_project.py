@@ -99,8 +99,8 @@ def check_console(result, runs) -> None:
         for epoch, line in enumerate(lines, start=1):
             assert line.startswith(f"{variant}  epoch {epoch:>{len(str(epochs))}}/{epochs}  loss "), line
             assert " accuracy " in line and " val_loss " in line and " val_accuracy " in line and line.endswith(" s")
-    side_by_side = str(threads.plan(len(children), 0)[1])  # on 2 cores: two at once, one thread each
-    assert {r.data.tags[names.TAG_THREADS] for r in children} == {side_by_side}
+    each = threads.plan(len(children), 0)[1] or threads.cores()  # on 2 cores: two at once, one thread each
+    assert {r.data.tags[names.TAG_THREADS] for r in children} == {str(each)}
     summary = out[out.index(f"main run {parent.info.run_id}") :]
     assert summary[1].split() == ["variant", "val_accuracy", "test_accuracy", "seconds"]
     assert [line.split()[0] for line in summary[2:5]] == ["baseline", "regularized", "final"]
