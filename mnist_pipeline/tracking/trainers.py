@@ -13,7 +13,8 @@ on (core/threads.py: why).
   raised here.
 - An interrupt (Ctrl-C reaches every process of the group; SIGTERM reaches this one and is
   passed on) ends each worker's run KILLED, its finished epochs kept, then this process's.
-- A worker killed hard leaves its run RUNNING: it is ended KILLED here at once (liveness).
+- A worker killed hard leaves its run RUNNING: it is ended KILLED here at once (liveness),
+  and the queue stops as for a failed training.
 """
 
 from __future__ import annotations
@@ -168,6 +169,13 @@ def _collect(jobs, workers, results, stop) -> tuple[dict[int, str], BaseExceptio
         try:
             kind, index, value = results.get(timeout=POLL_SECONDS)
         except queue.Empty:
+            if lost := _lost(workers, running):  # killed hard in a training: not a word from it
+                liveness.end_dead_runs()  # its run, RUNNING still: a line for each
+                for index, code in lost.items():
+                    running.pop(index)
+                    died = f"the process training {labels[index]} died (exit code {code}) before its run ended"
+                    failure = failure or WorkerDied(died)
+                stop.set()
             if any(w.is_alive() for w in workers):
                 continue
             try:  # every worker has ended: what they said last is in the pipe already
@@ -185,15 +193,17 @@ def _collect(jobs, workers, results, stop) -> tuple[dict[int, str], BaseExceptio
             running.pop(index)
             failure = failure or value
             stop.set()
-    if failure is None and running:  # a worker died in a training without a word: killed hard
-        index, pid = next(iter(running.items()))
-        code = next(w.exitcode for w in workers if w.pid == pid)
-        liveness.end_dead_runs()  # its run, RUNNING still: a line for each
-        failure = WorkerDied(f"the process training {labels[index]} died (exit code {code}) before its run ended")
     if failure is None and len(trained) < len(jobs):
         codes = ", ".join(str(w.exitcode) for w in workers)
         failure = WorkerDied(f"the training processes ended (exit codes {codes}) before training every run")
     return trained, failure
+
+
+def _lost(workers, running: dict[int, int]) -> dict[int, int]:
+    """{job index: exit code} of the trainings whose worker has died. A worker that ends on
+    its own (done, failed, no job left) reports first and exits with 0."""
+    codes = {w.pid: w.exitcode for w in workers if w.exitcode not in (None, 0)}
+    return {index: codes[pid] for index, pid in running.items() if pid in codes}
 
 
 def _stop(workers, results) -> None:
