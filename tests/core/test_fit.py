@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from mnist_pipeline.core.config import parse_overrides, resolve
-from mnist_pipeline.core.fit import Loop, dropout, epoch_order
+from mnist_pipeline.core.fit import Loop, _logits, dropout, epoch_order
 from mnist_pipeline.core.models import build_model
 from mnist_pipeline.core.training import one_hot, train
 
@@ -164,6 +164,24 @@ def test_dropout_masks_as_keras_inverted_dropout_does(rate):
     other = dropout(x, rate, tf.random.experimental.stateless_fold_in(seed, 1)).numpy() != 0
     assert (other != kept).mean() > 0.9 * 2 * rate * (1 - rate)  # another seed: an independent mask
     assert dropout(x, 0.0, seed) is x
+
+
+def test_a_training_step_ranks_classes_on_the_logits_keras_keeps_with_the_softmax(tiny_mnist, small_cfg):
+    """The step counts its correct images on the softmax's input, which Keras' TensorFlow
+    backend keeps on the softmax's output in a graph; were that gone, the step would rank
+    on the probabilities (the same answer, the softmax computed again). Canary: it is there."""
+    model = _model(small_cfg)
+    x = tf.constant(tiny_mnist.x_train[:8], tf.float32)
+
+    @tf.function
+    def both():
+        probabilities = model(x, training=True)
+        logits = _logits(probabilities)
+        assert logits is not probabilities, "Keras no longer keeps the logits on its softmax's output"
+        return probabilities, logits
+
+    probabilities, logits = both()
+    np.testing.assert_allclose(tf.nn.softmax(logits), probabilities, rtol=1e-6, atol=1e-7)
 
 
 def test_the_loop_s_dropout_gives_keras_training_loss_on_average(tiny_mnist):
