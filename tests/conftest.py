@@ -5,7 +5,9 @@ they use live in helpers/."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -14,6 +16,8 @@ import pytest
 
 from helpers.data import tiny_arrays, write_idx_folder
 from mnist_pipeline.core import data
+
+ROOT = Path(__file__).resolve().parents[1]  # pytest's rootdir: test ids are relative to it
 
 
 @pytest.fixture
@@ -102,12 +106,32 @@ def no_run_left_running(tmp_path_factory):
     assert not left, f"runs left RUNNING after the suite: {left}"
 
 
+# pytest-xdist: each worker checks its own stores; the summary adds up the workers' counts.
+WORKERS_CHECKED: list[tuple[int, int, int]] = []  # (stores, runs, left RUNNING) per worker
+
+
+def _counts() -> tuple[int, int, int]:
+    return len(RUNNING_AFTER_SUITE), RUNS_CHECKED[0], sum(len(ids) for ids in RUNNING_AFTER_SUITE.values())
+
+
+@pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: tell the controller
+        session.config.workeroutput["runs_checked"] = _counts()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    if "runs_checked" in getattr(node, "workeroutput", {}):
+        WORKERS_CHECKED.append(tuple(node.workeroutput["runs_checked"]))
+
+
 def pytest_terminal_summary(terminalreporter):
-    if RUNNING_AFTER_SUITE:
-        left = sum(len(ids) for ids in RUNNING_AFTER_SUITE.values())
+    counts = WORKERS_CHECKED + [_counts()] if RUNNING_AFTER_SUITE else WORKERS_CHECKED
+    if counts:
+        stores, runs, left = (sum(column) for column in zip(*counts))
         terminalreporter.write_line(
-            f"tracking stores checked after the suite: {len(RUNNING_AFTER_SUITE)}, "
-            f"runs: {RUNS_CHECKED[0]}, left RUNNING: {left}"
+            f"tracking stores checked after the suite: {stores}, runs: {runs}, left RUNNING: {left}"
         )
 
 
@@ -229,3 +253,25 @@ def team_server(postgres, tmp_path_factory):
         _check_no_run_running(server.uri, [(r.info.run_id, r.info.status) for r in runs])
     finally:
         server.stop()
+
+
+# The servers' fixtures start once per process. With pytest-xdist, the test modules that use
+# one (they name it) all run in the same worker, so each server starts once; every other
+# module goes to a worker whole, so its module fixtures are made once too.
+SERVER_FIXTURES = re.compile(r"\b(postgres|mlflow_server|tracking_server|server_store|team_server)\b")
+
+
+@functools.cache
+def _group(module: str) -> str:
+    return "servers" if SERVER_FIXTURES.search((ROOT / module).read_text()) else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid.split("::", 1)[0])
+
+    return ByGroup(config, log)
