@@ -1,6 +1,6 @@
-"""Fixtures only: tiny synthetic MNIST folders, a private MLflow store per test, a PostgreSQL-
-backed tracking server, and the end-of-suite check that no run is left RUNNING. The helpers
-they use live in helpers/."""
+"""Fixtures: tiny synthetic MNIST folders, a private MLflow store per test, a PostgreSQL-
+backed tracking server, and the end-of-suite check that no run is left RUNNING; and, with
+pytest-xdist, which tests share a worker. The helpers they use live in helpers/."""
 
 from __future__ import annotations
 
