@@ -86,8 +86,9 @@ class Loop:
         return {"loss": float(loss), "accuracy": float(accuracy)}
 
     def evaluate(self, x, y) -> tuple[float, float, np.ndarray]:
-        """Mean loss, accuracy and the probabilities (n, 10) of ``x`` in inference mode."""
-        loss, accuracy, probabilities = self._evaluate(tf.constant(x, tf.float32), tf.constant(y, tf.int32))
+        """Mean loss, accuracy and the probabilities (n, 10) of ``x`` in inference mode.
+        ``x``, ``y``: arrays, or the tensors ``evaluation_tensors`` made of them once."""
+        loss, accuracy, probabilities = self._evaluate(*evaluation_tensors(x, y))
         return float(loss), float(accuracy), probabilities.numpy()
 
     # graph code below: traced once per input shape
@@ -163,6 +164,17 @@ class Loop:
         _, loss_sum, correct_sum, kept = tf.while_loop(lambda i, *_: i < steps, body, start)
         count = tf.cast(n, tf.float32)
         return loss_sum / count, correct_sum / count, kept.concat()
+
+
+def evaluation_tensors(x, y) -> tuple[tf.Tensor, tf.Tensor]:
+    """Images ``x`` as float32 and labels ``y`` as int32, the tensors ``Loop.evaluate`` takes;
+    tensors already so are kept. Made once for the images evaluated every epoch: converting
+    6,000 raw images took 4-8 ms here, 1-2% of the baseline's epoch."""
+    return _tensor(x, tf.float32), _tensor(y, tf.int32)
+
+
+def _tensor(value, dtype) -> tf.Tensor:
+    return value if isinstance(value, tf.Tensor) and value.dtype == dtype else tf.constant(value, dtype)
 
 
 def epoch_order(n: int, seed: int, epoch) -> tf.Tensor:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import NUM_CLASSES, Mnist, split_validation
-from mnist_pipeline.core.fit import Loop
+from mnist_pipeline.core.fit import Loop, evaluation_tensors
 from mnist_pipeline.core.models import build_model
 from mnist_pipeline.core.phases import Phases
 from mnist_pipeline.names import EPOCH_METRICS, EPOCH_SECONDS
@@ -74,11 +74,12 @@ def train(
         loop = Loop(model, x_fit, y_fit, cfg.batch_size, cfg.seed, fused=cfg.fused_rmsprop)
         loop.trace()
     rows = []
+    validation = evaluation_tensors(x_val, y_val)  # converted once, evaluated every epoch
     with phases("epochs"):
         for epoch in range(1, cfg.epochs + 1):
             start = time.perf_counter()
             row = loop.epoch()
-            row["val_loss"], row["val_accuracy"], val_probabilities = loop.evaluate(x_val, y_val)
+            row["val_loss"], row["val_accuracy"], val_probabilities = loop.evaluate(*validation)
             row[EPOCH_SECONDS] = time.perf_counter() - start
             rows.append(row)
             if on_epoch is not None:
