@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from mnist_pipeline.core.config import parse_overrides, resolve
-from mnist_pipeline.core.fit import Loop, _logits, dropout, epoch_order
+from mnist_pipeline.core.fit import Loop, _logits, dropout, epoch_order, evaluation_tensors
 from mnist_pipeline.core.models import build_model
 from mnist_pipeline.core.training import one_hot, train
 
@@ -93,6 +93,21 @@ def test_epoch_metrics_are_means_over_images(tiny_mnist, small_cfg):
     assert val_loss == pytest.approx((10 * -math.log(p[1]) + 20 * -math.log(p[3])) / 30, rel=1e-5)
     assert val_accuracy == 0.0
     np.testing.assert_allclose(probabilities, np.tile(p, (30, 1)), rtol=1e-5)
+
+
+def test_evaluation_takes_raw_images_or_the_tensors_made_of_them_once(tiny_mnist, small_cfg):
+    """Raw uint8 images, float32 images and the tensors ``evaluation_tensors`` made of them
+    (as train makes the validation images' once) give one and the same evaluation."""
+    (x, y), (xv, yv) = _split(tiny_mnist)
+    loop = Loop(_model(small_cfg), x, y, BATCH, seed=0)
+    loop.epoch()
+    raw = tiny_mnist.x_train[N_FIT : N_FIT + len(yv)]
+    assert raw.dtype == np.uint8
+    results = [loop.evaluate(*pair) for pair in [(raw, yv), (xv, yv), evaluation_tensors(raw, yv)]]
+    for loss, accuracy, probabilities in results[1:]:
+        assert (loss, accuracy) == results[0][:2]
+        np.testing.assert_array_equal(probabilities, results[0][2])
+    assert loop._evaluate.experimental_get_tracing_count() == 1
 
 
 def test_shuffling_is_a_new_permutation_each_epoch_fixed_by_the_seed():
