@@ -4,10 +4,10 @@ pytest-xdist, which tests share a worker. The helpers they use live in helpers/.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import os
-import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -16,8 +16,6 @@ import pytest
 
 from helpers.data import tiny_arrays, write_idx_folder
 from mnist_pipeline.core import data
-
-ROOT = Path(__file__).resolve().parents[1]  # pytest's rootdir: test ids are relative to it
 
 
 @pytest.fixture
@@ -108,6 +106,7 @@ def no_run_left_running(tmp_path_factory):
 
 # pytest-xdist: each worker checks its own stores; the summary adds up the workers' counts.
 WORKERS_CHECKED: list[tuple[int, int, int]] = []  # (stores, runs, left RUNNING) per worker
+WORKERS_SILENT: list[str] = []  # workers that ended without their counts (a crash)
 
 
 def _counts() -> tuple[int, int, int]:
@@ -124,15 +123,18 @@ def pytest_sessionfinish(session):
 def pytest_testnodedown(node, error):
     if "runs_checked" in getattr(node, "workeroutput", {}):
         WORKERS_CHECKED.append(tuple(node.workeroutput["runs_checked"]))
+    else:
+        WORKERS_SILENT.append(node.gateway.id)
 
 
 def pytest_terminal_summary(terminalreporter):
-    counts = WORKERS_CHECKED + [_counts()] if RUNNING_AFTER_SUITE else WORKERS_CHECKED
-    if counts:
-        stores, runs, left = (sum(column) for column in zip(*counts))
+    stores, runs, left = (sum(column) for column in zip(_counts(), *WORKERS_CHECKED))
+    if stores:
         terminalreporter.write_line(
             f"tracking stores checked after the suite: {stores}, runs: {runs}, left RUNNING: {left}"
         )
+    if WORKERS_SILENT:
+        terminalreporter.write_line(f"workers that ended without checking their stores: {', '.join(WORKERS_SILENT)}")
 
 
 def _register(data_dir: Path) -> None:
@@ -255,23 +257,27 @@ def team_server(postgres, tmp_path_factory):
         server.stop()
 
 
-# The servers' fixtures start once per process. With pytest-xdist, the test modules that use
-# one (they name it) all run in the same worker, so each server starts once; every other
-# module goes to a worker whole, so its module fixtures are made once too.
-SERVER_FIXTURES = re.compile(r"\b(postgres|mlflow_server|tracking_server|server_store|team_server)\b")
+# The servers' fixtures start once per process. With pytest-xdist, the test modules whose
+# tests or fixtures take one as an argument all run in the same worker, so each server starts
+# once; every other module goes to a worker whole, so its module fixtures are made once too.
+SERVER_FIXTURES = {"postgres", "mlflow_server", "tracking_server", "server_store", "team_server"}
 
 
 @functools.cache
-def _group(module: str) -> str:
-    return "servers" if SERVER_FIXTURES.search((ROOT / module).read_text()) else module
+def _group(path: Path) -> str:
+    functions = (node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.FunctionDef))
+    uses = any(arg.arg in SERVER_FIXTURES for function in functions for arg in function.args.args)
+    return "servers" if uses else str(path)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "load":  # a --dist the user chose
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class ByGroup(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return _group(nodeid.split("::", 1)[0])
+            return _group(config.rootpath / nodeid.split("::", 1)[0])
 
     return ByGroup(config, log)

@@ -208,8 +208,9 @@ def dropout(x, rate: float, seed) -> tf.Tensor:
     1 - ``rate`` and scaled by 1 / (1 - rate), the others 0. The draw is 16 random bits per
     value (two from each 32-bit number, against Keras' one float each), so the rate is taken
     to the nearest 1/65536; ``seed`` (shape [2]) decides the mask. ``x`` has a static shape.
-    The mask is multiplied in, not selected (``tf.where``): the same values, and a gradient
-    of one pass (a select's computes both branches), 5-9% of an epoch here (docs/speed.md)."""
+    The mask is multiplied in, not selected (``tf.where``): the same values for finite ``x``
+    (a dropped inf or NaN gives NaN, not 0), and a gradient of one pass (a select's computes
+    both branches), 5-9% of an epoch here (docs/speed.md)."""
     if rate == 0:
         return x
     count = int(np.prod(x.shape))
@@ -242,7 +243,8 @@ def _cross_entropy(labels, probabilities):
 
 def _correct(labels, scores):
     """How many of the batch's images have their label as the class of highest ``scores``
-    (probabilities, or the logits they come from: the same order)."""
+    (probabilities, or the logits they come from: the same order, but where two logits so
+    close that their probabilities round to one value rank apart)."""
     hits = tf.equal(labels, tf.argmax(scores, axis=-1, output_type=tf.int32))
     return tf.reduce_sum(tf.cast(hits, tf.float32))
 

@@ -73,8 +73,8 @@ def train(
         model = build_model(cfg, steps_per_epoch=math.ceil(len(x_fit) / cfg.batch_size))
         loop = Loop(model, x_fit, y_fit, cfg.batch_size, cfg.seed, fused=cfg.fused_rmsprop)
         loop.trace()
+        validation = evaluation_tensors(x_val, y_val)  # converted once, evaluated every epoch
     rows = []
-    validation = evaluation_tensors(x_val, y_val)  # converted once, evaluated every epoch
     with phases("epochs"):
         for epoch in range(1, cfg.epochs + 1):
             start = time.perf_counter()

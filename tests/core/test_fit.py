@@ -97,17 +97,18 @@ def test_epoch_metrics_are_means_over_images(tiny_mnist, small_cfg):
 
 def test_evaluation_takes_raw_images_or_the_tensors_made_of_them_once(tiny_mnist, small_cfg):
     """Raw uint8 images, float32 images and the tensors ``evaluation_tensors`` made of them
-    (as train makes the validation images' once) give one and the same evaluation."""
+    (as train makes the validation images' once, from arrays or tensors) evaluate the same."""
     (x, y), (xv, yv) = _split(tiny_mnist)
     loop = Loop(_model(small_cfg), x, y, BATCH, seed=0)
     loop.epoch()
     raw = tiny_mnist.x_train[N_FIT : N_FIT + len(yv)]
     assert raw.dtype == np.uint8
-    results = [loop.evaluate(*pair) for pair in [(raw, yv), (xv, yv), evaluation_tensors(raw, yv)]]
+    inputs = [(raw, yv), (xv, yv), evaluation_tensors(raw, yv), evaluation_tensors(tf.constant(raw), yv)]
+    assert inputs[3][0].dtype == tf.float32  # a uint8 tensor is cast
+    results = [loop.evaluate(*pair) for pair in inputs]
     for loss, accuracy, probabilities in results[1:]:
         assert (loss, accuracy) == results[0][:2]
         np.testing.assert_array_equal(probabilities, results[0][2])
-    assert loop._evaluate.experimental_get_tracing_count() == 1
 
 
 def test_shuffling_is_a_new_permutation_each_epoch_fixed_by_the_seed():
@@ -181,16 +182,17 @@ def test_dropout_masks_as_keras_inverted_dropout_does(rate):
     assert dropout(x, 0.0, seed) is x
 
 
-def test_a_training_step_ranks_classes_on_the_logits_keras_keeps_with_the_softmax(tiny_mnist, small_cfg):
+def test_the_step_s_forward_pass_keeps_the_logits_it_ranks_classes_on(tiny_mnist, small_cfg):
     """The step counts its correct images on the softmax's input, which Keras' TensorFlow
     backend keeps on the softmax's output in a graph; were that gone, the step would rank
-    on the probabilities (the same answer, the softmax computed again). Canary: it is there."""
-    model = _model(small_cfg)
-    x = tf.constant(tiny_mnist.x_train[:8], tf.float32)
+    on the probabilities (the same answer, the softmax computed again). Canary on the
+    loop's own forward pass: the logits are there and give the probabilities."""
+    (x, y), _ = _split(tiny_mnist)
+    loop = Loop(_model(small_cfg), x, y, BATCH, seed=0)
 
     @tf.function
     def both():
-        probabilities = model(x, training=True)
+        probabilities = loop._forward(tf.constant(x[:8]), tf.constant([1, 2], tf.int64))
         logits = _logits(probabilities)
         assert logits is not probabilities, "Keras no longer keeps the logits on its softmax's output"
         return probabilities, logits
