@@ -1,6 +1,5 @@
-"""Run configuration: ``TrainConfig`` (one training run, validated at construction, its
-fields made from core/knobs.py), the pipeline's other defaults, and parsers of parameter
-strings.
+"""Run configuration: ``TrainConfig``, one training run's, whose fields are the training knobs,
+each declared once in its body; the pipeline's other defaults, and parsers of parameter strings.
 
 ``resolve`` gives a variant's TrainConfig with overrides on top; ``logged_config`` the one a
 run logged. The command dataclasses in params.py read their strings with the parsers here.
@@ -8,61 +7,131 @@ run logged. The command dataclasses in params.py read their strings with the par
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
-from dataclasses import make_dataclass
+from dataclasses import MISSING, dataclass, fields
 
-from mnist_pipeline.core.errors import UserError
-from mnist_pipeline.core.knobs import ALWAYS_LOGGED, EACH_VARIANT, KNOBS, OVERRIDABLE
+from mnist_pipeline.core.param_fields import ConfigError, Params, param, read, switch
 from mnist_pipeline.core.secrets import mask_url
 from mnist_pipeline.core.variants import VARIANTS
 
-WORKERS = 0  # `main`, `reproduce`: trainings at once (0: one per CPU core; 1: one at a time, here)
-SEEDS = 5  # `reproduce`: runs per variant, seeds seed, seed + 1, ..., seed + SEEDS - 1
-BENCH_EPOCHS = 4  # `bench`: per timed training, 1 warm-up epoch + 3 timed
-REFRESH_SECONDS = 30  # `serve`: seconds between reads of the alias it follows
 MAX_REQUEST_MB = 16  # `serve`: largest request body read, in MiB; about 3,000 images as JSON
+BENCH_EPOCHS = 4  # `bench`: per timed training, 1 warm-up epoch + 3 timed
 
 OPTIMIZER = "rmsprop"
 LOSS = "categorical_crossentropy"
 
+EACH_VARIANT = MISSING  # a knob's default: none, every variant sets its own (core/variants.py)
+# 3x3 conv + 2x2 max-pool blocks that fit a 28x28 image: 28 -> 13 -> 5 -> 1 pixels a side.
+MAX_CONV_BLOCKS = 3
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _number(default, help: str, allowed: str, within, **more):
+    """A knob whose value is a finite number ``within`` its range (``allowed`` says which)."""
+    return param(default, help, float, f"must be a number {allowed}", lambda v: _finite(v) and within(v), **more)
+
+
+def _integer(default, help: str, allowed: str, within):
+    return param(default, help, int, f"must be an integer {allowed}", lambda v: _int(v) and within(v))
+
+
+def _units(text: str) -> tuple[int, ...]:
+    """'512,256,128' -> (512, 256, 128); '' (a dense net's logged conv_filters) -> ()."""
+    return tuple(int(part) for part in text.split(",")) if text else ()
+
+
 _VARIANT_ALLOWED = f"must be one of {', '.join(VARIANTS)}"
 
 
-class ConfigError(UserError, ValueError):
-    """A parameter value that is not allowed; the message is one line for the user."""
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Params):
+    """Everything that decides one training run: its variant and its knobs, checked at
+    construction. The field order is that of a run's params and model card.
 
+    Each knob is declared once, here, as a ``param`` (core/param_fields.py): its default
+    (``EACH_VARIANT``: none, every variant sets its own), help, parser, check and what the check
+    allows; ``unlogged=``: what a run that did not log it trained with (none: every run logged
+    it); ``override=False``: not a parameter of train, main and reproduce (a variant sets it).
+    The overrides (params.Overrides, so the CLI and MLproject, which a test holds to them), a
+    run's params and model card (``as_params``) and `verify`'s reading of a run
+    (``logged_config``) come from these fields. The code that acts on a knob reads
+    ``cfg.<name>``. The defaults are ours: the study names the optimizer (RMSprop) and the
+    loss (categorical cross-entropy), not these."""
 
-class _Checked:
-    """TrainConfig's behaviour; its fields are ``variant`` and one per knob."""
-
-    def __post_init__(self):
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"variant={show(self.variant)} is not allowed: {_VARIANT_ALLOWED}")
-        for knob in KNOBS.values():
-            value = getattr(self, knob.name)
-            if not knob.ok(value):
-                raise ConfigError(f"{knob.name}={show(value)} is not allowed: {knob.allowed}")
+    variant: str = param(MISSING, "the study's variant", str, _VARIANT_ALLOWED, lambda v: v in VARIANTS)
+    hidden_units: tuple[int, ...] = param(
+        EACH_VARIANT,
+        "comma-separated widths of the hidden Dense layers, e.g. 512,256,128",
+        _units,
+        "must be one or more positive integers separated by commas, e.g. 512,256,128",
+        lambda v: len(v) > 0 and all(_int(u) and u > 0 for u in v),
+    )
+    conv_filters: tuple[int, ...] = param(
+        (),  # a dense net
+        "comma-separated filters of the 3x3 conv + 2x2 max-pool blocks, e.g. 32,64",
+        _units,
+        f"must be at most {MAX_CONV_BLOCKS} positive integers separated by commas, e.g. 32,64",
+        lambda v: len(v) <= MAX_CONV_BLOCKS and all(_int(f) and f > 0 for f in v),
+    )
+    dropout: float = _number(
+        EACH_VARIANT, "Dropout rate after each hidden layer, in [0, 1)", "in [0, 1)", lambda v: 0 <= v < 1
+    )
+    l2: float = _number(0.0, "L2 factor on hidden kernels, >= 0 (0: none)", ">= 0", lambda v: v >= 0)
+    epochs: int = _integer(EACH_VARIANT, "training epochs, >= 1", ">= 1", lambda v: v >= 1)
+    batch_size: int = _integer(128, "images per step, >= 1", ">= 1", lambda v: v >= 1)
+    learning_rate: float = _number(
+        1e-3,  # Keras' default
+        "RMSprop learning rate, > 0 (convnet: the first step's, decaying to 0)",
+        "> 0",
+        lambda v: v > 0,
+    )
+    validation_split: float = _number(
+        0.1, "fraction of training images held out, in (0, 1)", "in (0, 1)", lambda v: 0 < v < 1
+    )
+    # seeds Python, NumPy and TensorFlow once per run
+    seed: int = _integer(42, "random seed, integer >= 0", "in [0, 2**32)", lambda v: 0 <= v < 2**32)
+    augment_shift: float = _number(
+        0.0,
+        "random shift of training images, fraction of the side (0: none)",
+        "in [0, 0.5)",
+        lambda v: 0 <= v < 0.5,
+        unlogged=0.0,
+        override=False,
+    )
+    cosine_decay: bool = switch(
+        False,
+        "true: the learning rate falls from learning_rate to 0 over the run's steps; false: constant",
+        unlogged=False,
+        override=False,
+    )
+    # RMSprop's update as TensorFlow's one fused kernel per weight (called by fit.Loop)
+    # instead of Keras 3's ~10 element-wise ops: the same formula, rounded in another
+    # order (float32 last-bit differences); five seeds per variant showed no accuracy
+    # change (docs/seeds.md). Runs from before it trained with Keras' ops.
+    fused_rmsprop: bool = switch(
+        True,
+        "true: RMSprop in TensorFlow's one fused kernel (faster, other rounding); false: Keras' ops",
+        unlogged=False,
+    )
 
     def as_params(self) -> dict[str, str | int | float]:
-        """Flat dict for logging: the same keys for every variant."""
-        return {"variant": self.variant} | {knob.name: knob.logged(getattr(self, knob.name)) for knob in KNOBS.values()}
+        """Flat dict for logging: the same keys for every variant (a tuple as comma-separated
+        numbers, '' if empty)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: ",".join(map(str, v)) if isinstance(v, tuple) else v for name, v in values.items()}
 
 
-TrainConfig = make_dataclass(
-    "TrainConfig",
-    [("variant", str), *((knob.name, knob.type) for knob in KNOBS.values())],
-    bases=(_Checked,),
-    frozen=True,
-)
-TrainConfig.__module__ = __name__  # make_dataclass's own module= is Python 3.12's
-TrainConfig.__doc__ = "Everything that decides one training run: its variant and every knob (core/knobs.py)."
-
-
-def show(value) -> str:
-    if isinstance(value, tuple):
-        return ",".join(map(str, value)) or "''"
-    return repr(value) if isinstance(value, str) else str(value)
+KNOBS = {f.name: f for f in fields(TrainConfig) if f.name != "variant"}  # in the order runs log them
+OVERRIDABLE: tuple[str, ...] = tuple(name for name, f in KNOBS.items() if f.metadata.get("override", True))
 
 
 def parse_digits(text: str) -> int:
@@ -72,45 +141,32 @@ def parse_digits(text: str) -> int:
     return int(text)
 
 
-def _parsed(name: str, text: str):
-    try:
-        return KNOBS[name].parse(text.strip())
-    except ValueError:
-        raise ConfigError(f"{name}={text!r} is not allowed: {KNOBS[name].allowed}") from None
-
-
 def parse_overrides(raw: Mapping[str, str | None]) -> dict:
     """Read string overrides; ``None`` or an empty string means "the variant's value"."""
     for name in raw:
         if name not in OVERRIDABLE:
             raise ConfigError(f"{name} is not a parameter: use one of {', '.join(OVERRIDABLE)}")
-    return {name: _parsed(name, str(text)) for name, text in raw.items() if text is not None and str(text).strip()}
+    return {name: read(KNOBS[name], str(text)) for name, text in raw.items() if text is not None and str(text).strip()}
 
 
 def logged_config(params: Mapping[str, str]) -> TrainConfig:
     """The TrainConfig a training run logged (its params, as strings). A knob the run did not
-    log is the value runs trained with before it existed (``Knob.unlogged``), whatever the
+    log is the value runs trained with before it existed (its ``unlogged``), whatever the
     variant or default says now."""
     values = {}
-    for name, knob in KNOBS.items():
+    for name, f in KNOBS.items():
         if name in params:
-            values[name] = _parsed(name, params[name])
-        elif knob.unlogged is not ALWAYS_LOGGED:
-            values[name] = knob.unlogged
+            values[name] = read(f, params[name])
+        elif "unlogged" in f.metadata:
+            values[name] = f.metadata["unlogged"]
     return resolve(params["variant"], values)
-
-
-def seed_list(first: int, count: int) -> list[int]:
-    """The seeds of `reproduce`: first, first + 1, ..., first + count - 1."""
-    return list(range(first, first + count))
 
 
 def resolve(variant: str, overrides: Mapping | None = None) -> TrainConfig:
     """The variant's own values over the knobs' defaults, with any parsed ``overrides`` on top."""
     if variant not in VARIANTS:
         raise ConfigError(f"variant={variant!r} is not allowed: {_VARIANT_ALLOWED}")
-    defaults = {name: knob.default for name, knob in KNOBS.items() if knob.default is not EACH_VARIANT}
-    return TrainConfig(variant=variant, **(defaults | dict(VARIANTS[variant].knobs) | dict(overrides or {})))
+    return TrainConfig(variant=variant, **(dict(VARIANTS[variant].knobs) | dict(overrides or {})))
 
 
 def parse_variants(text: str) -> tuple[str, ...]:
@@ -137,18 +193,13 @@ def parse_model_name(text: str, optional: bool = False) -> str:
 
 
 # The sweep (`mnist-pipeline sweep`): an Optuna study over the final variant's hyperparameters.
-N_TRIALS = 20  # trials in the study, all its workers together
-STUDY_NAME = "mnist-sweep"
 OPTUNA_STORAGE = "sqlite:///optuna.db"  # a file in the working directory; any SQLAlchemy URL
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # also safe inside MLflow filters
 
 
 def parse_study_name(text: str) -> str:
     if not _STUDY_NAME.fullmatch(text):
-        raise ConfigError(
-            f"study_name={text!r} is not allowed: 1-100 letters, digits, '.', '_' "
-            "or '-', starting with a letter or digit"
-        )
+        raise ValueError(text)
     return text
 
 
@@ -164,19 +215,17 @@ def parse_storage(text: str) -> str:
         raise ConfigError(f"storage={mask_url(text)!r} is not allowed: {allowed}") from None
     secret = {key: "***" for key in ("password", "sslpassword") if key in url.query}
     url = url.update_query_dict(secret) if secret else url  # shown masked in every message below
+    shown = url.render_as_string(hide_password=True)
     if url.password or secret:  # `mlflow run` logs every parameter, and echoes the command
         raise ConfigError(
-            f"storage={url.render_as_string(hide_password=True)!r} is not allowed: a password in it would be "
+            f"storage={shown!r} is not allowed: a password in it would be "
             "logged as a run parameter; give it as PGPASSWORD or in ~/.pgpass"
         )
     try:
-        dialect = url.get_dialect()
+        url.get_dialect().import_dbapi()
     except (ArgumentError, NoSuchModuleError, ValueError):
-        raise ConfigError(f"storage={url.render_as_string(hide_password=True)!r} is not allowed: {allowed}") from None
-    try:
-        dialect.import_dbapi()
+        raise ConfigError(f"storage={shown!r} is not allowed: {allowed}") from None
     except ImportError as err:
-        shown = url.render_as_string(hide_password=True)
         raise ConfigError(
             f"storage={shown!r} is not allowed: its database driver {err.name} is not installed"
         ) from None

@@ -1,22 +1,52 @@
-"""How a command parameter is declared and read: a dataclass field whose metadata holds its
-help, how its command-line / MLproject string is read (``parse``) and what it allows
-(``ok``, ``allowed``); and ``Params``, the base of the command dataclasses in params.py.
+"""How a parameter is declared and read: a dataclass field whose metadata holds its help, how
+its command-line, MLproject or logged string is read (``parse``) and what it allows (``ok``,
+``allowed``); and ``Params``, the base of ``config.TrainConfig`` and of the command dataclasses
+in params.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, field, fields
+from dataclasses import MISSING, Field, field, fields
 
-from mnist_pipeline.core.config import ConfigError, show
+from mnist_pipeline.core.errors import UserError
 
 
-def param(default, help: str, parse=str, allowed: str = "", ok=None, positional: bool = False):
+class ConfigError(UserError, ValueError):
+    """A parameter value that is not allowed; the message is one line for the user."""
+
+
+def param(default, help: str, parse=str, allowed: str = "", ok=None, positional: bool = False, **more):
     """A dataclass field with its help; ``parse(text)`` reads it (ValueError: not allowed),
-    ``ok(value)`` checks it, ``allowed`` says what is allowed in the error message."""
-    return field(
-        default=default, metadata={"help": help, "parse": parse, "allowed": allowed, "ok": ok, "positional": positional}
-    )
+    ``ok(value)`` checks it, ``allowed`` says what is allowed in the error message; ``more``:
+    further metadata (TrainConfig's knobs: ``unlogged``, ``override``). A ``default`` of
+    dataclasses.MISSING: a field without one."""
+    meta = {"help": help, "parse": parse, "allowed": allowed, "ok": ok, "positional": positional, **more}
+    return field(default=default, metadata=meta)
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def to_bool(text: str) -> bool:
+    """true or false (also 1 or 0, yes or no, any case); ValueError otherwise."""
+    if text.lower() not in _BOOLS:
+        raise ValueError(text)
+    return _BOOLS[text.lower()]
+
+
+def stripped(parse):
+    return lambda raw: parse(raw.strip())
+
+
+def optional(parse):
+    """'' (after stripping) is None: "not given"."""
+    return lambda raw: parse(raw.strip()) if raw.strip() else None
+
+
+def switch(default: bool, help: str, **more):
+    """A true/false field."""
+    return param(default, help, stripped(to_bool), "must be true or false", lambda v: isinstance(v, bool), **more)
 
 
 def text(value) -> str:
@@ -30,23 +60,42 @@ def text(value) -> str:
     return str(value)
 
 
-def stripped(parse):
-    return lambda raw: parse(raw.strip())
+def show(value) -> str:
+    """A value as an error message shows it."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "''"
+    return repr(value) if isinstance(value, str) else str(value)
 
 
-def optional(parse):
-    """'' (after stripping) is None: "not given"."""
-    return lambda raw: parse(raw.strip()) if raw.strip() else None
+def _refused(f: Field, shown: str) -> ConfigError:
+    return ConfigError(f"{f.name}={shown} is not allowed: {f.metadata['allowed']}")
+
+
+def read(f: Field, raw: str | list[str]):
+    """``raw`` read by the field's parser and checked; the error names the field and ``raw``.
+    A list (a positional field's words) is taken as it is."""
+    if isinstance(raw, list):
+        return tuple(raw)
+    try:
+        value = f.metadata["parse"](raw)
+    except ConfigError:  # a parser with a message of its own
+        raise
+    except ValueError:
+        raise _refused(f, repr(raw)) from None
+    if value is not None and f.metadata["ok"] is not None and not f.metadata["ok"](value):
+        raise _refused(f, repr(raw))
+    return value
 
 
 class Params:
-    """Base of the command dataclasses: reading strings, and checks at construction."""
+    """Base of the parameter dataclasses: reading strings, and checks at construction."""
 
     def __post_init__(self):
         for f in fields(self):
-            check, value = f.metadata.get("ok"), getattr(self, f.name)
-            if check is not None and value is not None and not check(value):
-                raise ConfigError(f"{f.name}={show(value)} is not allowed: {f.metadata['allowed']}")
+            ok, value = f.metadata.get("ok"), getattr(self, f.name)
+            given = value is not None or f.default is not None  # None as the default: not given
+            if ok is not None and given and not ok(value):
+                raise _refused(f, show(value))
         self.check()
 
     def check(self) -> None:
@@ -54,9 +103,9 @@ class Params:
 
     @classmethod
     def from_strings(cls, raw: Mapping[str, str | list[str]]):
-        """The command's params from its strings (a list for a positional field); a missing
-        name takes the default."""
-        return cls(**{f.name: _read(f, raw[f.name]) for f in fields(cls) if f.name in raw})
+        """The params from their strings (a list for a positional field); a missing name takes
+        the default."""
+        return cls(**{f.name: read(f, raw[f.name]) for f in fields(cls) if f.name in raw})
 
     @classmethod
     def defaults(cls) -> dict[str, str]:
@@ -64,18 +113,3 @@ class Params:
         return {
             f.name: text(f.default) for f in fields(cls) if f.default is not MISSING and not f.metadata["positional"]
         }
-
-
-def _read(f, raw):
-    if isinstance(raw, list):
-        return tuple(raw)
-    meta = f.metadata
-    try:
-        value = meta["parse"](raw)
-    except ConfigError:  # a parser with a message of its own
-        raise
-    except ValueError:
-        raise ConfigError(f"{f.name}={raw!r} is not allowed: {meta['allowed']}") from None
-    if value is not None and meta["ok"] is not None and not meta["ok"](value):
-        raise ConfigError(f"{f.name}={raw!r} is not allowed: {meta['allowed']}")
-    return value

@@ -6,30 +6,28 @@ these classes, and a test checks MLproject's defaults against them. A flow check
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, make_dataclass, replace
+from dataclasses import Field, dataclass, make_dataclass, replace
 from pathlib import Path
+from typing import get_type_hints
 
 from mnist_pipeline import names
 from mnist_pipeline.core import config, promotion
-from mnist_pipeline.core.config import ConfigError, TrainConfig
-from mnist_pipeline.core.knobs import EACH_VARIANT, KNOBS, OVERRIDABLE, Knob, to_bool
-from mnist_pipeline.core.param_fields import Params, optional, param, stripped, text
+from mnist_pipeline.core.config import EACH_VARIANT, KNOBS, OVERRIDABLE, ConfigError, TrainConfig
+from mnist_pipeline.core.param_fields import Params, optional, param, stripped, switch, text
 from mnist_pipeline.core.variants import DEFAULT_VARIANTS, VARIANTS
 
-_SEED = KNOBS["seed"]
+_SEED = KNOBS["seed"].metadata
 DATA_DIR = "folder with the MNIST IDX files or mnist.npz (default: $MNIST_DATA_DIR, else keras.datasets.mnist download)"
 
 
-def _override(knob: Knob):
-    """A knob as a parameter: None ('') takes the variant's value. It is read here and
-    checked by TrainConfig (Overrides.check)."""
+def _override(knob: Field) -> tuple:
+    """A knob of TrainConfig as a field of Overrides: None ('') takes the variant's value. It is
+    read here and checked by TrainConfig (Overrides.check)."""
     own = knob.default is EACH_VARIANT or any(knob.name in v.knobs for v in VARIANTS.values())
     default = "the variant's value" if own else text(knob.default)
-    return param(None, f"{knob.help} (default: {default})", optional(knob.parse), knob.allowed)
-
-
-def _bool(default: bool, help: str):
-    return param(default, help, stripped(to_bool), "must be true or false")
+    help = f"{knob.metadata['help']} (default: {default})"
+    field = param(None, help, optional(knob.metadata["parse"]), knob.metadata["allowed"])
+    return knob.name, get_type_hints(TrainConfig)[knob.name] | None, field
 
 
 def _model_name(help: str, optional: bool):
@@ -41,12 +39,12 @@ def _variants():
 
 
 def _force():
-    return _bool(False, "true: retrain even if a matching FINISHED run exists")
+    return switch(False, "true: retrain even if a matching FINISHED run exists")
 
 
 def _workers():
     return param(
-        config.WORKERS,
+        0,
         "trainings at once, each in a process of its own on an equal share of the CPU cores "
         "(0: one per core, at most one per run to train; 1: one at a time, in this process)",
         stripped(config.parse_digits),
@@ -78,8 +76,15 @@ class _Gated:
         return promotion.Gates(self.min_improvement, self.max_class_drop)
 
 
-class _Overridable(Params):
-    """Behaviour of Overrides, whose fields are made from the knobs."""
+# The knobs train, main and reproduce take: TrainConfig's fields whose ``override`` is true,
+# each of its type or None (the variant's own value).
+_Knobs = make_dataclass("_Knobs", [_override(KNOBS[name]) for name in OVERRIDABLE], frozen=True)
+
+
+@dataclass(frozen=True)
+class Overrides(Params, _Knobs):
+    """The knobs a training command may set (its fields: TrainConfig's overridable knobs);
+    None: the variant's own value."""
 
     def overrides(self) -> dict:
         return {name: getattr(self, name) for name in OVERRIDABLE if getattr(self, name) is not None}
@@ -89,16 +94,6 @@ class _Overridable(Params):
 
     def check(self) -> None:
         self.configs()
-
-
-Overrides = make_dataclass(
-    "Overrides",
-    [(name, KNOBS[name].type | None, _override(KNOBS[name])) for name in OVERRIDABLE],
-    bases=(_Overridable,),
-    frozen=True,
-)
-Overrides.__module__ = __name__  # make_dataclass's own module= is Python 3.12's
-Overrides.__doc__ = "The knobs a training command may set (core/knobs.py); None: the variant's own value."
 
 
 @dataclass(frozen=True)
@@ -134,8 +129,8 @@ class ReproduceParams(Overrides):
 
     variants: tuple[str, ...] = _variants()
     seeds: int = param(
-        config.SEEDS,
-        f"runs per variant, >= 2: seeds seed, seed+1, ... (--seed: the first, default {_SEED.default})",
+        5,
+        f"runs per variant, >= 2: seeds seed, seed+1, ... (--seed: the first, default {TrainConfig.seed})",
         stripped(config.parse_digits),
         "must be an integer >= 2 (the spread needs two runs per variant)",
         lambda v: v >= 2,
@@ -157,7 +152,7 @@ class ReproduceParams(Overrides):
         return [
             replace(cfg, seed=seed)
             for cfg in self.configs_of(self.variants)
-            for seed in config.seed_list(cfg.seed, self.seeds)
+            for seed in range(cfg.seed, cfg.seed + self.seeds)
         ]
 
 
@@ -200,9 +195,7 @@ class ServeParams(Params):
         "must be an integer in 1-65535",
         lambda v: 1 <= v <= 65535,
     )
-    refresh_seconds: float = _seconds(
-        config.REFRESH_SECONDS, "seconds between reads of the URI's alias", "0: load once"
-    )
+    refresh_seconds: float = _seconds(30, "seconds between reads of the URI's alias", "0: load once")
     max_request_mb: float = param(
         config.MAX_REQUEST_MB,
         "largest request body in MiB, > 0 (larger: HTTP 413)",
@@ -217,7 +210,7 @@ class SweepParams(_Gated, Params):
     """an Optuna study of the final variant: trials as child runs, register the best"""
 
     n_trials: int = param(
-        config.N_TRIALS,
+        20,
         "trials in the study, all workers together (a worker stops when it holds them)",
         stripped(int),
         "must be an integer >= 1",
@@ -232,7 +225,10 @@ class SweepParams(_Gated, Params):
         config.parse_storage,
     )
     study_name: str = param(
-        config.STUDY_NAME, "workers with the same study_name and storage share one study", config.parse_study_name
+        "mnist-sweep",
+        "workers with the same study_name and storage share one study",
+        config.parse_study_name,
+        "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit",
     )
     model_name: str = _model_name("registered model name for the best trial ('' : do not register)", optional=True)
     min_improvement: float = _min_improvement()
@@ -240,15 +236,15 @@ class SweepParams(_Gated, Params):
     data_dir: str = param("", DATA_DIR)
     seed: int | None = param(
         None,
-        f"training seed of every trial and the first worker's sampler seed (default: {_SEED.default})",
-        optional(_SEED.parse),
-        _SEED.allowed,
-        _SEED.ok,
+        f"training seed of every trial and the first worker's sampler seed (default: {TrainConfig.seed})",
+        optional(_SEED["parse"]),
+        _SEED["allowed"],
+        _SEED["ok"],
     )
 
     @property
     def training_seed(self) -> int:
-        return _SEED.default if self.seed is None else self.seed
+        return TrainConfig.seed if self.seed is None else self.seed
 
 
 @dataclass(frozen=True)
@@ -278,7 +274,7 @@ class BenchParams(Params):
         "must be a folder (created if missing)",
         lambda v: bool(v.strip()) and not (Path(v).exists() and not Path(v).is_dir()),
     )
-    end_to_end: bool = _bool(True, "true: also time `mlflow run .` and pyfunc prediction")
+    end_to_end: bool = switch(True, "true: also time `mlflow run .` and pyfunc prediction")
 
 
 COMMANDS: dict[str, type[Params]] = {

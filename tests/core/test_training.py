@@ -42,7 +42,7 @@ def test_models_read_like_the_study_table(name):
 
 
 def test_the_most_conv_blocks_config_allows_still_fit_a_28x28_image():
-    from mnist_pipeline.core.knobs import MAX_CONV_BLOCKS
+    from mnist_pipeline.core.config import MAX_CONV_BLOCKS
 
     filters = ",".join(["4"] * MAX_CONV_BLOCKS)
     model = build_model(resolve("convnet", parse_overrides({"conv_filters": filters})), steps_per_epoch=1)

@@ -9,7 +9,7 @@ import yaml
 
 from helpers.stores import PROJECT_ROOT, all_runs
 from mnist_pipeline import cli
-from mnist_pipeline.core.knobs import OVERRIDABLE
+from mnist_pipeline.core.config import OVERRIDABLE
 from mnist_pipeline.core.params import COMMANDS
 from mnist_pipeline.core.team import ADMIN_COMMANDS
 
