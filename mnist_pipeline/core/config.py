@@ -7,12 +7,11 @@ run logged. The command dataclasses in params.py read their strings with the par
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 
-from mnist_pipeline.core.param_fields import ConfigError, Params, param, read, switch
+from mnist_pipeline.core.param_fields import ConfigError, Params, integer, is_int, number, param, read, switch
 from mnist_pipeline.core.secrets import mask_url
 from mnist_pipeline.core.variants import VARIANTS
 
@@ -25,23 +24,6 @@ LOSS = "categorical_crossentropy"
 EACH_VARIANT = MISSING  # a knob's default: none, every variant sets its own (core/variants.py)
 # 3x3 conv + 2x2 max-pool blocks that fit a 28x28 image: 28 -> 13 -> 5 -> 1 pixels a side.
 MAX_CONV_BLOCKS = 3
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _number(default, help: str, allowed: str, within, **more):
-    """A knob whose value is a finite number ``within`` its range (``allowed`` says which)."""
-    return param(default, help, float, f"must be a number {allowed}", lambda v: _finite(v) and within(v), **more)
-
-
-def _integer(default, help: str, allowed: str, within):
-    return param(default, help, int, f"must be an integer {allowed}", lambda v: _int(v) and within(v))
 
 
 def _units(text: str) -> tuple[int, ...]:
@@ -73,33 +55,31 @@ class TrainConfig(Params):
         "comma-separated widths of the hidden Dense layers, e.g. 512,256,128",
         _units,
         "must be one or more positive integers separated by commas, e.g. 512,256,128",
-        lambda v: len(v) > 0 and all(_int(u) and u > 0 for u in v),
+        lambda v: len(v) > 0 and all(is_int(u) and u > 0 for u in v),
     )
     conv_filters: tuple[int, ...] = param(
         (),  # a dense net
         "comma-separated filters of the 3x3 conv + 2x2 max-pool blocks, e.g. 32,64",
         _units,
         f"must be at most {MAX_CONV_BLOCKS} positive integers separated by commas, e.g. 32,64",
-        lambda v: len(v) <= MAX_CONV_BLOCKS and all(_int(f) and f > 0 for f in v),
+        lambda v: len(v) <= MAX_CONV_BLOCKS and all(is_int(f) and f > 0 for f in v),
     )
-    dropout: float = _number(
+    dropout: float = number(
         EACH_VARIANT, "Dropout rate after each hidden layer, in [0, 1)", "in [0, 1)", lambda v: 0 <= v < 1
     )
-    l2: float = _number(0.0, "L2 factor on hidden kernels, >= 0 (0: none)", ">= 0", lambda v: v >= 0)
-    epochs: int = _integer(EACH_VARIANT, "training epochs, >= 1", ">= 1", lambda v: v >= 1)
-    batch_size: int = _integer(128, "images per step, >= 1", ">= 1", lambda v: v >= 1)
-    learning_rate: float = _number(
-        1e-3,  # Keras' default
-        "RMSprop learning rate, > 0 (convnet: the first step's, decaying to 0)",
-        "> 0",
-        lambda v: v > 0,
+    l2: float = number(0.0, "L2 factor on hidden kernels, >= 0 (0: none)", ">= 0", lambda v: v >= 0)
+    epochs: int = integer(EACH_VARIANT, "training epochs, >= 1", ">= 1", lambda v: v >= 1)
+    batch_size: int = integer(128, "images per step, >= 1", ">= 1", lambda v: v >= 1)
+    # 1e-3: Keras' default
+    learning_rate: float = number(
+        1e-3, "RMSprop learning rate, > 0 (convnet: the first step's, decaying to 0)", "> 0", lambda v: v > 0
     )
-    validation_split: float = _number(
+    validation_split: float = number(
         0.1, "fraction of training images held out, in (0, 1)", "in (0, 1)", lambda v: 0 < v < 1
     )
     # seeds Python, NumPy and TensorFlow once per run
-    seed: int = _integer(42, "random seed, integer >= 0", "in [0, 2**32)", lambda v: 0 <= v < 2**32)
-    augment_shift: float = _number(
+    seed: int = integer(42, "random seed, integer >= 0", "in [0, 2**32)", lambda v: 0 <= v < 2**32)
+    augment_shift: float = number(
         0.0,
         "random shift of training images, fraction of the side (0: none)",
         "in [0, 0.5)",
@@ -153,13 +133,9 @@ def logged_config(params: Mapping[str, str]) -> TrainConfig:
     """The TrainConfig a training run logged (its params, as strings). A knob the run did not
     log is the value runs trained with before it existed (its ``unlogged``), whatever the
     variant or default says now."""
-    values = {}
-    for name, f in KNOBS.items():
-        if name in params:
-            values[name] = read(f, params[name])
-        elif "unlogged" in f.metadata:
-            values[name] = f.metadata["unlogged"]
-    return resolve(params["variant"], values)
+    unlogged = {name: f.metadata["unlogged"] for name, f in KNOBS.items() if "unlogged" in f.metadata}
+    logged = {name: read(f, params[name]) for name, f in KNOBS.items() if name in params}
+    return resolve(params["variant"], unlogged | logged)
 
 
 def resolve(variant: str, overrides: Mapping | None = None) -> TrainConfig:

@@ -6,6 +6,7 @@ in params.py.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, field, fields
 
@@ -25,16 +26,6 @@ def param(default, help: str, parse=str, allowed: str = "", ok=None, positional:
     return field(default=default, metadata=meta)
 
 
-_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def to_bool(text: str) -> bool:
-    """true or false (also 1 or 0, yes or no, any case); ValueError otherwise."""
-    if text.lower() not in _BOOLS:
-        raise ValueError(text)
-    return _BOOLS[text.lower()]
-
-
 def stripped(parse):
     return lambda raw: parse(raw.strip())
 
@@ -44,9 +35,35 @@ def optional(parse):
     return lambda raw: parse(raw.strip()) if raw.strip() else None
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _to_bool(raw: str) -> bool:
+    return _BOOLS[raw.strip().lower()]  # KeyError: not allowed
+
+
 def switch(default: bool, help: str, **more):
-    """A true/false field."""
-    return param(default, help, stripped(to_bool), "must be true or false", lambda v: isinstance(v, bool), **more)
+    """A true/false field: true or false (also 1 or 0, yes or no, any case)."""
+    return param(default, help, _to_bool, "must be true or false", lambda v: isinstance(v, bool), **more)
+
+
+def is_int(x) -> bool:
+    """An int, not a bool."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def integer(default, help: str, allowed: str, within, parse=int, **more):
+    """An integer field ``within`` its range; ``allowed`` says which, after "must be an integer"."""
+    return param(default, help, parse, f"must be an integer {allowed}", lambda v: is_int(v) and within(v), **more)
+
+
+def number(default, help: str, allowed: str, within, parse=float, **more):
+    """A finite number ``within`` its range; ``allowed`` says which, after "must be a number"."""
+    return param(default, help, parse, f"must be a number {allowed}", lambda v: _finite(v) and within(v), **more)
 
 
 def text(value) -> str:
@@ -80,7 +97,7 @@ def read(f: Field, raw: str | list[str]):
         value = f.metadata["parse"](raw)
     except ConfigError:  # a parser with a message of its own
         raise
-    except ValueError:
+    except (ValueError, KeyError):  # KeyError: a look-up of a word the parser does not know
         raise _refused(f, repr(raw)) from None
     if value is not None and f.metadata["ok"] is not None and not f.metadata["ok"](value):
         raise _refused(f, repr(raw))

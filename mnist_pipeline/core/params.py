@@ -5,7 +5,6 @@ these classes, and a test checks MLproject's defaults against them. A flow check
 
 from __future__ import annotations
 
-import math
 from dataclasses import Field, dataclass, make_dataclass, replace
 from pathlib import Path
 from typing import get_type_hints
@@ -13,10 +12,11 @@ from typing import get_type_hints
 from mnist_pipeline import names
 from mnist_pipeline.core import config, promotion
 from mnist_pipeline.core.config import EACH_VARIANT, KNOBS, OVERRIDABLE, ConfigError, TrainConfig
-from mnist_pipeline.core.param_fields import Params, optional, param, stripped, switch, text
+from mnist_pipeline.core.param_fields import Params, integer, number, optional, param, stripped, switch, text
 from mnist_pipeline.core.variants import DEFAULT_VARIANTS, VARIANTS
 
 _SEED = KNOBS["seed"].metadata
+_DIGITS = stripped(config.parse_digits)  # a count: digits only, no sign
 DATA_DIR = "folder with the MNIST IDX files or mnist.npz (default: $MNIST_DATA_DIR, else keras.datasets.mnist download)"
 
 
@@ -43,17 +43,18 @@ def _force():
 
 
 def _workers():
-    return param(
+    return integer(
         0,
         "trainings at once, each in a process of its own on an equal share of the CPU cores "
         "(0: one per core, at most one per run to train; 1: one at a time, in this process)",
-        stripped(config.parse_digits),
-        "must be an integer >= 0",
+        ">= 0",
+        lambda v: v >= 0,
+        _DIGITS,
     )
 
 
 def _points(default: float, help: str):
-    return param(default, help, stripped(float), "must be a number of points >= 0", lambda v: v >= 0 and v < math.inf)
+    return number(default, help, "of points >= 0", lambda v: v >= 0)
 
 
 def _min_improvement():
@@ -64,9 +65,8 @@ def _max_class_drop():
     return _points(promotion.MAX_CLASS_DROP, "most points any digit's val recall may fall against the champion")
 
 
-def _seconds(default, help: str, when_zero: str, parse=None):
-    ok, allowed = (lambda v: math.isfinite(v) and v >= 0), f"must be a number of seconds >= 0 ({when_zero})"
-    return param(default, f"{help} ({when_zero})", parse or stripped(float), allowed, ok)
+def _seconds(default, help: str, when_zero: str, parse=float):
+    return number(default, f"{help} ({when_zero})", f"of seconds >= 0 ({when_zero})", lambda v: v >= 0, parse)
 
 
 class _Gated:
@@ -84,13 +84,12 @@ _Knobs = make_dataclass("_Knobs", [_override(KNOBS[name]) for name in OVERRIDABL
 @dataclass(frozen=True)
 class Overrides(Params, _Knobs):
     """The knobs a training command may set (its fields: TrainConfig's overridable knobs);
-    None: the variant's own value."""
+    None: the variant's own value. A subclass gives ``variants``."""
 
-    def overrides(self) -> dict:
-        return {name: getattr(self, name) for name in OVERRIDABLE if getattr(self, name) is not None}
-
-    def configs_of(self, variants) -> list[TrainConfig]:
-        return [config.resolve(name, self.overrides()) for name in variants]
+    def configs(self) -> list[TrainConfig]:
+        """Each variant's configuration, with the knobs given on top."""
+        given = {name: getattr(self, name) for name in OVERRIDABLE if getattr(self, name) is not None}
+        return [config.resolve(name, given) for name in self.variants]
 
     def check(self) -> None:
         self.configs()
@@ -103,8 +102,9 @@ class TrainParams(Overrides):
     variant: str = param("final", ", ".join(VARIANTS))
     data_dir: str = param("", DATA_DIR)
 
-    def configs(self) -> list[TrainConfig]:
-        return self.configs_of([self.variant])
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return (self.variant,)
 
 
 @dataclass(frozen=True)
@@ -119,28 +119,25 @@ class MainParams(_Gated, Overrides):
     data_dir: str = param("", DATA_DIR)
     workers: int = _workers()
 
-    def configs(self) -> list[TrainConfig]:
-        return self.configs_of(self.variants)
-
 
 @dataclass(frozen=True)
 class ReproduceParams(Overrides):
     """train variants with several seeds: mean ± std against seed noise"""
 
     variants: tuple[str, ...] = _variants()
-    seeds: int = param(
+    seeds: int = integer(
         5,
         f"runs per variant, >= 2: seeds seed, seed+1, ... (--seed: the first, default {TrainConfig.seed})",
-        stripped(config.parse_digits),
-        "must be an integer >= 2 (the spread needs two runs per variant)",
+        ">= 2 (the spread needs two runs per variant)",
         lambda v: v >= 2,
+        _DIGITS,
     )
     force: bool = _force()
     data_dir: str = param("", DATA_DIR)
     workers: int = _workers()
 
     def check(self) -> None:
-        first = self.configs_of(self.variants)[0].seed
+        first = super().configs()[0].seed
         if first + self.seeds > 2**32:
             raise ConfigError(
                 f"seed={first} with seeds={self.seeds} is not allowed: the last seed, "
@@ -149,11 +146,7 @@ class ReproduceParams(Overrides):
 
     def configs(self) -> list[TrainConfig]:
         """Every variant at every seed, variant by variant."""
-        return [
-            replace(cfg, seed=seed)
-            for cfg in self.configs_of(self.variants)
-            for seed in range(cfg.seed, cfg.seed + self.seeds)
-        ]
+        return [replace(cfg, seed=seed) for cfg in super().configs() for seed in range(cfg.seed, cfg.seed + self.seeds)]
 
 
 @dataclass(frozen=True)
@@ -188,20 +181,10 @@ class ServeParams(Params):
 
     model_uri: str = param(names.CHAMPION_URI, "model to serve")
     host: str = param("127.0.0.1", "address to listen on")
-    port: int = param(
-        5000,
-        "port to listen on, 1-65535",
-        stripped(config.parse_digits),
-        "must be an integer in 1-65535",
-        lambda v: 1 <= v <= 65535,
-    )
+    port: int = integer(5000, "port to listen on, 1-65535", "in 1-65535", lambda v: 1 <= v <= 65535, _DIGITS)
     refresh_seconds: float = _seconds(30, "seconds between reads of the URI's alias", "0: load once")
-    max_request_mb: float = param(
-        config.MAX_REQUEST_MB,
-        "largest request body in MiB, > 0 (larger: HTTP 413)",
-        stripped(float),
-        "must be a number > 0",
-        lambda v: math.isfinite(v) and v > 0,
+    max_request_mb: float = number(
+        config.MAX_REQUEST_MB, "largest request body in MiB, > 0 (larger: HTTP 413)", "> 0", lambda v: v > 0
     )
 
 
@@ -209,12 +192,8 @@ class ServeParams(Params):
 class SweepParams(_Gated, Params):
     """an Optuna study of the final variant: trials as child runs, register the best"""
 
-    n_trials: int = param(
-        20,
-        "trials in the study, all workers together (a worker stops when it holds them)",
-        stripped(int),
-        "must be an integer >= 1",
-        lambda v: v >= 1,
+    n_trials: int = integer(
+        20, "trials in the study, all workers together (a worker stops when it holds them)", ">= 1", lambda v: v >= 1
     )
     timeout: float | None = _seconds(
         None, "seconds after which this worker starts no new trial", "'' or 0: no limit", optional(float)

@@ -1,4 +1,7 @@
+import ast
 import dataclasses
+import inspect
+import typing
 
 import pytest
 
@@ -37,6 +40,20 @@ def test_study_table():
 def test_train_config_fields_are_the_variant_and_the_knobs_and_runs_log_them_all():
     assert [f.name for f in dataclasses.fields(config.TrainConfig)] == ["variant", *KNOBS]
     assert list(resolve("convnet").as_params()) == ["variant", *KNOBS]
+
+
+def test_each_field_is_written_in_train_config_s_class_body_with_its_type():
+    """What a reader and a type checker see: an annotated line per field in the class body (a
+    class made by make_dataclass has none), and the type checker reads ``cfg.epochs`` as an int."""
+    classes = {
+        node.name: node.body for node in ast.parse(inspect.getsource(config)).body if isinstance(node, ast.ClassDef)
+    }
+    assert "TrainConfig" in classes, "TrainConfig is not a class statement in core/config.py"
+    body = classes["TrainConfig"]
+    written = {line.target.id: ast.unparse(line.annotation) for line in body if isinstance(line, ast.AnnAssign)}
+    assert written == {f.name: f.type for f in dataclasses.fields(config.TrainConfig)}
+    hints = typing.get_type_hints(config.TrainConfig)
+    assert (hints["epochs"], hints["dropout"], hints["hidden_units"]) == (int, float, tuple[int, ...])
 
 
 @pytest.mark.parametrize("name", VARIANTS)

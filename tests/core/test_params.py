@@ -1,11 +1,20 @@
 """The command dataclasses: strings read as MLproject passes them, checks at construction."""
 
+import typing
 from dataclasses import fields
 
 import pytest
 
-from mnist_pipeline.core.config import ConfigError
-from mnist_pipeline.core.params import COMMANDS, MainParams, ReproduceParams, SweepParams, TrainParams
+from mnist_pipeline.core.config import OVERRIDABLE, ConfigError, TrainConfig
+from mnist_pipeline.core.params import COMMANDS, MainParams, Overrides, ReproduceParams, SweepParams, TrainParams
+
+
+def test_the_overrides_are_train_config_s_overridable_knobs_each_of_its_type_or_none():
+    assert [f.name for f in fields(Overrides)] == list(OVERRIDABLE)
+    assert {"augment_shift", "cosine_decay"}.isdisjoint(OVERRIDABLE)  # set by a variant only
+    knobs, overrides = typing.get_type_hints(TrainConfig), typing.get_type_hints(Overrides)
+    assert all(overrides[name] == knobs[name] | None for name in OVERRIDABLE)
+    assert all(f.default is None for f in fields(Overrides))
 
 
 def test_bool():
