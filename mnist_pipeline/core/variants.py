@@ -1,8 +1,8 @@
 """The study's regularization variants, as data.
 
 A new variant is one entry in ``VARIANTS``; everything else (CLI choices, MLproject
-default, tests, comparison table) reads this table. A variant sets the knobs
-(core/knobs.py) that have no default, and those it trains with a value of its own.
+default, tests, comparison table) reads this table. A variant sets the knobs (the fields of
+config.TrainConfig) that have no default, and those it trains with a value of its own.
 """
 
 from __future__ import annotations
