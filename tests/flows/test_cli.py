@@ -64,6 +64,8 @@ BAD_INPUT = [
         ["serve", "--model-uri", "models:/no-such-model@champion"],
         "model_uri='models:/no-such-model@champion' cannot be loaded",
     ),
+    (["sweep", "--study-name", "a b"], "study_name='a b' is not allowed: 1-100 letters, digits, '.', '_' or '-'"),
+    (["sweep", "--n-trials", "0"], "n_trials='0' is not allowed: must be an integer >= 1"),
     (["main", "--workers", "-1"], "workers='-1' is not allowed: must be an integer >= 0"),
     (["reproduce", "--workers", "two"], "workers='two' is not allowed: must be an integer >= 0"),
     (["reproduce", "--seeds", "1"], "seeds='1' is not allowed: must be an integer >= 2"),
