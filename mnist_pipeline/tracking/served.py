@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import importlib.util
 import io
 import json
+import os
 import re
-import sys
 import tempfile
+import uuid
 import weakref
 from dataclasses import dataclass
 
 import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from mnist_pipeline.core.data import NUM_CLASSES
@@ -95,13 +98,10 @@ def load(uri: str, target: Target, version: str | None, current: Served | None =
     source = f"models:/{target.name}/{version}" if version else uri
     with tempfile.TemporaryDirectory(prefix="mnist-serve-") as folder:
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=folder)
-        path = list(sys.path)
         try:
-            model = mlflow.pyfunc.load_model(local)
+            model = _own_pyfunc(local)
         except Exception as err:  # anything a broken model file raises while it loads
             raise Refused(f"does not load: {first_line(err) or type(err).__name__}") from None
-        finally:
-            sys.path[:] = path  # pyfunc puts each model's code/ folder first; the loader is imported once
     check(model, current.model if current else None)
     return Served(
         model=model,
@@ -112,6 +112,26 @@ def load(uri: str, target: Target, version: str | None, current: Served | None =
         run_id=model.metadata.run_id,
         loaded_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
+
+
+def _own_pyfunc(local: str) -> mlflow.pyfunc.PyFuncModel:
+    """The pyfunc model in folder ``local``, loaded by the loader it ships in code/, run from
+    its file as a module of its own. mlflow.pyfunc.load_model puts code/ first on sys.path
+    for good and imports the loader by name, so every later version would run the loader
+    the module cache holds: the first version's."""
+    meta = Model.load(local)
+    flavor = meta.flavors[mlflow.pyfunc.FLAVOR_NAME]
+    if not flavor.get("code"):  # a loader of MLflow's own (an installed module), as load_model runs it
+        return mlflow.pyfunc.load_model(local)
+    loader = os.path.join(local, flavor["code"], f"{flavor['loader_module']}.py")
+    spec = importlib.util.spec_from_file_location(f"{flavor['loader_module']}_{uuid.uuid4().hex}", loader)
+    module = importlib.util.module_from_spec(spec)  # not put in sys.modules: no other version finds it
+    spec.loader.exec_module(module)
+    model = mlflow.pyfunc.PyFuncModel(
+        meta, module._load_pyfunc(os.path.join(local, flavor["data"])), model_id=meta.model_id
+    )
+    model.input_example = meta.load_input_example(local)
+    return model
 
 
 def check(model, serving=None) -> None:
