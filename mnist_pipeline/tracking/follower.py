@@ -42,6 +42,7 @@ class Follower:
         self.client = client or mlflow.MlflowClient()
         self.refused: dict | None = None  # the version the alias points at and why it does not serve
         self.alias_version: str | None = first.version
+        self.alias_reads = 0  # how many times the alias was read: the follower is alive while it grows
         self._store_problem: str | None = None  # why the store cannot be read, while it cannot
         self._retired = None  # weakref to the model last swapped out, until it is released
         self._retrying: str | None = None  # a version whose download the store failed
@@ -99,6 +100,7 @@ class Follower:
         except Exception as err:  # the store's connection, driver or database
             return self._store_gone(err)
         self._store_back()
+        self.alias_reads += 1
         return version
 
     def _store_gone(self, err: Exception) -> None:
@@ -184,6 +186,7 @@ class Follower:
             "following": self.following,
             "refresh_seconds": self.refresh_seconds,
             "alias_version": self.alias_version if self.following else current.version,
+            "alias_reads": self.alias_reads,
             "store_problem": self._store_problem,
             "models_held": len(served.LIVE),
         }

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import mlflow
 import numpy as np
@@ -64,7 +63,8 @@ def test_serve_follows_the_alias_under_load_and_refuses_a_broken_version(followi
 
     move = served.alias_mover(names.MODEL_NAME, names.CHAMPION)
     answered, moved = bench_serving.follow_load(url, images, move, ["2", "1", "2", "3"], clients=8, requests=2000)
-    time.sleep(4 * REFRESH_SECONDS)  # more reads of the alias: the refusal stands, no second try
+    reads = bench_serving.model_state(url)["alias_reads"]  # four more reads: the refusal stands, no second try
+    wait_for(lambda: bench_serving.model_state(url)["alias_reads"] >= reads + 4, "four more reads of the alias")
     after = bench_serving.model_state(url)
 
     failed = [a for a in answered if a[2] != 200]

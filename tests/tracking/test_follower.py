@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-import time
+import types
 import weakref
 
 import pytest
@@ -93,17 +93,16 @@ def test_follows_the_alias_and_releases_the_old_model(loads, events):
 
 def test_a_request_in_flight_keeps_its_model_and_at_most_two_are_held(loads, monkeypatch):
     monkeypatch.setattr(follower, "RELEASE_SECONDS", 60)  # the bound on a wait that must end sooner
+    checks = threading.Semaphore(0)  # released once per look of the follower at the swapped-out model
+    monkeypatch.setattr(follower, "gc", types.SimpleNamespace(collect=checks.release))
     registry, holder = make("1")
     in_flight = holder.current  # a request that started on version 1
     registry.version = "2"
     swap = threading.Thread(target=holder.poll)
     swap.start()
-    deadline = time.monotonic() + 30
-    while holder.current.version != "2" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert holder.current.version == "2" and in_flight.version == "1"
-    time.sleep(0.5)
-    assert swap.is_alive(), "the follower did not wait for version 1's last request"
+    for _ in range(3):  # the follower found version 1 still held three times, and waits on
+        assert checks.acquire(timeout=30), "the follower did not wait for version 1's last request"
+    assert holder.current.version == "2" and in_flight.version == "1" and swap.is_alive()
     del in_flight  # the request finishes
     swap.join(timeout=30)
     assert not swap.is_alive()
