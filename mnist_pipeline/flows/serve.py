@@ -61,13 +61,13 @@ class BodyLimit:
         try:
             complete = await asyncio.wait_for(self._read(receive, body), self.seconds)
         except TimeoutError:
-            if body == [None]:
-                return await _answer(send, 413, self._too_large())
-            return await _answer(send, 408, _error(408, f"request body not sent whole within {self.seconds} s"))
-        if not complete:  # the client went away
+            complete = None  # still sending
+        if complete is False:  # the client went away
             return None
         if body == [None]:
             return await _answer(send, 413, self._too_large())
+        if complete is None:
+            return await _answer(send, 408, _error(408, f"request body not sent whole within {self.seconds} s"))
         whole = {"type": "http.request", "body": b"".join(body), "more_body": False}
         return await self.app(scope, _replay(whole, receive), send)
 
@@ -101,12 +101,10 @@ class Router:
         self.holder, self.app = holder, app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "lifespan":  # answered here: it lasts as long as the server, and holds no version
-            return await _lifespan(receive, send)
+        if scope["type"] != "http":  # the lifespan, as long as the server: set no version in its context
+            return await self.app(scope, receive, send)
         version = self.holder.current  # once: a swap during this request does not touch it
         served.CURRENT.set(version)  # for MLflow's app, in this request's context only
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
         if scope["method"] == "GET" and scope["path"] == "/model":
             return await _answer(send, 200, json.dumps(self.holder.state()).encode())
         if scope["path"] != "/invocations":
@@ -123,15 +121,6 @@ class Router:
                 return await _answer(send, answer[0], answer[1].encode(), stamp)
             receive = _replay(message, receive)
         return await self.app(scope, receive, _stamped(send, stamp))
-
-
-async def _lifespan(receive, send) -> None:
-    """The server's start and stop: nothing to do at either."""
-    while True:
-        message = await receive()
-        await send({"type": f"{message['type']}.complete"})
-        if message["type"] == "lifespan.shutdown":
-            return
 
 
 def _stamped(send, stamp: list):
@@ -164,14 +153,10 @@ def _stamped(send, stamp: list):
 
 def _replay(first: dict, receive):
     """An ASGI ``receive`` that gives ``first`` again, then what ``receive`` gives."""
-    replayed = False
+    pending = [first]
 
     async def replay():
-        nonlocal replayed
-        if replayed:
-            return await receive()
-        replayed = True
-        return first
+        return pending.pop() if pending else await receive()
 
     return replay
 

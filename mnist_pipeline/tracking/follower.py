@@ -13,7 +13,6 @@ never one per poll.
 
 from __future__ import annotations
 
-import datetime
 import gc
 import logging
 import threading
@@ -150,7 +149,7 @@ class Follower:
     def _refuse(self, version: str, reason: str) -> None:
         self._retrying = None
         reason = secrets.redact(reason)
-        self.refused = {"version": version, "reason": reason, "at": _now()}
+        self.refused = {"version": version, "reason": reason, "at": served.now()}
         LOG.warning(
             "refused version %s of %s: %s; still serving %s", version, self.target.name, reason, self._serving()
         )
@@ -210,7 +209,3 @@ def _why(err: Exception) -> str:
     """``err`` in one line, with any secret this process was given masked (a store's error can
     quote its URL)."""
     return secrets.redact(first_line(err)) or type(err).__name__
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -25,17 +25,21 @@ import re
 import tempfile
 import uuid
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlflow
 import numpy as np
+import orjson
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import scoring_server
+from mlflow.pyfunc.scoring_server import predictions_to_json
 
 from mnist_pipeline.core.data import NUM_CLASSES
 from mnist_pipeline.core.errors import first_line
 from mnist_pipeline.core.inputs import pixel_problem
+from mnist_pipeline.tracking.logged_model import ModelURIError
 
 MAX_NESTING = 32  # JSON levels; a request nests 4 ({"inputs": images, rows, pixels}), numpy allows 32
 OPENING, CLOSING = np.frombuffer(b"[{", dtype=np.uint8), np.frombuffer(b"]}", dtype=np.uint8)
@@ -71,24 +75,51 @@ def target_of(model_uri: str) -> Target:
     return Target()
 
 
+def now() -> str:
+    """The time in UTC to the second, as GET /model gives it."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
 @dataclass(eq=False)  # compared by identity: two loads of one version are two models
 class Served:
-    """A loaded, warmed and checked model version; ``predict_json(body)`` answers a plain
-    ``{"inputs": ...}`` body, or None."""
+    """A loaded, warmed and checked model version."""
 
     model: object
-    predict_json: object
     uri: str
     name: str | None
     version: str | None
     run_id: str | None
-    loaded_at: str
+    loaded_at: str = field(default_factory=now)
 
     def __post_init__(self):
         LIVE.add(self)
 
     def describe(self) -> str:
         return f"version {self.version} of {self.name}" if self.version else self.uri
+
+    def predict_json(self, body: bytes) -> tuple[int, str] | None:
+        """(status, JSON answer) to a request body that is ``{"inputs": <numbers>}`` of the
+        model's input shape, with one JSON decode (orjson: 3x the standard library's speed on
+        100 images here) and one array (MLflow's server decodes the body twice with the
+        standard library and deep-copies it); None for any other body, which MLflow's server
+        then answers, errors included."""
+        try:
+            payload = orjson.loads(body)
+            inputs = (
+                np.asarray(payload["inputs"]) if isinstance(payload, dict) and list(payload) == ["inputs"] else None
+            )
+        except (ValueError, TypeError, OverflowError):  # not JSON, not UTF-8, ragged, deep, huge integers
+            inputs = None
+        shape = tuple(self.model.metadata.get_input_schema().inputs[0].shape[1:])
+        if inputs is None or inputs.dtype.kind not in "iuf" or inputs.shape[1:] != shape:
+            if _nesting(body) > MAX_NESTING:  # MLflow's parser would fail with RecursionError: a 500
+                return 400, _error(f"JSON nested deeper than {MAX_NESTING} levels: images are (n, 28, 28)")
+            return None
+        if problem := pixel_problem(inputs):
+            return 400, _error(problem)
+        answer = io.StringIO()
+        predictions_to_json(self.model.predict(inputs.astype(np.float32)), answer)
+        return 200, answer.getvalue()
 
 
 def load(uri: str, target: Target, version: str | None, current: Served | None = None) -> Served:
@@ -103,15 +134,7 @@ def load(uri: str, target: Target, version: str | None, current: Served | None =
         except Exception as err:  # anything a broken model file raises while it loads
             raise Refused(f"does not load: {first_line(err) or type(err).__name__}") from None
     check(model, current.model if current else None)
-    return Served(
-        model=model,
-        predict_json=_json_predictor(model),
-        uri=uri,
-        name=target.name,
-        version=str(version or target.version) if (version or target.version) else None,
-        run_id=model.metadata.run_id,
-        loaded_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    )
+    return Served(model, uri, target.name, version or target.version, model.metadata.run_id)
 
 
 def _own_pyfunc(local: str) -> mlflow.pyfunc.PyFuncModel:
@@ -180,8 +203,6 @@ def scoring_app(first: Served):
     """MLflow's scoring server app (/invocations, /ping, /health and /version, as `mlflow models
     serve` runs it) over the version CURRENT names; its input schema is ``first``'s, which
     every later version shares (check)."""
-    from mlflow.pyfunc import scoring_server
-
     token = CURRENT.set(first)
     try:
         return scoring_server.init(_Current())
@@ -189,48 +210,9 @@ def scoring_app(first: Served):
         CURRENT.reset(token)
 
 
-def _json_predictor(model):
-    """``predict(body)``: (status, JSON answer) to a request body that is ``{"inputs":
-    <numbers>}`` of the model's input shape, with one JSON decode (orjson: 3x the standard
-    library's speed on 100 images here) and one array (MLflow's server decodes the body twice
-    with the standard library and deep-copies it); None for any other body, which MLflow's
-    server then answers, errors included."""
-    import orjson
-    from mlflow.pyfunc.scoring_server import predictions_to_json
-
-    shape = tuple(model.metadata.get_input_schema().inputs[0].shape[1:])
-
-    def predict(body: bytes) -> tuple[int, str] | None:
-        try:
-            payload = orjson.loads(body)
-            inputs = (
-                np.asarray(payload["inputs"]) if isinstance(payload, dict) and list(payload) == ["inputs"] else None
-            )
-        except (ValueError, TypeError, OverflowError):  # not JSON, not UTF-8, ragged, deep, huge integers
-            inputs = None
-        if (
-            inputs is None
-            or inputs.dtype.kind not in "iuf"
-            or inputs.ndim != len(shape) + 1
-            or inputs.shape[1:] != shape
-        ):
-            if _nesting(body) > MAX_NESTING:  # MLflow's parser would fail with RecursionError: a 500
-                return 400, _error(f"JSON nested deeper than {MAX_NESTING} levels: images are (n, 28, 28)")
-            return None
-        if problem := pixel_problem(inputs):
-            return 400, _error(problem)
-        answer = io.StringIO()
-        predictions_to_json(model.predict(inputs.astype(np.float32)), answer)
-        return 200, answer.getvalue()
-
-    return predict
-
-
 def load_first(model_uri: str) -> tuple[Target, Served]:
     """The model ``model_uri`` names now (for an alias, the version it points at), loaded,
     warmed and checked; ModelURIError (one line) if it cannot serve."""
-    from mnist_pipeline.tracking.logged_model import ModelURIError
-
     target = target_of(model_uri)
     try:
         version = None

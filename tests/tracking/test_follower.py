@@ -30,7 +30,7 @@ class FakeModel:
 
 
 def fake_served(version: str) -> served.Served:
-    return served.Served(FakeModel(version), None, "models:/digits@champion", "digits", version, "run", "now")
+    return served.Served(FakeModel(version), "models:/digits@champion", "digits", version, "run")
 
 
 class Registry:
