@@ -2,9 +2,10 @@
 who it is (registered name, version, run), and MLflow's scoring app over the version that
 serves each request.
 
-A version is loaded from a local copy of its artifacts, warmed (its first compiled call done)
-and checked before it answers anything: the probabilities of its own input example must be
-finite and sum to 1, and a version that replaces another must take the same input signature.
+A version is loaded from a local copy of its artifacts by the loader it ships (each version's
+its own), warmed (its first compiled call done) and checked before it answers anything: the
+probabilities of its own input example must be finite and sum to 1, and a version that
+replaces another must take the same input signature.
 Both request paths refuse pixels that are not finite numbers in 0-255 with a 400: MLflow's
 JSON decoder reads NaN and Infinity, and a model answers them as if they were digits.
 
@@ -150,9 +151,8 @@ def _own_pyfunc(local: str) -> mlflow.pyfunc.PyFuncModel:
     spec = importlib.util.spec_from_file_location(f"{flavor['loader_module']}_{uuid.uuid4().hex}", loader)
     module = importlib.util.module_from_spec(spec)  # not put in sys.modules: no other version finds it
     spec.loader.exec_module(module)
-    model = mlflow.pyfunc.PyFuncModel(
-        meta, module._load_pyfunc(os.path.join(local, flavor["data"])), model_id=meta.model_id
-    )
+    implementation = module._load_pyfunc(os.path.join(local, flavor["data"]))
+    model = mlflow.pyfunc.PyFuncModel(meta, implementation, model_id=meta.model_id)
     model.input_example = meta.load_input_example(local)
     return model
 
