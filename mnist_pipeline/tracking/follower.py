@@ -88,15 +88,13 @@ class Follower:
         logged once, when it happens)."""
         try:
             version = str(self.client.get_model_version_by_alias(self.target.name, self.target.alias).version)
-        except MlflowException as err:
-            if err.get_http_status_code() in _GONE:
+        except Exception as err:  # the alias deleted, or the store's connection, driver or database failed
+            if isinstance(err, MlflowException) and err.get_http_status_code() in _GONE:
                 if self.alias_version is not None:
                     LOG.warning("%s was deleted (%s); still serving %s", self._alias(), _why(err), self._serving())
                 self.alias_version = None
                 self._store_back()
                 return None
-            return self._store_gone(err)
-        except Exception as err:  # the store's connection, driver or database
             return self._store_gone(err)
         self._store_back()
         self.alias_reads += 1
