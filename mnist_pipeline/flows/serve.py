@@ -28,7 +28,7 @@ import sys
 import uvicorn
 
 from mnist_pipeline.core.params import ServeParams
-from mnist_pipeline.tracking import access, follower, served, store
+from mnist_pipeline.tracking import access, follower, serving_model, store
 
 IMAGE_JSON_BYTES = 5_000  # about one 28x28 image of "123.0, " values in a JSON request
 BODY_SECONDS = 30  # longest a client may take to send its body (a slow client holds a connection)
@@ -95,7 +95,7 @@ class BodyLimit:
 
 class Router:
     """ASGI app: each request served by the version ``holder.current`` names when it arrives,
-    on the fast path or by MLflow's ``app`` (served.scoring_app)."""
+    on the fast path or by MLflow's ``app`` (serving_model.scoring_app)."""
 
     def __init__(self, holder: follower.Follower, app):
         self.holder, self.app = holder, app
@@ -104,7 +104,7 @@ class Router:
         if scope["type"] != "http":  # the lifespan, as long as the server: set no version in its context
             return await self.app(scope, receive, send)
         version = self.holder.current  # once: a swap during this request does not touch it
-        served.CURRENT.set(version)  # for MLflow's app, in this request's context only
+        serving_model.CURRENT.set(version)  # for MLflow's app, in this request's context only
         if scope["method"] == "GET" and scope["path"] == "/model":
             return await _answer(send, 200, json.dumps(self.holder.state()).encode())
         if scope["path"] != "/invocations":
@@ -175,11 +175,11 @@ def run(params: ServeParams) -> None:
     store.check_tracking_store()
     access.require_model_read(params.model_uri, "serve")
     _log_events()
-    holder = follower.Follower(*served.load_first(params.model_uri), params.refresh_seconds)
+    holder = follower.Follower(*serving_model.load_first(params.model_uri), params.refresh_seconds)
     follower.LOG.info("serving %s from %s", holder.current.describe(), params.model_uri)
     holder.start()
     try:
-        app = Router(holder, served.scoring_app(holder.current))
+        app = Router(holder, serving_model.scoring_app(holder.current))
         app = BodyLimit(app, int(params.max_request_mb * 1024 * 1024))
         uvicorn.run(app, host=params.host, port=params.port, log_level="info")
     finally:

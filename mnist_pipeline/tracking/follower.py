@@ -1,11 +1,12 @@
 """Serving that follows a registered model's alias (``models:/NAME@ALIAS``).
 
 Every ``refresh_seconds`` a background thread reads the alias. When it points at another
-version, that version is loaded beside the serving one, warmed and checked (tracking/served.py),
-then swapped in by one assignment of ``current``: a request reads ``current`` once and
-finishes on the model it started with. A version that fails to load or fails its check is
-refused and not tried again until the alias moves. At most two models are held: before the
-next load the follower waits until the model it swapped out is released by its last request.
+version, that version is loaded beside the serving one, warmed and checked
+(tracking/serving_model.py), then swapped in by one assignment of ``current``: a request reads
+``current`` once and finishes on the model it started with. A version that fails to load or
+fails its check is refused and not tried again until the alias moves. At most two models are
+held: before the next load the follower waits until the model it swapped out is released by
+its last request.
 
 One log line per event (loaded, refused, store gone, store back, alias deleted, alias back),
 never one per poll.
@@ -25,7 +26,7 @@ from mlflow.exceptions import MlflowException
 
 from mnist_pipeline.core import secrets
 from mnist_pipeline.core.errors import first_line
-from mnist_pipeline.tracking import served
+from mnist_pipeline.tracking import serving_model
 
 LOG = logging.getLogger("mnist_pipeline.serve")
 RELEASE_SECONDS = 120  # longest wait for the swapped-out model's last request (MLflow's request timeout: 60 s)
@@ -36,7 +37,7 @@ class Follower:
     """Holds the version that serves (``current``) and, if ``refresh_seconds`` > 0 and the
     target has an alias, moves it to wherever the alias points, from a thread of its own."""
 
-    def __init__(self, target: served.Target, first: served.Served, refresh_seconds: float, client=None):
+    def __init__(self, target: serving_model.Target, first: serving_model.Served, refresh_seconds: float, client=None):
         self.target, self.current, self.refresh_seconds = target, first, refresh_seconds
         self.client = client or mlflow.MlflowClient()
         self.refused: dict | None = None  # the version the alias points at and why it does not serve
@@ -117,8 +118,8 @@ class Follower:
             LOG.info("%s moved to version %s: loading it while %s serves", self._alias(), version, self._serving())
         start = time.monotonic()
         try:
-            candidate = served.load(self.current.uri, self.target, version, self.current)
-        except served.Refused as err:
+            candidate = serving_model.load(self.current.uri, self.target, version, self.current)
+        except serving_model.Refused as err:
             return self._refuse(version, str(err))
         except Exception as err:  # the artifacts could not be had: a bad version, or the store failed
             if _transient(err) or self._read_alias() != version:  # the store's fault, or the alias moved
@@ -147,7 +148,7 @@ class Follower:
     def _refuse(self, version: str, reason: str) -> None:
         self._retrying = None
         reason = secrets.redact(reason)
-        self.refused = {"version": version, "reason": reason, "at": served.now()}
+        self.refused = {"version": version, "reason": reason, "at": serving_model.now()}
         LOG.warning(
             "refused version %s of %s: %s; still serving %s", version, self.target.name, reason, self._serving()
         )
@@ -185,7 +186,7 @@ class Follower:
             "alias_version": self.alias_version if self.following else current.version,
             "alias_reads": self.alias_reads,
             "store_problem": self._store_problem,
-            "models_held": len(served.LIVE),
+            "models_held": len(serving_model.LIVE),
         }
 
     def _alias(self) -> str:
