@@ -20,7 +20,7 @@ the last batch is the remainder, smaller than the others, as in Keras.
 
 from __future__ import annotations
 
-import logging
+import functools
 
 import keras
 import numpy as np
@@ -29,20 +29,6 @@ import tensorflow as tf
 from mnist_pipeline.core.data import NUM_CLASSES
 
 EVAL_BATCH = 1000  # images per forward pass when evaluating; the convnet's activations bound it
-
-
-class _OneTracePerLoop(logging.Filter):
-    """Drops TensorFlow's retracing warning about a Loop's own functions. TensorFlow counts
-    traces per function *code*, all instances together, and warns after 5 in 11 calls; each
-    Loop traces its epoch once and its evaluation once (tests/core/test_fit.py checks), so
-    a process that trains several models would be warned of retracing that never happens."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("triggered tf.function retracing" in message and "Loop.__init__.<locals>" in message)
-
-
-tf.get_logger().addFilter(_OneTracePerLoop())
 
 
 class Loop:
@@ -69,10 +55,12 @@ class Loop:
         optimizer.build(self._weights)
         # the fused kernel's momentum slot: with momentum 0 never read back, and not the optimizer's
         self._scratch = [tf.Variable(tf.zeros(w.shape, w.dtype), trainable=False) for w in self._weights * fused]
-        # Each Loop traces its epoch once and its evaluation once (any number of images).
-        self._train = tf.function(lambda: self._train_epoch())
+        # Each Loop traces its epoch once and its evaluation once (any number of images). Each is
+        # a partial: TensorFlow counts traces per function code, all instances together, and warns
+        # of retracing after 5 in 11 calls; a partial has no code, so each Loop's are counted alone.
+        self._train = tf.function(functools.partial(self._train_epoch))
         self._evaluate = tf.function(
-            lambda x, labels: self._evaluate_all(x, labels),
+            functools.partial(self._evaluate_all),
             input_signature=[tf.TensorSpec((None, *x.shape[1:]), tf.float32), tf.TensorSpec((None,), tf.int32)],
         )
 

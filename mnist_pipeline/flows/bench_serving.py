@@ -29,7 +29,7 @@ import numpy as np
 import psutil
 
 from mnist_pipeline import names
-from mnist_pipeline.tracking import logged_model, served
+from mnist_pipeline.tracking import logged_model, serving_model
 
 ONE_IMAGE_REQUESTS = 200
 BATCH_IMAGES, BATCH_REQUESTS = 100, 30
@@ -80,8 +80,8 @@ def follow_speed(images: np.ndarray, env: dict[str, str], folder: str) -> dict:
     under the load test while the alias moves to a second good version, back, to it again
     and to a broken version (follow_summary); then SWAPS more swaps, and the server's
     resident memory after the first of them and after the last."""
-    first, second, broken = served.bench_versions(names.MODEL_NAME, names.CHAMPION, folder)
-    move = served.alias_mover(names.MODEL_NAME, names.CHAMPION)
+    first, second, broken = serving_model.bench_versions(names.MODEL_NAME, names.CHAMPION, folder)
+    move = serving_model.alias_mover(names.MODEL_NAME, names.CHAMPION)
     port = free_port()
     command = [*server_commands(port)["pipeline_serve"], "--refresh-seconds", str(FOLLOW_REFRESH_SECONDS)]
     server = ServerProcess(command, port, env)

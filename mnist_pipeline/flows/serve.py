@@ -28,7 +28,7 @@ import sys
 import uvicorn
 
 from mnist_pipeline.core.params import ServeParams
-from mnist_pipeline.tracking import access, follower, served, store
+from mnist_pipeline.tracking import access, follower, serving_model, store
 
 IMAGE_JSON_BYTES = 5_000  # about one 28x28 image of "123.0, " values in a JSON request
 BODY_SECONDS = 30  # longest a client may take to send its body (a slow client holds a connection)
@@ -61,13 +61,13 @@ class BodyLimit:
         try:
             complete = await asyncio.wait_for(self._read(receive, body), self.seconds)
         except TimeoutError:
-            if body == [None]:
-                return await _answer(send, 413, self._too_large())
-            return await _answer(send, 408, _error(408, f"request body not sent whole within {self.seconds} s"))
-        if not complete:  # the client went away
+            complete = None  # still sending
+        if complete is False:  # the client went away
             return None
         if body == [None]:
             return await _answer(send, 413, self._too_large())
+        if complete is None:
+            return await _answer(send, 408, _error(408, f"request body not sent whole within {self.seconds} s"))
         whole = {"type": "http.request", "body": b"".join(body), "more_body": False}
         return await self.app(scope, _replay(whole, receive), send)
 
@@ -95,18 +95,16 @@ class BodyLimit:
 
 class Router:
     """ASGI app: each request served by the version ``holder.current`` names when it arrives,
-    on the fast path or by MLflow's ``app`` (served.scoring_app)."""
+    on the fast path or by MLflow's ``app`` (serving_model.scoring_app)."""
 
     def __init__(self, holder: follower.Follower, app):
         self.holder, self.app = holder, app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "lifespan":  # answered here: it lasts as long as the server, and holds no version
-            return await _lifespan(receive, send)
-        version = self.holder.current  # once: a swap during this request does not touch it
-        served.CURRENT.set(version)  # for MLflow's app, in this request's context only
-        if scope["type"] != "http":
+        if scope["type"] != "http":  # the lifespan, as long as the server: set no version in its context
             return await self.app(scope, receive, send)
+        version = self.holder.current  # once: a swap during this request does not touch it
+        serving_model.CURRENT.set(version)  # for MLflow's app, in this request's context only
         if scope["method"] == "GET" and scope["path"] == "/model":
             return await _answer(send, 200, json.dumps(self.holder.state()).encode())
         if scope["path"] != "/invocations":
@@ -123,15 +121,6 @@ class Router:
                 return await _answer(send, answer[0], answer[1].encode(), stamp)
             receive = _replay(message, receive)
         return await self.app(scope, receive, _stamped(send, stamp))
-
-
-async def _lifespan(receive, send) -> None:
-    """The server's start and stop: nothing to do at either."""
-    while True:
-        message = await receive()
-        await send({"type": f"{message['type']}.complete"})
-        if message["type"] == "lifespan.shutdown":
-            return
 
 
 def _stamped(send, stamp: list):
@@ -164,14 +153,10 @@ def _stamped(send, stamp: list):
 
 def _replay(first: dict, receive):
     """An ASGI ``receive`` that gives ``first`` again, then what ``receive`` gives."""
-    replayed = False
+    pending = [first]
 
     async def replay():
-        nonlocal replayed
-        if replayed:
-            return await receive()
-        replayed = True
-        return first
+        return pending.pop() if pending else await receive()
 
     return replay
 
@@ -190,11 +175,11 @@ def run(params: ServeParams) -> None:
     store.check_tracking_store()
     access.require_model_read(params.model_uri, "serve")
     _log_events()
-    holder = follower.Follower(*served.load_first(params.model_uri), params.refresh_seconds)
+    holder = follower.Follower(*serving_model.load_first(params.model_uri), params.refresh_seconds)
     follower.LOG.info("serving %s from %s", holder.current.describe(), params.model_uri)
     holder.start()
     try:
-        app = Router(holder, served.scoring_app(holder.current))
+        app = Router(holder, serving_model.scoring_app(holder.current))
         app = BodyLimit(app, int(params.max_request_mb * 1024 * 1024))
         uvicorn.run(app, host=params.host, port=params.port, log_level="info")
     finally:

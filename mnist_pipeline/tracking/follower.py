@@ -1,11 +1,12 @@
 """Serving that follows a registered model's alias (``models:/NAME@ALIAS``).
 
 Every ``refresh_seconds`` a background thread reads the alias. When it points at another
-version, that version is loaded beside the serving one, warmed and checked (tracking/served.py),
-then swapped in by one assignment of ``current``: a request reads ``current`` once and
-finishes on the model it started with. A version that fails to load or fails its check is
-refused and not tried again until the alias moves. At most two models are held: before the
-next load the follower waits until the model it swapped out is released by its last request.
+version, that version is loaded beside the serving one, warmed and checked
+(tracking/serving_model.py), then swapped in by one assignment of ``current``: a request reads
+``current`` once and finishes on the model it started with. A version that fails to load or
+fails its check is refused and not tried again until the alias moves. At most two models are
+held: before the next load the follower waits until the model it swapped out is released by
+its last request.
 
 One log line per event (loaded, refused, store gone, store back, alias deleted, alias back),
 never one per poll.
@@ -13,7 +14,6 @@ never one per poll.
 
 from __future__ import annotations
 
-import datetime
 import gc
 import logging
 import threading
@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 
 from mnist_pipeline.core import secrets
 from mnist_pipeline.core.errors import first_line
-from mnist_pipeline.tracking import served
+from mnist_pipeline.tracking import serving_model
 
 LOG = logging.getLogger("mnist_pipeline.serve")
 RELEASE_SECONDS = 120  # longest wait for the swapped-out model's last request (MLflow's request timeout: 60 s)
@@ -37,11 +37,12 @@ class Follower:
     """Holds the version that serves (``current``) and, if ``refresh_seconds`` > 0 and the
     target has an alias, moves it to wherever the alias points, from a thread of its own."""
 
-    def __init__(self, target: served.Target, first: served.Served, refresh_seconds: float, client=None):
+    def __init__(self, target: serving_model.Target, first: serving_model.Served, refresh_seconds: float, client=None):
         self.target, self.current, self.refresh_seconds = target, first, refresh_seconds
         self.client = client or mlflow.MlflowClient()
         self.refused: dict | None = None  # the version the alias points at and why it does not serve
         self.alias_version: str | None = first.version
+        self.alias_reads = 0  # how many times the alias was read: the follower is alive while it grows
         self._store_problem: str | None = None  # why the store cannot be read, while it cannot
         self._retired = None  # weakref to the model last swapped out, until it is released
         self._retrying: str | None = None  # a version whose download the store failed
@@ -88,17 +89,16 @@ class Follower:
         logged once, when it happens)."""
         try:
             version = str(self.client.get_model_version_by_alias(self.target.name, self.target.alias).version)
-        except MlflowException as err:
-            if err.get_http_status_code() in _GONE:
+        except Exception as err:  # the alias deleted, or the store's connection, driver or database failed
+            if isinstance(err, MlflowException) and err.get_http_status_code() in _GONE:
                 if self.alias_version is not None:
                     LOG.warning("%s was deleted (%s); still serving %s", self._alias(), _why(err), self._serving())
                 self.alias_version = None
                 self._store_back()
                 return None
             return self._store_gone(err)
-        except Exception as err:  # the store's connection, driver or database
-            return self._store_gone(err)
         self._store_back()
+        self.alias_reads += 1
         return version
 
     def _store_gone(self, err: Exception) -> None:
@@ -118,8 +118,8 @@ class Follower:
             LOG.info("%s moved to version %s: loading it while %s serves", self._alias(), version, self._serving())
         start = time.monotonic()
         try:
-            candidate = served.load(self.current.uri, self.target, version, self.current)
-        except served.Refused as err:
+            candidate = serving_model.load(self.current.uri, self.target, version, self.current)
+        except serving_model.Refused as err:
             return self._refuse(version, str(err))
         except Exception as err:  # the artifacts could not be had: a bad version, or the store failed
             if _transient(err) or self._read_alias() != version:  # the store's fault, or the alias moved
@@ -148,7 +148,7 @@ class Follower:
     def _refuse(self, version: str, reason: str) -> None:
         self._retrying = None
         reason = secrets.redact(reason)
-        self.refused = {"version": version, "reason": reason, "at": _now()}
+        self.refused = {"version": version, "reason": reason, "at": serving_model.now()}
         LOG.warning(
             "refused version %s of %s: %s; still serving %s", version, self.target.name, reason, self._serving()
         )
@@ -184,8 +184,9 @@ class Follower:
             "following": self.following,
             "refresh_seconds": self.refresh_seconds,
             "alias_version": self.alias_version if self.following else current.version,
+            "alias_reads": self.alias_reads,
             "store_problem": self._store_problem,
-            "models_held": len(served.LIVE),
+            "models_held": len(serving_model.LIVE),
         }
 
     def _alias(self) -> str:
@@ -207,7 +208,3 @@ def _why(err: Exception) -> str:
     """``err`` in one line, with any secret this process was given masked (a store's error can
     quote its URL)."""
     return secrets.redact(first_line(err)) or type(err).__name__
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -5,6 +5,7 @@ bounded load without an error."""
 import http.client
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from helpers.servers import answers, free_port, stop_group, wait_for
 from mnist_pipeline import names
-from mnist_pipeline.flows import bench_serving
+from mnist_pipeline.flows import bench_serving, serve
 
 
 def post(url: str, body: bytes) -> tuple[int, dict | str]:
@@ -214,25 +215,46 @@ def test_bad_bodies_get_a_json_4xx_and_the_server_stays_up(served_champion):
     assert answers(f"{served_champion}/ping")
 
 
+def answered_within(url: str, body: bytes, seconds: float) -> tuple[int | None, float]:
+    """The status of a POST of ``body`` to /invocations (None: no answer within ``seconds``) and
+    the seconds it took."""
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=seconds) as response:
+            return response.status, time.monotonic() - start
+    except urllib.error.HTTPError as err:
+        return err.code, time.monotonic() - start
+    except (TimeoutError, urllib.error.URLError):
+        return None, time.monotonic() - start
+
+
 def test_slow_clients_do_not_keep_others_waiting(served_champion, tiny_mnist):
-    """Three clients send their body one byte a second; twenty others are answered meanwhile."""
+    """Three clients send their body a byte at a time, one byte after each answer to another
+    client: all twenty others are answered, each well within the body deadline (a server that
+    took requests in turn would hold them until the slow bodies' deadline), while the slow
+    bodies are still unfinished; then the slow ones are answered too."""
     host, port = served_champion.removeprefix("http://").split(":")
     body = json.dumps({"inputs": tiny_mnist.x_test[:1].astype(float).tolist()}).encode()
+    bound = serve.BODY_SECONDS / 4  # an answer later than this waited for a slow client
     slow = []
     for _ in range(3):
-        connection = socket.create_connection((host, int(port)), timeout=10)
+        connection = socket.create_connection((host, int(port)), timeout=2 * serve.BODY_SECONDS)
         head = f"POST /invocations HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
         connection.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:1])
         slow.append(connection)
     try:
         fast = []
-        for i in range(20):
-            if i % 5 == 0:
-                for connection in slow:
-                    connection.sendall(body[1 + i // 5 : 2 + i // 5])  # one byte a second, about
-                time.sleep(1)
-            fast.append(post(f"{served_champion}/invocations", body)[0])
-        assert fast == [200] * 20
+        for sent in range(1, 21):
+            fast.append(answered_within(served_champion, body, bound))
+            for connection in slow:
+                connection.sendall(body[sent : sent + 1])
+        assert [status for status, _ in fast] == [200] * 20, fast
+        assert max(seconds for _, seconds in fast) < bound, fast
+        assert select.select(slow, [], [], 0)[0] == [], "a slow client was answered before its body was whole"
+        for connection in slow:
+            connection.sendall(body[21:])
+        assert [connection.makefile("rb").readline().split()[1] for connection in slow] == [b"200"] * 3
     finally:
         for connection in slow:
             connection.close()

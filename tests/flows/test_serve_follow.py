@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import mlflow
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 from helpers.servers import answers, free_port, stop_group, wait_for
 from mnist_pipeline import names
 from mnist_pipeline.flows import bench_serving
-from mnist_pipeline.tracking import served
+from mnist_pipeline.tracking import serving_model
 
 REFRESH_SECONDS = 0.5
 
@@ -26,7 +25,7 @@ REFRESH_SECONDS = 0.5
 def versions(registered, tmp_path) -> dict[str, str]:
     """1: the champion `registered` made; 2: main's other training run, registered by hand;
     3: version 1's files with a model.keras that is not one. Version number -> run id."""
-    return served.bench_versions(names.MODEL_NAME, names.CHAMPION, str(tmp_path / "broken"))
+    return serving_model.bench_versions(names.MODEL_NAME, names.CHAMPION, str(tmp_path / "broken"))
 
 
 @pytest.fixture
@@ -62,9 +61,10 @@ def test_serve_follows_the_alias_under_load_and_refuses_a_broken_version(followi
     assert first["version"] == "1" and first["alias"] == names.CHAMPION and first["refused"] is None
     assert first["name"] == names.MODEL_NAME and first["run_id"] == versions["1"] and first["loaded_at"]
 
-    move = served.alias_mover(names.MODEL_NAME, names.CHAMPION)
+    move = serving_model.alias_mover(names.MODEL_NAME, names.CHAMPION)
     answered, moved = bench_serving.follow_load(url, images, move, ["2", "1", "2", "3"], clients=8, requests=2000)
-    time.sleep(4 * REFRESH_SECONDS)  # more reads of the alias: the refusal stands, no second try
+    reads = bench_serving.model_state(url)["alias_reads"]  # four more reads: the refusal stands, no second try
+    wait_for(lambda: bench_serving.model_state(url)["alias_reads"] >= reads + 4, "four more reads of the alias")
     after = bench_serving.model_state(url)
 
     failed = [a for a in answered if a[2] != 200]

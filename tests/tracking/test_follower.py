@@ -7,16 +7,16 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-import time
+import types
 import weakref
 
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-from mnist_pipeline.tracking import follower, served
+from mnist_pipeline.tracking import follower, serving_model
 
-TARGET = served.Target("digits", "champion")
+TARGET = serving_model.Target("digits", "champion")
 
 
 class FakeModel:
@@ -29,8 +29,8 @@ class FakeModel:
         FakeModel.alive.add(self)
 
 
-def fake_served(version: str) -> served.Served:
-    return served.Served(FakeModel(version), None, "models:/digits@champion", "digits", version, "run", "now")
+def fake_served(version: str) -> serving_model.Served:
+    return serving_model.Served(FakeModel(version), "models:/digits@champion", "digits", version, "run")
 
 
 class Registry:
@@ -47,7 +47,7 @@ class Registry:
 
 @pytest.fixture
 def loads(monkeypatch):
-    """served.load replaced: records each version asked for and the models alive at that
+    """serving_model.load replaced: records each version asked for and the models alive at that
     moment; versions in ``bad`` are refused, those in ``missing`` cannot be downloaded."""
     record = {"asked": [], "alive_at_load": [], "bad": set(), "missing": set()}
 
@@ -56,12 +56,12 @@ def loads(monkeypatch):
         record["asked"].append(version)
         record["alive_at_load"].append(len(FakeModel.alive))
         if version in record["bad"]:
-            raise served.Refused("does not load: truncated file")
+            raise serving_model.Refused("does not load: truncated file")
         if version in record["missing"]:
             raise OSError(f"no artifacts for version {version}")
         return fake_served(version)
 
-    monkeypatch.setattr(served, "load", load)
+    monkeypatch.setattr(serving_model, "load", load)
     return record
 
 
@@ -93,17 +93,16 @@ def test_follows_the_alias_and_releases_the_old_model(loads, events):
 
 def test_a_request_in_flight_keeps_its_model_and_at_most_two_are_held(loads, monkeypatch):
     monkeypatch.setattr(follower, "RELEASE_SECONDS", 60)  # the bound on a wait that must end sooner
+    checks = threading.Semaphore(0)  # released once per look of the follower at the swapped-out model
+    monkeypatch.setattr(follower, "gc", types.SimpleNamespace(collect=checks.release))
     registry, holder = make("1")
     in_flight = holder.current  # a request that started on version 1
     registry.version = "2"
     swap = threading.Thread(target=holder.poll)
     swap.start()
-    deadline = time.monotonic() + 30
-    while holder.current.version != "2" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert holder.current.version == "2" and in_flight.version == "1"
-    time.sleep(0.5)
-    assert swap.is_alive(), "the follower did not wait for version 1's last request"
+    for _ in range(3):  # the follower found version 1 still held three times, and waits on
+        assert checks.acquire(timeout=30), "the follower did not wait for version 1's last request"
+    assert holder.current.version == "2" and in_flight.version == "1" and swap.is_alive()
     del in_flight  # the request finishes
     swap.join(timeout=30)
     assert not swap.is_alive()
@@ -164,11 +163,11 @@ def test_a_store_that_goes_during_a_download_is_tried_again_not_refused(loads, m
         registry.error = ConnectionError("connection reset")
         raise OSError("download interrupted")
 
-    monkeypatch.setattr(served, "load", load_while_the_store_goes)
+    monkeypatch.setattr(serving_model, "load", load_while_the_store_goes)
     holder.poll()
     assert holder.refused is None and holder.current.version == "1"
     monkeypatch.undo()
-    monkeypatch.setattr(served, "load", lambda uri, target, version, current=None: fake_served(version))
+    monkeypatch.setattr(serving_model, "load", lambda uri, target, version, current=None: fake_served(version))
     registry.error = None
     holder.poll()
     assert holder.current.version == "2"
@@ -189,13 +188,13 @@ def test_a_deleted_alias_leaves_the_version_serving_and_says_so(loads, events):
 
 def test_a_uri_without_an_alias_or_a_zero_refresh_is_not_followed():
     registry = Registry("3")
-    assert not follower.Follower(served.Target("digits", version="3"), fake_served("3"), 30, registry).following
-    assert not follower.Follower(served.Target(), fake_served("3"), 30, registry).following
+    assert not follower.Follower(serving_model.Target("digits", version="3"), fake_served("3"), 30, registry).following
+    assert not follower.Follower(serving_model.Target(), fake_served("3"), 30, registry).following
     assert not follower.Follower(TARGET, fake_served("3"), 0, registry).following
-    assert served.target_of("models:/digits@champion") == TARGET
-    assert served.target_of("models:/digits/12") == served.Target("digits", version="12")
-    assert served.target_of("runs:/abc/model") == served.Target()
-    assert served.target_of("models:/m-0123456789abcdef") == served.Target()
+    assert serving_model.target_of("models:/digits@champion") == TARGET
+    assert serving_model.target_of("models:/digits/12") == serving_model.Target("digits", version="12")
+    assert serving_model.target_of("runs:/abc/model") == serving_model.Target()
+    assert serving_model.target_of("models:/m-0123456789abcdef") == serving_model.Target()
 
 
 def test_a_store_error_that_quotes_a_password_is_logged_masked(loads, events):
@@ -217,7 +216,7 @@ def test_a_download_the_store_fails_is_tried_again_not_refused(loads, monkeypatc
             raise failures.pop()
         return fake_served(version)
 
-    monkeypatch.setattr(served, "load", flaky)
+    monkeypatch.setattr(serving_model, "load", flaky)
     holder.poll()
     holder.poll()
     assert holder.refused is None and holder.current.version == "1"

@@ -2,9 +2,10 @@
 who it is (registered name, version, run), and MLflow's scoring app over the version that
 serves each request.
 
-A version is loaded from a local copy of its artifacts, warmed (its first compiled call done)
-and checked before it answers anything: the probabilities of its own input example must be
-finite and sum to 1, and a version that replaces another must take the same input signature.
+A version is loaded from a local copy of its artifacts by the loader it ships (each version's
+its own), warmed (its first compiled call done) and checked before it answers anything: the
+probabilities of its own input example must be finite and sum to 1, and a version that
+replaces another must take the same input signature.
 Both request paths refuse pixels that are not finite numbers in 0-255 with a 400: MLflow's
 JSON decoder reads NaN and Infinity, and a model answers them as if they were digits.
 
@@ -17,22 +18,29 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import importlib.util
 import io
 import json
+import os
 import re
-import sys
 import tempfile
+import uuid
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlflow
 import numpy as np
+import orjson
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import scoring_server
+from mlflow.pyfunc.scoring_server import predictions_to_json
 
 from mnist_pipeline.core.data import NUM_CLASSES
 from mnist_pipeline.core.errors import first_line
 from mnist_pipeline.core.inputs import pixel_problem
+from mnist_pipeline.tracking.logged_model import ModelURIError
 
 MAX_NESTING = 32  # JSON levels; a request nests 4 ({"inputs": images, rows, pixels}), numpy allows 32
 OPENING, CLOSING = np.frombuffer(b"[{", dtype=np.uint8), np.frombuffer(b"]}", dtype=np.uint8)
@@ -68,24 +76,51 @@ def target_of(model_uri: str) -> Target:
     return Target()
 
 
+def now() -> str:
+    """The time in UTC to the second, as GET /model gives it."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
 @dataclass(eq=False)  # compared by identity: two loads of one version are two models
 class Served:
-    """A loaded, warmed and checked model version; ``predict_json(body)`` answers a plain
-    ``{"inputs": ...}`` body, or None."""
+    """A loaded, warmed and checked model version."""
 
     model: object
-    predict_json: object
     uri: str
     name: str | None
     version: str | None
     run_id: str | None
-    loaded_at: str
+    loaded_at: str = field(default_factory=now)
 
     def __post_init__(self):
         LIVE.add(self)
 
     def describe(self) -> str:
         return f"version {self.version} of {self.name}" if self.version else self.uri
+
+    def predict_json(self, body: bytes) -> tuple[int, str] | None:
+        """(status, JSON answer) to a request body that is ``{"inputs": <numbers>}`` of the
+        model's input shape, with one JSON decode (orjson: 3x the standard library's speed on
+        100 images here) and one array (MLflow's server decodes the body twice with the
+        standard library and deep-copies it); None for any other body, which MLflow's server
+        then answers, errors included."""
+        try:
+            payload = orjson.loads(body)
+            inputs = (
+                np.asarray(payload["inputs"]) if isinstance(payload, dict) and list(payload) == ["inputs"] else None
+            )
+        except (ValueError, TypeError, OverflowError):  # not JSON, not UTF-8, ragged, deep, huge integers
+            inputs = None
+        shape = tuple(self.model.metadata.get_input_schema().inputs[0].shape[1:])
+        if inputs is None or inputs.dtype.kind not in "iuf" or inputs.shape[1:] != shape:
+            if _nesting(body) > MAX_NESTING:  # MLflow's parser would fail with RecursionError: a 500
+                return 400, _error(f"JSON nested deeper than {MAX_NESTING} levels: images are (n, 28, 28)")
+            return None
+        if problem := pixel_problem(inputs):
+            return 400, _error(problem)
+        answer = io.StringIO()
+        predictions_to_json(self.model.predict(inputs.astype(np.float32)), answer)
+        return 200, answer.getvalue()
 
 
 def load(uri: str, target: Target, version: str | None, current: Served | None = None) -> Served:
@@ -95,23 +130,31 @@ def load(uri: str, target: Target, version: str | None, current: Served | None =
     source = f"models:/{target.name}/{version}" if version else uri
     with tempfile.TemporaryDirectory(prefix="mnist-serve-") as folder:
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=folder)
-        path = list(sys.path)
         try:
-            model = mlflow.pyfunc.load_model(local)
+            model = _own_pyfunc(local)
         except Exception as err:  # anything a broken model file raises while it loads
             raise Refused(f"does not load: {first_line(err) or type(err).__name__}") from None
-        finally:
-            sys.path[:] = path  # pyfunc puts each model's code/ folder first; the loader is imported once
     check(model, current.model if current else None)
-    return Served(
-        model=model,
-        predict_json=_json_predictor(model),
-        uri=uri,
-        name=target.name,
-        version=str(version or target.version) if (version or target.version) else None,
-        run_id=model.metadata.run_id,
-        loaded_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    )
+    return Served(model, uri, target.name, version or target.version, model.metadata.run_id)
+
+
+def _own_pyfunc(local: str) -> mlflow.pyfunc.PyFuncModel:
+    """The pyfunc model in folder ``local``, loaded by the loader it ships in code/, run from
+    its file as a module of its own. mlflow.pyfunc.load_model puts code/ first on sys.path
+    for good and imports the loader by name, so every later version would run the loader
+    the module cache holds: the first version's."""
+    meta = Model.load(local)
+    flavor = meta.flavors[mlflow.pyfunc.FLAVOR_NAME]
+    if not flavor.get("code"):  # a loader of MLflow's own (an installed module), as load_model runs it
+        return mlflow.pyfunc.load_model(local)
+    loader = os.path.join(local, flavor["code"], f"{flavor['loader_module']}.py")
+    spec = importlib.util.spec_from_file_location(f"{flavor['loader_module']}_{uuid.uuid4().hex}", loader)
+    module = importlib.util.module_from_spec(spec)  # not put in sys.modules: no other version finds it
+    spec.loader.exec_module(module)
+    implementation = module._load_pyfunc(os.path.join(local, flavor["data"]))
+    model = mlflow.pyfunc.PyFuncModel(meta, implementation, model_id=meta.model_id)
+    model.input_example = meta.load_input_example(local)
+    return model
 
 
 def check(model, serving=None) -> None:
@@ -160,8 +203,6 @@ def scoring_app(first: Served):
     """MLflow's scoring server app (/invocations, /ping, /health and /version, as `mlflow models
     serve` runs it) over the version CURRENT names; its input schema is ``first``'s, which
     every later version shares (check)."""
-    from mlflow.pyfunc import scoring_server
-
     token = CURRENT.set(first)
     try:
         return scoring_server.init(_Current())
@@ -169,48 +210,9 @@ def scoring_app(first: Served):
         CURRENT.reset(token)
 
 
-def _json_predictor(model):
-    """``predict(body)``: (status, JSON answer) to a request body that is ``{"inputs":
-    <numbers>}`` of the model's input shape, with one JSON decode (orjson: 3x the standard
-    library's speed on 100 images here) and one array (MLflow's server decodes the body twice
-    with the standard library and deep-copies it); None for any other body, which MLflow's
-    server then answers, errors included."""
-    import orjson
-    from mlflow.pyfunc.scoring_server import predictions_to_json
-
-    shape = tuple(model.metadata.get_input_schema().inputs[0].shape[1:])
-
-    def predict(body: bytes) -> tuple[int, str] | None:
-        try:
-            payload = orjson.loads(body)
-            inputs = (
-                np.asarray(payload["inputs"]) if isinstance(payload, dict) and list(payload) == ["inputs"] else None
-            )
-        except (ValueError, TypeError, OverflowError):  # not JSON, not UTF-8, ragged, deep, huge integers
-            inputs = None
-        if (
-            inputs is None
-            or inputs.dtype.kind not in "iuf"
-            or inputs.ndim != len(shape) + 1
-            or inputs.shape[1:] != shape
-        ):
-            if _nesting(body) > MAX_NESTING:  # MLflow's parser would fail with RecursionError: a 500
-                return 400, _error(f"JSON nested deeper than {MAX_NESTING} levels: images are (n, 28, 28)")
-            return None
-        if problem := pixel_problem(inputs):
-            return 400, _error(problem)
-        answer = io.StringIO()
-        predictions_to_json(model.predict(inputs.astype(np.float32)), answer)
-        return 200, answer.getvalue()
-
-    return predict
-
-
 def load_first(model_uri: str) -> tuple[Target, Served]:
     """The model ``model_uri`` names now (for an alias, the version it points at), loaded,
     warmed and checked; ModelURIError (one line) if it cannot serve."""
-    from mnist_pipeline.tracking.logged_model import ModelURIError
-
     target = target_of(model_uri)
     try:
         version = None
