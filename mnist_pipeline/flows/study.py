@@ -91,8 +91,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """The Optuna database, with heartbeats; a UserError naming it if it cannot be opened."""
     for attempt in range(1, STORAGE_ATTEMPTS + 1):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            # heartbeats are experimental: a warning at every start that a user can do nothing about
+            with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
                 return optuna.storages.RDBStorage(
                     url,
                     heartbeat_interval=HEARTBEAT_SECONDS,
@@ -165,6 +165,13 @@ def _wait_for_parent(study: optuna.Study, digest: str) -> str:
         )
     print(f"study {study.study_name}: joined, sweep parent run {attrs[names.PARENT_ATTR]}")
     return attrs[names.PARENT_ATTR]
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """FAIL the RUNNING trials whose worker stopped sending heartbeats (and end their runs), as
+    Optuna does before each trial, without its ExperimentalWarning (as in open_storage)."""
+    with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
+        optuna.storages.fail_stale_trials(study)
 
 
 def taken(study: optuna.Study, before: int | None = None) -> int:
