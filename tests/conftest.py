@@ -257,9 +257,10 @@ def team_server(postgres, tmp_path_factory):
         server.stop()
 
 
-# The servers' fixtures start once per process. With pytest-xdist, the test modules whose
-# tests or fixtures take one as an argument all run in the same worker, so each server starts
-# once; every other module goes to a worker whole, so its module fixtures are made once too.
+# The servers' fixtures start once per process. With pytest-xdist's `--dist loadgroup`
+# (pyproject.toml), the test modules whose tests or fixtures take one as an argument all run in
+# the same worker, so each server starts once; every other module goes to a worker whole, so its
+# module fixtures are made once too. The groups are xdist_group marks: xdist's public API.
 SERVER_FIXTURES = {"postgres", "mlflow_server", "tracking_server", "server_store", "team_server"}
 
 
@@ -267,17 +268,10 @@ SERVER_FIXTURES = {"postgres", "mlflow_server", "tracking_server", "server_store
 def _group(path: Path) -> str:
     functions = (node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.FunctionDef))
     uses = any(arg.arg in SERVER_FIXTURES for function in functions for arg in function.args.args)
-    return "servers" if uses else str(path)
+    return "servers" if uses else path.stem  # unique: pytest's import mode needs it without __init__.py
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    if config.getvalue("dist") != "load":  # a --dist the user chose
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ByGroup(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return _group(config.rootpath / nodeid.split("::", 1)[0])
-
-    return ByGroup(config, log)
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks (which another --dist ignores)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item.path)))
