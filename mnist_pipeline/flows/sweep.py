@@ -85,7 +85,6 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
     liveness.end_dead_runs()  # runs left RUNNING by a process killed hard (after the storage's checks)
     if project_run:
         runs.set_run_tags(project_run, {names.TAG_STUDY: params.study_name, names.TAG_SWEEP_PARENT: parent_id})
-    studies.fail_stale_trials(study)  # a killed worker's trial must not hold a place
     if studies.taken(study) >= params.n_trials:
         print(
             f"study {params.study_name} already holds {params.n_trials} trials: none to run "
@@ -117,11 +116,8 @@ class _Objective:
             print(f"trial {trial.number}: not run, another worker took the study's last place")
             raise OverBudget
         suggested = self.space.suggest(trial)
-        shown = (
-            f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
-            for name, value in suggested.items()
-        )
-        print(f"trial {trial.number}: {'  '.join(shown)}")
+        shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in suggested.items())
+        print(f"trial {trial.number}: {shown}")
         cfg = trial_config(suggested, self.params.training_seed)
         tags = {names.TAG_STUDY: self.params.study_name, names.TAG_TRIAL: str(trial.number)}
         last = {}
@@ -179,11 +175,8 @@ def summarize(
     states = table["state"].value_counts()
     tags = {names.TAG_SUMMARY_BY: worker}
     tags |= {f"{names.TAG_TRIALS_PREFIX}{s.name.lower()}": int(states.get(s.name, 0)) for s in TrialState}
-    complete = {
-        t.user_attrs[names.RUN_ATTR]: t
-        for t in trials
-        if t.state == TrialState.COMPLETE and names.RUN_ATTR in t.user_attrs
-    }
+    # by run id: the objective names its run before it returns, so every COMPLETE trial has one
+    complete = {t.user_attrs[names.RUN_ATTR]: t for t in trials if t.state == TrialState.COMPLETE}
     best = registry.best_run(list(complete)) if complete else None
     best_trial = complete[best.info.run_id] if best else None
     if best_trial is not None:

@@ -151,7 +151,7 @@ def test_a_trial_whose_worker_went_silent_is_failed_and_its_run_killed(sweep_sto
     client = mlflow.MlflowClient()
     orphan = client.create_run("0", tags={"mlflow.parentRunId": parent_id, names.TAG_TRIAL: str(trial.number)})
     time.sleep(2.5)  # past the 1 s grace period, in the whole seconds SQLite keeps
-    studies.fail_stale_trials(study)  # what the next worker does before each trial
+    optuna.storages.fail_stale_trials(study)  # what the next worker does before each trial
     assert study.trials[0].state == TrialState.FAIL
     run = client.get_run(orphan.info.run_id)
     assert run.info.status == "KILLED" and run.data.tags[names.TAG_TRIAL_STATE] == "FAIL"
