@@ -171,7 +171,7 @@ def summarize(
         if trial.state == TrialState.FAIL:
             studies.end_runs_of(parent_id, trial.number, "failed")
     trial_runs = {r.info.run_id: r for r in readback.child_runs(parent_id)}
-    table = pd.DataFrame([_row(t, trial_runs) for t in trials], columns=_COLUMNS)
+    table = pd.DataFrame([_row(t, trial_runs) for t in trials])  # never empty: run() starts a trial or found some
     states = table["state"].value_counts()
     tags = {names.TAG_SUMMARY_BY: worker}
     tags |= {f"{names.TAG_TRIALS_PREFIX}{s.name.lower()}": int(states.get(s.name, 0)) for s in TrialState}
@@ -197,9 +197,6 @@ def summarize(
     elif model_name:
         _register(best, model_name, f"study {study.study_name}'s {len(complete)} COMPLETE trials", parent_id, gates)
     return table
-
-
-_COLUMNS = ["trial", "state", *PARAMS, "epochs_done", "val_accuracy", "test_accuracy", "run_id", "worker"]
 
 
 def _narrow(table: pd.DataFrame) -> str:
