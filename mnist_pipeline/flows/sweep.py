@@ -151,9 +151,9 @@ class _Objective:
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """A line for each trial this worker trained, and the study stopped once it holds its budget."""
-        if steps := trial.intermediate_values:  # none: a trial not run (OverBudget)
-            line = f"trial {trial.number}: {trial.state.name} after epoch {max(steps)}"
-            line += f", val_accuracy {steps[max(steps)]:.4f}"
+        if (epoch := trial.last_step) is not None:  # None: a trial not run (OverBudget)
+            line = f"trial {trial.number}: {trial.state.name} after epoch {epoch}"
+            line += f", val_accuracy {trial.intermediate_values[epoch]:.4f}"
             if trial.state == TrialState.COMPLETE:
                 line += f"; best so far: trial {study.best_trial.number}, {study.best_value:.4f}"
             print(line)
@@ -161,11 +161,9 @@ class _Objective:
             study.stop()
 
 
-def summarize(
-    study: optuna.Study, parent_id: str, model_name: str, worker: str, gates: promotion.Gates | None = None
-) -> pd.DataFrame:
+def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str, gates: promotion.Gates) -> None:
     """Log the trials table and the best COMPLETE trial's params on the parent run, then
-    register that trial's run (unless ``model_name`` is ''). Returns the table."""
+    register that trial's run (unless ``model_name`` is '')."""
     trials = study.get_trials(deepcopy=False)
     for trial in trials:  # a FAILed trial's run left RUNNING by a worker that died
         if trial.state == TrialState.FAIL:
@@ -196,7 +194,6 @@ def summarize(
         print("no COMPLETE trial: nothing to register")
     elif model_name:
         _register(best, model_name, f"study {study.study_name}'s {len(complete)} COMPLETE trials", parent_id, gates)
-    return table
 
 
 def _narrow(table: pd.DataFrame) -> str:
