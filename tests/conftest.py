@@ -257,10 +257,12 @@ def team_server(postgres, tmp_path_factory):
         server.stop()
 
 
-# The servers' fixtures start once per process. With pytest-xdist's `--dist loadgroup`
-# (pyproject.toml), the test modules whose tests or fixtures take one as an argument all run in
-# the same worker, so each server starts once; every other module goes to a worker whole, so its
-# module fixtures are made once too. The groups are xdist_group marks: xdist's public API.
+# The servers' fixtures start once per process. With pytest-xdist, the test modules whose
+# tests or fixtures take one as an argument all run in the same worker, so each server starts
+# once; every other module goes to a worker whole, so its module fixtures are made once too.
+# xdist's public way, `--dist loadgroup` with xdist_group marks, groups nothing under pytest 9.2
+# (pytest-xdist#1386: it renames node ids, which pytest 9.2 no longer lets it), so this
+# scheduler overrides LoadScopeScheduling's private _split_scope: pyproject.toml bounds xdist.
 SERVER_FIXTURES = {"postgres", "mlflow_server", "tracking_server", "server_store", "team_server"}
 
 
@@ -268,10 +270,19 @@ SERVER_FIXTURES = {"postgres", "mlflow_server", "tracking_server", "server_store
 def _group(path: Path) -> str:
     functions = (node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.FunctionDef))
     uses = any(arg.arg in SERVER_FIXTURES for function in functions for arg in function.args.args)
-    return "servers" if uses else path.stem  # unique: pytest's import mode needs it without __init__.py
+    return "servers" if uses else str(path)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks (which another --dist ignores)
-def pytest_collection_modifyitems(items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item.path)))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "load":  # a --dist the user chose
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    assert "_split_scope" in vars(LoadScopeScheduling), "pytest-xdist no longer has the method ByGroup overrides"
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(config.rootpath / nodeid.split("::", 1)[0])
+
+    return ByGroup(config, log)
