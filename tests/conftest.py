@@ -260,6 +260,9 @@ def team_server(postgres, tmp_path_factory):
 # The servers' fixtures start once per process. With pytest-xdist, the test modules whose
 # tests or fixtures take one as an argument all run in the same worker, so each server starts
 # once; every other module goes to a worker whole, so its module fixtures are made once too.
+# xdist's public way, `--dist loadgroup` with xdist_group marks, groups nothing under pytest 9.2
+# (pytest-xdist#1386: it renames node ids, which pytest 9.2 no longer lets it), so this
+# scheduler overrides LoadScopeScheduling's private _split_scope: pyproject.toml bounds xdist.
 SERVER_FIXTURES = {"postgres", "mlflow_server", "tracking_server", "server_store", "team_server"}
 
 
@@ -275,6 +278,8 @@ def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "load":  # a --dist the user chose
         return None
     from xdist.scheduler import LoadScopeScheduling
+
+    assert "_split_scope" in vars(LoadScopeScheduling), "pytest-xdist no longer has the method ByGroup overrides"
 
     class ByGroup(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:

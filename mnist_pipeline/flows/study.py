@@ -71,7 +71,8 @@ def median_pruner() -> optuna.pruners.MedianPruner:
 def open_study(
     params: SweepParams, digest: str, worker: str, space: SearchSpace, pruner: optuna.pruners.BasePruner
 ) -> tuple[optuna.Study, str]:
-    """The study and its parent run id; the worker that creates the study creates the parent."""
+    """The study and its parent run id; the worker that creates the study creates the parent.
+    The trials of workers that stopped sending heartbeats are failed (their runs ended)."""
     storage = open_storage(params.storage)
     where = {"study_name": params.study_name, "storage": storage, "pruner": pruner}
     try:
@@ -84,6 +85,9 @@ def open_study(
     runs.use_experiment_of(
         parent_id, "the study's parent run", "all workers of a study must use the same MLFLOW_TRACKING_URI"
     )
+    # a killed worker's trial must not hold a place (Optuna does it before each trial too)
+    with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):  # see open_storage
+        optuna.storages.fail_stale_trials(study)
     return study, parent_id
 
 
@@ -91,8 +95,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """The Optuna database, with heartbeats; a UserError naming it if it cannot be opened."""
     for attempt in range(1, STORAGE_ATTEMPTS + 1):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            # heartbeats are experimental: a warning at every start that a user can do nothing about
+            with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
                 return optuna.storages.RDBStorage(
                     url,
                     heartbeat_interval=HEARTBEAT_SECONDS,
@@ -167,20 +171,15 @@ def _wait_for_parent(study: optuna.Study, digest: str) -> str:
     return attrs[names.PARENT_ATTR]
 
 
-def taken(study: optuna.Study, before: int | None = None) -> int:
-    """Trials that hold a place in the budget (all but FAIL), numbered below ``before`` if given."""
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False)
-        if t.state != TrialState.FAIL and (before is None or t.number < before)
-    )
+def taken(study: optuna.Study, before: float = float("inf")) -> int:
+    """Trials that hold a place in the budget (all but FAIL), numbered below ``before``."""
+    return sum(t.state != TrialState.FAIL and t.number < before for t in study.get_trials(deepcopy=False))
 
 
 def _end_stale_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Optuna failed ``trial``: its worker stopped sending heartbeats (killed, machine lost).
     End its MLflow run KILLED too."""
-    parent_id = study.user_attrs.get(names.PARENT_ATTR)
-    if parent_id:
+    if parent_id := study.user_attrs.get(names.PARENT_ATTR):
         end_runs_of(parent_id, trial.number, "its worker went silent")
 
 

@@ -79,11 +79,12 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
     space = space or studies.SEARCH_SPACE
     worker = f"{socket.gethostname()}:{os.getpid()}"
     project_run = runs.detach_project_run()  # `mlflow run -e sweep`'s own run stays beside
+    # Optuna's INFO line per trial gives every parameter at full precision: after_trial says it shorter
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study, parent_id = studies.open_study(params, data.digest, worker, space, pruner or studies.median_pruner())
     liveness.end_dead_runs()  # runs left RUNNING by a process killed hard (after the storage's checks)
     if project_run:
         runs.set_run_tags(project_run, {names.TAG_STUDY: params.study_name, names.TAG_SWEEP_PARENT: parent_id})
-    optuna.storages.fail_stale_trials(study)  # a killed worker's trial must not hold a place
     if studies.taken(study) >= params.n_trials:
         print(
             f"study {params.study_name} already holds {params.n_trials} trials: none to run "
@@ -92,7 +93,7 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
     else:
         objective = _Objective(params, data, space, parent_id, worker)
         study.optimize(
-            objective, timeout=params.timeout or None, catch=(OverBudget,), callbacks=[objective.stop_when_full]
+            objective, timeout=params.timeout or None, catch=(OverBudget,), callbacks=[objective.after_trial]
         )
     summarize(study, parent_id, params.model_name, worker, params.gates())
     return parent_id
@@ -112,8 +113,12 @@ class _Objective:
         trial.set_user_attr(names.WORKER_ATTR, self.worker)
         if studies.taken(trial.study, before=trial.number) >= self.params.n_trials:
             trial.study.stop()
-            raise OverBudget(f"trial {trial.number} not run: another worker took the study's last place")
-        cfg = trial_config(self.space.suggest(trial), self.params.training_seed)
+            print(f"trial {trial.number}: not run, another worker took the study's last place")
+            raise OverBudget
+        suggested = self.space.suggest(trial)
+        shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in suggested.items())
+        print(f"trial {trial.number}: {shown}")
+        cfg = trial_config(suggested, self.params.training_seed)
         tags = {names.TAG_STUDY: self.params.study_name, names.TAG_TRIAL: str(trial.number)}
         last = {}
 
@@ -144,32 +149,34 @@ class _Objective:
         runs.set_run_tags(run_id, {names.TAG_TRIAL_STATE: TrialState.COMPLETE.name})
         return last["val_accuracy"]
 
-    def stop_when_full(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """A line for each trial this worker trained, and the study stopped once it holds its budget."""
+        if (epoch := trial.last_step) is not None:  # None: a trial not run (OverBudget)
+            line = f"trial {trial.number}: {trial.state.name} after epoch {epoch}"
+            line += f", val_accuracy {trial.intermediate_values[epoch]:.4f}"
+            if trial.state == TrialState.COMPLETE:
+                line += f"; best so far: trial {study.best_trial.number}, {study.best_value:.4f}"
+            print(line)
         if studies.taken(study) >= self.params.n_trials:
             study.stop()
 
 
-def summarize(
-    study: optuna.Study, parent_id: str, model_name: str, worker: str, gates: promotion.Gates | None = None
-) -> pd.DataFrame:
+def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str, gates: promotion.Gates) -> None:
     """Log the trials table and the best COMPLETE trial's params on the parent run, then
-    register that trial's run (unless ``model_name`` is ''). Returns the table."""
+    register that trial's run (unless ``model_name`` is '')."""
     trials = study.get_trials(deepcopy=False)
     for trial in trials:  # a FAILed trial's run left RUNNING by a worker that died
         if trial.state == TrialState.FAIL:
             studies.end_runs_of(parent_id, trial.number, "failed")
     trial_runs = {r.info.run_id: r for r in readback.child_runs(parent_id)}
-    table = pd.DataFrame([_row(t, trial_runs) for t in trials], columns=_COLUMNS)
+    table = pd.DataFrame([_row(t, trial_runs) for t in trials])  # never empty: run() starts a trial or found some
     states = table["state"].value_counts()
     tags = {names.TAG_SUMMARY_BY: worker}
     tags |= {f"{names.TAG_TRIALS_PREFIX}{s.name.lower()}": int(states.get(s.name, 0)) for s in TrialState}
-    complete = [
-        t.user_attrs[names.RUN_ATTR]
-        for t in trials
-        if t.state == TrialState.COMPLETE and names.RUN_ATTR in t.user_attrs
-    ]
-    best = registry.best_run(complete) if complete else None
-    best_trial = next((t for t in trials if best and t.user_attrs.get(names.RUN_ATTR) == best.info.run_id), None)
+    # by run id: the objective names its run before it returns, so every COMPLETE trial has one
+    complete = {t.user_attrs[names.RUN_ATTR]: t for t in trials if t.state == TrialState.COMPLETE}
+    best = registry.best_run(list(complete)) if complete else None
+    best_trial = complete[best.info.run_id] if best else None
     if best_trial is not None:
         tags |= {
             names.TAG_BEST_TRIAL: best_trial.number,
@@ -181,15 +188,19 @@ def summarize(
     runs.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.SWEEP_TRIALS_MD, parent_id)
     runs.log_dict(best_trial.params if best_trial else {}, names.SWEEP_BEST_PARAMS, parent_id)
     runs.set_run_tags(parent_id, tags)
-    print(f"study {study.study_name}, sweep parent run {parent_id}:\n{table.to_markdown(index=False, floatfmt='.4g')}")
+    print(f"study {study.study_name}, sweep parent run {parent_id} (run ids and workers: its {names.SWEEP_TRIALS_MD}):")
+    print(_narrow(table))
     if best_trial is None:
         print("no COMPLETE trial: nothing to register")
     elif model_name:
         _register(best, model_name, f"study {study.study_name}'s {len(complete)} COMPLETE trials", parent_id, gates)
-    return table
 
 
-_COLUMNS = ["trial", "state", *PARAMS, "epochs_done", "val_accuracy", "test_accuracy", "run_id", "worker"]
+def _narrow(table: pd.DataFrame) -> str:
+    """The trials table within 120 columns: epochs as done/searched, no run id or worker."""
+    done = [f"{n}/{of:.0f}" if pd.notna(of) else "" for n, of in zip(table["epochs_done"], table["epochs"])]
+    shown = table.drop(columns=["epochs_done", "run_id", "worker"]).assign(epochs=done)
+    return shown.to_string(index=False, float_format="{:.4g}".format, na_rep="")
 
 
 def _row(trial: optuna.trial.FrozenTrial, trial_runs: dict) -> dict:

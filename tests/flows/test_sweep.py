@@ -146,7 +146,8 @@ def test_a_trial_whose_worker_went_silent_is_failed_and_its_run_killed(sweep_sto
     parent_id = tracking_runs.create_finished_run("silent", {}, {names.TAG_ROLE: "sweep"})
     study.set_user_attr(names.PARENT_ATTR, parent_id)
     trial = study.ask()
-    storage.record_heartbeat(trial._trial_id)  # then its worker is killed: no more heartbeats
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("silent"), trial.number)
+    storage.record_heartbeat(trial_id)  # then its worker is killed: no more heartbeats
     client = mlflow.MlflowClient()
     orphan = client.create_run("0", tags={"mlflow.parentRunId": parent_id, names.TAG_TRIAL: str(trial.number)})
     time.sleep(2.5)  # past the 1 s grace period, in the whole seconds SQLite keeps

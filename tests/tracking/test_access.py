@@ -1,6 +1,8 @@
 """tracking/access.py on a local store (the team server's cases are in test_team_server.py):
 nothing to ask, every check passes; a refusal inside a run is one line and the run ends FAILED."""
 
+import io
+
 import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
@@ -64,7 +66,7 @@ def test_a_permission_answer_without_a_permission_is_one_line(monkeypatch, body)
     import requests
 
     answer = requests.Response()
-    answer.status_code, answer._content = 200, body.encode()
+    answer.status_code, answer.raw = 200, io.BytesIO(body.encode())
     monkeypatch.setattr(access, "http_request", lambda *args, **kwargs: answer)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "rhea")
