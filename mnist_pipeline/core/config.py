@@ -19,7 +19,6 @@ from mnist_pipeline.core.variants import VARIANTS
 
 WORKERS = 0  # `main`, `reproduce`: trainings at once (0: one per CPU core; 1: one at a time, here)
 SEEDS = 5  # `reproduce`: runs per variant, seeds seed, seed + 1, ..., seed + SEEDS - 1
-BENCH_EPOCHS = 4  # `bench`: per timed training, 1 warm-up epoch + 3 timed
 REFRESH_SECONDS = 30  # `serve`: seconds between reads of the alias it follows
 MAX_REQUEST_MB = 16  # `serve`: largest request body read, in MiB; about 3,000 images as JSON
 

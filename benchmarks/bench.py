@@ -10,6 +10,7 @@ metrics, so the logging itself is inside the timed epochs.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -21,16 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks import BENCH_EPOCHS, BenchParams, serving, speed
 from mnist_pipeline import names
-from mnist_pipeline.core import config, data, plots, speed
+from mnist_pipeline.core import config, data, plots, threads
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist
-from mnist_pipeline.core.params import BenchParams
 from mnist_pipeline.core.variants import VARIANTS
-from mnist_pipeline.flows import bench_serving
 from mnist_pipeline.tracking import access, readback, runs, store, training_run
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where MLproject is, in a source checkout
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where MLproject is, in a source checkout
 SCALING_EPOCHS = 2  # 1 warm-up + 1 timed, for each of the 12 scaling points
 FINAL = "final"
 LOGGED = ("keras_s", "pipeline_s", "pipeline_over_keras", "tracking_overhead", "roofline_s", "pipeline_over_roofline")
@@ -39,7 +39,7 @@ LOGGED = ("keras_s", "pipeline_s", "pipeline_over_keras", "tracking_overhead", "
 def run_benchmark(
     mnist: data.Mnist,
     variants=tuple(VARIANTS),
-    epochs: int = config.BENCH_EPOCHS,
+    epochs: int = BENCH_EPOCHS,
     scaling_epochs: int = SCALING_EPOCHS,
     widths=speed.SCALING_WIDTHS,
     batches=speed.SCALING_BATCHES,
@@ -57,17 +57,12 @@ def run_benchmark(
                 knobs += speed.knob_rows(cfg, mnist, rounds)
                 monitor = system_metrics_cost(cfg, mnist, 2 * rounds)  # a small difference: more turns
     base = config.resolve(FINAL)
-    for width in widths:
-        for batch in batches:
-            cfg = dataclasses.replace(
-                base,
-                hidden_units=tuple(width * u for u in base.hidden_units),
-                batch_size=batch,
-                epochs=scaling_epochs,
-            )
-            scaling.append({"width": f"x{width}", **speed.scaling_row(cfg, mnist)})
+    for width, batch in itertools.product(widths, batches):
+        units = tuple(width * u for u in base.hidden_units)
+        cfg = dataclasses.replace(base, hidden_units=units, batch_size=batch, epochs=scaling_epochs)
+        scaling.append({"width": f"x{width}", **speed.scaling_row(cfg, mnist)})
     return {
-        "machine": {"cpus": _cpus(), "processor": platform.processor() or platform.machine()},
+        "machine": {"cpus": threads.cores(), "processor": platform.processor() or platform.machine()},
         "data_digest": mnist.digest,
         "variants": rows,
         "knobs": knobs,
@@ -75,10 +70,6 @@ def run_benchmark(
         "scaling": scaling,
         "end_to_end": end_to_end(data_dir) if data_dir else None,
     }
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 def markdown(report: dict) -> str:
@@ -148,12 +139,13 @@ def system_metrics_cost(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUN
     """The tracked pipeline's epoch with MLflow's system metrics off and on, in turns for
     ``rounds`` rounds (off-on, then on-off: a drift of the host falls on both alike): median
     s/epoch of each, and what the metrics cost as a share of it."""
-    epochs = {"false": [], "true": []}
-    for round_ in range(rounds):
-        for flag in ("false", "true") if round_ % 2 == 0 else ("true", "false"):
-            with store.environment({"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": flag}):
-                epochs[flag] += pipeline(cfg, mnist)["epochs"]
-    off, on = (float(np.median(epochs[flag])) for flag in ("false", "true"))
+
+    def tracked(flag: str) -> list[float]:
+        with store.environment({"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": flag}):
+            return pipeline(cfg, mnist)["epochs"]
+
+    turns = speed.alternate({flag: (lambda f=flag: tracked(f)) for flag in ("false", "true")}, rounds, mirrored=True)
+    off, on = speed.median(turns["false"]), speed.median(turns["true"])
     return {"variant": cfg.variant, "off_s": off, "on_s": on, "cost": on / off - 1}
 
 
@@ -173,23 +165,21 @@ def pipeline(cfg: TrainConfig, mnist: Mnist) -> dict:
 
 def variant_row(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUNDS) -> dict:
     """One row of the main table, every ratio computed from this row's own timings. Keras'
-    fit and the tracked pipeline take turns for ``rounds`` rounds, so a slow spell of the
-    host falls on both; each time is the median over every timed epoch of its kind."""
-    keras_fit, tracked, plain, accuracy, tracking_s = [], [], [], [], []
-    dense = speed.has_plain_loop(cfg)
-    for _ in range(rounds):
-        keras_fit += speed.keras_fit_epochs(cfg, mnist)
-        timed = pipeline(cfg, mnist)
-        plain += speed.plain_loop_epochs(cfg, mnist) if dense else []
-        tracked += timed["epochs"]
-        accuracy.append(timed["test_accuracy"])
-        tracking_s.append(timed["tracking_s_per_epoch"])
-    keras_s, pipeline_s, tracking_s = (float(np.median(t)) for t in (keras_fit, tracked, tracking_s))
-    plain_s = float(np.median(plain)) if plain else None
+    fit, the tracked pipeline and (for a dense network) the plain loop take turns for
+    ``rounds`` rounds, so a slow spell of the host falls on all; each time is the median over
+    every timed epoch of its kind."""
+    trainings = {"keras": lambda: speed.keras_fit_epochs(cfg, mnist), "pipeline": lambda: pipeline(cfg, mnist)}
+    if speed.has_plain_loop(cfg):
+        trainings["plain"] = lambda: speed.plain_loop_epochs(cfg, mnist)
+    turns = speed.alternate(trainings, rounds)
+    tracked = turns["pipeline"]
+    keras_s, pipeline_s = speed.median(turns["keras"]), speed.median([timed["epochs"] for timed in tracked])
+    plain_s = speed.median(turns["plain"]) if "plain" in turns else None
+    tracking_s = float(np.median([timed["tracking_s_per_epoch"] for timed in tracked]))
     limit = speed.roofline(cfg, mnist)
     return {
         "variant": cfg.variant,
-        "epochs_timed": len(tracked),
+        "epochs_timed": sum(len(timed["epochs"]) for timed in tracked),
         "keras_s": keras_s,
         "pipeline_s": pipeline_s,
         "pipeline_over_keras": pipeline_s / keras_s,
@@ -200,14 +190,14 @@ def variant_row(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUNDS) -> d
         "roofline_s": limit["roofline_s"],
         "pipeline_over_roofline": pipeline_s / limit["roofline_s"],
         "matmul_gflops": limit["matmul_gflops"],
-        "test_accuracy": accuracy[0],  # the same every round: the seed fixes it
+        "test_accuracy": tracked[0]["test_accuracy"],  # the same every round: the seed fixes it
     }
 
 
 def end_to_end(data_dir: str) -> dict:
     """Wall time of the default `mlflow run .`, then the serving speed of its champion:
     pyfunc, both REST servers, the load test, and the server following the champion's alias
-    under load (flows/bench_serving.py)."""
+    under load (serving.py)."""
     if not (PROJECT_ROOT / "MLproject").is_file():
         raise FileNotFoundError(f"{PROJECT_ROOT}/MLproject: end-to-end timing needs a source checkout")
     with tempfile.TemporaryDirectory() as tmp:
@@ -228,10 +218,10 @@ def end_to_end(data_dir: str) -> dict:
         images = data.load(data_dir).x_test
         with store.isolated_store(tmp):  # the store `mlflow run` wrote
             phases = phase_rows(wall)
-            serving = bench_serving.pyfunc_speed(images)
-            serving |= bench_serving.rest_speed(images, env)
-            serving |= bench_serving.follow_speed(images, env, f"{tmp}/broken")  # moves the alias: last
-    return {"mlflow_run_s": wall, **serving, "phases": phases}
+            speeds = serving.pyfunc_speed(images)
+            speeds |= serving.rest_speed(images, env)
+            speeds |= serving.follow_speed(images, env, f"{tmp}/broken")  # moves the alias: last
+    return {"mlflow_run_s": wall, **speeds, "phases": phases}
 
 
 def phase_rows(wall: float) -> list[dict]:

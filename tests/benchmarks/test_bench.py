@@ -6,8 +6,9 @@ import json
 import mlflow
 import pytest
 
+import benchmarks
+from benchmarks import bench
 from mnist_pipeline import cli
-from mnist_pipeline.flows import bench
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,8 @@ def test_variant_rows_compute_their_ratios_from_their_own_timings(report):
 
 
 def test_the_plain_loop_is_a_dense_network_s_reference():
-    from mnist_pipeline.core import config, speed
+    from benchmarks import speed
+    from mnist_pipeline.core import config
 
     with pytest.raises(ValueError, match="convnet: the plain loop is a dense network's"):
         speed.plain_loop_epochs(config.resolve("convnet"), None)
@@ -72,5 +74,10 @@ def test_report_files_and_logging(report, tracking_store, tmp_path):
 
 def test_bench_refuses_too_few_epochs(capsys, tiny_mnist_dir):
     for bad in ("1", "two", "-3", "²"):
-        assert cli.run(["bench", "--bench-epochs", bad, "--data-dir", str(tiny_mnist_dir)]) == cli.USAGE_ERROR
+        assert (
+            cli.run(
+                ["bench", "--bench-epochs", bad, "--data-dir", str(tiny_mnist_dir)], benchmarks.parser(), "benchmarks"
+            )
+            == cli.USAGE_ERROR
+        )
         assert f"bench_epochs={bad!r} is not allowed: must be an integer >= 2" in capsys.readouterr().err

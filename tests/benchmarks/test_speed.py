@@ -2,7 +2,7 @@
 
 import pytest
 
-from mnist_pipeline.core import speed
+from benchmarks import speed
 from mnist_pipeline.core.macs import layer_macs, linear_layers, training_macs
 
 
