@@ -2,13 +2,15 @@
 
 Writes ``bench.json``, ``bench.md`` and ``scaling.png`` to ``--out``; launched by
 ``mlflow run -e bench`` (or inside any active run) it logs them to that run too, with
-``<variant>.<ratio>`` metrics. Prints bench.md. It measures TensorFlow, so it imports it
+``<variant>.<ratio>`` metrics (report.py). Prints bench.md. It measures TensorFlow, so it imports it
 at once. The pipeline's epoch ends are the store's timestamps of each epoch's logged
 metrics, so the logging itself is inside the timed epochs.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -19,12 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
-import pandas as pd
 
-from benchmarks import BENCH_EPOCHS, BenchParams, serving, speed
+from benchmarks import BENCH_EPOCHS, BenchParams, report, serving, speed
 from mnist_pipeline import names
-from mnist_pipeline.core import config, data, plots, threads
+from mnist_pipeline.core import config, data, threads
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.variants import VARIANTS
@@ -33,7 +35,8 @@ from mnist_pipeline.tracking import access, readback, runs, store, training_run
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where MLproject is, in a source checkout
 SCALING_EPOCHS = 2  # 1 warm-up + 1 timed, for each of the 12 scaling points
 FINAL = "final"
-LOGGED = ("keras_s", "pipeline_s", "pipeline_over_keras", "tracking_overhead", "roofline_s", "pipeline_over_roofline")
+# What `mlflow run` and a user set to point MLflow at a store, an experiment or a run.
+ISOLATED_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")
 
 
 def run_benchmark(
@@ -49,7 +52,7 @@ def run_benchmark(
     """Every measurement, as one report; ``data_dir`` also times `mlflow run .` and serving."""
     rows, knobs, scaling, monitor = [], [], [], None
     # one throw-away store for every tracked training: a new store's tables take seconds
-    with tempfile.TemporaryDirectory() as tmp, store.isolated_store(tmp):
+    with tempfile.TemporaryDirectory() as tmp, isolated_store(tmp):
         for name in variants:
             cfg = dataclasses.replace(config.resolve(name), epochs=epochs)
             rows.append(variant_row(cfg, mnist, rounds))
@@ -72,51 +75,6 @@ def run_benchmark(
     }
 
 
-def markdown(report: dict) -> str:
-    parts = [
-        "## Variants (s/epoch: median of every epoch after each warm-up; Keras' fit, the tracked pipeline and "
-        "the plain TensorFlow loop, untracked, in turns)",
-        _table(report["variants"]),
-    ]
-    if report["knobs"]:
-        parts += [
-            "## RMSprop's update in the loop, Keras' ops and the fused kernel in turns (other float rounding only)",
-            _table(report["knobs"]),
-        ]
-    if report.get("system_metrics"):
-        title = "## MLflow's system metrics, off and on in turns (tracked pipeline, s/epoch; cost: on / off - 1)"
-        parts += [title, _table([report["system_metrics"]])]
-    parts += ["## Final variant: the loop against width and batch size (untracked)", _table(report["scaling"])]
-    if report["end_to_end"]:
-        measures = {key: value for key, value in report["end_to_end"].items() if key != "phases"}
-        rows = [{"measure": key, "value": value} for key, value in measures.items()]
-        parts += ["## End to end: the default `mlflow run .`, then its champion served", _table(rows)]
-        parts += ["## Where the default `mlflow run .` spends its time", _table(report["end_to_end"]["phases"])]
-    return "\n\n".join(parts) + "\n"
-
-
-def _table(rows: list[dict]) -> str:
-    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g")
-
-
-def write_report(report: dict, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "bench.json", out / "bench.md", out / "scaling.png"]
-    paths[0].write_text(json.dumps(report, indent=2))
-    paths[1].write_text(markdown(report))
-    fig = plots.scaling(pd.DataFrame(report["scaling"]))
-    fig.savefig(paths[2], dpi=100)
-    plots.close(fig)
-    return paths
-
-
-def log_report(report: dict, paths: list[Path]) -> None:
-    """Into the run this process was launched in, if any."""
-    metrics = {f"{row['variant']}.{key}": row[key] for row in report["variants"] for key in LOGGED}
-    measures = {k: v for k, v in (report["end_to_end"] or {}).items() if k != "phases"}
-    runs.log_to_launching_run({**metrics, **measures}, [str(p) for p in paths], names.BENCH_DIR)
-
-
 def run(params: BenchParams) -> dict:
     """Measure, write, log, print. ``end_to_end`` also times `mlflow run .` and serving,
     from the data's folder."""
@@ -128,11 +86,11 @@ def run(params: BenchParams) -> dict:
     if runs.launched_by_mlflow_run():  # the report goes to `mlflow run`'s run: refused before minutes of work
         store.check_tracking_store()
         access.require_runs("bench")
-    report = run_benchmark(mnist, epochs=params.bench_epochs, data_dir=str(folder) if params.end_to_end else None)
-    paths = write_report(report, Path(params.out))
-    log_report(report, paths)
-    print(markdown(report))
-    return report
+    measured = run_benchmark(mnist, epochs=params.bench_epochs, data_dir=str(folder) if params.end_to_end else None)
+    paths = report.write_report(measured, Path(params.out))
+    report.log_report(measured, paths)
+    print(report.markdown(measured))
+    return measured
 
 
 def system_metrics_cost(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUNDS) -> dict:
@@ -154,10 +112,10 @@ def pipeline(cfg: TrainConfig, mnist: Mnist) -> dict:
     epoch times (after the warm-up), test accuracy, and the seconds its per-epoch tracking
     took inside those epochs."""
     run_id = training_run.track_training(cfg, mnist)
-    ends = readback.epoch_end_times(run_id)
+    logged = mlflow.MlflowClient().get_metric_history(run_id, names.EPOCH_SECONDS)  # when each reached the store
     metrics = readback.metrics_of(run_id)
     return {
-        "epochs": speed.epoch_times(ends),
+        "epochs": speed.epoch_times(sorted(m.timestamp / 1000 for m in logged)),
         "test_accuracy": metrics["test_accuracy"],
         "tracking_s_per_epoch": metrics[names.TRACKING_SECONDS] / cfg.epochs,
     }
@@ -201,7 +159,7 @@ def end_to_end(data_dir: str) -> dict:
     if not (PROJECT_ROOT / "MLproject").is_file():
         raise FileNotFoundError(f"{PROJECT_ROOT}/MLproject: end-to-end timing needs a source checkout")
     with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if k not in store.ISOLATED_ENV}
+        env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
         env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", MNIST_DATA_DIR=str(data_dir))
         start = time.perf_counter()
         done = subprocess.run(
@@ -216,7 +174,7 @@ def end_to_end(data_dir: str) -> dict:
             raise RuntimeError(f"`mlflow run .` failed in the benchmark: {done.stderr[-2000:]}")
         wall = time.perf_counter() - start
         images = data.load(data_dir).x_test
-        with store.isolated_store(tmp):  # the store `mlflow run` wrote
+        with isolated_store(tmp):  # the store `mlflow run` wrote
             phases = phase_rows(wall)
             speeds = serving.pyfunc_speed(images)
             speeds |= serving.rest_speed(images, env)
@@ -226,32 +184,54 @@ def end_to_end(data_dir: str) -> dict:
 
 def phase_rows(wall: float) -> list[dict]:
     """Seconds per phase of the `mlflow run .` that took ``wall`` seconds, from the phases its
-    runs logged. The variants' rows overlap where they trained side by side: only their wall
-    time (the `variants` phase) counts towards the rest. The last rows are the wall time over
-    the sum of the epochs and over the epochs of the process that trained longest."""
-    main, *children = readback.phases_of_last_main()
-    top = main.phases
-    rows = [{"phase": "mlflow run: its start, the project, the run", "seconds": wall - top["total"]}]
-    rows += [{"phase": name, "seconds": top[name]} for name in ("start and imports", "data and store checks")]
-    rows.append({"phase": "variants (wall time)", "seconds": top["variants"]})
-    rows += [{"phase": name, "seconds": top[name]} for name in ("comparison", "registration and model card")]
-    rows.append({"phase": "the rest", "seconds": wall - sum(r["seconds"] for r in rows)})
-    busy, epochs = {}, {}  # per process: its runs' seconds, its epochs' seconds
-    for child in children:
-        busy[child.process] = busy.get(child.process, 0.0) + child.run_seconds
-        epochs[child.process] = epochs.get(child.process, 0.0) + child.epoch_seconds
-        rows += _child_rows(child)
-    rows.append({"phase": "variants: processes starting, and waiting", "seconds": top["variants"] - max(busy.values())})
-    rows.append({"phase": "wall / sum of epochs", "seconds": wall / sum(epochs.values())})
-    rows.append({"phase": "wall / the longest process's epochs", "seconds": wall / max(epochs.values())})
-    return rows
+    runs logged (names.PHASES). The variants' rows overlap where they trained side by side:
+    only their wall time (the `variants` phase) counts towards the rest. The last rows are the
+    wall time over the sum of the epochs and over the epochs of the process that trained longest."""
+    [main] = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.{names.TAG_ROLE} = '{names.ROLE_MAIN}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )  # the latest `main` run
+    top = _phases(main.info.run_id)
+    rows = [("mlflow run: its start, the project, the run", wall - top["total"])]
+    rows += [(name, top[name]) for name in ("start and imports", "data and store checks")]
+    rows.append(("variants (wall time)", top["variants"]))
+    rows += [(name, top[name]) for name in ("comparison", "registration and model card")]
+    rows.append(("the rest", wall - sum(seconds for _, seconds in rows)))
+    busy, epochs = collections.Counter(), collections.Counter()  # per process: its runs' seconds, its epochs'
+    for name, run_id in json.loads(main.data.tags[names.TAG_CHILDREN]).items():
+        run = mlflow.get_run(run_id)
+        process, run_s = run.data.tags.get(names.TAG_PID, ""), (run.info.end_time - run.info.start_time) / 1000
+        epoch_s = sum(m.value for m in mlflow.MlflowClient().get_metric_history(run_id, names.EPOCH_SECONDS))
+        busy[process] += run_s
+        epochs[process] += epoch_s
+        phases = _phases(run_id)  # inside the variants' wall time
+        phases["logging and printing of epochs"] = phases.pop("epochs") - epoch_s
+        rows += [(f"{name}: epochs", epoch_s), *((f"{name}: {phase}", s) for phase, s in phases.items())]
+        rows.append((f"{name}: the run's own logging", run_s - sum(phases.values()) - epoch_s))  # params, tags, ending
+    rows.append(("variants: processes starting, and waiting", top["variants"] - max(busy.values())))
+    rows.append(("wall / sum of epochs", wall / sum(epochs.values())))
+    rows.append(("wall / the longest process's epochs", wall / max(epochs.values())))
+    return [{"phase": phase, "seconds": seconds} for phase, seconds in rows]
 
 
-def _child_rows(child: readback.RunPhases) -> list[dict]:
-    """A training run's phases, inside the variants' wall time."""
-    phases = dict(child.phases)
-    phases["logging and printing of epochs"] = phases.pop("epochs") - child.epoch_seconds
-    rows = [{"phase": f"{child.name}: epochs", "seconds": child.epoch_seconds}]
-    rows += [{"phase": f"{child.name}: {name}", "seconds": value} for name, value in phases.items()]
-    own = child.run_seconds - sum(phases.values()) - child.epoch_seconds  # params, tags, summary, ending
-    return [*rows, {"phase": f"{child.name}: the run's own logging", "seconds": own}]
+def _phases(run_id: str) -> dict[str, float]:
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{names.PHASES}")
+
+
+@contextlib.contextmanager
+def isolated_store(folder: str):
+    """A throw-away tracking store in ``folder``, hiding any run this process was launched
+    in (``mlflow run`` sets MLFLOW_RUN_ID); everything is put back afterwards."""
+    hidden = {k: os.environ.pop(k) for k in ISOLATED_ENV if k in os.environ}
+    previous = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+        os.environ["MLFLOW_EXPERIMENT_ID"] = mlflow.create_experiment("bench", f"{folder}/artifacts")
+        yield
+    finally:
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        os.environ.update(hidden)
+        mlflow.set_tracking_uri(previous)
