@@ -1,13 +1,15 @@
-"""Servers on 127.0.0.1 for the benchmark and the tests: a free port, whether a URL answers,
-waiting on a condition with a deadline, a server process for a ``with`` block and stopping its
-process group."""
+"""Servers on 127.0.0.1 for the benchmark and the tests: a server process for a ``with`` block,
+waiting on a condition with a deadline, stopping a process group, whether a URL answers, a free
+port."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -16,41 +18,33 @@ from pathlib import Path
 STARTUP_SECONDS = 180  # a server that loads TensorFlow and the model
 
 
-class ServerProcess:
-    """A server process (its own process group) for the ``with`` block, its URL as the value."""
-
-    def __init__(self, command: list[str], port: int, env: dict[str, str]):
-        self.command, self.url, self.env = command, f"http://127.0.0.1:{port}", env
-
-    def __enter__(self) -> str:
-        self.process = subprocess.Popen(
-            self.command,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
+@contextlib.contextmanager
+def server(command: list[str], env: dict[str, str]):
+    """``command --port <a free port>`` as a server process for the ``with`` block (its own
+    process group, its output in a temporary file), once /ping answers: (its URL, the process)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "server.log"
+        with log.open("w") as out:  # the server writes it: its own descriptor
+            argv = [*command, "--port", str(port)]
+            process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for(lambda: answers(f"{self.url}/ping"), " ".join(self.command[:4]), self.process)
-        except RuntimeError as err:
-            stop_group(self.process)
-            raise RuntimeError(f"{err}: {self.process.stderr.read()[-2000:]}") from None
-        return self.url
-
-    def __exit__(self, *exc) -> None:
-        stop_group(self.process)
+            wait_for(lambda: answers(f"{url}/ping"), " ".join(command[:4]), process, log)
+            yield url, process
+        finally:
+            stop_group(process)
 
 
 def wait_for(check, what: str, process=None, log: Path | None = None, seconds: float = STARTUP_SECONDS):
-    """``check()``'s first true value, asked every 0.05 s; RuntimeError naming ``what`` after
-    ``seconds``, or as soon as ``process`` has exited (with the end of the ``log`` it writes)."""
+    """``check()``'s first true value, asked every 0.05 s; RuntimeError naming ``what`` (and
+    the end of the ``log`` file) after ``seconds``, or as soon as ``process`` has exited."""
     deadline = time.monotonic() + seconds
     while not (value := check()):
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited" + (f": {log.read_text()[-2000:]}" if log else ""))
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {seconds} s")
+        exited = process is not None and process.poll() is not None
+        if exited or time.monotonic() > deadline:
+            tail = f": {log.read_text()[-2000:]}" if log else ""
+            raise RuntimeError(f"{what} exited{tail}" if exited else f"{what}: not within {seconds} s{tail}")
         time.sleep(0.05)
     return value
 

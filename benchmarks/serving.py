@@ -24,7 +24,7 @@ import mlflow
 import numpy as np
 import psutil
 
-from benchmarks.servers import ServerProcess, answers, free_port, wait_for
+from benchmarks.servers import answers, server, wait_for
 from mnist_pipeline import names
 from mnist_pipeline.tracking import logged_model
 
@@ -49,22 +49,19 @@ def pyfunc_speed(images: np.ndarray, single: int = 50) -> dict:
     }
 
 
-def server_commands(port: int) -> dict[str, list[str]]:
-    """The two ways to serve the champion over REST, on ``port``."""
-    uri = names.CHAMPION_URI
-    return {
-        "mlflow_serve": ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "--port", str(port)],
-        "pipeline_serve": [sys.executable, "-m", "mnist_pipeline", "serve", "--model-uri", uri, "--port", str(port)],
-    }
+# The two ways to serve the champion over REST (servers.server adds --port).
+SERVERS = {
+    "mlflow_serve": ["mlflow", "models", "serve", "-m", names.CHAMPION_URI, "--env-manager", "local"],
+    "pipeline_serve": [sys.executable, "-m", "mnist_pipeline", "serve", "--model-uri", names.CHAMPION_URI],
+}
 
 
 def rest_speed(images: np.ndarray, env: dict[str, str], load: bool = True) -> dict:
     """Per server: one-image p50 and p95 (ms) and 100-image throughput; then the load test
     against `mnist-pipeline serve` (unless ``load`` is False)."""
     report = {}
-    for name in server_commands(0):
-        port = free_port()
-        with ServerProcess(server_commands(port)[name], port, env) as url:
+    for name, command in SERVERS.items():
+        with server(command, env) as (url, _):
             report |= {f"{name}_{key}": value for key, value in requests_speed(url, images).items()}
             if load and name == "pipeline_serve":
                 report |= {f"load_{key}": value for key, value in load_test(url, images).items()}
@@ -78,16 +75,14 @@ def follow_speed(images: np.ndarray, env: dict[str, str], folder: str) -> dict:
     resident memory after the first of them and after the last."""
     first, second, broken = bench_versions(names.MODEL_NAME, names.CHAMPION, folder)
     move = alias_mover(names.MODEL_NAME, names.CHAMPION)
-    port = free_port()
-    command = [*server_commands(port)["pipeline_serve"], "--refresh-seconds", str(FOLLOW_REFRESH_SECONDS)]
-    server = ServerProcess(command, port, env)
-    with server as url:
+    command = [*SERVERS["pipeline_serve"], "--refresh-seconds", str(FOLLOW_REFRESH_SECONDS)]
+    with server(command, env) as (url, process):
         report = follow_summary(*follow_load(url, images, move, [second, first, second, broken]))
         resident = []
         for swap in range(SWAPS):
             _move_and_wait(url, move, first if swap % 2 == 0 else second)
             wait_for(lambda: model_state(url)["models_held"] <= 1, "the version swapped out released")
-            resident.append(psutil.Process(server.process.pid).memory_info().rss / 2**20)
+            resident.append(psutil.Process(process.pid).memory_info().rss / 2**20)
     return {f"follow_{key}": value for key, value in report.items()} | {
         "follow_refresh_s": FOLLOW_REFRESH_SECONDS,
         "rss_after_first_swap_mib": resident[0],
