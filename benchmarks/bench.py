@@ -159,15 +159,9 @@ def end_to_end(data_dir: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
         env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", MNIST_DATA_DIR=str(data_dir))
+        command = ["mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local"]
         start = time.perf_counter()
-        done = subprocess.run(
-            ["mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local"],
-            cwd=tmp,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        done = subprocess.run(command, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"`mlflow run .` failed in the benchmark: {done.stderr[-2000:]}")
         wall = time.perf_counter() - start

@@ -79,13 +79,9 @@ def log_report(report: dict, paths: list[Path]) -> bool:
     """Into the active run, or the run `mlflow run -e bench` launched this process in (resumed);
     False if there is neither."""
     metrics = {f"{row['variant']}.{key}": row[key] for row in report["variants"] for key in LOGGED}
-    if mlflow.active_run():
-        run = contextlib.nullcontext()
-    elif runs.launched_by_mlflow_run():
-        run = mlflow.start_run()
-    else:
+    if not (mlflow.active_run() or runs.launched_by_mlflow_run()):
         return False
-    with run:
+    with contextlib.nullcontext() if mlflow.active_run() else mlflow.start_run():
         mlflow.log_metrics(metrics | _measures(report))
         for path in paths:
             mlflow.log_artifact(str(path), BENCH_DIR)
