@@ -1,5 +1,5 @@
 """Command line: one sub-command per command dataclass (core/params.py), dispatched to its
-flow (flows/<command>.py).
+flow (flows/<command>.py). benchmarks/__main__.py runs its command through the same.
 
 Every parameter arrives as a string (as MLproject passes it) and is read and validated by
 its dataclass before the flow is imported; the flow checks its data and the tracking store
@@ -54,11 +54,12 @@ ALL_COMMANDS = COMMANDS | ADMIN_COMMANDS  # the MLproject entry points, and the 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not argparse's usage block
-        self.exit(USAGE_ERROR, f"{PROG}: error: {message}\n")
+        self.exit(USAGE_ERROR, f"{self.prog.split()[0]}: error: {message}\n")
 
 
 def _add_command(commands, name: str, params: type[Params]) -> None:
     parser = commands.add_parser(name, help=params.__doc__.strip().splitlines()[0])
+    parser.set_defaults(params=params)
     for f in fields(params):
         if f.metadata["positional"]:
             parser.add_argument(f.name, nargs="+", help=f.metadata["help"])
@@ -66,30 +67,36 @@ def _add_command(commands, name: str, params: type[Params]) -> None:
             parser.add_argument(f"--{f.name.replace('_', '-')}", default=text(f.default), help=f.metadata["help"])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Train, compare, register and use the MNIST study's models.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, params in ALL_COMMANDS.items():
-        _add_command(commands, name, params)
+def build_parser(
+    commands=ALL_COMMANDS, prog=PROG, description="Train, compare, register and use the MNIST study's models."
+) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description=description)
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, params in commands.items():
+        _add_command(subparsers, name, params)
     return parser
 
 
-def run(argv: list[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    command = args.pop("command")
+def run(argv: list[str] | None = None, parser=None, flows: str = "mnist_pipeline.flows") -> int:
+    """Reads ``argv`` with ``parser`` (the package's commands by default) and runs the command's
+    ``run(params)`` in the module of its name in package ``flows``; the exit status."""
+    parser = parser or build_parser()
+    args = vars(parser.parse_args(argv))
+    command, params_class = args.pop("command"), args.pop("params")
     try:
-        params = ALL_COMMANDS[command].from_strings(args)
-        importlib.import_module(f"mnist_pipeline.flows.{command}").run(params)
+        params = params_class.from_strings(args)
+        importlib.import_module(f"{flows}.{command}").run(params)
     except UserError as err:
-        print(f"{PROG}: error: {redact(str(err))}", file=sys.stderr)
+        print(f"{parser.prog}: error: {redact(str(err))}", file=sys.stderr)
         return USAGE_ERROR
     except Mismatch as err:
-        print(f"{PROG}: mismatch: {redact(str(err))}", file=sys.stderr)
+        print(f"{parser.prog}: mismatch: {redact(str(err))}", file=sys.stderr)
         return MISMATCH
     return 0
 
 
-def main() -> None:
+def main(parser=None, flows: str = "mnist_pipeline.flows") -> None:
+    parser = parser or build_parser()
     for name, value in (QUIET | HTTP_RETRIES | SYSTEM_METRICS).items():  # values the user set win
         os.environ.setdefault(name, value)
     # MLflow's "started / stopping / terminated" INFO lines for every run; its warnings still show
@@ -99,8 +106,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, interrupts.handler)
     signal.signal(signal.SIGINT, interrupts.handler)
     try:
-        sys.exit(run())
+        sys.exit(run(None, parser, flows))
     except KeyboardInterrupt as stop:
         name = str(stop) or "SIGINT"
-        print(f"{PROG}: interrupted by {name}: open runs ended KILLED", file=sys.stderr)
+        print(f"{parser.prog}: interrupted by {name}: open runs ended KILLED", file=sys.stderr)
         sys.exit(128 + signal.Signals[name].value)

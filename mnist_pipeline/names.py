@@ -53,8 +53,6 @@ SWEEP_TRIALS_MD = "sweep/trials.md"
 SWEEP_BEST_PARAMS = "sweep/best_params.json"  # the best COMPLETE trial's hyperparameters
 # On the run that took a champion decision (main, register, sweep): one row per decision.
 DECISIONS = "registry/decisions.csv"
-# Artifacts of a `bench` run.
-BENCH_DIR = "bench"  # bench.json, bench.md, scaling.png
 
 # Run tags. TAG_RUN_KEY identifies (configuration, code, data): a FINISHED run with the
 # same key is reused by `main` and `reproduce` instead of training again.

@@ -1,6 +1,7 @@
 """The layers, read from the source: what each may import, no cycles, small modules and functions.
 
     cli.py  ->  flows/  ->  tracking/  ->  core/        (names.py: imported by all, imports nothing)
+    benchmarks/  ->  the package, never the other way
 
 Every import counts, inside functions too.
 """
@@ -12,19 +13,20 @@ from pathlib import Path
 
 import pytest
 
+import benchmarks
 import mnist_pipeline
 
-PACKAGE = Path(mnist_pipeline.__file__).parent
+ROOTS = [Path(package.__file__).parent for package in (mnist_pipeline, benchmarks)]
 MAX_MODULE_LINES = 300
 MAX_FUNCTION_LINES = 50
 
 
-def _module_name(path: Path) -> str:
-    parts = ["mnist_pipeline", *path.relative_to(PACKAGE).with_suffix("").parts]
+def _module_name(root: Path, path: Path) -> str:
+    parts = [root.name, *path.relative_to(root).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+MODULES = {_module_name(root, path): path for root in ROOTS for path in sorted(root.rglob("*.py"))}
 
 
 def _imports(path: Path) -> set[str]:
@@ -41,7 +43,9 @@ def _imports(path: Path) -> set[str]:
             ]
         else:
             continue
-        found |= {name if name.startswith("mnist_pipeline") else name.split(".")[0] for name in names}
+        found |= {
+            name if name.split(".")[0] in ("mnist_pipeline", "benchmarks") else name.split(".")[0] for name in names
+        }
     return found
 
 
@@ -49,8 +53,8 @@ IMPORTS = {name: _imports(path) for name, path in MODULES.items()}
 
 
 def _layer(module: str) -> str:
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 else "package"
+    top, *rest = module.split(".")
+    return top if top == "benchmarks" else rest[0] if rest else "package"
 
 
 def _broken(rule) -> list[str]:
@@ -64,10 +68,11 @@ def _broken(rule) -> list[str]:
 
 def test_the_walk_sees_the_layers():
     """The rules below only mean something if the walk finds what is there."""
-    assert {"core", "tracking", "flows", "cli", "names"} <= {_layer(m) for m in MODULES}
+    assert {"core", "tracking", "flows", "cli", "names", "benchmarks"} <= {_layer(m) for m in MODULES}
     assert "mnist_pipeline.core.config" in IMPORTS["mnist_pipeline.core.training"]
     assert "mlflow" in IMPORTS["mnist_pipeline.tracking.runs"]
     assert "mnist_pipeline.tracking.trainers" in IMPORTS["mnist_pipeline.flows.train"]  # inside run()
+    assert "mnist_pipeline.tracking.training_run" in IMPORTS["benchmarks.bench"]
 
 
 def test_core_knows_nothing_of_mlflow_optuna_or_the_other_layers():
@@ -89,8 +94,15 @@ def test_commands_reach_mlflow_only_through_the_tracking_layer():
     assert _broken(lambda m, i: _layer(m) == "flows" and (i == "mlflow" or _layer(i) == "cli")) == []
 
 
-def test_nothing_imports_the_cli_but_the_module_entry_point():
-    assert _broken(lambda m, i: i == "mnist_pipeline.cli" and m != "mnist_pipeline.__main__") == []
+def test_nothing_imports_the_cli_but_the_entry_points():
+    """`python -m mnist_pipeline`'s, and the benchmark's (benchmarks/__init__.py: its command line is the package's)."""
+    entry_points = ("mnist_pipeline.__main__", "benchmarks")
+    assert _broken(lambda m, i: i == "mnist_pipeline.cli" and m not in entry_points) == []
+
+
+def test_the_package_never_imports_the_benchmarks():
+    """What users install and run holds no benchmark code (benchmarks/ is not in the wheel)."""
+    assert _broken(lambda m, i: _layer(m) != "benchmarks" and _layer(i) == "benchmarks") == []
 
 
 def test_names_imports_nothing():

@@ -16,7 +16,6 @@ from mnist_pipeline.core.secrets import mask_url
 from mnist_pipeline.core.variants import VARIANTS
 
 MAX_REQUEST_MB = 16  # `serve`: largest request body read, in MiB; about 3,000 images as JSON
-BENCH_EPOCHS = 4  # `bench`: per timed training, 1 warm-up epoch + 3 timed
 
 OPTIMIZER = "rmsprop"
 LOSS = "categorical_crossentropy"

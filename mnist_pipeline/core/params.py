@@ -6,7 +6,6 @@ these classes, and a test checks MLproject's defaults against them. A flow check
 from __future__ import annotations
 
 from dataclasses import Field, dataclass, make_dataclass, replace
-from pathlib import Path
 from typing import get_type_hints
 
 from mnist_pipeline import names
@@ -234,28 +233,6 @@ class VerifyParams(Params):
     data_dir: str = param("", DATA_DIR)
 
 
-@dataclass(frozen=True)
-class BenchParams(Params):
-    """time the pipeline against bare Keras and the roofline"""
-
-    data_dir: str = param("", DATA_DIR)
-    bench_epochs: int = param(
-        config.BENCH_EPOCHS,
-        "epochs per timed training, >= 2 (the first is a warm-up)",
-        stripped(config.parse_digits),
-        "must be an integer >= 2 (the first epoch is a warm-up)",
-        lambda v: v >= 2,
-    )
-    out: str = param(
-        "bench-results",
-        "folder for bench.json, bench.md and scaling.png",
-        str,
-        "must be a folder (created if missing)",
-        lambda v: bool(v.strip()) and not (Path(v).exists() and not Path(v).is_dir()),
-    )
-    end_to_end: bool = switch(True, "true: also time `mlflow run .` and pyfunc prediction")
-
-
 COMMANDS: dict[str, type[Params]] = {
     "train": TrainParams,
     "main": MainParams,
@@ -266,5 +243,4 @@ COMMANDS: dict[str, type[Params]] = {
     "serve": ServeParams,
     "sweep": SweepParams,
     "verify": VerifyParams,
-    "bench": BenchParams,
 }

@@ -72,21 +72,6 @@ def validation_overlay(curves: dict[str, pd.DataFrame]) -> Figure:
     return fig
 
 
-def scaling(table: pd.DataFrame) -> Figure:
-    """Seconds per epoch and fraction of the matmul roofline against batch size, per width."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    for width, rows in table.groupby("width", sort=False):
-        axes[0].plot(rows["batch_size"], rows["loop_s"], "o-", label=f"width {width}")
-        axes[1].plot(rows["batch_size"], rows["roofline_fraction"], "o-", label=f"width {width}")
-    axes[0].set(xlabel="batch size", ylabel="s / epoch", xscale="log", yscale="log", title="epoch time")
-    axes[1].set(xlabel="batch size", ylabel="roofline / measured", xscale="log", title="fraction of roofline")
-    for ax in axes:
-        ax.set_xticks(sorted(table["batch_size"].unique()), labels=map(str, sorted(table["batch_size"].unique())))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return fig
-
-
 def seed_spread(results: pd.DataFrame, study: dict[str, float]) -> Figure:
     """Test accuracy of every seed per variant (dots), their mean ± std (bar) and the
     study's single figure (red cross)."""

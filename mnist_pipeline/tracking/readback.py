@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 
 import mlflow
@@ -48,12 +47,6 @@ def metric_history(run_id: str) -> pd.DataFrame:
         for name in ("val_accuracy", "val_loss")
     }
     return pd.DataFrame(columns).sort_index().rename_axis("epoch")
-
-
-def epoch_end_times(run_id: str) -> list[float]:
-    """When each epoch's metrics reached the store (seconds since the epoch), in order."""
-    history = mlflow.MlflowClient().get_metric_history(run_id, names.EPOCH_SECONDS)
-    return sorted(m.timestamp / 1000 for m in history)
 
 
 def comparison_table(children: list[ChildRun]) -> pd.DataFrame:
@@ -117,38 +110,6 @@ def child_runs(parent_id: str, tags: dict[str, str] | None = None, status: str =
     filters = [f"tags.{names.TAG_PARENT_RUN} = '{parent_id}'"] + [f"tags.{k} = '{v}'" for k, v in (tags or {}).items()]
     filters += [f"attributes.status = '{status}'"] if status else []
     return mlflow.search_runs(filter_string=" and ".join(filters), output_format="list")
-
-
-@dataclass(frozen=True)
-class RunPhases:
-    """What a run logged in names.PHASES, with its wall seconds and its epochs' seconds."""
-
-    name: str  # the variant of a training run; "main" for the parent
-    phases: dict[str, float]
-    run_seconds: float
-    epoch_seconds: float  # sum of the epoch_seconds metric; 0 for the parent
-    process: str = ""  # the process that trained it (trainings side by side: one of the workers)
-
-
-def phases_of_last_main() -> list[RunPhases]:
-    """The latest `main` run's phases, then each of its children's, in training order."""
-    [parent] = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.{names.TAG_ROLE} = '{names.ROLE_MAIN}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
-    runs = [("main", parent.info.run_id)]
-    runs += list(json.loads(parent.data.tags[names.TAG_CHILDREN]).items())
-    client, result = mlflow.MlflowClient(), []
-    for name, run_id in runs:
-        run = client.get_run(run_id)
-        epochs = sum(m.value for m in client.get_metric_history(run_id, names.EPOCH_SECONDS))
-        phases = mlflow.artifacts.load_dict(f"runs:/{run_id}/{names.PHASES}")
-        seconds, process = (run.info.end_time - run.info.start_time) / 1000, run.data.tags.get(names.TAG_PID, "")
-        result.append(RunPhases(name, phases, seconds, epochs, process))
-    return result
 
 
 def seed_runs(run) -> list:

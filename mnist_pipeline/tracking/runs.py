@@ -152,19 +152,3 @@ def end_running(run_ids: list[str], status: str = "KILLED") -> None:
     client = mlflow.MlflowClient()
     for run_id in run_ids:
         client.set_terminated(run_id, status)
-
-
-def log_to_launching_run(metrics: dict[str, float], files: list[str], folder: str) -> bool:
-    """``metrics`` and ``files`` (under ``folder``) on the active run, or on the run `mlflow
-    run` launched this process in; False if there is neither."""
-    if mlflow.active_run():
-        run = contextlib.nullcontext()
-    elif launched_by_mlflow_run():
-        run = mlflow.start_run()  # resumes the run `mlflow run -e ...` made
-    else:
-        return False
-    with run:
-        mlflow.log_metrics(metrics)
-        for path in files:
-            mlflow.log_artifact(path, folder)
-    return True

@@ -239,29 +239,3 @@ def _nesting(body: bytes, chunk: int = 2**20) -> int:
         running = np.cumsum(steps, dtype=np.int64) + depth
         deepest, depth = max(deepest, int(running.max())), int(running[-1])
     return deepest
-
-
-def bench_versions(name: str, alias: str, folder: str) -> dict[str, str]:
-    """Versions for the follow test and benchmark, beside ``alias``'s: a second good one (the
-    model of another training run of the champion's experiment) and a broken one (the alias's
-    files with a model.keras that is not one, kept in ``folder``). Version -> run id, in that
-    order, and the alias's first."""
-    from mnist_pipeline.tracking.logged_model import logged_model_uri
-
-    client = mlflow.MlflowClient()
-    first = client.get_model_version_by_alias(name, alias)
-    experiment = client.get_run(first.run_id).info.experiment_id
-    runs = client.search_runs([experiment], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
-    other = next(r.info.run_id for r in runs if "variant" in r.data.params and r.info.run_id != first.run_id)
-    second = client.create_model_version(name, logged_model_uri(other), run_id=other)
-    broken = mlflow.artifacts.download_artifacts(f"models:/{name}/{first.version}", dst_path=folder)
-    with open(f"{broken}/data/model.keras", "wb") as model_file:
-        model_file.write(b"not a Keras file")
-    third = client.create_model_version(name, broken, run_id=first.run_id)
-    return {str(v.version): v.run_id for v in (first, second, third)}
-
-
-def alias_mover(name: str, alias: str):
-    """``move(version)``: points ``alias`` of ``name`` at ``version``, as a release manager would."""
-    client = mlflow.MlflowClient()
-    return lambda version: client.set_registered_model_alias(name, alias, version)

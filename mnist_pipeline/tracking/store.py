@@ -1,5 +1,5 @@
 """The tracking store: a reachability check before any work, sends in one attempt (HTTP
-settings given to the request, not to the process), and a throw-away store for measurements.
+settings given to the request, not to the process).
 
 Imports MLflow but not TensorFlow, so a dead server is reported in seconds.
 """
@@ -145,26 +145,6 @@ def log_batch_once(run_id: str, metrics: list[Metric], tags: list[RunTag]) -> No
         LogBatch(run_id=run_id, metrics=[m.to_proto() for m in metrics], tags=[t.to_proto() for t in tags])
     )
     http_request_safe(get_default_host_creds(uri), LOG_BATCH, "POST", json=json.loads(body), **ONE_SHOT)
-
-
-# What `mlflow run` and a user set to point MLflow at a store, an experiment or a run.
-ISOLATED_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")
-
-
-@contextlib.contextmanager
-def isolated_store(folder: str):
-    """A throw-away tracking store in ``folder``, hiding any run this process was launched
-    in (``mlflow run`` sets MLFLOW_RUN_ID); everything is put back afterwards."""
-    hidden = {k: os.environ.pop(k) for k in ISOLATED_ENV if k in os.environ}
-    previous = mlflow.get_tracking_uri()
-    try:
-        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
-        os.environ["MLFLOW_EXPERIMENT_ID"] = mlflow.create_experiment("bench", f"{folder}/artifacts")
-        yield
-    finally:
-        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-        os.environ.update(hidden)
-        mlflow.set_tracking_uri(previous)
 
 
 def tracking_uri() -> str:

@@ -7,6 +7,7 @@ import sys
 import pytest
 import yaml
 
+import benchmarks
 from helpers.stores import PROJECT_ROOT, all_runs
 from mnist_pipeline import cli
 from mnist_pipeline.core.config import OVERRIDABLE
@@ -52,10 +53,6 @@ BAD_INPUT = [
     (["main", "--fused-rmsprop", "maybe"], "fused_rmsprop='maybe' is not allowed: must be true or false"),
     (["main", "--epochs", "0"], "epochs=0 is not allowed"),
     (["evaluate", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist: no such data folder"),
-    (["bench", "--bench-epochs", "1"], "bench_epochs='1' is not allowed: must be an integer >= 2"),
-    (["bench", "--bench-epochs", "many"], "bench_epochs='many' is not allowed"),
-    (["bench", "--end-to-end", "maybe"], "end_to_end='maybe' is not allowed: must be true or false"),
-    (["bench", "--out", "README.md"], "out='README.md' is not allowed: must be a folder"),
     (["serve", "--port", "0"], "port='0' is not allowed: must be an integer in 1-65535"),
     (["serve", "--port", "http"], "port='http' is not allowed"),
     (["serve", "--max-request-mb", "0"], "max_request_mb='0' is not allowed: must be a number > 0"),
@@ -76,7 +73,7 @@ BAD_INPUT = [
     (["train", "--bogus", "1"], "unrecognized arguments: --bogus 1"),
     (["fly"], "invalid choice: 'fly'"),
 ]
-TAKES_DATA = {"train", "main", "reproduce", "evaluate", "bench"}
+TAKES_DATA = {"train", "main", "reproduce", "evaluate"}
 
 
 @pytest.mark.parametrize(("argv", "expected"), BAD_INPUT)
@@ -119,16 +116,26 @@ def test_console_script_and_module_expose_the_same_commands():
     assert listed_commands(helps[0]) == listed_commands(helps[1]) == list(COMMANDS) + list(ADMIN_COMMANDS)
 
 
+# MLproject's entry points: the package's commands, and the benchmark's (from the project folder)
+ENTRY_POINTS = COMMANDS | benchmarks.COMMANDS
+
+
+def _module_and_parser(entry: str):
+    """The module `python -m` runs for ``entry``, and its command line."""
+    return (
+        ("benchmarks", benchmarks.parser()) if entry in benchmarks.COMMANDS else ("mnist_pipeline", cli.build_parser())
+    )
+
+
 def test_mlproject_parameters_and_defaults_match_the_command_dataclasses():
     """Every MLproject entry point has a dataclass; its parameters are the dataclass's fields
     (the positional files of `predict` aside) with the same defaults, and the parser built
     from the dataclass gives those defaults."""
     project = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())
     assert project["conda_env"] == "conda.yaml" and (PROJECT_ROOT / "conda.yaml").is_file()
-    parser = cli.build_parser()
-    assert set(project["entry_points"]) <= set(COMMANDS)
+    assert set(project["entry_points"]) <= set(ENTRY_POINTS)
     for entry, spec in project["entry_points"].items():
-        params, defaults = spec["parameters"], COMMANDS[entry].defaults()
+        params, defaults = spec["parameters"], ENTRY_POINTS[entry].defaults()
         if entry in ("main", "train", "reproduce"):
             assert set(OVERRIDABLE) | {"data_dir"} <= set(params), entry
         assert set(params) == set(defaults), entry
@@ -136,10 +143,11 @@ def test_mlproject_parameters_and_defaults_match_the_command_dataclasses():
             assert str(param["default"]) == defaults[name], (entry, name)
             assert f"--{name.replace('_', '-')} {{{name}}}" in spec["command"], (entry, name)
         assert set(re.findall(r"{(\w+)}", spec["command"])) == set(params), entry  # nothing undeclared
-        args = parser.parse_args([entry])
+        args = vars(_module_and_parser(entry)[1].parse_args([entry]))
         for name in params:
-            assert getattr(args, name) == defaults[name], (entry, name)
-        assert COMMANDS[entry].from_strings(vars(args)) == COMMANDS[entry]()  # the defaults are valid
+            assert args[name] == defaults[name], (entry, name)
+        del args["command"], args["params"]
+        assert ENTRY_POINTS[entry].from_strings(args) == ENTRY_POINTS[entry]()  # the defaults are valid
 
 
 def test_each_entry_point_command_as_mlflow_builds_it_parses():
@@ -149,10 +157,10 @@ def test_each_entry_point_command_as_mlflow_builds_it_parses():
     from mlflow.projects import _project_spec
 
     project = _project_spec.load_project(str(PROJECT_ROOT))
-    parser = cli.build_parser()
     for entry in yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())["entry_points"]:
         argv = shlex.split(project.get_entry_point(entry).compute_command({}, None))
-        assert argv[:3] == ["python", "-m", "mnist_pipeline"], entry
+        module, parser = _module_and_parser(entry)
+        assert argv[:3] == ["python", "-m", module], entry
         assert parser.parse_args(argv[3:]).command == entry
 
 

@@ -19,9 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks import serving
 from helpers.servers import answers, free_port, stop_group, wait_for
 from mnist_pipeline import names
-from mnist_pipeline.flows import bench_serving, serve
+from mnist_pipeline.flows import serve
 
 
 def post(url: str, body: bytes) -> tuple[int, dict | str]:
@@ -109,7 +110,7 @@ def test_served_champion_answers_good_and_bad_requests(served_champion, tiny_mni
     probabilities = np.array(answer["predictions"])
     champion = mlflow.pyfunc.load_model(names.CHAMPION_URI)  # the served answers are the champion's own
     np.testing.assert_allclose(probabilities, champion.predict(images.astype(np.float32)), rtol=1e-4, atol=1e-6)
-    state = bench_serving.model_state(served_champion)
+    state = serving.model_state(served_champion)
     assert state["version"] == "1" and state["alias"] == names.CHAMPION and state["refused"] is None
     assert version_header(served_champion, good) == "1"  # the fast path
     instances = json.dumps({"instances": images.astype(float).tolist()}).encode()
@@ -145,7 +146,7 @@ def test_served_champion_answers_good_and_bad_requests(served_champion, tiny_mni
         np.testing.assert_allclose(answer["predictions"], probabilities, rtol=1e-6, atol=1e-7)
 
     # A bounded load on loopback: no request fails, and the server is healthy afterwards.
-    load = bench_serving.load_test(served_champion, tiny_mnist.x_test, clients=4, requests=200)
+    load = serving.load_test(served_champion, tiny_mnist.x_test, clients=4, requests=200)
     print(f"load: p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms")  # reported, not asserted
     assert load["errors"] == 0 and load["health_after"]
 

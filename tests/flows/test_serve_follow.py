@@ -13,10 +13,9 @@ import mlflow
 import numpy as np
 import pytest
 
+from benchmarks import serving
 from helpers.servers import answers, free_port, stop_group, wait_for
 from mnist_pipeline import names
-from mnist_pipeline.flows import bench_serving
-from mnist_pipeline.tracking import serving_model
 
 REFRESH_SECONDS = 0.5
 
@@ -25,7 +24,7 @@ REFRESH_SECONDS = 0.5
 def versions(registered, tmp_path) -> dict[str, str]:
     """1: the champion `registered` made; 2: main's other training run, registered by hand;
     3: version 1's files with a model.keras that is not one. Version number -> run id."""
-    return serving_model.bench_versions(names.MODEL_NAME, names.CHAMPION, str(tmp_path / "broken"))
+    return serving.bench_versions(names.MODEL_NAME, names.CHAMPION, str(tmp_path / "broken"))
 
 
 @pytest.fixture
@@ -57,15 +56,15 @@ def test_serve_follows_the_alias_under_load_and_refuses_a_broken_version(followi
     images = tiny_mnist.x_test[:50]
     expected = {v: expected_probabilities(v, images) for v in ("1", "2")}
     assert (np.abs(expected["1"] - expected["2"]).max(axis=1) > 1e-3).all(), "versions 1 and 2 cannot be told apart"
-    first = bench_serving.model_state(url)
+    first = serving.model_state(url)
     assert first["version"] == "1" and first["alias"] == names.CHAMPION and first["refused"] is None
     assert first["name"] == names.MODEL_NAME and first["run_id"] == versions["1"] and first["loaded_at"]
 
-    move = serving_model.alias_mover(names.MODEL_NAME, names.CHAMPION)
-    answered, moved = bench_serving.follow_load(url, images, move, ["2", "1", "2", "3"], clients=8, requests=2000)
-    reads = bench_serving.model_state(url)["alias_reads"]  # four more reads: the refusal stands, no second try
-    wait_for(lambda: bench_serving.model_state(url)["alias_reads"] >= reads + 4, "four more reads of the alias")
-    after = bench_serving.model_state(url)
+    move = serving.alias_mover(names.MODEL_NAME, names.CHAMPION)
+    answered, moved = serving.follow_load(url, images, move, ["2", "1", "2", "3"], clients=8, requests=2000)
+    reads = serving.model_state(url)["alias_reads"]  # four more reads: the refusal stands, no second try
+    wait_for(lambda: serving.model_state(url)["alias_reads"] >= reads + 4, "four more reads of the alias")
+    after = serving.model_state(url)
 
     failed = [a for a in answered if a[2] != 200]
     assert len(answered) >= 2000 and not failed, failed[:3]
@@ -84,5 +83,5 @@ def test_serve_follows_the_alias_under_load_and_refuses_a_broken_version(followi
     lines = log_path.read_text().splitlines()
     assert sum("refused version 3 of mnist-digits" in line for line in lines) == 1
     assert sum("serving version 2 of mnist-digits (was version 1)" in line for line in lines) == 2
-    summary = bench_serving.follow_summary(answered, moved)
+    summary = serving.follow_summary(answered, moved)
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()})  # reported, not asserted

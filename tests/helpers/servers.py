@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from mnist_pipeline.flows.bench_serving import answers, free_port  # noqa: F401 (the tests' too)
+from benchmarks.servers import answers, free_port, stop_group, wait_for  # noqa: F401 (the tests' too)
 
 STARTUP_SECONDS = 120
 
@@ -27,16 +27,6 @@ def postgres_bin(name: str) -> str | None:
 def _as_postgres(command: list[str]) -> list[str]:
     """initdb and postgres refuse to run as root: run them as the `postgres` user then."""
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-
-def wait_for(check, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while not check():
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited: {log.read_text()[-2000:] if log else ''}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not up after {STARTUP_SECONDS} s")
-        time.sleep(0.3)
 
 
 class Postgres:
@@ -143,19 +133,6 @@ class MlflowServer:
     def stop(self) -> None:
         if self.process is not None:
             stop_group(self.process)
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM to a process started with start_new_session=True and all it started; SIGKILL
-    after 30 s."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 class AuthServer(MlflowServer):

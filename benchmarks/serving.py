@@ -13,28 +13,24 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
+import mlflow
 import numpy as np
 import psutil
 
+from benchmarks.servers import answers, server, wait_for
 from mnist_pipeline import names
-from mnist_pipeline.tracking import logged_model, serving_model
+from mnist_pipeline.tracking import logged_model
 
 ONE_IMAGE_REQUESTS = 200
 BATCH_IMAGES, BATCH_REQUESTS = 100, 30
 LOAD_CLIENTS, LOAD_REQUESTS = 8, 2000
-STARTUP_SECONDS = 180  # a server that loads TensorFlow and the model
 FOLLOW_REFRESH_SECONDS = 1.0  # the follow benchmark's --refresh-seconds (the default is 30)
 STEADY_REQUESTS = 200  # answers awaited before each move of the alias and after the last
 SWAPS = 20  # swaps after the follow load test, for the server's memory
@@ -53,22 +49,19 @@ def pyfunc_speed(images: np.ndarray, single: int = 50) -> dict:
     }
 
 
-def server_commands(port: int) -> dict[str, list[str]]:
-    """The two ways to serve the champion over REST, on ``port``."""
-    uri = names.CHAMPION_URI
-    return {
-        "mlflow_serve": ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "--port", str(port)],
-        "pipeline_serve": [sys.executable, "-m", "mnist_pipeline", "serve", "--model-uri", uri, "--port", str(port)],
-    }
+# The two ways to serve the champion over REST (servers.server adds --port).
+SERVERS = {
+    "mlflow_serve": ["mlflow", "models", "serve", "-m", names.CHAMPION_URI, "--env-manager", "local"],
+    "pipeline_serve": [sys.executable, "-m", "mnist_pipeline", "serve", "--model-uri", names.CHAMPION_URI],
+}
 
 
 def rest_speed(images: np.ndarray, env: dict[str, str], load: bool = True) -> dict:
     """Per server: one-image p50 and p95 (ms) and 100-image throughput; then the load test
     against `mnist-pipeline serve` (unless ``load`` is False)."""
     report = {}
-    for name in server_commands(0):
-        port = free_port()
-        with ServerProcess(server_commands(port)[name], port, env) as url:
+    for name, command in SERVERS.items():
+        with server(command, env) as (url, _):
             report |= {f"{name}_{key}": value for key, value in requests_speed(url, images).items()}
             if load and name == "pipeline_serve":
                 report |= {f"load_{key}": value for key, value in load_test(url, images).items()}
@@ -80,20 +73,16 @@ def follow_speed(images: np.ndarray, env: dict[str, str], folder: str) -> dict:
     under the load test while the alias moves to a second good version, back, to it again
     and to a broken version (follow_summary); then SWAPS more swaps, and the server's
     resident memory after the first of them and after the last."""
-    first, second, broken = serving_model.bench_versions(names.MODEL_NAME, names.CHAMPION, folder)
-    move = serving_model.alias_mover(names.MODEL_NAME, names.CHAMPION)
-    port = free_port()
-    command = [*server_commands(port)["pipeline_serve"], "--refresh-seconds", str(FOLLOW_REFRESH_SECONDS)]
-    server = ServerProcess(command, port, env)
-    with server as url:
+    first, second, broken = bench_versions(names.MODEL_NAME, names.CHAMPION, folder)
+    move = alias_mover(names.MODEL_NAME, names.CHAMPION)
+    command = [*SERVERS["pipeline_serve"], "--refresh-seconds", str(FOLLOW_REFRESH_SECONDS)]
+    with server(command, env) as (url, process):
         report = follow_summary(*follow_load(url, images, move, [second, first, second, broken]))
         resident = []
         for swap in range(SWAPS):
             _move_and_wait(url, move, first if swap % 2 == 0 else second)
-            deadline = time.monotonic() + STARTUP_SECONDS
-            while model_state(url)["models_held"] > 1 and time.monotonic() < deadline:  # not yet released
-                time.sleep(0.05)
-            resident.append(psutil.Process(server.process.pid).memory_info().rss / 2**20)
+            wait_for(lambda: model_state(url)["models_held"] <= 1, "the version swapped out released")
+            resident.append(psutil.Process(process.pid).memory_info().rss / 2**20)
     return {f"follow_{key}": value for key, value in report.items()} | {
         "follow_refresh_s": FOLLOW_REFRESH_SECONDS,
         "rss_after_first_swap_mib": resident[0],
@@ -109,35 +98,24 @@ def requests_speed(url: str, images: np.ndarray) -> dict:
     latencies = [_seconds(lambda b=b: post(url, b)) for b in one]
     batched = [_seconds(lambda: post(url, batch)) for _ in range(BATCH_REQUESTS)]
     return {
-        "one_image_p50_ms": 1000 * float(np.percentile(latencies, 50)),
-        "one_image_p95_ms": 1000 * float(np.percentile(latencies, 95)),
+        "one_image_p50_ms": _ms(latencies, 50),
+        "one_image_p95_ms": _ms(latencies, 95),
         "batch_images_per_s": BATCH_IMAGES / statistics.median(batched),
     }
 
 
 def load_test(url: str, images: np.ndarray, clients: int = LOAD_CLIENTS, requests: int = LOAD_REQUESTS) -> dict:
-    """``requests`` one-image requests from ``clients`` threads at once; then /health."""
-    bodies = [_body(images[i % len(images)][None]) for i in range(requests)]
-
-    def timed(body: bytes) -> tuple[float, bool]:
-        start = time.perf_counter()
-        try:
-            post(url, body)
-            return time.perf_counter() - start, True
-        except (OSError, ValueError):
-            return time.perf_counter() - start, False
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(timed, bodies))
-    wall = time.perf_counter() - start
-    latencies = [t for t, ok in results if ok]
+    """``requests`` one-image requests (and those in flight at the last) from ``clients``
+    threads at once; then /health."""
+    answered, _ = follow_load(url, images, None, [], clients, requests)
+    latencies = [end - start for start, end, status, *_ in answered if status == 200]
+    wall = max(end for _, end, *_ in answered) - min(start for start, *_ in answered)
     return {
-        "requests": requests,
+        "requests": len(answered),
         "clients": clients,
-        "errors": sum(not ok for _, ok in results),
-        "p50_ms": 1000 * float(np.percentile(latencies, 50)) if latencies else float("nan"),
-        "p99_ms": 1000 * float(np.percentile(latencies, 99)) if latencies else float("nan"),
+        "errors": len(answered) - len(latencies),
+        "p50_ms": _ms(latencies, 50),
+        "p99_ms": _ms(latencies, 99),
         "requests_per_s": len(latencies) / wall,
         "health_after": answers(f"{url}/health"),
     }
@@ -146,12 +124,12 @@ def load_test(url: str, images: np.ndarray, clients: int = LOAD_CLIENTS, request
 def follow_load(url: str, images: np.ndarray, move, moves, clients: int = LOAD_CLIENTS, requests: int = LOAD_REQUESTS):
     """One-image requests from ``clients`` threads, ``requests`` at least, while ``move(v)``
     points the alias at each version of ``moves`` in turn; after each move, until /model
-    serves it or has refused it; STEADY_REQUESTS answers before each move and after the
-    last. Returns every answer as (start, end, status, X-Model-Version,
+    serves it or has refused it; STEADY_REQUESTS answers (at most ``requests``) before each
+    move and after the last. Returns every answer as (start, end, status, X-Model-Version,
     image index, probabilities or error) and every move as (version, moved at, served or
     refused at, what /model said then), times in seconds of time.perf_counter."""
     answers_, stop, sent = [], threading.Event(), itertools.count()
-    bodies = [_body(images[i][None]) for i in range(len(images))]
+    bodies = [_body(images[i][None]) for i in range(min(len(images), requests))]
 
     def client() -> None:
         while (n := next(sent)) < requests or not stop.is_set():
@@ -164,9 +142,9 @@ def follow_load(url: str, images: np.ndarray, move, moves, clients: int = LOAD_C
     try:
         moved = []
         for version in moves:  # steady state before each move and after the last
-            _answered(answers_, STEADY_REQUESTS, workers)
+            _answered(answers_, min(STEADY_REQUESTS, requests), workers)
             moved.append(_move_and_wait(url, move, version))
-        _answered(answers_, STEADY_REQUESTS, workers)
+        _answered(answers_, min(STEADY_REQUESTS, requests), workers)
     finally:
         stop.set()
         for worker in workers:
@@ -177,8 +155,7 @@ def follow_load(url: str, images: np.ndarray, move, moves, clients: int = LOAD_C
 def _answered(answers_: list, count: int, workers: list) -> None:
     """Until ``count`` more answers have come (or every client has stopped)."""
     target = len(answers_) + count
-    while len(answers_) < target and any(worker.is_alive() for worker in workers):
-        time.sleep(0.01)
+    wait_for(lambda: len(answers_) >= target or not any(w.is_alive() for w in workers), f"{count} answers")
 
 
 def _answer(url: str, body: bytes, index: int) -> tuple:
@@ -197,36 +174,38 @@ def _move_and_wait(url: str, move, version: str) -> tuple:
     """Points the alias at ``version``; waits until /model serves it or reports it refused."""
     moved = time.perf_counter()
     move(version)
-    deadline = moved + STARTUP_SECONDS
-    while time.perf_counter() < deadline:
+
+    def settled() -> dict | None:
         state = model_state(url)
-        if state["version"] == version or (state["refused"] or {}).get("version") == version:
-            return version, moved, time.perf_counter(), state
-        time.sleep(0.05)
-    raise RuntimeError(f"version {version} neither served nor refused {STARTUP_SECONDS} s after the alias moved")
+        return state if version in (state["version"], (state["refused"] or {}).get("version")) else None
+
+    state = wait_for(settled, f"version {version} served or refused after the alias moved")
+    return version, moved, time.perf_counter(), state
 
 
 def follow_summary(answers_: list, moved: list) -> dict:
     """Errors, swap lags (p50, max) and latencies (p50, p99) in steady state and during swaps."""
     lags = [done - start for version, start, done, state in moved if state["version"] == version]
     swapping = [(start, done) for _, start, done, _ in moved]
-    during = [(s, e) for s, e, *_ in answers_ if any(a <= e and s <= b for a, b in swapping)]
-    steady = [(s, e) for s, e, *_ in answers_ if not any(a <= e and s <= b for a, b in swapping)]
-
-    def ms(spans, q) -> float:
-        return 1000 * float(np.percentile([e - s for s, e in spans], q)) if spans else float("nan")
-
+    latencies = {True: [], False: []}  # during a swap or not
+    for s, e, *_ in answers_:
+        latencies[any(a <= e and s <= b for a, b in swapping)].append(e - s)
     return {
         "requests": len(answers_),
         "errors": sum(status != 200 for _, _, status, *_ in answers_),
         "swaps": len(lags),
         "swap_lag_p50_s": float(np.median(lags)) if lags else float("nan"),
         "swap_lag_max_s": max(lags, default=float("nan")),
-        "steady_p50_ms": ms(steady, 50),
-        "steady_p99_ms": ms(steady, 99),
-        "swapping_p50_ms": ms(during, 50),
-        "swapping_p99_ms": ms(during, 99),
+        "steady_p50_ms": _ms(latencies[False], 50),
+        "steady_p99_ms": _ms(latencies[False], 99),
+        "swapping_p50_ms": _ms(latencies[True], 50),
+        "swapping_p99_ms": _ms(latencies[True], 99),
     }
+
+
+def _ms(seconds: list[float], q: float) -> float:
+    """The ``q``th percentile of ``seconds``, in milliseconds (NaN for none)."""
+    return 1000 * float(np.percentile(seconds, q)) if seconds else float("nan")
 
 
 def model_state(url: str) -> dict:
@@ -246,55 +225,31 @@ def _body(images: np.ndarray) -> bytes:
     return json.dumps({"inputs": images.astype(float).tolist()}).encode()
 
 
-class ServerProcess:
-    """A server process (its own process group) for the ``with`` block, its URL as the value."""
-
-    def __init__(self, command: list[str], port: int, env: dict[str, str]):
-        self.command, self.url, self.env = command, f"http://127.0.0.1:{port}", env
-
-    def __enter__(self) -> str:
-        self.process = subprocess.Popen(
-            self.command,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while not answers(f"{self.url}/ping"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError(f"{' '.join(self.command[:4])} did not start: {self.process.stderr.read()[-2000:]}")
-            time.sleep(0.3)
-        return self.url
-
-    def __exit__(self, *exc) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-
-def answers(url: str) -> bool:
-    """True if a GET of ``url`` gives 200."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _seconds(work) -> float:
     start = time.perf_counter()
     work()
     return time.perf_counter() - start
+
+
+def bench_versions(name: str, alias: str, folder: str) -> dict[str, str]:
+    """Versions for the follow test and benchmark, beside ``alias``'s: a second good one (the
+    model of another training run of the champion's experiment) and a broken one (the alias's
+    files with a model.keras that is not one, kept in ``folder``). Version -> run id, in that
+    order, and the alias's first."""
+    client = mlflow.MlflowClient()
+    first = client.get_model_version_by_alias(name, alias)
+    experiment = client.get_run(first.run_id).info.experiment_id
+    runs = client.search_runs([experiment], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+    other = next(r.info.run_id for r in runs if "variant" in r.data.params and r.info.run_id != first.run_id)
+    second = client.create_model_version(name, logged_model.logged_model_uri(other), run_id=other)
+    broken = mlflow.artifacts.download_artifacts(f"models:/{name}/{first.version}", dst_path=folder)
+    with open(f"{broken}/data/model.keras", "wb") as model_file:
+        model_file.write(b"not a Keras file")
+    third = client.create_model_version(name, broken, run_id=first.run_id)
+    return {str(v.version): v.run_id for v in (first, second, third)}
+
+
+def alias_mover(name: str, alias: str):
+    """``move(version)``: points ``alias`` of ``name`` at ``version``, as a release manager would."""
+    client = mlflow.MlflowClient()
+    return lambda version: client.set_registered_model_alias(name, alias, version)

@@ -4,7 +4,7 @@ its knobs, and the roofline.
 Every epoch time is a median over epochs after a warm-up epoch, taken from epoch-end
 timestamps. The roofline is the time of the matrix multiplies and convolutions one epoch
 needs (forward and backward over the training images, forward over the validation
-images) at the rate TensorFlow reaches here for exactly those shapes. flows/bench.py
+images) at the rate TensorFlow reaches here for exactly those shapes. bench.py
 times the tracked pipeline beside these.
 """
 
@@ -87,31 +87,22 @@ def epoch_times(ends: list[float]) -> list[float]:
     return [float(t) for t in intervals]
 
 
-class _EpochEnds(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.ends: list[float] = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.ends.append(time.perf_counter())
-
-
 def keras_fit_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
     """Epoch times (after the warm-up) of the same network as a Keras user trains it:
     compiled with ``RMSprop``, categorical cross-entropy and accuracy, and ``fit``."""
     keras.utils.set_random_seed(cfg.seed)
     (x, y), (xv, yv) = split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
-    ends = _EpochEnds()
+    ends = []
     build_model(cfg, steps_per_epoch=math.ceil(len(x) / cfg.batch_size)).fit(
         x.astype("float32"),
         one_hot(y),
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,
         validation_data=(xv.astype("float32"), one_hot(yv)),
-        callbacks=[ends],
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(time.perf_counter()))],
         verbose=0,
     )
-    return epoch_times(ends.ends)
+    return epoch_times(ends)
 
 
 def loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
@@ -186,7 +177,7 @@ def _plain_forward(layers, rate: float, h, seed=None):
 
 
 def scaling_row(cfg: TrainConfig, mnist: Mnist) -> dict:
-    loop = float(np.median(loop_epochs(cfg, mnist)))
+    loop = median([loop_epochs(cfg, mnist)])
     limit = roofline(cfg, mnist)
     return {
         "hidden_units": ",".join(map(str, cfg.hidden_units)),
@@ -202,17 +193,23 @@ def knob_rows(cfg: TrainConfig, mnist: Mnist, rounds: int = ROUNDS) -> list[dict
     """The loop with RMSprop as TensorFlow's fused kernel and as Keras' own ops, in turns
     for ``rounds`` rounds (the same formula, other float rounding)."""
     settings = {str(on).lower(): dataclasses.replace(cfg, fused_rmsprop=on) for on in (False, True)}
-    epochs = alternate({label: (lambda c=c: loop_epochs(c, mnist)) for label, c in settings.items()}, rounds)
+    turns = alternate({label: (lambda c=c: loop_epochs(c, mnist)) for label, c in settings.items()}, rounds)
     return [
-        {"variant": cfg.variant, "knob": f"fused_rmsprop={label}", "loop_s": float(np.median(epochs[label]))}
-        for label in settings
+        {"variant": cfg.variant, "knob": f"fused_rmsprop={label}", "loop_s": median(turns[label])} for label in settings
     ]
 
 
-def alternate(trainings: dict, rounds: int) -> dict[str, list]:
-    """Each training's epoch times, the trainings taking turns for ``rounds`` rounds."""
-    epochs = {label: [] for label in trainings}
-    for _ in range(rounds):
-        for label, timed in trainings.items():
-            epochs[label] += timed()
-    return epochs
+def alternate(trainings: dict, rounds: int, mirrored: bool = False) -> dict[str, list]:
+    """What each training returned in each round, the trainings taking turns for ``rounds``
+    rounds; ``mirrored``: every other round in reverse order (A B, then B A), so that a drift
+    of the host falls on all alike."""
+    results = {label: [] for label in trainings}
+    for round_ in range(rounds):
+        for label in reversed(trainings) if mirrored and round_ % 2 else trainings:
+            results[label].append(trainings[label]())
+    return results
+
+
+def median(rounds: list[list[float]]) -> float:
+    """The median of every timed epoch of every round."""
+    return float(np.median([seconds for epochs in rounds for seconds in epochs]))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mnist_pipeline.core import speed
+from benchmarks import speed
 from mnist_pipeline.core.macs import layer_macs, linear_layers, training_macs
 
 
@@ -75,3 +75,11 @@ def _conv_output_and_kernel(op):
         "Conv2DBackpropFilter": lambda: (op.inputs[2], op.outputs[0]),
         "Conv2DBackpropInput": lambda: (op.inputs[2], op.inputs[1]),
     }[op.type]()
+
+
+def test_the_plain_loop_is_a_dense_network_s_reference():
+    from mnist_pipeline.core.config import resolve
+
+    assert speed.has_plain_loop(resolve("final")) and not speed.has_plain_loop(resolve("convnet"))
+    with pytest.raises(ValueError, match="convnet: the plain loop is a dense network's"):
+        speed.plain_loop_epochs(resolve("convnet"), None)
