@@ -10,7 +10,6 @@ EDIT, MANAGE; DENY refuses everything. What each call needs is measured in docs/
 
 from __future__ import annotations
 
-import re
 import sys
 
 import mlflow
@@ -20,7 +19,7 @@ from mlflow.utils.rest_utils import http_request
 
 from mnist_pipeline.core.errors import UserError, first_line
 from mnist_pipeline.core.secrets import mask_url, redact
-from mnist_pipeline.tracking import store
+from mnist_pipeline.tracking import model_uris, store
 from mnist_pipeline.tracking.store import user
 
 LEVELS = {"DENY": -1, "NO_PERMISSIONS": 0, "READ": 1, "USE": 2, "EDIT": 3, "MANAGE": 4}
@@ -176,19 +175,12 @@ def note_registration_refusal(model_name: str, command: str, kept: str) -> None:
         print(f"note: {refused}; {kept} for a release manager", file=sys.stderr)
 
 
-def model_name_of(model_uri: str) -> str | None:
-    """The registered model a models:/ URI names; None for any other URI."""
-    if not model_uri.startswith("models:/"):
-        return None
-    rest = model_uri.removeprefix("models:/")
-    return rest.split("@")[0].split("/")[0] or None
-
-
 def require_model_read(model_uri: str, command: str) -> None:
-    """Before ``command`` loads ``model_uri``: AccessError unless this user may read its model."""
-    name = model_name_of(model_uri)
-    if name is not None and not re.fullmatch(r"m-[0-9a-f]{32}", name):  # models:/m-<id>: a logged model
-        require(command, "read", model(name), READ_NEEDS)
+    """Before ``command`` loads ``model_uri``: AccessError unless this user may read the
+    registered model it names (a logged model, ``models:/m-<id>``, belongs to no registered model)."""
+    named = model_uris.parse(model_uri)
+    if named:
+        require(command, "read", model(named[0]), READ_NEEDS)
 
 
 def is_refusal(err: BaseException) -> bool:

@@ -41,7 +41,7 @@ from mnist_pipeline.names import (
     TAG_STOPPED,
     TAG_VARIANT,
 )
-from mnist_pipeline.tracking import logged_model, promotions, readback, store
+from mnist_pipeline.tracking import logged_model, model_uris, promotions, readback, store
 
 _ALIAS_ROUNDS = 6  # re-checks of the champion alias against concurrent registrations
 _CONFIRM_SECONDS = 0.2  # after taking the alias, look again this much later
@@ -216,14 +216,11 @@ def tag_version(version: ModelVersion, key: str, value: str) -> None:
 
 def version_of(model_uri: str) -> ModelVersion:
     """The registered version ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` names."""
+    name, alias, number = model_uris.parse(model_uri) or (None, None, None)
     client, allowed = mlflow.MlflowClient(), "a registered version, models:/<name>@<alias> or models:/<name>/<version>"
-    name, _, rest = model_uri.removeprefix("models:/").partition("@")
     try:
-        if model_uri.startswith("models:/") and rest:
-            return client.get_model_version_by_alias(name, rest)
-        name, _, number = model_uri.removeprefix("models:/").partition("/")
-        if model_uri.startswith("models:/") and number.isdigit():
-            return client.get_model_version(name, number)
+        if alias or number:
+            return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
     except MlflowException as err:
         raise RegistryError(f"model_uri={model_uri!r} is not allowed: {first_line(err)}") from None
     raise RegistryError(f"model_uri={model_uri!r} is not allowed: {allowed}")
