@@ -218,19 +218,10 @@ def _register(best, model_name: str, chosen_from: str, parent_id: str, gates: pr
         raise RegistrationError(f"{refused}; the trials are kept: a release manager can {again}")
     try:
         registration = registry.register_run(best, model_name, chosen_from, gates)
-        promotions.log_decision(registration, model_name, parent_id)
     except Exception as err:  # the store's errors come in many types
         raise RegistrationError(
             f"registering the best trial's run {best.info.run_id} failed ({access.explain(err, model_name, 'sweep')}); "
             f"the trials are kept: {again}"
         ) from None
-    version = registration.version
-    print(f"{model_name} version {version.version} (run {best.info.run_id}): {registration.reason}")
-    runs.set_run_tags(
-        parent_id,
-        {
-            names.TAG_REGISTERED_MODEL: model_name,
-            names.TAG_REGISTERED_VERSION: version.version,
-            names.TAG_CHAMPION_DECISION: registration.reason,
-        },
-    )
+    print(f"{model_name} version {registration.version.version} (run {best.info.run_id}): {registration.reason}")
+    promotions.log_decision(registration, model_name, parent_id)

@@ -1,6 +1,6 @@
 """The promotion gates' side that reads and writes the store: the evidence for a version
-(its training run and the other seeds of its configuration) and the decision's row in the
-deciding run's registry/decisions.csv. The rule itself is core/promotion.py."""
+(its training run and the other seeds of its configuration), and the decision on the run
+that took it: a row of its registry/decisions.csv and the registration's tags. The rule itself is core/promotion.py."""
 
 from __future__ import annotations
 
@@ -8,27 +8,30 @@ import sys
 
 import mlflow
 import pandas as pd
+from mlflow.entities import RunTag
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 
 from mnist_pipeline.core import promotion
 from mnist_pipeline.core.errors import UserError
-from mnist_pipeline.names import DECISIONS, VAL_RECALL
+from mnist_pipeline.names import (
+    DECISIONS,
+    TAG_CHAMPION_DECISION,
+    TAG_REGISTERED_MODEL,
+    TAG_REGISTERED_VERSION,
+    VAL_RECALL,
+)
 from mnist_pipeline.tracking import readback
 
 
-def evidence(client, version: ModelVersion) -> promotion.Evidence:
+def evidence(version: ModelVersion) -> promotion.Evidence:
     """The last-epoch validation scores of the version's training run and of the other
     seeds of its configuration in the store."""
-    run_id = version.tags.get("run_id") or version.run_id
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        run = None
-    if run is None or "val_accuracy" not in run.data.metrics:
+    cannot = ", so the promotion gates cannot compare with it (move the champion alias by hand)"
+    run = readback.training_run_of(version, cannot)
+    if "val_accuracy" not in run.data.metrics:
         raise UserError(
-            f"{version.name} version {version.version}: its training run {run_id} has no val_accuracy "
-            "in this store, so the promotion gates cannot compare with it (move the champion alias by hand)"
+            f"{version.name} version {version.version}: its training run {run.info.run_id} has no val_accuracy "
+            f"in this store{cannot}"
         )
     runs = readback.seed_runs(run)
     recall_keys = [VAL_RECALL.format(digit=d) for d in range(10)]
@@ -67,10 +70,18 @@ def decision_row(registration, model_name: str) -> dict:
 
 
 def log_decision(registration, model_name: str, run_id: str) -> None:
-    """The decision as registry/decisions.csv (one row) on the run that took it. Best effort:
-    the decision stands (the alias and the version's tag are written) if this fails."""
+    """The decision on the run that took it: registry/decisions.csv (one row), then the
+    registered model, its version and the decision as tags. The table is best effort: the
+    decision stands (the alias and the version's tag are written) if it fails."""
     table = pd.DataFrame([decision_row(registration, model_name)])
+    client = mlflow.MlflowClient()
     try:
-        mlflow.MlflowClient().log_text(run_id, table.to_csv(index=False), DECISIONS)
+        client.log_text(run_id, table.to_csv(index=False), DECISIONS)
     except Exception as err:  # the store's errors come in many types
         print(f"warning: {DECISIONS} could not be logged on run {run_id}: {type(err).__name__}", file=sys.stderr)
+    tags = {
+        TAG_REGISTERED_MODEL: model_name,
+        TAG_REGISTERED_VERSION: registration.version.version,
+        TAG_CHAMPION_DECISION: registration.reason,
+    }
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
 from mnist_pipeline import names
+from mnist_pipeline.core.errors import UserError
 from mnist_pipeline.core.variants import VARIANTS
 
 
@@ -23,17 +26,16 @@ class ChildRun:
     reused: bool
 
 
-def training_run_of(version):
-    """The training run a registered version came from; UserError if the store lacks it."""
-    from mlflow.exceptions import MlflowException
-
-    from mnist_pipeline.core.errors import UserError
-
+def training_run_of(version, then: str = "") -> Run:
+    """The training run a registered version came from; UserError if the store lacks it, its
+    line ending with ``then`` (what that stops)."""
     run_id = version.tags.get("run_id") or version.run_id
     try:
         return mlflow.MlflowClient().get_run(run_id)
     except MlflowException:
-        raise UserError(f"{version.name} version {version.version}: its run {run_id} is not in this store") from None
+        raise UserError(
+            f"{version.name} version {version.version}: its training run {run_id} is not in this store{then}"
+        ) from None
 
 
 def metrics_of(run_id: str) -> dict[str, float]:

@@ -35,8 +35,6 @@ from mnist_pipeline.names import (
     TAG_CHAMPION_DECISION,
     TAG_CHILDREN,
     TAG_DATA_DIGEST,
-    TAG_REGISTERED_MODEL,
-    TAG_REGISTERED_VERSION,
     TAG_ROLE,
     TAG_STOPPED,
     TAG_VARIANT,
@@ -113,14 +111,7 @@ def register_best(
     variant = run.data.tags.get(TAG_VARIANT)
     print(f"{model_name} version {version.version} ({variant}): {registration.reason}")
     if mlflow.active_run():
-        promotions.log_decision(registration, model_name, mlflow.active_run().info.run_id)  # best effort
-        mlflow.set_tags(
-            {
-                TAG_REGISTERED_MODEL: model_name,
-                TAG_REGISTERED_VERSION: version.version,
-                TAG_CHAMPION_DECISION: registration.reason,
-            }
-        )
+        promotions.log_decision(registration, model_name, mlflow.active_run().info.run_id)
     return registration
 
 
@@ -259,8 +250,8 @@ def _settle_champion(
         if holder in compared:  # lost to it already
             break
         compared.add(holder)
-        challenger = challenger or promotions.evidence(client, version)  # the same in every round
-        this = promotion.decide(challenger, promotions.evidence(client, current) if current else None, gates)
+        challenger = challenger or promotions.evidence(version)  # the same in every round
+        this = promotion.decide(challenger, promotions.evidence(current) if current else None, gates)
         if decision is None:
             decision, versus = this, holder
         if not this.promote:
