@@ -19,11 +19,11 @@ import psutil
 from mnist_pipeline import names
 from mnist_pipeline.core import console, plots, promotion
 from mnist_pipeline.core.config import TrainConfig
-from mnist_pipeline.core.data import Mnist, load_for
+from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.errors import RegistrationError
 from mnist_pipeline.core.params import MainParams
 from mnist_pipeline.core.phases import Phases
-from mnist_pipeline.tracking import access, liveness, readback, registry, runs, store, trainers
+from mnist_pipeline.tracking import access, readback, registry, runs, store, trainers
 
 
 def run(params: MainParams) -> pd.DataFrame:
@@ -33,11 +33,8 @@ def run(params: MainParams) -> pd.DataFrame:
     with phases("data and store checks"):
         configs = params.configs()
         trainers.prepare(len(configs), params.workers)
-        data = load_for(params.data_dir, [cfg.validation_split for cfg in configs])
-        store.check_tracking_store()
-        access.require_runs("main")  # refused before any training
-        access.note_registration_refusal(params.model_name, "main", "the runs are trained and kept")
-        liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
+        splits, kept = [cfg.validation_split for cfg in configs], "the runs are trained and kept"
+        data = runs.preflight("main", params.data_dir, splits, params.model_name, kept)
     return compare(configs, data, params.force, params.model_name, phases, params.gates(), params.workers)
 
 

@@ -16,20 +16,16 @@ import pandas as pd
 
 from mnist_pipeline import names
 from mnist_pipeline.core import plots, seeds
-from mnist_pipeline.core.data import load_for
 from mnist_pipeline.core.params import ReproduceParams
 from mnist_pipeline.core.variants import VARIANTS
-from mnist_pipeline.tracking import access, liveness, readback, runs, store, trainers
+from mnist_pipeline.tracking import readback, runs, trainers
 
 
 def run(params: ReproduceParams) -> pd.DataFrame:
     """Returns the seed table."""
     configs = params.configs()
     trainers.prepare(len(configs), params.workers)
-    data = load_for(params.data_dir, [cfg.validation_split for cfg in configs])
-    store.check_tracking_store()
-    access.require_runs("reproduce")  # refused before any training
-    liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
+    data = runs.preflight("reproduce", params.data_dir, [cfg.validation_split for cfg in configs])
     variants = list(dict.fromkeys(c.variant for c in configs))
     with runs.ended_run(
         run_name="reproduce", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: names.ROLE_REPRODUCE}

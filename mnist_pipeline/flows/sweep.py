@@ -48,12 +48,12 @@ from optuna.trial import TrialState
 from mnist_pipeline import names
 from mnist_pipeline.core import promotion
 from mnist_pipeline.core.config import TrainConfig, resolve
-from mnist_pipeline.core.data import Mnist, load_for
+from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.errors import RegistrationError
 from mnist_pipeline.core.params import SweepParams
 from mnist_pipeline.flows import study as studies
 from mnist_pipeline.flows.study import PARAMS, VARIANT, SearchSpace
-from mnist_pipeline.tracking import access, liveness, promotions, readback, registry, runs, store
+from mnist_pipeline.tracking import access, liveness, promotions, readback, registry, runs
 
 
 class OverBudget(Exception):
@@ -71,11 +71,10 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
     it holds ``params.n_trials`` or ``params.timeout`` passes, then log the trials table and
     register the best COMPLETE trial. Returns the parent run id. ``space`` and ``pruner``
     default to study.SEARCH_SPACE and study.median_pruner()."""
-    data = load_for(params.data_dir, [resolve(VARIANT, {"seed": params.training_seed}).validation_split])
-    store.check_tracking_store()
-    access.require_runs("sweep")  # refused before the study opens
-    # known now; said again, with what to do, once the trials are done
-    access.note_registration_refusal(params.model_name, "sweep", "the trials are run and kept")
+    splits = [resolve(VARIANT, {"seed": params.training_seed}).validation_split]
+    # a refusal to register is noted now, and said again with what to do once the trials are done
+    kept = "the trials are run and kept"
+    data = runs.preflight("sweep", params.data_dir, splits, params.model_name, kept, ends_dead_runs=False)
     space = space or studies.SEARCH_SPACE
     worker = f"{socket.gethostname()}:{os.getpid()}"
     project_run = runs.detach_project_run()  # `mlflow run -e sweep`'s own run stays beside
