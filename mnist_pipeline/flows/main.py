@@ -73,15 +73,10 @@ def compare(
     if failure:  # raised only now: training and comparison are complete, the parent FINISHED
         run_id = parent.info.run_id
         kept = f"the training runs and main run {run_id} are FINISHED and kept"
+        retry = f"`mlflow run . -e register -P run_id={run_id}`"
         if isinstance(failure, access.Refusal):  # a release manager registers it
-            raise RegistrationError(
-                f"{failure}; {kept}: a release manager registers its best with "
-                f"`mlflow run . -e register -P run_id={run_id}`"
-            )
-        raise RegistrationError(
-            f"registering the best run failed ({failure}); {kept}: retry with "
-            f"`mlflow run . -e register -P run_id={run_id}`"
-        )
+            raise RegistrationError(f"{failure}; {kept}: a release manager registers its best with {retry}")
+        raise RegistrationError(f"registering the best run failed ({failure}); {kept}: retry with {retry}")
     return table
 
 

@@ -83,11 +83,11 @@ def model(name: str) -> tuple[str, str, str]:
     return "registered_model", name, repr(name)
 
 
-def refusal(command: str, action: str, resource: tuple[str, str, str], needed: str) -> Refusal:
+def refusal(command: str, action: str, resource: tuple[str, str, str], needed: str, held: str = "") -> Refusal:
     """One line: who, what was refused on which resource for which command, the permission it
-    needs, what the user holds, who grants it."""
+    needs, what the user holds (``held``, else the server says), who grants it."""
     resource_type, resource_id, label = resource
-    held, kind = permission(resource_type, resource_id) or "no permission", _KIND[resource_type]
+    held, kind = held or permission(resource_type, resource_id) or "no permission", _KIND[resource_type]
     return Refusal(
         f"{_who()} may not {action} {kind} {label} for `{command}`: that needs {needed} on it and "
         f"{user()} has {held}; the server's admin or a user with MANAGE on the {kind} grants it with {TEAM_HINT}"
@@ -114,8 +114,7 @@ def experiment(command: str, experiment_id: str | None = None) -> tuple[str | No
         if not is_refusal(err):
             raise
         raise AccessError(
-            f"{_who()} may not read experiment {name!r} for `{command}`: that needs EDIT on it and {user()} "
-            f"has NO_PERMISSIONS; the server's admin or a user with MANAGE on the experiment grants it with {TEAM_HINT}"
+            refusal(command, "read", ("experiment", "", repr(name)), RUNS_NEED, "NO_PERMISSIONS")
         ) from None
     return (found.experiment_id if found else None), f"{name!r}"
 

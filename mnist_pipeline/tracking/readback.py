@@ -114,11 +114,22 @@ def confusion_counts(run_id: str) -> np.ndarray | None:
     return pd.read_csv(io.StringIO(text), index_col="true_digit").to_numpy()
 
 
+def runs_tagged(tags: dict[str, str], status: str = "", everywhere: bool = False, max_results: int = 100_000) -> list:
+    """Runs with ``tags`` (and ``status``), newest first, in the active experiment (``everywhere``:
+    in every experiment this user may read)."""
+    filters = [f"tags.{k} = '{v}'" for k, v in tags.items()] + ([f"attributes.status = '{status}'"] if status else [])
+    return mlflow.search_runs(
+        filter_string=" and ".join(filters),
+        search_all_experiments=everywhere,
+        order_by=["attributes.start_time DESC"],
+        max_results=max_results,
+        output_format="list",
+    )
+
+
 def child_runs(parent_id: str, tags: dict[str, str] | None = None, status: str = "") -> list:
     """Runs of the active experiment under ``parent_id`` with ``tags`` (and ``status``)."""
-    filters = [f"tags.{names.TAG_PARENT_RUN} = '{parent_id}'"] + [f"tags.{k} = '{v}'" for k, v in (tags or {}).items()]
-    filters += [f"attributes.status = '{status}'"] if status else []
-    return mlflow.search_runs(filter_string=" and ".join(filters), output_format="list")
+    return runs_tagged({names.TAG_PARENT_RUN: parent_id, **(tags or {})}, status)
 
 
 @dataclass(frozen=True)
@@ -160,12 +171,7 @@ def seed_runs(run) -> list:
     if not key:
         return runs
     seeds = {run.data.params.get("seed")}
-    found = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.{names.TAG_CONFIG_KEY} = '{key}' and attributes.status = 'FINISHED'",
-        output_format="list",
-    )
-    for other in found:
+    for other in runs_tagged({names.TAG_CONFIG_KEY: key}, "FINISHED", everywhere=True):
         seed = other.data.params.get("seed")
         if seed not in seeds and names.TAG_STOPPED not in other.data.tags and "val_accuracy" in other.data.metrics:
             seeds.add(seed)

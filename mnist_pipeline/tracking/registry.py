@@ -80,12 +80,7 @@ def best_run(run_ids: list[str]) -> Run:
 def children_of(parent_run_id: str | None) -> tuple[str, dict[str, str]]:
     """(parent id, {variant: training run id}) of a `main` run; the latest one if no id."""
     if not parent_run_id:
-        parents = mlflow.search_runs(
-            filter_string=f"tags.{TAG_ROLE} = '{ROLE_MAIN}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-            output_format="list",
-        )
+        parents = readback.runs_tagged({TAG_ROLE: ROLE_MAIN}, "FINISHED", max_results=1)
         if not parents:
             raise RegistryError("no FINISHED main run in this experiment: run `mlflow run .` first")
         parent = parents[0]
@@ -134,9 +129,9 @@ def _description(run: Run, chosen_from: str) -> str:
     )
 
 
-def _attach_card(client, run: Run, version: ModelVersion, chosen_from: str) -> str:
+def _attach_card(client, run: Run, version: ModelVersion, chosen_from: str) -> None:
     """Log the version's model card on its training run, link it from a version tag and
-    the description; returns the card's runs:/ URI."""
+    the version's description."""
     description = _description(run, chosen_from)
     card = model_card.build(
         model_name=version.name,
@@ -153,7 +148,6 @@ def _attach_card(client, run: Run, version: ModelVersion, chosen_from: str) -> s
     uri = f"runs:/{run.info.run_id}/{path}"
     client.set_model_version_tag(version.name, version.version, MODEL_CARD_TAG, uri)
     client.update_model_version(version.name, version.version, f"{description} Model card: {uri}")
-    return uri
 
 
 def register_run(
@@ -181,7 +175,6 @@ def register_run(
             client.delete_model_version(model_name, version.version)
             version, created = first, False
         else:
-            client.update_model_version(model_name, version.version, _description(run, chosen_from))
             _attach_card(client, run, version, chosen_from)
             _set_alias(client, model_name, CHALLENGER, version.version)
             created = True
