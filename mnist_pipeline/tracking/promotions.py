@@ -1,26 +1,19 @@
 """The promotion gates' side that reads and writes the store: the evidence for a version
 (its training run and the other seeds of its configuration), and the decision on the run
-that took it: a row of its registry/decisions.csv and the registration's tags. The rule itself is core/promotion.py."""
+that took it (a row of its registry/decisions.csv, the registration's tags). The rule itself
+is core/promotion.py."""
 
 from __future__ import annotations
 
 import sys
 
-import mlflow
 import pandas as pd
-from mlflow.entities import RunTag
 from mlflow.entities.model_registry import ModelVersion
 
+from mnist_pipeline import names
 from mnist_pipeline.core import promotion
 from mnist_pipeline.core.errors import UserError
-from mnist_pipeline.names import (
-    DECISIONS,
-    TAG_CHAMPION_DECISION,
-    TAG_REGISTERED_MODEL,
-    TAG_REGISTERED_VERSION,
-    VAL_RECALL,
-)
-from mnist_pipeline.tracking import readback
+from mnist_pipeline.tracking import readback, runs
 
 
 def evidence(version: ModelVersion) -> promotion.Evidence:
@@ -33,16 +26,16 @@ def evidence(version: ModelVersion) -> promotion.Evidence:
             f"{version.name} version {version.version}: its training run {run.info.run_id} has no val_accuracy "
             f"in this store{cannot}"
         )
-    runs = readback.seed_runs(run)
-    recall_keys = [VAL_RECALL.format(digit=d) for d in range(10)]
+    seeds = readback.seed_runs(run)
+    recall_keys = [names.VAL_RECALL.format(digit=d) for d in range(10)]
 
     def has_recalls(r) -> bool:
         return all(k in r.data.metrics for k in recall_keys)
 
-    with_recalls = [r for r in runs if has_recalls(r)] if has_recalls(run) else []  # the version's own first
+    with_recalls = [r for r in seeds if has_recalls(r)] if has_recalls(run) else []  # the version's own first
     return promotion.Evidence(
         version=str(version.version),
-        accuracies=tuple(r.data.metrics["val_accuracy"] for r in runs),
+        accuracies=tuple(r.data.metrics["val_accuracy"] for r in seeds),
         recalls=tuple(tuple(r.data.metrics[k] for k in recall_keys) for r in with_recalls),
     )
 
@@ -74,14 +67,13 @@ def log_decision(registration, model_name: str, run_id: str) -> None:
     registered model, its version and the decision as tags. The table is best effort: the
     decision stands (the alias and the version's tag are written) if it fails."""
     table = pd.DataFrame([decision_row(registration, model_name)])
-    client = mlflow.MlflowClient()
     try:
-        client.log_text(run_id, table.to_csv(index=False), DECISIONS)
+        runs.log_text(table.to_csv(index=False), names.DECISIONS, run_id)
     except Exception as err:  # the store's errors come in many types
-        print(f"warning: {DECISIONS} could not be logged on run {run_id}: {type(err).__name__}", file=sys.stderr)
+        print(f"warning: {names.DECISIONS} could not be logged on run {run_id}: {type(err).__name__}", file=sys.stderr)
     tags = {
-        TAG_REGISTERED_MODEL: model_name,
-        TAG_REGISTERED_VERSION: registration.version.version,
-        TAG_CHAMPION_DECISION: registration.reason,
+        names.TAG_REGISTERED_MODEL: model_name,
+        names.TAG_REGISTERED_VERSION: registration.version.version,
+        names.TAG_CHAMPION_DECISION: registration.reason,
     }
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    runs.set_run_tags(run_id, tags)

@@ -118,21 +118,17 @@ def _existing_version(client, model_name: str, run_id: str) -> ModelVersion | No
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def _description(run: Run, chosen_from: str) -> str:
+def _attach_card(client, run: Run, version: ModelVersion, chosen_from: str) -> None:
+    """The version's description, and its model card logged on its training run and linked
+    from a version tag and from the description."""
     m, tags = run.data.metrics, run.data.tags
-    return (
+    description = (
         f"MNIST digit classifier, variant `{tags.get('variant')}` ({tags.get('description')}). "
         f"Chosen from {chosen_from} as the run with the highest last-epoch validation accuracy "
         f"({m['val_accuracy']:.4f}); test accuracy {m['test_accuracy']:.4f} is reported, not "
         "used to choose. Input: raw pixels 0-255, float32, shape (n, 28, 28); output: 10 "
         f"class probabilities. Training run {run.info.run_id}."
     )
-
-
-def _attach_card(client, run: Run, version: ModelVersion, chosen_from: str) -> None:
-    """Log the version's model card on its training run, link it from a version tag and
-    the version's description."""
-    description = _description(run, chosen_from)
     card = model_card.build(
         model_name=version.name,
         version=str(version.version),

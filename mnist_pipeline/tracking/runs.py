@@ -163,10 +163,8 @@ def tag_last_run(expected: dict[str, str], tags: dict[str, str]) -> None:
 
 
 def log_text(text: str, path: str, run_id: str | None = None) -> None:
-    if run_id is None:
-        mlflow.log_text(text, path)
-    else:
-        mlflow.MlflowClient().log_text(run_id, text, path)
+    """``text`` as an artifact of ``run_id``, else of the active run."""
+    mlflow.MlflowClient().log_text(run_id or mlflow.active_run().info.run_id, text, path)
 
 
 def log_dict(values: dict, path: str, run_id: str) -> None:
