@@ -53,11 +53,8 @@ def compare(
     retry. ``phases`` (those before) gets this command's phases, logged on the parent run."""
     phases = phases or Phases()
     failure = None
-    with runs.ended_run(
-        run_name="main", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: names.ROLE_MAIN}
-    ) as parent:
-        runs.log_missing_params({"variants": ",".join(c.variant for c in configs), "force": str(force).lower()})
-        runs.set_tags({names.TAG_DATA_SOURCE: data.source})
+    logged = {"variants": ",".join(c.variant for c in configs), "force": str(force).lower()}
+    with runs.parent_run(names.ROLE_MAIN, data, logged) as parent:
         with phases("variants"):
             children = trainers.train_or_reuse(configs, data, force, workers)
         runs.set_tags({f"{names.TAG_REUSED}.{c.variant}": c.run_id for c in children if c.reused})

@@ -27,17 +27,9 @@ def run(params: ReproduceParams) -> pd.DataFrame:
     trainers.prepare(len(configs), params.workers)
     data = runs.preflight("reproduce", params.data_dir, [cfg.validation_split for cfg in configs])
     variants = list(dict.fromkeys(c.variant for c in configs))
-    with runs.ended_run(
-        run_name="reproduce", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: names.ROLE_REPRODUCE}
-    ):
-        runs.log_missing_params(
-            {
-                "variants": ",".join(variants),
-                "seeds": ",".join(map(str, sorted({c.seed for c in configs}))),
-                "force": str(params.force).lower(),
-            }
-        )
-        runs.set_tags({names.TAG_DATA_SOURCE: data.source})
+    seed_list = ",".join(map(str, sorted({c.seed for c in configs})))
+    logged = {"variants": ",".join(variants), "seeds": seed_list, "force": str(params.force).lower()}
+    with runs.parent_run(names.ROLE_REPRODUCE, data, logged):
         children = trainers.train_or_reuse(configs, data, params.force, params.workers)
         results = readback.seed_results([c.seed for c in configs], children)
         by_variant = {v: list(results.loc[results["variant"] == v, "run_id"]) for v in variants}

@@ -164,16 +164,24 @@ def phases_of_last_main() -> list[RunPhases]:
     return result
 
 
+def completed(run: Run) -> bool:
+    """Whether a training run ran to its end: FINISHED, not stopped early (a pruned trial has
+    no test scores, no model), with its validation scores."""
+    return (
+        run.info.status == "FINISHED" and names.TAG_STOPPED not in run.data.tags and "val_accuracy" in run.data.metrics
+    )
+
+
 def seed_runs(run) -> list:
     """``run`` and the other seeds of its configuration in the store (same config key,
-    FINISHED, not stopped early, with a val_accuracy): one run per seed, ``run`` first."""
+    completed): one run per seed, ``run`` first."""
     runs, key = [run], run.data.tags.get(names.TAG_CONFIG_KEY)
     if not key:
         return runs
     seeds = {run.data.params.get("seed")}
     for other in runs_tagged({names.TAG_CONFIG_KEY: key}, "FINISHED", everywhere=True):
         seed = other.data.params.get("seed")
-        if seed not in seeds and names.TAG_STOPPED not in other.data.tags and "val_accuracy" in other.data.metrics:
+        if seed not in seeds and completed(other):
             seeds.add(seed)
             runs.append(other)
     return runs

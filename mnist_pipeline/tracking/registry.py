@@ -36,7 +36,6 @@ from mnist_pipeline.names import (
     TAG_CHILDREN,
     TAG_DATA_DIGEST,
     TAG_ROLE,
-    TAG_STOPPED,
     TAG_VARIANT,
 )
 from mnist_pipeline.tracking import logged_model, model_uris, promotions, readback, store
@@ -66,12 +65,7 @@ def selection_key(run: Run) -> tuple[float, float]:
 
 
 def best_run(run_ids: list[str]) -> Run:
-    runs = [mlflow.get_run(run_id) for run_id in run_ids]
-    finished = [
-        r
-        for r in runs
-        if r.info.status == "FINISHED" and "val_accuracy" in r.data.metrics and TAG_STOPPED not in r.data.tags
-    ]  # a pruned trial has no test scores, no model
+    finished = [run for run in map(mlflow.get_run, run_ids) if readback.completed(run)]
     if not finished:
         raise RegistryError(f"none of the runs {', '.join(run_ids)} is a FINISHED training run")
     return max(finished, key=selection_key)

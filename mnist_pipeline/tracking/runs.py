@@ -15,6 +15,7 @@ import mlflow
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 
+from mnist_pipeline import names
 from mnist_pipeline.core import interrupts
 from mnist_pipeline.core.data import Mnist, load_for
 from mnist_pipeline.core.errors import UserError
@@ -74,6 +75,16 @@ def ended_run(**start_run_kwargs):
         ended = _end(run.info.run_id, status)
     if refused is not None:
         raise access.AccessError(access.refused_during(refused, run.info.run_id, ended))
+
+
+@contextlib.contextmanager
+def parent_run(role: str, data: Mnist, params: dict[str, str]):
+    """An ended_run whose trainings are its children (main, reproduce), named after its ``role``:
+    tagged with the data's digest and source, ``params`` logged unless `mlflow run` logged them."""
+    with ended_run(run_name=role, tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: role}) as run:
+        log_missing_params(params)
+        set_tags({names.TAG_DATA_SOURCE: data.source})
+        yield run
 
 
 def _end(run_id: str, status: str) -> bool:
