@@ -19,11 +19,11 @@ import psutil
 from mnist_pipeline import names
 from mnist_pipeline.core import console, plots, promotion
 from mnist_pipeline.core.config import TrainConfig
-from mnist_pipeline.core.data import Mnist, load_for
+from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.errors import RegistrationError
 from mnist_pipeline.core.params import MainParams
 from mnist_pipeline.core.phases import Phases
-from mnist_pipeline.tracking import access, liveness, readback, registry, runs, store, trainers
+from mnist_pipeline.tracking import access, readback, registry, runs, store, trainers
 
 
 def run(params: MainParams) -> pd.DataFrame:
@@ -33,11 +33,8 @@ def run(params: MainParams) -> pd.DataFrame:
     with phases("data and store checks"):
         configs = params.configs()
         trainers.prepare(len(configs), params.workers)
-        data = load_for(params.data_dir, [cfg.validation_split for cfg in configs])
-        store.check_tracking_store()
-        access.require_runs("main")  # refused before any training
-        access.note_registration_refusal(params.model_name, "main", "the runs are trained and kept")
-        liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
+        splits, kept = [cfg.validation_split for cfg in configs], "the runs are trained and kept"
+        data = runs.preflight("main", params.data_dir, splits, params.model_name, kept)
     return compare(configs, data, params.force, params.model_name, phases, params.gates(), params.workers)
 
 
@@ -56,11 +53,8 @@ def compare(
     retry. ``phases`` (those before) gets this command's phases, logged on the parent run."""
     phases = phases or Phases()
     failure = None
-    with runs.ended_run(
-        run_name="main", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: names.ROLE_MAIN}
-    ) as parent:
-        runs.log_missing_params({"variants": ",".join(c.variant for c in configs), "force": str(force).lower()})
-        runs.set_tags({names.TAG_DATA_SOURCE: data.source})
+    logged = {"variants": ",".join(c.variant for c in configs), "force": str(force).lower()}
+    with runs.parent_run(names.ROLE_MAIN, data, logged) as parent:
         with phases("variants"):
             children = trainers.train_or_reuse(configs, data, force, workers)
         runs.set_tags({f"{names.TAG_REUSED}.{c.variant}": c.run_id for c in children if c.reused})
@@ -76,15 +70,10 @@ def compare(
     if failure:  # raised only now: training and comparison are complete, the parent FINISHED
         run_id = parent.info.run_id
         kept = f"the training runs and main run {run_id} are FINISHED and kept"
+        retry = f"`mlflow run . -e register -P run_id={run_id}`"
         if isinstance(failure, access.Refusal):  # a release manager registers it
-            raise RegistrationError(
-                f"{failure}; {kept}: a release manager registers its best with "
-                f"`mlflow run . -e register -P run_id={run_id}`"
-            )
-        raise RegistrationError(
-            f"registering the best run failed ({failure}); {kept}: retry with "
-            f"`mlflow run . -e register -P run_id={run_id}`"
-        )
+            raise RegistrationError(f"{failure}; {kept}: a release manager registers its best with {retry}")
+        raise RegistrationError(f"registering the best run failed ({failure}); {kept}: retry with {retry}")
     return table
 
 

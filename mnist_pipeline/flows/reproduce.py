@@ -16,32 +16,20 @@ import pandas as pd
 
 from mnist_pipeline import names
 from mnist_pipeline.core import plots, seeds
-from mnist_pipeline.core.data import load_for
 from mnist_pipeline.core.params import ReproduceParams
 from mnist_pipeline.core.variants import VARIANTS
-from mnist_pipeline.tracking import access, liveness, readback, runs, store, trainers
+from mnist_pipeline.tracking import readback, runs, trainers
 
 
 def run(params: ReproduceParams) -> pd.DataFrame:
     """Returns the seed table."""
     configs = params.configs()
     trainers.prepare(len(configs), params.workers)
-    data = load_for(params.data_dir, [cfg.validation_split for cfg in configs])
-    store.check_tracking_store()
-    access.require_runs("reproduce")  # refused before any training
-    liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
+    data = runs.preflight("reproduce", params.data_dir, [cfg.validation_split for cfg in configs])
     variants = list(dict.fromkeys(c.variant for c in configs))
-    with runs.ended_run(
-        run_name="reproduce", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: names.ROLE_REPRODUCE}
-    ):
-        runs.log_missing_params(
-            {
-                "variants": ",".join(variants),
-                "seeds": ",".join(map(str, sorted({c.seed for c in configs}))),
-                "force": str(params.force).lower(),
-            }
-        )
-        runs.set_tags({names.TAG_DATA_SOURCE: data.source})
+    seed_list = ",".join(map(str, sorted({c.seed for c in configs})))
+    logged = {"variants": ",".join(variants), "seeds": seed_list, "force": str(params.force).lower()}
+    with runs.parent_run(names.ROLE_REPRODUCE, data, logged):
         children = trainers.train_or_reuse(configs, data, params.force, params.workers)
         results = readback.seed_results([c.seed for c in configs], children)
         by_variant = {v: list(results.loc[results["variant"] == v, "run_id"]) for v in variants}

@@ -48,12 +48,12 @@ from optuna.trial import TrialState
 from mnist_pipeline import names
 from mnist_pipeline.core import promotion
 from mnist_pipeline.core.config import TrainConfig, resolve
-from mnist_pipeline.core.data import Mnist, load_for
+from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.errors import RegistrationError
 from mnist_pipeline.core.params import SweepParams
 from mnist_pipeline.flows import study as studies
 from mnist_pipeline.flows.study import PARAMS, VARIANT, SearchSpace
-from mnist_pipeline.tracking import access, liveness, promotions, readback, registry, runs, store
+from mnist_pipeline.tracking import access, liveness, promotions, readback, registry, runs
 
 
 class OverBudget(Exception):
@@ -71,11 +71,10 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
     it holds ``params.n_trials`` or ``params.timeout`` passes, then log the trials table and
     register the best COMPLETE trial. Returns the parent run id. ``space`` and ``pruner``
     default to study.SEARCH_SPACE and study.median_pruner()."""
-    data = load_for(params.data_dir, [resolve(VARIANT, {"seed": params.training_seed}).validation_split])
-    store.check_tracking_store()
-    access.require_runs("sweep")  # refused before the study opens
-    # known now; said again, with what to do, once the trials are done
-    access.note_registration_refusal(params.model_name, "sweep", "the trials are run and kept")
+    splits = [resolve(VARIANT, {"seed": params.training_seed}).validation_split]
+    # a refusal to register is noted now, and said again with what to do once the trials are done
+    kept = "the trials are run and kept"
+    data = runs.preflight("sweep", params.data_dir, splits, params.model_name, kept, ends_dead_runs=False)
     space = space or studies.SEARCH_SPACE
     worker = f"{socket.gethostname()}:{os.getpid()}"
     project_run = runs.detach_project_run()  # `mlflow run -e sweep`'s own run stays beside
@@ -229,19 +228,10 @@ def _register(best, model_name: str, chosen_from: str, parent_id: str, gates: pr
         raise RegistrationError(f"{refused}; the trials are kept: a release manager can {again}")
     try:
         registration = registry.register_run(best, model_name, chosen_from, gates)
-        promotions.log_decision(registration, model_name, parent_id)
     except Exception as err:  # the store's errors come in many types
         raise RegistrationError(
             f"registering the best trial's run {best.info.run_id} failed ({access.explain(err, model_name, 'sweep')}); "
             f"the trials are kept: {again}"
         ) from None
-    version = registration.version
-    print(f"{model_name} version {version.version} (run {best.info.run_id}): {registration.reason}")
-    runs.set_run_tags(
-        parent_id,
-        {
-            names.TAG_REGISTERED_MODEL: model_name,
-            names.TAG_REGISTERED_VERSION: version.version,
-            names.TAG_CHAMPION_DECISION: registration.reason,
-        },
-    )
+    print(f"{model_name} version {registration.version.version} (run {best.info.run_id}): {registration.reason}")
+    promotions.log_decision(registration, model_name, parent_id)

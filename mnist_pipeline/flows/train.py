@@ -9,18 +9,14 @@ run; otherwise it is top-level.
 
 from __future__ import annotations
 
-from mnist_pipeline.core.data import load_for
 from mnist_pipeline.core.params import TrainParams
-from mnist_pipeline.tracking import access, liveness, store
+from mnist_pipeline.tracking import runs
 
 
 def run(params: TrainParams) -> str:
     """Returns the training run's id."""
     [cfg] = params.configs()
-    data = load_for(params.data_dir, [cfg.validation_split])
-    store.check_tracking_store()
-    access.require_runs("train")  # refused before any training
-    liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
+    data = runs.preflight("train", params.data_dir, [cfg.validation_split])
     from mnist_pipeline.tracking.trainers import track_alone
 
     return track_alone(cfg, data)

@@ -14,16 +14,13 @@ import statistics
 
 from mnist_pipeline import names
 from mnist_pipeline.core import config, verification
-from mnist_pipeline.core.data import load_for
 from mnist_pipeline.core.errors import Mismatch, UserError
 from mnist_pipeline.core.params import VerifyParams
-from mnist_pipeline.tracking import access, identity, liveness, readback, registry, runs, store
+from mnist_pipeline.tracking import access, identity, liveness, readback, registry, runs
 
 
 def run(params: VerifyParams) -> verification.Verdict:
-    data = load_for(params.data_dir)
-    store.check_tracking_store()
-    liveness.end_dead_runs()
+    data = runs.preflight("verify", params.data_dir, checks_runs=False)  # its runs' experiment: the version's
     access.require_model_read(params.model_uri, "verify")
     version = registry.version_of(params.model_uri)
     trained = readback.training_run_of(version)

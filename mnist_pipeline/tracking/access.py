@@ -10,7 +10,6 @@ EDIT, MANAGE; DENY refuses everything. What each call needs is measured in docs/
 
 from __future__ import annotations
 
-import re
 import sys
 
 import mlflow
@@ -20,7 +19,7 @@ from mlflow.utils.rest_utils import http_request
 
 from mnist_pipeline.core.errors import UserError, first_line
 from mnist_pipeline.core.secrets import mask_url, redact
-from mnist_pipeline.tracking import store
+from mnist_pipeline.tracking import model_uris, store
 from mnist_pipeline.tracking.store import user
 
 LEVELS = {"DENY": -1, "NO_PERMISSIONS": 0, "READ": 1, "USE": 2, "EDIT": 3, "MANAGE": 4}
@@ -84,11 +83,11 @@ def model(name: str) -> tuple[str, str, str]:
     return "registered_model", name, repr(name)
 
 
-def refusal(command: str, action: str, resource: tuple[str, str, str], needed: str) -> Refusal:
+def refusal(command: str, action: str, resource: tuple[str, str, str], needed: str, held: str = "") -> Refusal:
     """One line: who, what was refused on which resource for which command, the permission it
-    needs, what the user holds, who grants it."""
+    needs, what the user holds (``held``, else the server says), who grants it."""
     resource_type, resource_id, label = resource
-    held, kind = permission(resource_type, resource_id) or "no permission", _KIND[resource_type]
+    held, kind = held or permission(resource_type, resource_id) or "no permission", _KIND[resource_type]
     return Refusal(
         f"{_who()} may not {action} {kind} {label} for `{command}`: that needs {needed} on it and "
         f"{user()} has {held}; the server's admin or a user with MANAGE on the {kind} grants it with {TEAM_HINT}"
@@ -115,8 +114,7 @@ def experiment(command: str, experiment_id: str | None = None) -> tuple[str | No
         if not is_refusal(err):
             raise
         raise AccessError(
-            f"{_who()} may not read experiment {name!r} for `{command}`: that needs EDIT on it and {user()} "
-            f"has NO_PERMISSIONS; the server's admin or a user with MANAGE on the experiment grants it with {TEAM_HINT}"
+            refusal(command, "read", ("experiment", "", repr(name)), RUNS_NEED, "NO_PERMISSIONS")
         ) from None
     return (found.experiment_id if found else None), f"{name!r}"
 
@@ -176,19 +174,12 @@ def note_registration_refusal(model_name: str, command: str, kept: str) -> None:
         print(f"note: {refused}; {kept} for a release manager", file=sys.stderr)
 
 
-def model_name_of(model_uri: str) -> str | None:
-    """The registered model a models:/ URI names; None for any other URI."""
-    if not model_uri.startswith("models:/"):
-        return None
-    rest = model_uri.removeprefix("models:/")
-    return rest.split("@")[0].split("/")[0] or None
-
-
 def require_model_read(model_uri: str, command: str) -> None:
-    """Before ``command`` loads ``model_uri``: AccessError unless this user may read its model."""
-    name = model_name_of(model_uri)
-    if name is not None and not re.fullmatch(r"m-[0-9a-f]{32}", name):  # models:/m-<id>: a logged model
-        require(command, "read", model(name), READ_NEEDS)
+    """Before ``command`` loads ``model_uri``: AccessError unless this user may read the
+    registered model it names (a logged model, ``models:/m-<id>``, belongs to no registered model)."""
+    named = model_uris.parse(model_uri)
+    if named:
+        require(command, "read", model(named[0]), READ_NEEDS)
 
 
 def is_refusal(err: BaseException) -> bool:

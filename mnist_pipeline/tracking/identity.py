@@ -11,10 +11,9 @@ import hashlib
 import json
 from pathlib import Path
 
-import mlflow
-
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.names import TAG_RUN_KEY
+from mnist_pipeline.tracking.readback import runs_tagged
 
 PACKAGE = Path(__file__).resolve().parents[1]  # mnist_pipeline/
 
@@ -45,10 +44,5 @@ def _key(params: dict, data_digest: str) -> str:
 
 def find_reusable_run(key: str) -> str | None:
     """Id of the newest FINISHED run in the active experiment with ``key``, if any."""
-    runs = mlflow.search_runs(
-        filter_string=f"tags.{TAG_RUN_KEY} = '{key}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
+    runs = runs_tagged({TAG_RUN_KEY: key}, "FINISHED", max_results=1)
     return runs[0].info.run_id if runs else None

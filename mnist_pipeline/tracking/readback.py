@@ -8,8 +8,11 @@ from dataclasses import dataclass
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
 from mnist_pipeline import names
+from mnist_pipeline.core.errors import UserError
 from mnist_pipeline.core.variants import VARIANTS
 
 
@@ -22,17 +25,16 @@ class ChildRun:
     reused: bool
 
 
-def training_run_of(version):
-    """The training run a registered version came from; UserError if the store lacks it."""
-    from mlflow.exceptions import MlflowException
-
-    from mnist_pipeline.core.errors import UserError
-
+def training_run_of(version, then: str = "") -> Run:
+    """The training run a registered version came from; UserError if the store lacks it, its
+    line ending with ``then`` (what that stops)."""
     run_id = version.tags.get("run_id") or version.run_id
     try:
         return mlflow.MlflowClient().get_run(run_id)
     except MlflowException:
-        raise UserError(f"{version.name} version {version.version}: its run {run_id} is not in this store") from None
+        raise UserError(
+            f"{version.name} version {version.version}: its training run {run_id} is not in this store{then}"
+        ) from None
 
 
 def metrics_of(run_id: str) -> dict[str, float]:
@@ -105,28 +107,42 @@ def confusion_counts(run_id: str) -> np.ndarray | None:
     return pd.read_csv(io.StringIO(text), index_col="true_digit").to_numpy()
 
 
+def runs_tagged(tags: dict[str, str], status: str = "", everywhere: bool = False, max_results: int = 100_000) -> list:
+    """Runs with ``tags`` (and ``status``), newest first, in the active experiment (``everywhere``:
+    in every experiment this user may read)."""
+    filters = [f"tags.{k} = '{v}'" for k, v in tags.items()] + ([f"attributes.status = '{status}'"] if status else [])
+    return mlflow.search_runs(
+        filter_string=" and ".join(filters),
+        search_all_experiments=everywhere,
+        order_by=["attributes.start_time DESC"],
+        max_results=max_results,
+        output_format="list",
+    )
+
+
 def child_runs(parent_id: str, tags: dict[str, str] | None = None, status: str = "") -> list:
     """Runs of the active experiment under ``parent_id`` with ``tags`` (and ``status``)."""
-    filters = [f"tags.{names.TAG_PARENT_RUN} = '{parent_id}'"] + [f"tags.{k} = '{v}'" for k, v in (tags or {}).items()]
-    filters += [f"attributes.status = '{status}'"] if status else []
-    return mlflow.search_runs(filter_string=" and ".join(filters), output_format="list")
+    return runs_tagged({names.TAG_PARENT_RUN: parent_id, **(tags or {})}, status)
+
+
+def completed(run: Run) -> bool:
+    """Whether a training run ran to its end: FINISHED, not stopped early (a pruned trial has
+    no test scores, no model), with its validation scores."""
+    return (
+        run.info.status == "FINISHED" and names.TAG_STOPPED not in run.data.tags and "val_accuracy" in run.data.metrics
+    )
 
 
 def seed_runs(run) -> list:
     """``run`` and the other seeds of its configuration in the store (same config key,
-    FINISHED, not stopped early, with a val_accuracy): one run per seed, ``run`` first."""
+    completed): one run per seed, ``run`` first."""
     runs, key = [run], run.data.tags.get(names.TAG_CONFIG_KEY)
     if not key:
         return runs
     seeds = {run.data.params.get("seed")}
-    found = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.{names.TAG_CONFIG_KEY} = '{key}' and attributes.status = 'FINISHED'",
-        output_format="list",
-    )
-    for other in found:
+    for other in runs_tagged({names.TAG_CONFIG_KEY: key}, "FINISHED", everywhere=True):
         seed = other.data.params.get("seed")
-        if seed not in seeds and names.TAG_STOPPED not in other.data.tags and "val_accuracy" in other.data.metrics:
+        if seed not in seeds and completed(other):
             seeds.add(seed)
             runs.append(other)
     return runs

@@ -35,13 +35,10 @@ from mnist_pipeline.names import (
     TAG_CHAMPION_DECISION,
     TAG_CHILDREN,
     TAG_DATA_DIGEST,
-    TAG_REGISTERED_MODEL,
-    TAG_REGISTERED_VERSION,
     TAG_ROLE,
-    TAG_STOPPED,
     TAG_VARIANT,
 )
-from mnist_pipeline.tracking import logged_model, promotions, readback, store
+from mnist_pipeline.tracking import logged_model, model_uris, promotions, readback, store
 
 _ALIAS_ROUNDS = 6  # re-checks of the champion alias against concurrent registrations
 _CONFIRM_SECONDS = 0.2  # after taking the alias, look again this much later
@@ -68,12 +65,7 @@ def selection_key(run: Run) -> tuple[float, float]:
 
 
 def best_run(run_ids: list[str]) -> Run:
-    runs = [mlflow.get_run(run_id) for run_id in run_ids]
-    finished = [
-        r
-        for r in runs
-        if r.info.status == "FINISHED" and "val_accuracy" in r.data.metrics and TAG_STOPPED not in r.data.tags
-    ]  # a pruned trial has no test scores, no model
+    finished = [run for run in map(mlflow.get_run, run_ids) if readback.completed(run)]
     if not finished:
         raise RegistryError(f"none of the runs {', '.join(run_ids)} is a FINISHED training run")
     return max(finished, key=selection_key)
@@ -82,12 +74,7 @@ def best_run(run_ids: list[str]) -> Run:
 def children_of(parent_run_id: str | None) -> tuple[str, dict[str, str]]:
     """(parent id, {variant: training run id}) of a `main` run; the latest one if no id."""
     if not parent_run_id:
-        parents = mlflow.search_runs(
-            filter_string=f"tags.{TAG_ROLE} = '{ROLE_MAIN}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-            output_format="list",
-        )
+        parents = readback.runs_tagged({TAG_ROLE: ROLE_MAIN}, "FINISHED", max_results=1)
         if not parents:
             raise RegistryError("no FINISHED main run in this experiment: run `mlflow run .` first")
         parent = parents[0]
@@ -113,14 +100,7 @@ def register_best(
     variant = run.data.tags.get(TAG_VARIANT)
     print(f"{model_name} version {version.version} ({variant}): {registration.reason}")
     if mlflow.active_run():
-        promotions.log_decision(registration, model_name, mlflow.active_run().info.run_id)  # best effort
-        mlflow.set_tags(
-            {
-                TAG_REGISTERED_MODEL: model_name,
-                TAG_REGISTERED_VERSION: version.version,
-                TAG_CHAMPION_DECISION: registration.reason,
-            }
-        )
+        promotions.log_decision(registration, model_name, mlflow.active_run().info.run_id)
     return registration
 
 
@@ -132,21 +112,17 @@ def _existing_version(client, model_name: str, run_id: str) -> ModelVersion | No
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def _description(run: Run, chosen_from: str) -> str:
+def _attach_card(client, run: Run, version: ModelVersion, chosen_from: str) -> None:
+    """The version's description, and its model card logged on its training run and linked
+    from a version tag and from the description."""
     m, tags = run.data.metrics, run.data.tags
-    return (
+    description = (
         f"MNIST digit classifier, variant `{tags.get('variant')}` ({tags.get('description')}). "
         f"Chosen from {chosen_from} as the run with the highest last-epoch validation accuracy "
         f"({m['val_accuracy']:.4f}); test accuracy {m['test_accuracy']:.4f} is reported, not "
         "used to choose. Input: raw pixels 0-255, float32, shape (n, 28, 28); output: 10 "
         f"class probabilities. Training run {run.info.run_id}."
     )
-
-
-def _attach_card(client, run: Run, version: ModelVersion, chosen_from: str) -> str:
-    """Log the version's model card on its training run, link it from a version tag and
-    the description; returns the card's runs:/ URI."""
-    description = _description(run, chosen_from)
     card = model_card.build(
         model_name=version.name,
         version=str(version.version),
@@ -162,7 +138,6 @@ def _attach_card(client, run: Run, version: ModelVersion, chosen_from: str) -> s
     uri = f"runs:/{run.info.run_id}/{path}"
     client.set_model_version_tag(version.name, version.version, MODEL_CARD_TAG, uri)
     client.update_model_version(version.name, version.version, f"{description} Model card: {uri}")
-    return uri
 
 
 def register_run(
@@ -190,7 +165,6 @@ def register_run(
             client.delete_model_version(model_name, version.version)
             version, created = first, False
         else:
-            client.update_model_version(model_name, version.version, _description(run, chosen_from))
             _attach_card(client, run, version, chosen_from)
             _set_alias(client, model_name, CHALLENGER, version.version)
             created = True
@@ -216,14 +190,11 @@ def tag_version(version: ModelVersion, key: str, value: str) -> None:
 
 def version_of(model_uri: str) -> ModelVersion:
     """The registered version ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` names."""
+    name, alias, number = model_uris.parse(model_uri) or (None, None, None)
     client, allowed = mlflow.MlflowClient(), "a registered version, models:/<name>@<alias> or models:/<name>/<version>"
-    name, _, rest = model_uri.removeprefix("models:/").partition("@")
     try:
-        if model_uri.startswith("models:/") and rest:
-            return client.get_model_version_by_alias(name, rest)
-        name, _, number = model_uri.removeprefix("models:/").partition("/")
-        if model_uri.startswith("models:/") and number.isdigit():
-            return client.get_model_version(name, number)
+        if alias or number:
+            return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
     except MlflowException as err:
         raise RegistryError(f"model_uri={model_uri!r} is not allowed: {first_line(err)}") from None
     raise RegistryError(f"model_uri={model_uri!r} is not allowed: {allowed}")
@@ -262,8 +233,8 @@ def _settle_champion(
         if holder in compared:  # lost to it already
             break
         compared.add(holder)
-        challenger = challenger or promotions.evidence(client, version)  # the same in every round
-        this = promotion.decide(challenger, promotions.evidence(client, current) if current else None, gates)
+        challenger = challenger or promotions.evidence(version)  # the same in every round
+        this = promotion.decide(challenger, promotions.evidence(current) if current else None, gates)
         if decision is None:
             decision, versus = this, holder
         if not this.promote:

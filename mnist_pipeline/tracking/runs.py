@@ -1,6 +1,7 @@
-"""The run lifecycle: a run that always ends, the run `mlflow run` made, the experiment the
-next runs go to, and what any run is given (params, metrics, tags, texts, figures): on the
-active run, or on the run whose ``run_id`` a function takes.
+"""The run lifecycle: the checks before a training command opens a run, a run that always
+ends, the run `mlflow run` made, the experiment the next runs go to, and what any run is given
+(params, metrics, tags, texts, figures): on the active run, or on the run whose ``run_id`` a
+function takes.
 """
 
 from __future__ import annotations
@@ -8,16 +9,48 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import mlflow
-from matplotlib.figure import Figure
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 
-from mnist_pipeline.core import interrupts, plots
+from mnist_pipeline import names
+from mnist_pipeline.core import interrupts
+from mnist_pipeline.core.data import Mnist, load_for
 from mnist_pipeline.core.errors import UserError
 from mnist_pipeline.core.secrets import mask_url, redact
-from mnist_pipeline.tracking import access, liveness
+from mnist_pipeline.tracking import access, liveness, store
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def preflight(
+    command: str,
+    data_dir: str,
+    splits=(),
+    model_name: str = "",
+    kept: str = "",
+    checks_runs: bool = True,
+    ends_dead_runs: bool = True,
+) -> Mnist:
+    """What a training ``command`` checks before it opens a run, in this order; returns the data.
+    MNIST loaded and checked (each validation split of ``splits`` leaves training images), the
+    tracking store reached with the credentials taken, this user's right to create runs in the
+    experiment they go to, a note now if it may not register in ``model_name`` ('': the command
+    registers nothing; ``kept``: what is done and kept instead), and the runs of processes killed
+    hard ended KILLED. ``checks_runs`` False: the command learns its experiment later and checks
+    it then (verify); ``ends_dead_runs`` False: it ends them itself, in that experiment (sweep).
+    TensorFlow is not imported: a bad data folder or a dead server is reported in seconds."""
+    data = load_for(data_dir, splits)
+    store.check_tracking_store()
+    if checks_runs:
+        access.require_runs(command)  # refused before any training
+    access.note_registration_refusal(model_name, command, kept)
+    if ends_dead_runs:
+        liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
+    return data
 
 
 @contextlib.contextmanager
@@ -42,6 +75,16 @@ def ended_run(**start_run_kwargs):
         ended = _end(run.info.run_id, status)
     if refused is not None:
         raise access.AccessError(access.refused_during(refused, run.info.run_id, ended))
+
+
+@contextlib.contextmanager
+def parent_run(role: str, data: Mnist, params: dict[str, str]):
+    """An ended_run whose trainings are its children (main, reproduce), named after its ``role``:
+    tagged with the data's digest and source, ``params`` logged unless `mlflow run` logged them."""
+    with ended_run(run_name=role, tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: role}) as run:
+        log_missing_params(params)
+        set_tags({names.TAG_DATA_SOURCE: data.source})
+        yield run
 
 
 def _end(run_id: str, status: str) -> bool:
@@ -131,10 +174,8 @@ def tag_last_run(expected: dict[str, str], tags: dict[str, str]) -> None:
 
 
 def log_text(text: str, path: str, run_id: str | None = None) -> None:
-    if run_id is None:
-        mlflow.log_text(text, path)
-    else:
-        mlflow.MlflowClient().log_text(run_id, text, path)
+    """``text`` as an artifact of ``run_id``, else of the active run."""
+    mlflow.MlflowClient().log_text(run_id or mlflow.active_run().info.run_id, text, path)
 
 
 def log_dict(values: dict, path: str, run_id: str) -> None:
@@ -143,6 +184,8 @@ def log_dict(values: dict, path: str, run_id: str) -> None:
 
 def log_figure(fig: Figure, path: str) -> None:
     """The figure as a PNG artifact of the active run; the figure is closed."""
+    from mnist_pipeline.core import plots  # imported already by whoever drew it: `train` starts without it
+
     mlflow.log_figure(fig, path)
     plots.close(fig)
 

@@ -22,7 +22,6 @@ import importlib.util
 import io
 import json
 import os
-import re
 import tempfile
 import uuid
 import weakref
@@ -40,13 +39,12 @@ from mlflow.pyfunc.scoring_server import predictions_to_json
 from mnist_pipeline.core.data import NUM_CLASSES
 from mnist_pipeline.core.errors import first_line
 from mnist_pipeline.core.inputs import pixel_problem
+from mnist_pipeline.tracking import model_uris
 from mnist_pipeline.tracking.logged_model import ModelURIError
 
 MAX_NESTING = 32  # JSON levels; a request nests 4 ({"inputs": images, rows, pixels}), numpy allows 32
 OPENING, CLOSING = np.frombuffer(b"[{", dtype=np.uint8), np.frombuffer(b"]}", dtype=np.uint8)
 SUM_TOLERANCE = 1e-3  # float32 softmax rows sum to 1 within about 1e-6; a broken model is far off
-_ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
-_VERSION_URI = re.compile(r"models:/(?P<name>[^/@]+)/(?P<version>[0-9]+)")
 
 
 CURRENT: contextvars.ContextVar[Served] = contextvars.ContextVar("served_version")  # set per request
@@ -69,11 +67,8 @@ class Target:
 def target_of(model_uri: str) -> Target:
     """``models:/NAME@ALIAS`` and ``models:/NAME/3`` name a registered model; any other URI
     (``runs:/...``, ``models:/<model_id>``, a path) names none."""
-    if match := _ALIAS_URI.fullmatch(model_uri):
-        return Target(match["name"], match["alias"])
-    if match := _VERSION_URI.fullmatch(model_uri):
-        return Target(match["name"], version=match["version"])
-    return Target()
+    name, alias, version = model_uris.parse(model_uri) or (None, None, None)
+    return Target(name, alias, version) if alias or version else Target()
 
 
 def now() -> str:

@@ -71,7 +71,7 @@ def track_training(
             _log_inputs(cfg, data)
         epochs = EpochLogger(run.info.run_id, parent_run_id)
         try:
-            result = train(cfg, data, on_epoch=_then(_printer(label, cfg.epochs), _then(epochs, after_epoch)))
+            result = train(cfg, data, on_epoch=_on_epoch(label, cfg.epochs, epochs, after_epoch))
         except TrainingStopped as stop:
             stopped = stop
             _log_stopped(stop, epochs, cfg.variant)
@@ -103,23 +103,17 @@ def _tags(cfg: TrainConfig, data: Mnist, extra: dict[str, str] | None) -> dict[s
     }
 
 
-def _then(first: Callable, then: Callable | None) -> Callable:
-    """``first(epoch, metrics)``, then ``then(epoch, metrics)`` if there is one."""
-    if then is None:
-        return first
+def _on_epoch(label: str, total: int, logger: EpochLogger, after_epoch: Callable | None) -> Callable:
+    """Where each epoch's metrics go as the epoch ends: its console line, the logger, then
+    ``after_epoch`` if there is one."""
 
-    def both(epoch: int, metrics: dict[str, float]) -> None:
-        first(epoch, metrics)
-        then(epoch, metrics)
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        print(console.epoch_line(label, epoch, total, metrics), flush=True)
+        logger(epoch, metrics)
+        if after_epoch is not None:
+            after_epoch(epoch, metrics)
 
-    return both
-
-
-def _printer(label: str, total: int) -> Callable[[int, dict[str, float]], None]:
-    def show(epoch: int, row: dict[str, float]) -> None:
-        print(console.epoch_line(label, epoch, total, row), flush=True)
-
-    return show
+    return on_epoch
 
 
 def _log_result(result: TrainResult, epochs: EpochLogger, data: Mnist, title: str, phases: Phases) -> None:
