@@ -37,7 +37,7 @@ def run(params: MainParams) -> pd.DataFrame:
         store.check_tracking_store()
         access.require_runs("main")  # refused before any training
         access.note_registration_refusal(params.model_name, "main", "the runs are trained and kept")
-        liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
+        liveness.end_dead_runs("main")  # runs left RUNNING by a process killed hard
     return compare(configs, data, params.force, params.model_name, phases, params.gates(), params.workers)
 
 

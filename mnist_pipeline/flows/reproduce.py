@@ -29,7 +29,7 @@ def run(params: ReproduceParams) -> pd.DataFrame:
     data = load_for(params.data_dir, [cfg.validation_split for cfg in configs])
     store.check_tracking_store()
     access.require_runs("reproduce")  # refused before any training
-    liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
+    liveness.end_dead_runs("reproduce")  # runs left RUNNING by a process killed hard
     variants = list(dict.fromkeys(c.variant for c in configs))
     with runs.ended_run(
         run_name="reproduce", tags={names.TAG_DATA_DIGEST: data.digest, names.TAG_ROLE: names.ROLE_REPRODUCE}

@@ -80,7 +80,7 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
     worker = f"{socket.gethostname()}:{os.getpid()}"
     project_run = runs.detach_project_run()  # `mlflow run -e sweep`'s own run stays beside
     study, parent_id = studies.open_study(params, data.digest, worker, space, pruner or studies.median_pruner())
-    liveness.end_dead_runs()  # runs left RUNNING by a process killed hard (after the storage's checks)
+    liveness.end_dead_runs("sweep")  # runs left RUNNING by a process killed hard (after the storage's checks)
     if project_run:
         runs.set_run_tags(project_run, {names.TAG_STUDY: params.study_name, names.TAG_SWEEP_PARENT: parent_id})
     optuna.storages.fail_stale_trials(study)  # a killed worker's trial must not hold a place

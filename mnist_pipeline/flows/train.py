@@ -20,7 +20,7 @@ def run(params: TrainParams) -> str:
     data = load_for(params.data_dir, [cfg.validation_split])
     store.check_tracking_store()
     access.require_runs("train")  # refused before any training
-    liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
+    liveness.end_dead_runs("train")  # runs left RUNNING by a process killed hard
     from mnist_pipeline.tracking.trainers import track_alone
 
     return track_alone(cfg, data)
