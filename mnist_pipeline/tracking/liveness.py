@@ -96,20 +96,19 @@ def end_dead_runs(command: str, experiment_id: str | None = None) -> list[str]:
     """End as KILLED the dead RUNNING runs of this pipeline that this user started in the
     experiment ``command``'s runs go to (``experiment_id``, else access.experiment's), saying
     so in one line each; returns their ids. Other users' dead runs there are named in one
-    line and left alone. A server that refuses the search or an end says so in one line."""
-    experiment_id, label = access.experiment(command, experiment_id)  # AccessError: may not read it
-    label = f"{label} (id {experiment_id})".strip()
-    filter_string = f"attributes.status = 'RUNNING' and tags.{names.TAG_PROCESS_START} LIKE '%'"
-    try:
-        running = mlflow.search_runs([experiment_id], filter_string, output_format="list") if experiment_id else []
-    except MlflowException as err:
-        _refused(err, f"look for dead runs in experiment {label}")
+    line and left alone; an end the server refuses is one line too."""
+    experiment_id, label = access.experiment(command, experiment_id)  # AccessError: it may not read it
+    if experiment_id is None:  # not made yet: no run in it
         return []
+    # a server with authentication leaves out the runs this user may not read
+    filter_string = f"attributes.status = 'RUNNING' and tags.{names.TAG_PROCESS_START} LIKE '%'"
+    running = mlflow.search_runs([experiment_id], filter_string, output_format="list")
     host, now, me = socket.gethostname(), int(time.time() * 1000), user()
     dead = [(run, reason) for run in running if (reason := why_dead(run, host, now))]
     theirs = [f"{run.info.run_id} ({run.info.run_name}, {_owner(run)})" for run, _ in dead if _owner(run) != me]
     if theirs:
-        print(f"dead runs of other users in experiment {label}, left RUNNING for them: {', '.join(theirs)}")
+        where = f"{label} (id {experiment_id})".strip()
+        print(f"dead runs of other users in experiment {where}, left RUNNING for them: {', '.join(theirs)}")
     return [run.info.run_id for run, reason in dead if _owner(run) == me and _end(run, reason)]
 
 
@@ -126,14 +125,14 @@ def _end(run, reason: str) -> bool:
             run_id, "KILLED", end_time=int(run.data.tags.get(names.TAG_HEARTBEAT, run.info.start_time))
         )
     except MlflowException as err:
-        _refused(err, f"end run {run_id} ({run.info.run_name}), RUNNING, {reason}")
+        if not access.is_refusal(err):
+            raise
+        refusal = redact(first_line(err))[:160]
+        print(
+            f"note: run {run_id} ({run.info.run_name}) was RUNNING, {reason}: user {user()} may not end it, "
+            f"left RUNNING ({refusal})",
+            file=sys.stderr,
+        )
         return False
     print(f"run {run_id} ({run.info.run_name}) was RUNNING, {reason}: ended KILLED, {epochs} epochs kept")
     return True
-
-
-def _refused(err: MlflowException, action: str) -> None:
-    """One line for a refusal; any other error is raised."""
-    if not access.is_refusal(err):
-        raise err
-    print(f"note: user {user()} may not {action} ({redact(first_line(err))[:160]})", file=sys.stderr)
