@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import time
@@ -159,7 +160,7 @@ def _collect(jobs: list[Job], workers: dict, experiment_id: str | None) -> tuple
     id as its worker reports it, until every worker has ended. The first failure, or a
     worker's death, stops the handing out."""
     todo = sorted(jobs, key=lambda j: -j.cfg.epochs * macs.training_macs(j.cfg))
-    trained, running, failure = {}, {}, None  # running: {pipe: the index of its worker's job}
+    trained, running, failure = {}, {}, None  # running: {pipe: its worker's job}
 
     def hand_out(pipe) -> None:
         job = todo.pop(0) if todo and failure is None else None
@@ -178,12 +179,11 @@ def _collect(jobs: list[Job], workers: dict, experiment_id: str | None) -> tuple
                 failure = failure or WorkerDied(f"{died} before its run ended")
                 liveness.end_dead_runs("", experiment_id)  # a line for its run (this process reads the experiment)
             continue
-        kind, index, value = report
+        kind, value = report
         if kind in worker_process.STREAMS:
             worker_process.echo(kind, value)
         elif kind == "done":
-            trained[index] = value
-            running.pop(pipe)
+            trained[running.pop(pipe).index] = value
             hand_out(pipe)
         else:
             running.pop(pipe)
@@ -196,13 +196,13 @@ def _collect(jobs: list[Job], workers: dict, experiment_id: str | None) -> tuple
     return trained, failure
 
 
-def _reports(pipes: set, seconds: float | None = None):
+def _reports(pipes: set, seconds: float = math.inf):
     """(pipe, report) for each report on ``pipes`` as it comes, and (pipe, None) as a pipe ends
     (its worker ended; a message its death cut short is dropped), until every pipe has ended
     or ``seconds`` have passed."""
-    deadline = None if seconds is None else time.monotonic() + seconds
-    while pipes and (deadline is None or time.monotonic() < deadline):
-        for pipe in wait(pipes, None if deadline is None else deadline - time.monotonic()):
+    deadline = time.monotonic() + seconds
+    while pipes and (left := deadline - time.monotonic()) > 0:
+        for pipe in wait(pipes, None if left == math.inf else left):
             try:
                 report = pipe.recv()
             except (EOFError, OSError):
@@ -221,7 +221,7 @@ def _stop(workers: dict) -> None:
     pipes = set(workers)
     for _, report in _reports(pipes, STOP_SECONDS):
         if report is not None and report[0] in worker_process.STREAMS:
-            worker_process.echo(report[0], report[2])
+            worker_process.echo(*report)
     for pipe in pipes:
         workers[pipe].kill()
 

@@ -48,8 +48,8 @@ class Setup:
 
 
 def _sender(pipe):
-    """send(kind, job index, value) on ``pipe``: a line printed (kind "out" or "err"), a job
-    "done" (its run id) or "failed" (the error), whole, whichever thread sends it."""
+    """send(kind, value) on ``pipe``: a line printed (kind "out" or "err"), the job "done" (its
+    run id) or "failed" (the error), each message whole, whichever thread sends it."""
     lock = threading.Lock()
 
     def send(*report) -> None:
@@ -75,7 +75,7 @@ class _Lines(io.TextIOBase):
     def write(self, text: str) -> int:
         *lines, self.pending = (self.pending + text).split("\n")
         for line in lines:
-            self.send(self.stream, None, line)
+            self.send(self.stream, line)
         return len(text)
 
 
@@ -107,21 +107,17 @@ def _train_jobs(setup: Setup, data: Mnist, pipe) -> None:
         except BaseException as err:
             if not isinstance(err, (KeyboardInterrupt, UserError)):
                 traceback.print_exc()  # where it failed; the parent raises it again
-            send("failed", job.index, _portable(err))
+            send("failed", _portable(err))
             return
-        send("done", job.index, run_id)
+        send("done", run_id)
 
 
 def _interrupt_once(signum, frame) -> None:
     """The first SIGINT or SIGTERM ends the run KILLED; later ones (the parent passing on the
     same Ctrl-C) must not cut that short."""
     for other in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(other, _ignore)  # not SIG_IGN: Python raises on a signal already on its way
+        signal.signal(other, lambda *_: None)  # not SIG_IGN: Python raises on a signal already on its way
     interrupts.handler(signum, frame)
-
-
-def _ignore(signum, frame) -> None:
-    pass
 
 
 def _portable(err: BaseException) -> BaseException:

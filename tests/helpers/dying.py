@@ -25,7 +25,7 @@ class _Pipe:
         return getattr(self.pipe, name)
 
     def send(self, report) -> None:
-        kind, _, line = report
+        kind, line = report
         if kind == "out" and line.startswith(os.environ[DIES_AT]):
             Path(os.environ[DIED]).write_text(str(os.getpid()))
             os.write(self.pipe.fileno(), struct.pack("!i", 4096) + b"cut short")  # 4,096 bytes announced
