@@ -21,10 +21,8 @@ label. A run records the thread count it trained on (core/threads.py: why).
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import multiprocessing
-import os
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -60,9 +58,10 @@ def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool, workers
             print(f"{cfg.variant} (seed {cfg.seed}): reusing FINISHED run {run_id} (same config, code and data)")
     todo = [Job(i, cfg, labels[i]) for i, (cfg, run_id) in enumerate(zip(configs, reused)) if run_id is None]
     processes, per_worker = threads.plan(len(todo), workers)
-    parent = mlflow.active_run()
+    parent = mlflow.active_run().info
     if processes > 1:
-        trained = in_workers(todo, data, processes, per_worker, parent.info.run_id, parent.info.experiment_id)
+        setup = worker_process.Setup.here(parent.experiment_id, parent.run_id, per_worker)
+        trained = in_workers(todo, data, processes, setup)
     else:
         from mnist_pipeline.tracking.training_run import track_training  # TensorFlow: only to train here
 
@@ -101,31 +100,17 @@ def track_alone(
 
 def _track_one(cfg, data, tags, on_threads: int, parent_run_id: str | None, experiment_id: str | None) -> str:
     if on_threads and on_threads != threads.current():
-        job = Job(0, cfg, cfg.variant)
-        return in_workers([job], data, 1, on_threads, parent_run_id, experiment_id, tags)[0]
+        setup = worker_process.Setup.here(experiment_id, parent_run_id, on_threads, tags)
+        return in_workers([Job(0, cfg, cfg.variant)], data, 1, setup)[0]
     from mnist_pipeline.tracking.training_run import track_training
 
     return track_training(cfg, data, nested=parent_run_id is not None, tags=tags)
 
 
-def in_workers(
-    jobs: list[Job],
-    data: Mnist,
-    processes: int,
-    on_threads: int,
-    parent_run_id: str | None,
-    experiment_id: str | None,
-    tags: dict[str, str] | None = None,
-) -> dict[int, str]:
-    """Train ``jobs`` in ``processes`` workers at ``on_threads`` threads each; returns
-    {job.index: run id}. Raises the first failure once every worker has stopped."""
+def in_workers(jobs: list[Job], data: Mnist, processes: int, setup: worker_process.Setup) -> dict[int, str]:
+    """Train ``jobs`` in ``processes`` workers set up as ``setup`` says; returns {job.index:
+    run id}. Raises the first failure once every worker has stopped."""
     context = _context()
-    levels = {
-        name: logging.getLogger(name).level for name in logging.root.manager.loggerDict if name.startswith("mlflow")
-    }
-    setup = worker_process.Setup(
-        mlflow.get_tracking_uri(), experiment_id, parent_run_id, on_threads, tags or {}, levels, {**os.environ}
-    )
     workers = {}  # this process's end of each worker's pipe -> the worker
     for n in range(processes):
         ours, theirs = context.Pipe()
@@ -135,7 +120,7 @@ def in_workers(
         workers[ours].start()
         theirs.close()  # the worker holds the only other end: the pipe ends when the worker does
     try:
-        trained, failure = _collect(jobs, workers, experiment_id)
+        trained, failure = _collect(jobs, workers, setup.experiment_id)
     except BaseException:  # an interrupt here: every worker ends its run KILLED first
         _stop(workers)
         raise

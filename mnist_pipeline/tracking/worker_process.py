@@ -46,6 +46,13 @@ class Setup:
     log_levels: dict[str, int]  # MLflow's loggers as this process set them (the CLI quiets some)
     environ: dict[str, str]  # this process's variables now (the fork server has those it started with)
 
+    @classmethod
+    def here(cls, experiment_id: str | None, parent_run_id: str | None, threads: int, tags=None) -> Setup:
+        """This process's store, loggers and variables, for workers that train on ``threads``."""
+        loggers = [name for name in logging.root.manager.loggerDict if name.startswith("mlflow")]
+        levels = {name: logging.getLogger(name).level for name in loggers}
+        return cls(mlflow.get_tracking_uri(), experiment_id, parent_run_id, threads, tags or {}, levels, {**os.environ})
+
 
 def _sender(pipe):
     """send(kind, value) on ``pipe``: a line printed (kind "out" or "err"), the job "done" (its
