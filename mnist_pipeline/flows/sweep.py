@@ -81,7 +81,7 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
     # Optuna's INFO line per trial gives every parameter at full precision: after_trial says it shorter
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study, parent_id = studies.open_study(params, data.digest, worker, space, pruner or studies.median_pruner())
-    liveness.end_dead_runs()  # runs left RUNNING by a process killed hard (after the storage's checks)
+    liveness.end_dead_runs("sweep")  # runs left RUNNING by a process killed hard (after the storage's checks)
     if project_run:
         runs.set_run_tags(project_run, {names.TAG_STUDY: params.study_name, names.TAG_SWEEP_PARENT: parent_id})
     if studies.taken(study) >= params.n_trials:

@@ -20,7 +20,9 @@ from mnist_pipeline.tracking import access, identity, liveness, readback, regist
 
 
 def run(params: VerifyParams) -> verification.Verdict:
-    data = runs.preflight("verify", params.data_dir, checks_runs=False)  # its runs' experiment: the version's
+    data = runs.preflight(
+        "verify", params.data_dir, checks_runs=False, ends_dead_runs=False
+    )  # in the version's experiment, below
     access.require_model_read(params.model_uri, "verify")
     version = registry.version_of(params.model_uri)
     trained = readback.training_run_of(version)
@@ -35,8 +37,10 @@ def run(params: VerifyParams) -> verification.Verdict:
     code_now, code_then = identity.code_version(), trained.data.tags.get(names.TAG_CODE_VERSION, "")
     same_host = trained.data.tags.get(names.TAG_HOST) == liveness.tags()[names.TAG_HOST]
     # the re-training's run, and the version's `verified` tag: both refused before any training
-    access.require_runs("verify", None if runs.launched_by_mlflow_run() else trained.info.experiment_id)
+    experiment_id = None if runs.launched_by_mlflow_run() else trained.info.experiment_id
+    access.require_runs("verify", experiment_id)
     access.require("verify", "tag versions of", access.model(version.name), access.REGISTER_NEEDS)
+    liveness.end_dead_runs("verify", experiment_id)  # runs left RUNNING by a process killed hard
     print(f"verifying {label}: {cfg.variant}, seed {cfg.seed}, run {trained.info.run_id}")
     print(f"code: {'the same' if code_now == code_then else f'differs (recorded {code_then}, now {code_now})'}")
     print(f"machine: {'the same host' if same_host else 'another host'}")

@@ -1,27 +1,36 @@
 """Runs whose process died. Every run the pipeline opens records its host, process id and
-the process's start time (``tags()``); a training run's heartbeat tag moves at each epoch
-(with the epoch's metrics, in the same request). A process killed hard (SIGKILL, out of
-memory, a machine lost) cannot end its runs, so each training command first ends as KILLED
-(``end_dead_runs``):
+the process's start time, and the user who started it (``tags()``); a training run's heartbeat
+tag moves at each epoch (with the epoch's metrics, in the same request). A process killed hard
+(SIGKILL, out of memory, a machine lost) cannot end its runs, so each training command first
+ends as KILLED (``end_dead_runs``), in the experiment its runs go to, the RUNNING runs of this
+pipeline that this user started and that are dead:
 
-- any RUNNING run of this pipeline on this host whose process is gone (no process with
-  that id, or one started at another time: the id was reused);
-- any RUNNING run of this pipeline on another host whose heartbeat is older than
-  STALE_SECONDS.
+- on this host, when their process is gone (no process with that id, or one started at
+  another time: the id was reused);
+- on another host, when their heartbeat is older than STALE_SECONDS.
 
-The finished epochs keep their metrics: ending a run changes only its status and end time.
+Another user's dead run there is named and left to its user (on a team server this user may
+not end it, and it is not this user's to judge). The finished epochs keep their metrics:
+ending a run changes only its status and end time.
 """
 
 from __future__ import annotations
 
 import functools
+import getpass
 import socket
+import sys
 import time
 
 import mlflow
 import psutil
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_USER
 
 from mnist_pipeline import names
+from mnist_pipeline.core.errors import first_line
+from mnist_pipeline.core.secrets import redact
+from mnist_pipeline.tracking import access, store
 
 # A run on another host with no heartbeat for this long is taken for dead. Heartbeats come at
 # the run's start and every epoch: the longest gap in this pipeline is one epoch (a convnet
@@ -42,8 +51,14 @@ def _process() -> dict[str, str]:
 
 
 def tags() -> dict[str, str]:
-    """The tags that tie a new run to this process, and its first heartbeat."""
-    return {**_process(), **heartbeat()}
+    """The tags that tie a new run to this process and its user, and its first heartbeat."""
+    return {**_process(), MLFLOW_USER: user(), **heartbeat()}
+
+
+def user() -> str:
+    """Who starts this process's runs: the store's user (a password in the URI's user-info
+    too, which MLflow's own tag misses), else the login name, as MLflow tags runs."""
+    return store.user() or getpass.getuser()
 
 
 def heartbeat() -> dict[str, str]:
@@ -61,38 +76,63 @@ def alive_here(pid: int, process_start: float) -> bool:
 
 
 def why_dead(run, host: str, now_ms: int) -> str | None:
-    """Why ``run`` (RUNNING, with this pipeline's tags) is taken for dead; None if it may live."""
+    """Why ``run`` (RUNNING) is taken for dead; None if it may live, or if it is not tagged as
+    this pipeline tags its runs (not ours to judge)."""
     t = run.data.tags
-    if t[names.TAG_HOST] == host:
-        if alive_here(int(t[names.TAG_PID]), float(t[names.TAG_PROCESS_START])):
-            return None
-        return f"its process {t[names.TAG_PID]} on this host is gone"
-    beat = int(t.get(names.TAG_HEARTBEAT, run.info.start_time))
-    silent = (now_ms - beat) / 1000
+    try:
+        if t[names.TAG_HOST] == host:
+            if alive_here(int(t[names.TAG_PID]), float(t[names.TAG_PROCESS_START])):
+                return None
+            return f"its process {t[names.TAG_PID]} on this host is gone"
+        silent = (now_ms - int(t.get(names.TAG_HEARTBEAT, run.info.start_time))) / 1000
+    except (KeyError, ValueError):
+        return None
     if silent <= STALE_SECONDS:
         return None
     return f"no heartbeat from {t[names.TAG_HOST]} for {silent / 60:.0f} min (more than {STALE_SECONDS // 60})"
 
 
-def end_dead_runs() -> list[str]:
-    """End as KILLED every RUNNING run of this pipeline whose process died, saying so in one
-    line each; returns their ids."""
-    running = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"attributes.status = 'RUNNING' and tags.{names.TAG_PROCESS_START} LIKE '%'",
-        output_format="list",
-    )
-    client, host, now, ended = mlflow.MlflowClient(), socket.gethostname(), int(time.time() * 1000), []
-    for run in running:
-        try:
-            reason = why_dead(run, host, now)
-        except (KeyError, ValueError):  # not tagged as this pipeline tags its runs: not ours to judge
-            continue
-        if reason is None:
-            continue
-        epochs = len(client.get_metric_history(run.info.run_id, "val_accuracy"))
-        beat = int(run.data.tags.get(names.TAG_HEARTBEAT, run.info.start_time))
-        client.set_terminated(run.info.run_id, "KILLED", end_time=beat)
-        print(f"run {run.info.run_id} ({run.info.run_name}) was RUNNING, {reason}: ended KILLED, {epochs} epochs kept")
-        ended.append(run.info.run_id)
-    return ended
+def end_dead_runs(command: str, experiment_id: str | None = None) -> list[str]:
+    """End as KILLED the dead RUNNING runs of this pipeline that this user started in the
+    experiment ``command``'s runs go to (``experiment_id``, else access.experiment's), saying
+    so in one line each; returns their ids. Other users' dead runs there are named in one
+    line and left alone; an end the server refuses is one line too."""
+    experiment_id, label = access.experiment(command, experiment_id)  # AccessError: it may not read it
+    if experiment_id is None:  # not made yet: no run in it
+        return []
+    # a server with authentication leaves out the runs this user may not read
+    filter_string = f"attributes.status = 'RUNNING' and tags.{names.TAG_PROCESS_START} LIKE '%'"
+    running = mlflow.search_runs([experiment_id], filter_string, output_format="list")
+    host, now, me = socket.gethostname(), int(time.time() * 1000), user()
+    dead = [(run, reason) for run in running if (reason := why_dead(run, host, now))]
+    theirs = [f"{run.info.run_id} ({run.info.run_name}, {_owner(run)})" for run, _ in dead if _owner(run) != me]
+    if theirs:
+        where = f"{label} (id {experiment_id})".strip()
+        print(f"dead runs of other users in experiment {where}, left RUNNING for them: {', '.join(theirs)}")
+    return [run.info.run_id for run, reason in dead if _owner(run) == me and _end(run, reason)]
+
+
+def _owner(run) -> str:
+    return run.data.tags.get(MLFLOW_USER) or run.info.user_id
+
+
+def _end(run, reason: str) -> bool:
+    """End ``run`` KILLED at its last heartbeat, its epochs kept; whether the server let it."""
+    client, run_id = mlflow.MlflowClient(), run.info.run_id
+    try:
+        epochs = len(client.get_metric_history(run_id, "val_accuracy"))
+        client.set_terminated(
+            run_id, "KILLED", end_time=int(run.data.tags.get(names.TAG_HEARTBEAT, run.info.start_time))
+        )
+    except MlflowException as err:
+        if not access.is_refusal(err):
+            raise
+        refusal = redact(first_line(err))[:160]
+        print(
+            f"note: run {run_id} ({run.info.run_name}) was RUNNING, {reason}: user {user()} may not end it, "
+            f"left RUNNING ({refusal})",
+            file=sys.stderr,
+        )
+        return False
+    print(f"run {run_id} ({run.info.run_name}) was RUNNING, {reason}: ended KILLED, {epochs} epochs kept")
+    return True

@@ -49,7 +49,7 @@ def preflight(
         access.require_runs(command)  # refused before any training
     access.note_registration_refusal(model_name, command, kept)
     if ends_dead_runs:
-        liveness.end_dead_runs()  # runs left RUNNING by a process killed hard
+        liveness.end_dead_runs(command)  # runs left RUNNING by a process killed hard
     return data
 
 

@@ -3,29 +3,29 @@ side by side in worker processes), and one training on a given thread count (`ve
 
 Workers (tracking/worker_process.py) are forked from multiprocessing's fork server, a process
 that imported the training code (TensorFlow too) but never ran an op. Each takes this
-process's environment, sets its thread count before its first op, then takes trainings from
-one queue, costliest first, and logs each as a child of the parent run itself, as a run
-trained here is logged (training_run.track_training). Their lines come here and are printed
-as they come, every line naming its run's label. A run records the thread count it trained
-on (core/threads.py: why).
+process's environment, sets its thread count before its first op, then trains the trainings
+this process hands it, one at a time, costliest first, and logs each as a child of the parent
+run itself, as a run trained here is logged (training_run.track_training). Their lines come
+here over each worker's own pipe and are printed as they come, every line naming its run's
+label. A run records the thread count it trained on (core/threads.py: why).
 
-- A failed training stops the queue: the trainings under way finish, then its error is
-  raised here.
+- A failed training stops the handing out: the trainings under way finish, then its error
+  is raised here.
 - An interrupt (Ctrl-C reaches every process of the group; SIGTERM reaches this one and is
   passed on) ends each worker's run KILLED, its finished epochs kept, then this process's.
-- A worker killed hard leaves its run RUNNING: it is ended KILLED here at once (liveness),
-  and the queue stops as for a failed training.
+- A worker killed hard, at any moment (even halfway through a message: no lock or queue is
+  shared), ends its pipe: its run, RUNNING still, is ended KILLED here at once (liveness),
+  and the handing out stops as for a failed training.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import math
 import multiprocessing
-import os
-import queue
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 
 import mlflow
 
@@ -38,7 +38,6 @@ from mnist_pipeline.tracking.identity import find_reusable_run, run_key
 from mnist_pipeline.tracking.readback import ChildRun
 from mnist_pipeline.tracking.runs import ended_run, launched_by_mlflow_run
 
-POLL_SECONDS = 0.5  # how often a waiting parent looks for workers that died without a word
 STOP_SECONDS = 120  # an interrupted worker's time to end its run KILLED, history and plots logged
 
 
@@ -59,9 +58,10 @@ def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool, workers
             print(f"{cfg.variant} (seed {cfg.seed}): reusing FINISHED run {run_id} (same config, code and data)")
     todo = [Job(i, cfg, labels[i]) for i, (cfg, run_id) in enumerate(zip(configs, reused)) if run_id is None]
     processes, per_worker = threads.plan(len(todo), workers)
-    parent = mlflow.active_run()
+    parent = mlflow.active_run().info
     if processes > 1:
-        trained = in_workers(todo, data, processes, per_worker, parent.info.run_id, parent.info.experiment_id)
+        setup = worker_process.Setup.here(parent.experiment_id, parent.run_id, per_worker)
+        trained = in_workers(todo, data, processes, setup)
     else:
         from mnist_pipeline.tracking.training_run import track_training  # TensorFlow: only to train here
 
@@ -100,49 +100,29 @@ def track_alone(
 
 def _track_one(cfg, data, tags, on_threads: int, parent_run_id: str | None, experiment_id: str | None) -> str:
     if on_threads and on_threads != threads.current():
-        job = Job(0, cfg, cfg.variant)
-        return in_workers([job], data, 1, on_threads, parent_run_id, experiment_id, tags)[0]
+        setup = worker_process.Setup.here(experiment_id, parent_run_id, on_threads, tags)
+        return in_workers([Job(0, cfg, cfg.variant)], data, 1, setup)[0]
     from mnist_pipeline.tracking.training_run import track_training
 
     return track_training(cfg, data, nested=parent_run_id is not None, tags=tags)
 
 
-def in_workers(
-    jobs: list[Job],
-    data: Mnist,
-    processes: int,
-    on_threads: int,
-    parent_run_id: str | None,
-    experiment_id: str | None,
-    tags: dict[str, str] | None = None,
-) -> dict[int, str]:
-    """Train ``jobs`` in ``processes`` workers at ``on_threads`` threads each; returns
-    {job.index: run id}. Raises the first failure once every worker has stopped."""
+def in_workers(jobs: list[Job], data: Mnist, processes: int, setup: worker_process.Setup) -> dict[int, str]:
+    """Train ``jobs`` in ``processes`` workers set up as ``setup`` says; returns {job.index:
+    run id}. Raises the first failure once every worker has stopped."""
     context = _context()
-    tasks, results, stop = context.Queue(), context.Queue(), context.Event()
-    for job in sorted(jobs, key=lambda j: -j.cfg.epochs * macs.training_macs(j.cfg)):  # costliest first
-        tasks.put(job)
-    for _ in range(processes):
-        tasks.put(None)  # one end mark per worker
-    levels = {
-        name: logging.getLogger(name).level for name in logging.root.manager.loggerDict if name.startswith("mlflow")
-    }
-    setup = worker_process.Setup(
-        mlflow.get_tracking_uri(), experiment_id, parent_run_id, on_threads, tags or {}, levels, {**os.environ}
-    )
-    workers = [
-        context.Process(
-            target=worker_process.work, args=(setup, data, tasks, results, stop), name=f"trainer-{n}", daemon=True
+    workers = {}  # this process's end of each worker's pipe -> the worker
+    for n in range(processes):
+        ours, theirs = context.Pipe()
+        workers[ours] = context.Process(
+            target=worker_process.work, args=(setup, data, theirs), name=f"trainer-{n}", daemon=True
         )
-        for n in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
+        workers[ours].start()
+        theirs.close()  # the worker holds the only other end: the pipe ends when the worker does
     try:
-        trained, failure = _collect(jobs, workers, results, stop)
+        trained, failure = _collect(jobs, workers, setup.experiment_id)
     except BaseException:  # an interrupt here: every worker ends its run KILLED first
-        stop.set()
-        _stop(workers, results)
+        _stop(workers)
         raise
     if failure is not None:
         raise failure
@@ -160,75 +140,75 @@ def _context():
     return context
 
 
-def _collect(jobs, workers, results, stop) -> tuple[dict[int, str], BaseException | None]:
-    """Each job's run id as its worker reports it, until every worker has ended; the first
-    failure stops the queue."""
-    labels = {job.index: job.label for job in jobs}
-    trained, running, failure = {}, {}, None
-    while True:
-        try:
-            kind, index, value = results.get(timeout=POLL_SECONDS)
-        except queue.Empty:
-            if lost := _lost(workers, running):  # killed hard in a training: not a word from it
-                liveness.end_dead_runs()  # its run, RUNNING still: a line for each
-                for index, code in lost.items():
-                    running.pop(index)
-                    died = f"the process training {labels[index]} died (exit code {code}) before its run ended"
-                    failure = failure or WorkerDied(died)
-                stop.set()
-            if any(w.is_alive() for w in workers):
-                continue
-            try:  # every worker has ended: what they said last is in the pipe already
-                kind, index, value = results.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                break
+def _collect(jobs: list[Job], workers: dict, experiment_id: str | None) -> tuple[dict[int, str], BaseException | None]:
+    """Hand the jobs out, costliest first, a job to each worker as it asks, and take each run
+    id as its worker reports it, until every worker has ended. The first failure, or a
+    worker's death, stops the handing out."""
+    todo = sorted(jobs, key=lambda j: -j.cfg.epochs * macs.training_macs(j.cfg))
+    trained, running, failure = {}, {}, None  # running: {pipe: its worker's job}
+
+    def hand_out(pipe) -> None:
+        job = todo.pop(0) if todo and failure is None else None
+        with contextlib.suppress(OSError):  # a worker that has died: its pipe's end says so
+            pipe.send(job)
+        if job is not None:
+            running[pipe] = job
+
+    for pipe in workers:
+        hand_out(pipe)
+    for pipe, report in _reports(set(workers)):
+        if report is None:  # the worker has ended
+            if pipe in running:  # killed hard in a training: not a word from it, its run RUNNING still
+                workers[pipe].join()
+                died = f"the process training {running.pop(pipe).label} died (exit code {workers[pipe].exitcode})"
+                failure = failure or WorkerDied(f"{died} before its run ended")
+                liveness.end_dead_runs("", experiment_id)  # a line for its run (this process reads the experiment)
+            continue
+        kind, value = report
         if kind in worker_process.STREAMS:
             worker_process.echo(kind, value)
-        elif kind == "started":
-            running[index] = value
         elif kind == "done":
-            trained[index] = value
-            running.pop(index)
+            trained[running.pop(pipe).index] = value
+            hand_out(pipe)
         else:
-            running.pop(index)
+            running.pop(pipe)
             failure = failure or value
-            stop.set()
+    for worker in workers.values():
+        worker.join()  # its pipe has ended: it is exiting
     if failure is None and len(trained) < len(jobs):
-        codes = ", ".join(str(w.exitcode) for w in workers)
+        codes = ", ".join(str(w.exitcode) for w in workers.values())
         failure = WorkerDied(f"the training processes ended (exit codes {codes}) before training every run")
     return trained, failure
 
 
-def _lost(workers, running: dict[int, int]) -> dict[int, int]:
-    """{job index: exit code} of the trainings whose worker has died. A worker that ends on
-    its own (done, failed, no job left) reports first and exits with 0."""
-    codes = {w.pid: w.exitcode for w in workers if w.exitcode not in (None, 0)}
-    return {index: codes[pid] for index, pid in running.items() if pid in codes}
+def _reports(pipes: set, seconds: float = math.inf):
+    """(pipe, report) for each report on ``pipes`` as it comes, and (pipe, None) as a pipe ends
+    (its worker ended; a message its death cut short is dropped), until every pipe has ended
+    or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while pipes and (left := deadline - time.monotonic()) > 0:
+        for pipe in wait(pipes, None if left == math.inf else left):
+            try:
+                report = pipe.recv()
+            except (EOFError, OSError):
+                pipes.discard(pipe)
+                report = None
+            yield pipe, report
 
 
-def _stop(workers, results) -> None:
+def _stop(workers: dict) -> None:
     """Pass the interrupt on (a worker that has it already takes no second one) and wait for
     the workers to end their runs, printing what they print; one that has not ended in
     STOP_SECONDS is killed."""
-    for worker in workers:
+    for worker in workers.values():
         if worker.is_alive():
             worker.terminate()  # SIGTERM: its run ends KILLED
-    deadline = time.monotonic() + STOP_SECONDS
-    while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
-        _show_lines(results)
-    for worker in workers:
-        if worker.is_alive():
-            worker.kill()
-    _show_lines(results)
-
-
-def _show_lines(results) -> None:
-    """Print the lines the workers sent within POLL_SECONDS (a stopping worker's reports are dropped)."""
-    with contextlib.suppress(queue.Empty):
-        while True:
-            kind, _, value = results.get(timeout=POLL_SECONDS)
-            if kind in worker_process.STREAMS:
-                worker_process.echo(kind, value)
+    pipes = set(workers)
+    for _, report in _reports(pipes, STOP_SECONDS):
+        if report is not None and report[0] in worker_process.STREAMS:
+            worker_process.echo(*report)
+    for pipe in pipes:
+        workers[pipe].kill()
 
 
 def _labels(configs: list[TrainConfig]) -> list[str]:

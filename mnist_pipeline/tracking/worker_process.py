@@ -1,7 +1,11 @@
 """A training worker process (tracking/trainers.py starts them): it takes the parent's
-environment, sets its thread count before TensorFlow's first op, and trains jobs from a queue,
-each a run of its own under the parent run. What it prints goes to the parent, line by line,
-and the parent prints it: the console stays the parent's."""
+environment, sets its thread count before TensorFlow's first op, and trains the jobs the parent
+sends it, each a run of its own under the parent run. What it prints goes to the parent, line
+by line, and the parent prints it: the console stays the parent's.
+
+Everything goes over the worker's own pipe to the parent: no lock or queue is shared with
+another worker, so a worker that dies at any moment, even halfway through a message, stops
+no other, and the parent reads its death as the end of that pipe."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 
@@ -41,13 +46,35 @@ class Setup:
     log_levels: dict[str, int]  # MLflow's loggers as this process set them (the CLI quiets some)
     environ: dict[str, str]  # this process's variables now (the fork server has those it started with)
 
+    @classmethod
+    def here(cls, experiment_id: str | None, parent_run_id: str | None, threads: int, tags=None) -> Setup:
+        """This process's store, loggers and variables, for workers that train on ``threads``."""
+        loggers = [name for name in logging.root.manager.loggerDict if name.startswith("mlflow")]
+        levels = {name: logging.getLogger(name).level for name in loggers}
+        return cls(mlflow.get_tracking_uri(), experiment_id, parent_run_id, threads, tags or {}, levels, {**os.environ})
+
+
+def _sender(pipe):
+    """send(kind, value) on ``pipe``: a line printed (kind "out" or "err"), the job "done" (its
+    run id) or "failed" (the error), each message whole, whichever thread sends it."""
+    lock = threading.Lock()
+
+    def send(*report) -> None:
+        # an interrupt (raised in the main thread) waits for the end of the message: one cut
+        # short would garble every later one
+        main = threading.current_thread() is threading.main_thread()
+        with lock, interrupts.deferred() if main else contextlib.nullcontext():
+            pipe.send(report)
+
+    return send
+
 
 class _Lines(io.TextIOBase):
     """A worker's sys.stdout or sys.stderr: each whole line goes to the parent, which prints it,
     so the console is the parent's (its stdout may be a pipe or a test's capture by now)."""
 
-    def __init__(self, results, stream: str):
-        self.results, self.stream, self.pending = results, stream, ""
+    def __init__(self, send, stream: str):
+        self.send, self.stream, self.pending = send, stream, ""
 
     def writable(self) -> bool:
         return True
@@ -55,20 +82,21 @@ class _Lines(io.TextIOBase):
     def write(self, text: str) -> int:
         *lines, self.pending = (self.pending + text).split("\n")
         for line in lines:
-            self.results.put((self.stream, None, line))
+            self.send(self.stream, line)
         return len(text)
 
 
-def work(setup: Setup, data: Mnist, tasks, results, stop) -> None:
-    """A worker process: train jobs from ``tasks`` until the end mark or ``stop``."""
+def work(setup: Setup, data: Mnist, pipe) -> None:
+    """A worker process: train the jobs the parent sends on ``pipe`` until it sends None."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt_once)
     with contextlib.suppress(KeyboardInterrupt):  # between trainings: nothing to end, nothing to say
-        _train_jobs(setup, data, tasks, results, stop)
+        _train_jobs(setup, data, pipe)
 
 
-def _train_jobs(setup: Setup, data: Mnist, tasks, results, stop) -> None:
-    sys.stdout, sys.stderr = _Lines(results, "out"), _Lines(results, "err")
+def _train_jobs(setup: Setup, data: Mnist, pipe) -> None:
+    send = _sender(pipe)
+    sys.stdout, sys.stderr = _Lines(send, "out"), _Lines(send, "err")
     os.environ.clear()
     os.environ.update(setup.environ)
     os.environ.pop(mlflow.environment_variables.MLFLOW_RUN_ID.name, None)  # the parent's run is not ours to resume
@@ -80,28 +108,23 @@ def _train_jobs(setup: Setup, data: Mnist, tasks, results, stop) -> None:
         mlflow.set_experiment(experiment_id=setup.experiment_id)
     from mnist_pipeline.tracking.training_run import track_training
 
-    while (job := tasks.get()) is not None and not stop.is_set():
-        results.put(("started", job.index, os.getpid()))
+    while (job := pipe.recv()) is not None:
         try:
             run_id = track_training(job.cfg, data, tags=setup.tags, parent_run_id=setup.parent_run_id, label=job.label)
         except BaseException as err:
             if not isinstance(err, (KeyboardInterrupt, UserError)):
                 traceback.print_exc()  # where it failed; the parent raises it again
-            results.put(("failed", job.index, _portable(err)))
+            send("failed", _portable(err))
             return
-        results.put(("done", job.index, run_id))
+        send("done", run_id)
 
 
 def _interrupt_once(signum, frame) -> None:
     """The first SIGINT or SIGTERM ends the run KILLED; later ones (the parent passing on the
     same Ctrl-C) must not cut that short."""
     for other in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(other, _ignore)  # not SIG_IGN: Python raises on a signal already on its way
+        signal.signal(other, lambda *_: None)  # not SIG_IGN: Python raises on a signal already on its way
     interrupts.handler(signum, frame)
-
-
-def _ignore(signum, frame) -> None:
-    pass
 
 
 def _portable(err: BaseException) -> BaseException:

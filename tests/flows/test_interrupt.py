@@ -12,7 +12,8 @@ import mlflow
 import pandas as pd
 import pytest
 
-from helpers.stores import all_runs
+from helpers.dying import DIED, DIES_AT
+from helpers.stores import PROJECT_ROOT, all_runs
 from mnist_pipeline import cli, names
 
 
@@ -141,3 +142,37 @@ def test_a_worker_killed_hard_fails_main_in_one_line_with_its_run_ended(tracking
     assert last.startswith("mnist-pipeline: error: the process training ") and " died (exit code -9)" in last
     statuses = {r.info.run_name: r.info.status for r in all_runs(tracking_store)}
     assert statuses == {"main": "FAILED", "baseline": "KILLED", "final": "KILLED"}
+
+
+def test_a_worker_killed_halfway_through_a_message_ends_main_within_60_s(tracking_store, tiny_mnist_dir, tmp_path):
+    """The worst moment to die: halfway through a message to main, holding its channel's lock.
+    main reads that worker's end, ends its run KILLED, lets the other training finish and
+    fails in one line, all within 60 s of the death."""
+    died = tmp_path / "died"
+    env = {**os.environ, DIES_AT: "final  epoch 1/", DIED: str(died)}
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "tests"), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "helpers.dying", "main", "--variants", "baseline,final", "--workers", "2"]
+    command += ["--epochs", "3", "--batch-size", "16", "--model-name", "", "--data-dir", str(tiny_mnist_dir)]
+    main = subprocess.Popen(
+        command, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not died.exists():  # the dying worker's mark, written just before its death
+            assert main.poll() is None, main.communicate()
+            assert time.monotonic() < deadline, "the final's worker never reached its first epoch"
+            time.sleep(0.2)
+        out, err = main.communicate(timeout=60)
+    finally:
+        if main.poll() is None:
+            os.killpg(main.pid, signal.SIGKILL)
+    assert main.returncode == cli.USAGE_ERROR, err
+    pid = died.read_text()
+    assert err.strip().splitlines()[-1] == (
+        "mnist-pipeline: error: the process training final died (exit code -9) before its run ended"
+    ), err
+    statuses = {r.info.run_name: r.info.status for r in all_runs(tracking_store)}
+    assert statuses == {"main": "FAILED", "baseline": "FINISHED", "final": "KILLED"}
+    [final] = [r for r in all_runs(tracking_store) if r.info.run_name == "final"]
+    assert final.data.tags[names.TAG_PID] == pid
+    assert f"run {final.info.run_id} (final) was RUNNING, its process {pid} on this host is gone: ended KILLED" in out

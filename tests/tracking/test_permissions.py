@@ -1,6 +1,9 @@
 """Which permission each call of the pipeline needs, measured on the session's basic-auth
 server: one user per level, holding it on both a scratch experiment and a scratch model, tries
-every call. The table is docs/team-server.md's "Permissions each call needs"."""
+every call. The server must grant exactly what the project's constants say: the least level of
+each call is the one tracking/access.py requires for it, and each role of core/team.py gets
+every call its commands make and no other. docs/team-server.md's "Permissions each call needs"
+is the table measured here."""
 
 from __future__ import annotations
 
@@ -9,23 +12,33 @@ import warnings
 import pytest
 
 from helpers.team import password
+from mnist_pipeline.core.team import ROLES
+from mnist_pipeline.tracking import access
 
-LEVELS = ("READ", "USE", "EDIT", "MANAGE")
-# call -> the least level that may make it (on the experiment for runs, on the model for the registry)
+LEVELS = ("READ", "USE", "EDIT", "MANAGE")  # the levels a user is granted, each tried
+# call -> (the resource it needs a permission on, the project's constant for the least one)
 NEEDS = {
-    "search runs, read a run": "READ",
-    "create a run (every training, main, register, evaluate run)": "EDIT",
-    "log params, metrics, tags; end a run": "EDIT",
-    "a text artifact on a run (registry/decisions.csv, the model card)": "EDIT",
-    "log a model": "EDIT",
-    "read a version by alias": "READ",
-    "download a registered model (predict, serve, evaluate)": "READ",
-    "create a model version": "EDIT",
-    "set a version tag (champion_decision, verified)": "EDIT",
-    "update a version's description": "EDIT",
-    "set an alias (champion, challenger)": "EDIT",
-    "delete an alias": "MANAGE",
-    "delete a model version (a lost registration race)": "MANAGE",
+    "search runs, read a run": ("experiment", access.READ_NEEDS),
+    "create a run (every training, main, register, evaluate run)": ("experiment", access.RUNS_NEED),
+    "log params, metrics, tags; end a run": ("experiment", access.RUNS_NEED),
+    "a text artifact on a run (registry/decisions.csv, the model card)": ("experiment", access.RUNS_NEED),
+    "log a model": ("experiment", access.RUNS_NEED),
+    "read a version by alias": ("registered_model", access.READ_NEEDS),
+    "download a registered model (predict, serve, evaluate)": ("registered_model", access.READ_NEEDS),
+    "create a model version": ("registered_model", access.REGISTER_NEEDS),
+    "set a version tag (champion_decision, verified)": ("registered_model", access.REGISTER_NEEDS),
+    "update a version's description": ("registered_model", access.REGISTER_NEEDS),
+    "set an alias (champion, challenger)": ("registered_model", access.REGISTER_NEEDS),
+    # a release manager deletes what a lost registration race left: what its role gets on the model
+    "delete an alias": ("registered_model", ROLES["release_managers"][1]),
+    "delete a model version (a lost registration race)": ("registered_model", ROLES["release_managers"][1]),
+}
+READS = ["search runs, read a run", "read a version by alias", "download a registered model (predict, serve, evaluate)"]
+# role -> the calls its commands make (core/team.py: which commands each role runs)
+ROLE_CALLS = {
+    "researchers": [call for call, (resource, _) in NEEDS.items() if resource == "experiment"] + READS,
+    "release_managers": list(NEEDS),  # register, verify; a lost race's version deleted
+    "consumers": READS,  # predict, serve, evaluate (its scores printed, not logged)
 }
 EXPERIMENT, MODEL = "permission-table", "permission-table-model"
 
@@ -139,7 +152,13 @@ def _allowed(call) -> bool:
 
 
 @pytest.mark.parametrize("level", LEVELS)
-def test_each_call_needs_the_permission_the_table_gives(measured, level):
-    rank = LEVELS.index(level)
-    expected = {call: rank >= LEVELS.index(needs) for call, needs in NEEDS.items()}
+def test_each_call_needs_the_permission_the_project_requires_for_it(measured, level):
+    expected = {call: access.LEVELS[level] >= access.LEVELS[needs] for call, (_, needs) in NEEDS.items()}
     assert measured[level] == expected
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_each_role_gets_every_call_its_commands_make_and_no_other(measured, role):
+    held = dict(zip(("experiment", "registered_model"), ROLES[role]))  # the role's permission on each resource
+    allowed = {call for call, (resource, _) in NEEDS.items() if measured[held[resource]][call]}
+    assert allowed == set(ROLE_CALLS[role])
