@@ -31,7 +31,7 @@ import scipy.stats
 # than MAX_CLASS_DROP is more than seed noise.
 MIN_IMPROVEMENT = 0.2
 MAX_CLASS_DROP = 2.0
-ALPHA = 0.05  # Welch's test, one-sided: the challenger's mean over seeds is higher
+ALPHA = 0.05  # a difference is larger than seed noise if Welch's p < ALPHA (here one-sided: higher)
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def decide(challenger: Evidence, champion: Evidence | None, gates: Gates) -> Dec
     seeded = challenger.seeds >= 2 and champion.seeds >= 2
     if seeded:
         gain = 100 * (np.mean(challenger.accuracies) - np.mean(champion.accuracies))
-        p_value = _welch(challenger.accuracies, champion.accuracies)
+        p_value = welch_p(challenger.accuracies, champion.accuracies, alternative="greater")
         basis = f" (means of {challenger.seeds} and {champion.seeds} seeds, Welch p={p_value:.2g})"
     else:
         gain, p_value, basis = 100 * (challenger.accuracies[0] - champion.accuracies[0]), None, ""
@@ -100,9 +100,11 @@ def _worst_digit(challenger: Evidence, champion: Evidence, seeded: bool) -> tupl
     return worst, float(drops[worst])
 
 
-def _welch(a, b) -> float:
-    """One-sided p-value that ``a``'s mean is higher than ``b``'s; when neither varies, 0 if it
-    is higher and 1 if not (the t statistic is undefined)."""
+def welch_p(a, b, alternative: str = "two-sided") -> float:
+    """Welch's t-test p-value of ``a``'s mean against ``b``'s (``alternative`` as scipy takes
+    it). When neither varies the t statistic is undefined and any difference is real: 0 if
+    the two differ the way tested, 1 if not."""
     if np.ptp(a) == 0 and np.ptp(b) == 0:
-        return 0.0 if np.mean(a) > np.mean(b) else 1.0
-    return float(scipy.stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+        differ = a[0] > b[0] if alternative == "greater" else a[0] != b[0]
+        return 0.0 if differ else 1.0
+    return float(scipy.stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
