@@ -40,8 +40,7 @@ def report(labels: np.ndarray, probabilities: np.ndarray) -> Report:
     by_class = sklearn.metrics.classification_report(
         labels, predicted, labels=DIGITS, output_dict=True, zero_division=0
     )
-    per_class = pd.DataFrame({str(d): by_class[str(d)] for d in DIGITS}).T
-    per_class.index.name = "digit"
+    per_class = pd.DataFrame({str(d): by_class[str(d)] for d in DIGITS}).T.rename_axis("digit")
     counts = sklearn.metrics.confusion_matrix(labels, predicted, labels=DIGITS)
     confusion = pd.DataFrame(
         counts, index=pd.RangeIndex(NUM_CLASSES, name="true_digit"), columns=[f"predicted_{d}" for d in DIGITS]
