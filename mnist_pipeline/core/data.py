@@ -90,10 +90,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
 
 
 def _find(folder: Path, name: str) -> Path | None:
-    for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
+    return next((path for path in (folder / name, folder / f"{name}.gz") if path.is_file()), None)
 
 
 def _read_bytes(path: Path) -> bytes:

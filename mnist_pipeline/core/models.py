@@ -17,8 +17,7 @@ def build_model(cfg: TrainConfig, steps_per_epoch: int | None = None) -> keras.M
     if cfg.conv_filters or cfg.augment_shift:
         image.append(keras.layers.Reshape((*IMAGE_SHAPE, 1)))
     if cfg.augment_shift:  # shifted copies of the training images, black borders; inactive at inference
-        shift = cfg.augment_shift
-        image.append(keras.layers.RandomTranslation(shift, shift, fill_mode="constant"))
+        image.append(keras.layers.RandomTranslation(cfg.augment_shift, cfg.augment_shift, fill_mode="constant"))
     conv = []
     for filters in cfg.conv_filters:
         conv += [
