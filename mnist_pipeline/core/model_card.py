@@ -54,20 +54,14 @@ def build(
 ) -> str:
     """The card as markdown. ``chosen``: how the version was chosen (its description);
     ``confusion``: (10, 10) test-set counts, rows true digit, or None if the run logged none."""
+    knobs = [(k, f"`{params[k]}`" if params[k] else "none") for k in HYPERPARAMETERS if k in params]
+    scores = [(k, f"{metrics[k]:.4g}", what) for k, what in METRICS.items() if k in metrics]
     sections = [
         f"# Model card: {model_name} version {version}",
         chosen,
         _data(params, confusion),
-        _table(
-            "Variant and hyperparameters",
-            ("parameter", "value"),
-            [(k, f"`{params[k]}`" if params[k] else "none") for k in HYPERPARAMETERS if k in params],
-        ),
-        _table(
-            "Metrics",
-            ("metric", "value", "what"),
-            [(k, f"{metrics[k]:.4g}", what) for k, what in METRICS.items() if k in metrics],
-        ),
+        _table("Variant and hyperparameters", ("parameter", "value"), knobs),
+        _table("Metrics", ("metric", "value", "what"), scores),
         _per_class(confusion),
         _weaknesses(confusion),
         _how_to_load(model_name, version),

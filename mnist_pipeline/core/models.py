@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import keras
 
-from mnist_pipeline.core.config import TrainConfig
+from mnist_pipeline.core.config import LOSS, TrainConfig
 from mnist_pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES
 
 
@@ -44,12 +44,9 @@ def build_model(cfg: TrainConfig, steps_per_epoch: int | None = None) -> keras.M
         name=cfg.variant,
     )
     # compiled for its consumers (evaluate, the registry's Keras flavor) and for fit.Loop,
-    # which trains with this optimizer's slots and the compiled loss
-    model.compile(
-        optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate(cfg, steps_per_epoch)),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    # which trains with this optimizer's slots and the compiled loss (the one runs log as `loss`)
+    rmsprop = keras.optimizers.RMSprop(learning_rate=learning_rate(cfg, steps_per_epoch))
+    model.compile(optimizer=rmsprop, loss=LOSS, metrics=["accuracy"])
     return model
 
 
