@@ -93,9 +93,14 @@ def _find(folder: Path, name: str) -> Path | None:
     return next((path for path in (folder / name, folder / f"{name}.gz") if path.is_file()), None)
 
 
+def open_idx(path: Path):
+    """An IDX file opened for reading its bytes, through gzip if its name ends in .gz."""
+    return (gzip.open if path.suffix == ".gz" else open)(path, "rb")
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        with open_idx(path) as f:
             return f.read()
     except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise DataError(f"{path}: cannot be read ({err})") from None

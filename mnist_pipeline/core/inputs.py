@@ -7,14 +7,13 @@ as it is.
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
-from mnist_pipeline.core.data import IMAGES_MAGIC, DataError, read_idx
+from mnist_pipeline.core.data import IMAGES_MAGIC, DataError, open_idx, read_idx
 
 DIGIT_BOX = 20  # MNIST fits each digit's ink in 20x20, then centres it in 28x28
 FRAME = 28
@@ -37,9 +36,8 @@ def load_inputs(paths: list[str | Path]) -> tuple[list[str], np.ndarray]:
 
 
 def _is_idx(path: Path) -> bool:
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:
+        with open_idx(path) as f:
             return f.read(4) == IMAGES_MAGIC.to_bytes(4, "big")
     except (OSError, EOFError):
         return False
