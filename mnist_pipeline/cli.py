@@ -19,7 +19,7 @@ from dataclasses import fields
 
 from mnist_pipeline.core import interrupts
 from mnist_pipeline.core.errors import Mismatch, UserError
-from mnist_pipeline.core.param_fields import Params, text
+from mnist_pipeline.core.param_fields import text
 from mnist_pipeline.core.params import COMMANDS
 from mnist_pipeline.core.secrets import redact
 from mnist_pipeline.core.team import ADMIN_COMMANDS
@@ -57,23 +57,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog.split()[0]}: error: {message}\n")
 
 
-def _add_command(commands, name: str, params: type[Params]) -> None:
-    parser = commands.add_parser(name, help=params.__doc__.strip().splitlines()[0])
-    parser.set_defaults(params=params)
-    for f in fields(params):
-        if f.metadata["positional"]:
-            parser.add_argument(f.name, nargs="+", help=f.metadata["help"])
-        else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", default=text(f.default), help=f.metadata["help"])
-
-
 def build_parser(
     commands=ALL_COMMANDS, prog=PROG, description="Train, compare, register and use the MNIST study's models."
 ) -> argparse.ArgumentParser:
     parser = _Parser(prog=prog, description=description)
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, params in commands.items():
-        _add_command(subparsers, name, params)
+        command = subparsers.add_parser(name, help=params.__doc__.strip().splitlines()[0])
+        command.set_defaults(params=params)
+        for f in fields(params):
+            if f.metadata["positional"]:
+                command.add_argument(f.name, nargs="+", help=f.metadata["help"])
+            else:
+                command.add_argument(f"--{f.name.replace('_', '-')}", default=text(f.default), help=f.metadata["help"])
     return parser
 
 
@@ -86,12 +82,10 @@ def run(argv: list[str] | None = None, parser=None, flows: str = "mnist_pipeline
     try:
         params = params_class.from_strings(args)
         importlib.import_module(f"{flows}.{command}").run(params)
-    except UserError as err:
-        print(f"{parser.prog}: error: {redact(str(err))}", file=sys.stderr)
-        return USAGE_ERROR
-    except Mismatch as err:
-        print(f"{parser.prog}: mismatch: {redact(str(err))}", file=sys.stderr)
-        return MISMATCH
+    except (UserError, Mismatch) as err:
+        kind, status = ("mismatch", MISMATCH) if isinstance(err, Mismatch) else ("error", USAGE_ERROR)
+        print(f"{parser.prog}: {kind}: {redact(str(err))}", file=sys.stderr)
+        return status
     return 0
 
 

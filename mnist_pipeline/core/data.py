@@ -90,18 +90,18 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
 
 
 def _find(folder: Path, name: str) -> Path | None:
-    for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
+    return next((path for path in (folder / name, folder / f"{name}.gz") if path.is_file()), None)
+
+
+def open_idx(path: Path):
+    """An IDX file opened for reading its bytes, through gzip if its name ends in .gz."""
+    return (gzip.open if path.suffix == ".gz" else open)(path, "rb")
 
 
 def _read_bytes(path: Path) -> bytes:
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with open_idx(path) as f:
+            return f.read()
     except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise DataError(f"{path}: cannot be read ({err})") from None
 
@@ -125,15 +125,10 @@ def _parse_idx(path: Path, raw: bytes, magic: int) -> np.ndarray:
 
 
 def _read_md5sums(folder: Path) -> dict[str, str]:
+    """File name -> md5 from the folder's MD5SUMS (``md5sum``'s lines; others are skipped), if any."""
     sums = folder / "MD5SUMS"
-    if not sums.is_file():
-        return {}
-    entries = {}
-    for line in sums.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            entries[parts[1].lstrip("*")] = parts[0].lower()
-    return entries
+    lines = sums.read_text().splitlines() if sums.is_file() else []
+    return {parts[1].lstrip("*"): parts[0].lower() for parts in map(str.split, lines) if len(parts) == 2}
 
 
 def _load_idx_folder(folder: Path) -> Mnist:
@@ -152,8 +147,7 @@ def _load_idx_folder(folder: Path) -> Mnist:
                     f"{md5sums[name]} in {folder / 'MD5SUMS'}"
                 )
             arrays[f"{key}_{split}"] = _parse_idx(path, raw, magic)
-    _check_arrays(arrays, str(folder))
-    return Mnist(**arrays, source=str(folder.resolve()), digest=content_digest(arrays))
+    return _checked(arrays, str(folder), source=str(folder.resolve()))
 
 
 def _load_npz(path: Path) -> Mnist:
@@ -170,23 +164,22 @@ def _load_npz(path: Path) -> Mnist:
             raise DataError(f"{path}: {key} has dtype {array.dtype}, expected uint8")
         if key.startswith("x") and array.shape[1:] != IMAGE_SHAPE:
             raise DataError(f"{path}: {key} has shape {array.shape}, expected (n, 28, 28)")
-    _check_arrays(arrays, str(path))
-    return Mnist(**arrays, source=str(path.resolve()), digest=content_digest(arrays))
+    return _checked(arrays, str(path), source=str(path.resolve()))
 
 
 def _load_keras_download() -> Mnist:
     import keras  # only here: loading from files must not need TensorFlow
 
     try:
-        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+        train, test = keras.datasets.mnist.load_data()
     except Exception as err:  # the downloader raises many kinds; all mean "no data"
         raise DataError(f"keras.datasets.mnist.load_data() failed ({err}); {HOW_TO_POINT}") from None
-    arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    _check_arrays(arrays, KERAS_MNIST_URL)
-    return Mnist(**arrays, source=KERAS_MNIST_URL, digest=content_digest(arrays))
+    return _checked(dict(zip(NPZ_KEYS, (*train, *test))), KERAS_MNIST_URL, source=KERAS_MNIST_URL)
 
 
-def _check_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
+def _checked(arrays: dict[str, np.ndarray], where: str, source: str) -> Mnist:
+    """The four arrays as an Mnist from ``source``, once each split's labels are checked
+    (``where`` names them in the error)."""
     for split in IDX_FILES:
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if y.ndim != 1 or len(x) != len(y):
@@ -195,6 +188,7 @@ def _check_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
             raise DataError(f"{where}: {split} split is empty")
         if y.max() >= NUM_CLASSES:
             raise DataError(f"{where}: {split} labels include {int(y.max())}, allowed 0-9")
+    return Mnist(**arrays, source=source, digest=content_digest(arrays))
 
 
 def array_digest(*arrays: np.ndarray) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import sklearn.metrics
+from sklearn.metrics import classification_report, confusion_matrix, log_loss
 
 from mnist_pipeline.core.data import NUM_CLASSES
 
@@ -30,19 +30,16 @@ def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """Accuracy of the most probable digit, and categorical cross-entropy."""
     return {
         "test_accuracy": float((probabilities.argmax(axis=1) == labels).mean()),
-        "test_loss": float(sklearn.metrics.log_loss(labels, probabilities, labels=DIGITS)),
+        "test_loss": float(log_loss(labels, probabilities, labels=DIGITS)),
     }
 
 
 def report(labels: np.ndarray, probabilities: np.ndarray) -> Report:
     """Per-class precision, recall, f1 and support, and the confusion counts (rows: true digit)."""
     predicted = probabilities.argmax(axis=1)
-    by_class = sklearn.metrics.classification_report(
-        labels, predicted, labels=DIGITS, output_dict=True, zero_division=0
-    )
-    per_class = pd.DataFrame({str(d): by_class[str(d)] for d in DIGITS}).T
-    per_class.index.name = "digit"
-    counts = sklearn.metrics.confusion_matrix(labels, predicted, labels=DIGITS)
+    by_class = classification_report(labels, predicted, labels=DIGITS, output_dict=True, zero_division=0)
+    per_class = pd.DataFrame({str(d): by_class[str(d)] for d in DIGITS}).T.rename_axis("digit")
+    counts = confusion_matrix(labels, predicted, labels=DIGITS)
     confusion = pd.DataFrame(
         counts, index=pd.RangeIndex(NUM_CLASSES, name="true_digit"), columns=[f"predicted_{d}" for d in DIGITS]
     )

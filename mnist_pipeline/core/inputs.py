@@ -7,14 +7,13 @@ as it is.
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
-from mnist_pipeline.core.data import IMAGES_MAGIC, DataError, read_idx
+from mnist_pipeline.core.data import IMAGES_MAGIC, DataError, open_idx, read_idx
 
 DIGIT_BOX = 20  # MNIST fits each digit's ink in 20x20, then centres it in 28x28
 FRAME = 28
@@ -29,17 +28,16 @@ def load_inputs(paths: list[str | Path]) -> tuple[list[str], np.ndarray]:
         if _is_idx(path):
             batch = read_idx(path, IMAGES_MAGIC)
             names += [f"{path}[{i}]" for i in range(len(batch))]
-            images.append(batch)
         else:
+            batch = picture_to_mnist(path)[None]
             names.append(str(path))
-            images.append(picture_to_mnist(path)[None])
+        images.append(batch)
     return names, np.concatenate(images)
 
 
 def _is_idx(path: Path) -> bool:
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:
+        with open_idx(path) as f:
             return f.read(4) == IMAGES_MAGIC.to_bytes(4, "big")
     except (OSError, EOFError):
         return False
@@ -55,20 +53,15 @@ def picture_to_mnist(path: Path) -> np.ndarray:
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if border.mean() > 127:  # dark digit on light paper: MNIST is white on black
         grey = 255 - grey
-    ink = np.argwhere(grey > 0.25 * grey.max()) if grey.max() > 0 else np.empty((0, 2))
-    if len(ink) == 0:
+    if grey.max() == 0:  # no ink at all
         return np.zeros((FRAME, FRAME), np.uint8)
-    (top, left), (bottom, right) = ink.min(axis=0), ink.max(axis=0) + 1
-    digit = Image.fromarray(grey[top:bottom, left:right].astype(np.uint8))
+    ink = ndimage.find_objects((grey > 0.25 * grey.max()).astype(int))[0]  # the ink's bounding box
+    digit = Image.fromarray(grey[ink].astype(np.uint8))
     scale = DIGIT_BOX / max(digit.size)
     size = (max(1, round(digit.width * scale)), max(1, round(digit.height * scale)))
     digit = np.asarray(digit.resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
-    frame = np.zeros((FRAME, FRAME), np.float32)
-    row, col = (FRAME - digit.shape[0]) // 2, (FRAME - digit.shape[1]) // 2
-    frame[row : row + digit.shape[0], col : col + digit.shape[1]] = digit
-    centre_row, centre_col = ndimage.center_of_mass(frame)
-    middle = (FRAME - 1) / 2
-    frame = ndimage.shift(frame, (middle - centre_row, middle - centre_col), order=1)
+    frame = np.pad(digit, [((FRAME - n) // 2, (FRAME - n + 1) // 2) for n in digit.shape])  # in the middle
+    frame = ndimage.shift(frame, (FRAME - 1) / 2 - np.array(ndimage.center_of_mass(frame)), order=1)
     return np.clip(frame, 0, 255).round().astype(np.uint8)
 
 

@@ -26,14 +26,12 @@ def linear_layers(cfg: TrainConfig) -> list[tuple[tuple[int, ...], tuple[int, ..
 
 
 def layer_macs(cfg: TrainConfig) -> list[int]:
-    """Multiply-adds of each layer's forward pass, per image."""
+    """Multiply-adds of each layer's forward pass, per image: its weights times the places
+    they apply at (a conv kernel at each output pixel, a Dense layer's weights once)."""
     macs = []
     for shape, weight in linear_layers(cfg):
-        if len(weight) == 2:
-            macs.append(weight[0] * weight[1])
-        else:
-            out = shape[0] - KERNEL + 1
-            macs.append(out * out * int(np.prod(weight)))
+        places = (shape[0] - KERNEL + 1) ** 2 if len(weight) == 4 else 1
+        macs.append(places * int(np.prod(weight)))
     return macs
 
 

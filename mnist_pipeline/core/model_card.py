@@ -35,14 +35,10 @@ def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
 def confused_pairs(confusion: np.ndarray, top: int = CONFUSED_PAIRS) -> list[tuple[int, int, int]]:
     """The ``top`` most frequent mistakes as (true, predicted, count), most frequent first;
     ties in (true, predicted) order. Cells with no mistake are left out."""
-    cells = [
-        (int(confusion[t, p]), t, p)
-        for t in range(len(confusion))
-        for p in range(len(confusion))
-        if t != p and confusion[t, p] > 0
-    ]
-    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
-    return [(t, p, count) for count, t, p in cells[:top]]
+    mistakes = confusion.copy()
+    np.fill_diagonal(mistakes, 0)
+    cells = zip(*np.unravel_index(np.argsort(-mistakes, axis=None, kind="stable")[:top], mistakes.shape))
+    return [(int(t), int(p), int(mistakes[t, p])) for t, p in cells if mistakes[t, p] > 0]
 
 
 def build(
@@ -58,20 +54,14 @@ def build(
 ) -> str:
     """The card as markdown. ``chosen``: how the version was chosen (its description);
     ``confusion``: (10, 10) test-set counts, rows true digit, or None if the run logged none."""
+    knobs = [(k, f"`{params[k]}`" if params[k] else "none") for k in HYPERPARAMETERS if k in params]
+    scores = [(k, f"{metrics[k]:.4g}", what) for k, what in METRICS.items() if k in metrics]
     sections = [
         f"# Model card: {model_name} version {version}",
         chosen,
         _data(params, confusion),
-        _table(
-            "Variant and hyperparameters",
-            ("parameter", "value"),
-            [(k, f"`{params[k]}`" if params[k] else "none") for k in HYPERPARAMETERS if k in params],
-        ),
-        _table(
-            "Metrics",
-            ("metric", "value", "what"),
-            [(k, f"{metrics[k]:.4g}", what) for k, what in METRICS.items() if k in metrics],
-        ),
+        _table("Variant and hyperparameters", ("parameter", "value"), knobs),
+        _table("Metrics", ("metric", "value", "what"), scores),
         _per_class(confusion),
         _weaknesses(confusion),
         _how_to_load(model_name, version),
@@ -112,8 +102,8 @@ def _weaknesses(confusion: np.ndarray | None) -> str:
         for true, predicted, count in confused_pairs(confusion):
             share = count / max(int(confusion[true].sum()), 1)
             lines.append(f"- {true} read as {predicted}: {count} images ({share:.2%} of the {true}s)")
-        weakest = int(np.argmin(per_class_accuracy(confusion)))
-        lines.append(f"- weakest digit: {weakest} ({per_class_accuracy(confusion)[weakest]:.2%} right)")
+        accuracy = per_class_accuracy(confusion)
+        lines.append(f"- weakest digit: {accuracy.argmin()} ({accuracy.min():.2%} right)")
     lines.append(
         "- trained and tested on MNIST only: centred, size-normalised white digits on black, "
         "28x28. Other pictures must be converted the same way (`mnist-pipeline predict` does it)."

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import keras
 
-from mnist_pipeline.core.config import TrainConfig
+from mnist_pipeline.core.config import LOSS, TrainConfig
 from mnist_pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES
 
 
@@ -17,8 +17,7 @@ def build_model(cfg: TrainConfig, steps_per_epoch: int | None = None) -> keras.M
     if cfg.conv_filters or cfg.augment_shift:
         image.append(keras.layers.Reshape((*IMAGE_SHAPE, 1)))
     if cfg.augment_shift:  # shifted copies of the training images, black borders; inactive at inference
-        shift = cfg.augment_shift
-        image.append(keras.layers.RandomTranslation(shift, shift, fill_mode="constant"))
+        image.append(keras.layers.RandomTranslation(cfg.augment_shift, cfg.augment_shift, fill_mode="constant"))
     conv = []
     for filters in cfg.conv_filters:
         conv += [
@@ -45,12 +44,9 @@ def build_model(cfg: TrainConfig, steps_per_epoch: int | None = None) -> keras.M
         name=cfg.variant,
     )
     # compiled for its consumers (evaluate, the registry's Keras flavor) and for fit.Loop,
-    # which trains with this optimizer's slots and the compiled loss
-    model.compile(
-        optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate(cfg, steps_per_epoch)),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    # which trains with this optimizer's slots and the compiled loss (the one runs log as `loss`)
+    rmsprop = keras.optimizers.RMSprop(learning_rate=learning_rate(cfg, steps_per_epoch))
+    model.compile(optimizer=rmsprop, loss=LOSS, metrics=["accuracy"])
     return model
 
 

@@ -13,16 +13,23 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
 
-def learning_curves(history: pd.DataFrame, title: str) -> Figure:
-    """Accuracy and loss per epoch, training beside validation."""
+def _per_epoch(panels: dict[tuple[str, str], dict[str, pd.Series]]) -> Figure:
+    """Two panels side by side, each (title, y label) -> its lines (label -> values per epoch)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    for ax, metric in zip(axes, ("accuracy", "loss")):
-        ax.plot(history.index, history[metric], "o-", label="train")
-        ax.plot(history.index, history[f"val_{metric}"], "o-", label="validation")
-        ax.set(xlabel="epoch", ylabel=metric, title=f"{title}: {metric}")
+    for ax, ((title, metric), lines) in zip(axes, panels.items()):
+        for label, values in lines.items():
+            ax.plot(values.index, values, "o-", label=label)
+        ax.set(xlabel="epoch", ylabel=metric, title=title)
         ax.grid(alpha=0.3)
         ax.legend()
     return fig
+
+
+def learning_curves(history: pd.DataFrame, title: str) -> Figure:
+    """Accuracy and loss per epoch, training beside validation."""
+    return _per_epoch(
+        {(f"{title}: {m}", m): {"train": history[m], "validation": history[f"val_{m}"]} for m in ("accuracy", "loss")}
+    )
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figure:
@@ -62,37 +69,26 @@ def misclassified(
 
 def validation_overlay(curves: dict[str, pd.DataFrame]) -> Figure:
     """Validation accuracy and loss per epoch, one line per variant."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    for ax, metric in zip(axes, ("val_accuracy", "val_loss")):
-        for name, history in curves.items():
-            ax.plot(history.index, history[metric], "o-", label=name)
-        ax.set(xlabel="epoch", ylabel=metric, title=metric.replace("_", " "))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return fig
+    metrics = ("val_accuracy", "val_loss")
+    return _per_epoch({(m.replace("_", " "), m): {name: h[m] for name, h in curves.items()} for m in metrics})
 
 
 def seed_spread(results: pd.DataFrame, study: dict[str, float]) -> Figure:
     """Test accuracy of every seed per variant (dots), their mean ± std (bar) and the
     study's single figure (red cross)."""
     fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
-    names = list(dict.fromkeys(results["variant"]))
+    accuracy = (100 * results["test_accuracy"]).groupby(results["variant"], sort=False)
     rng = np.random.default_rng(0)  # jitter only spreads the dots sideways
-    for i, name in enumerate(names):
-        accuracy = 100 * results.loc[results["variant"] == name, "test_accuracy"].to_numpy()
-        ax.plot(i + rng.uniform(-0.12, 0.12, len(accuracy)), accuracy, "o", alpha=0.7, color="tab:blue")
-        ax.errorbar(
-            i + 0.25,
-            accuracy.mean(),
-            yerr=accuracy.std(ddof=1) if len(accuracy) > 1 else 0,
-            fmt="s",
-            color="black",
-            capsize=4,
-            label="mean ± std" if i == 0 else None,
-        )
-        ax.plot(i, 100 * study[name], "x", color="tab:red", markersize=10, mew=2, label="study" if i == 0 else None)
-    ax.set_xticks(range(len(names)), labels=names)
-    ax.set(ylabel="test accuracy (%)", title=f"test accuracy over {results.groupby('variant').size().max()} seeds")
+    for i, (_, seeds) in enumerate(accuracy):
+        ax.plot(i + rng.uniform(-0.12, 0.12, len(seeds)), seeds, "o", alpha=0.7, color="tab:blue")
+    spread = accuracy.agg(["mean", "std", "size"])  # std: ddof 1, none for one seed
+    at = np.arange(len(spread))
+    ax.errorbar(
+        at + 0.25, spread["mean"], spread["std"].fillna(0), fmt="s", color="black", capsize=4, label="mean ± std"
+    )
+    ax.plot(at, [100 * study[name] for name in spread.index], "x", color="tab:red", markersize=10, mew=2, label="study")
+    ax.set_xticks(at, labels=spread.index)
+    ax.set(ylabel="test accuracy (%)", title=f"test accuracy over {spread['size'].max()} seeds")
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
     return fig

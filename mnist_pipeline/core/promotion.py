@@ -31,7 +31,7 @@ import scipy.stats
 # than MAX_CLASS_DROP is more than seed noise.
 MIN_IMPROVEMENT = 0.2
 MAX_CLASS_DROP = 2.0
-ALPHA = 0.05  # Welch's test, one-sided: the challenger's mean over seeds is higher
+ALPHA = 0.05  # a difference is larger than seed noise if Welch's p < ALPHA (here one-sided: higher)
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,13 @@ def decide(challenger: Evidence, champion: Evidence | None, gates: Gates) -> Dec
     if champion is None:
         return Decision(True, "first", 0.0, None, 0.0, None, "the first version: takes the champion alias")
     seeded = challenger.seeds >= 2 and champion.seeds >= 2
-    if seeded:
-        gain = 100 * (np.mean(challenger.accuracies) - np.mean(champion.accuracies))
-        p_value = _welch(challenger.accuracies, champion.accuracies)
-        basis = f" (means of {challenger.seeds} and {champion.seeds} seeds, Welch p={p_value:.2g})"
-    else:
-        gain, p_value, basis = 100 * (challenger.accuracies[0] - champion.accuracies[0]), None, ""
+    # each side's means over its seed runs, or (a single run on either side) the version's own run
+    pick = (lambda runs: np.mean(runs, axis=0)) if seeded else (lambda runs: np.asarray(runs[0]))
+    gain = float(100 * (pick(challenger.accuracies) - pick(champion.accuracies)))
+    p_value = welch_p(challenger.accuracies, champion.accuracies, alternative="greater") if seeded else None
+    basis = f" (means of {challenger.seeds} and {champion.seeds} seeds, Welch p={p_value:.2g})" if seeded else ""
     versus = f"{gain:+.3f} pp over version {champion.version}{basis}"
-    worst, drop = _worst_digit(challenger, champion, seeded)
+    worst, drop = _worst_digit(challenger, champion, pick)
     if gain < gates.min_improvement:
         gate, why = "min_improvement", f"needs {gates.min_improvement:+.2f}"
     elif seeded and not p_value < ALPHA:
@@ -85,24 +84,25 @@ def decide(challenger: Evidence, champion: Evidence | None, gates: Gates) -> Dec
     else:
         checked = "no per-digit recall to compare" if worst is None else f"no digit down {gates.max_class_drop:.2f} pp"
         reason = f"{versus}, {checked}: takes the champion alias"
-        return Decision(True, "passed", float(gain), worst, drop, p_value, reason)
-    return Decision(False, gate, float(gain), worst, drop, p_value, f"refused by {gate}: {versus}; {why}")
+        return Decision(True, "passed", gain, worst, drop, p_value, reason)
+    return Decision(False, gate, gain, worst, drop, p_value, f"refused by {gate}: {versus}; {why}")
 
 
-def _worst_digit(challenger: Evidence, champion: Evidence, seeded: bool) -> tuple[int | None, float]:
+def _worst_digit(challenger: Evidence, champion: Evidence, pick) -> tuple[int | None, float]:
     """The digit whose validation recall fell most against the champion, and by how many
-    percentage points (means over seeds if ``seeded``); (None, 0) if either side has none."""
+    percentage points (compared as ``pick`` takes each side's runs); (None, 0) if either side has none."""
     if not challenger.recalls or not champion.recalls:
         return None, 0.0
-    pick = (lambda r: np.mean(r, axis=0)) if seeded else (lambda r: np.asarray(r[0]))
     drops = 100 * (pick(champion.recalls) - pick(challenger.recalls))
     worst = int(np.argmax(drops))
     return worst, float(drops[worst])
 
 
-def _welch(a, b) -> float:
-    """One-sided p-value that ``a``'s mean is higher than ``b``'s; when neither varies, 0 if it
-    is higher and 1 if not (the t statistic is undefined)."""
+def welch_p(a, b, alternative: str = "two-sided") -> float:
+    """Welch's t-test p-value of ``a``'s mean against ``b``'s (``alternative`` as scipy takes
+    it). When neither varies the t statistic is undefined and any difference is real: 0 if
+    the two differ the way tested, 1 if not."""
     if np.ptp(a) == 0 and np.ptp(b) == 0:
-        return 0.0 if np.mean(a) > np.mean(b) else 1.0
-    return float(scipy.stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+        differ = a[0] > b[0] if alternative == "greater" else a[0] != b[0]
+        return 0.0 if differ else 1.0
+    return float(scipy.stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)

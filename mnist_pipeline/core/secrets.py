@@ -12,7 +12,6 @@ from __future__ import annotations
 import configparser
 import os
 import re
-from pathlib import Path
 
 # Variables whose value is a secret: MLflow's client and server, PostgreSQL's clients.
 SECRET_VARIABLES = (
@@ -48,15 +47,12 @@ def url_user(url: str) -> str:
 
 
 def _credentials_file_password() -> str:
-    path = Path(os.path.expanduser(CREDENTIALS_FILE))
-    if not path.is_file():
-        return ""
     parser = configparser.ConfigParser()
     try:
-        parser.read(path)
+        parser.read(os.path.expanduser(CREDENTIALS_FILE))  # a file it cannot open is skipped
     except configparser.Error:
         return ""
-    return parser.get("mlflow", "mlflow_tracking_password", fallback="") or ""
+    return parser.get("mlflow", "mlflow_tracking_password", fallback="")
 
 
 def known() -> set[str]:

@@ -10,9 +10,8 @@ import itertools
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-ALPHA = 0.05  # a difference counts as larger than seed noise if Welch's t-test p < ALPHA
+from mnist_pipeline.core.promotion import ALPHA, welch_p  # the promotion gate's test, here two-sided
 
 
 def seed_table(results: pd.DataFrame, study: dict[str, float]) -> pd.DataFrame:
@@ -33,21 +32,8 @@ def pairwise(results: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for a, b in itertools.combinations(by_variant, 2):
         x, y = by_variant[a], by_variant[b]
-        if len(x) < 2 or len(y) < 2:
-            p = np.nan  # one seed: no noise estimate
-        elif np.ptp(x) == 0 and np.ptp(y) == 0:
-            p = 0.0 if x[0] != y[0] else 1.0  # no spread at all: any difference is real
-        else:
-            p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
-        rows.append(
-            {
-                "a": a,
-                "b": b,
-                "mean_a_minus_b": float(x.mean() - y.mean()),
-                "p_value": p,
-                "larger_than_seed_noise": bool(p < ALPHA),
-            }
-        )
+        p = welch_p(x, y) if len(x) >= 2 and len(y) >= 2 else np.nan  # one seed: no noise estimate
+        rows.append((a, b, float(x.mean() - y.mean()), p, bool(p < ALPHA)))
     return pd.DataFrame(rows, columns=["a", "b", "mean_a_minus_b", "p_value", "larger_than_seed_noise"])
 
 

@@ -37,10 +37,8 @@ def parse_users(text: str) -> tuple[str, ...]:
     return users
 
 
-def _experiment_name(text: str) -> str:
-    if not text.strip() or text != text.strip():
-        raise ValueError(text)
-    return text
+def _trimmed(name: str) -> bool:
+    return name.strip() == name != ""
 
 
 def _users(help: str):
@@ -51,7 +49,7 @@ def _users(help: str):
 class TeamParams(Params):
     """as the server's admin: create the team's experiment and model, grant each member's role"""
 
-    experiment: str = param(EXPERIMENT, "the team's experiment (created if missing)", _experiment_name, "a name")
+    experiment: str = param(EXPERIMENT, "the team's experiment (created if missing)", str, "a name", _trimmed)
     model_name: str = param(names.MODEL_NAME, "the team's registered model (created if missing)", parse_model_name)
     researchers: tuple[str, ...] = _users("users who train: EDIT on the experiment, READ on the model")
     release_managers: tuple[str, ...] = _users("users who register and promote: EDIT on it, MANAGE on the model")

@@ -36,8 +36,6 @@ class TrainResult:
     val_probabilities: np.ndarray  # (n_val, 10) with the last epoch's weights
     train_seconds: float  # wall time of the epochs, validation passes included
     samples_per_second: float  # training images per second of train_seconds
-    num_train: int
-    num_validation: int
     phases: dict[str, float]  # seconds of "build" (model and graph), "epochs" and "test"
 
     @property
@@ -98,7 +96,5 @@ def train(
         val_probabilities=val_probabilities,
         train_seconds=train_seconds,
         samples_per_second=len(x_fit) * cfg.epochs / train_seconds,
-        num_train=len(x_fit),
-        num_validation=len(x_val),
         phases=phases.seconds,
     )

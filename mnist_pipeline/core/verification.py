@@ -21,8 +21,6 @@ DEFAULT_TOLERANCE = 0.0075
 @dataclass(frozen=True)
 class Verdict:
     matches: bool
-    exact: bool  # compared for equality (same machine and code) rather than within a tolerance
-    tolerance: float  # fraction of accuracy allowed; 0 when exact
     lines: tuple[str, ...]  # what the console shows, one comparison a line
 
 
@@ -36,9 +34,8 @@ def compare(recorded: dict[str, float], again: dict[str, float], exact: bool, sp
         ok = difference == 0 if exact else abs(difference) <= tolerance
         matches &= ok
         rule = "must be equal" if exact else f"allowed ±{100 * tolerance:.2f} pp"
-        verdict = "matches" if ok else "DIFFERS"
         lines.append(
             f"{name}: recorded {recorded[name]:.4f}, re-trained {again[name]:.4f} "
-            f"({100 * difference:+.2f} pp, {rule}): {verdict}"
+            f"({100 * difference:+.2f} pp, {rule}): {'matches' if ok else 'DIFFERS'}"
         )
-    return Verdict(matches, exact, tolerance, tuple(lines))
+    return Verdict(matches, tuple(lines))

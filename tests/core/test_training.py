@@ -66,7 +66,8 @@ def test_train_returns_history_per_epoch_and_test_scores(tiny_mnist):
     assert list(result.history.columns) == list(EPOCH_METRICS)
     assert [epoch for epoch, _ in seen] == [1, 2, 3]
     assert seen[-1][1] == result.history.loc[3].to_dict()
-    assert result.num_train == 360 and result.num_validation == 40
+    assert len(result.val_labels) == len(result.val_probabilities) == 40  # the last 10% of 400
+    assert result.samples_per_second * result.train_seconds == pytest.approx(3 * 360)  # 3 epochs of the other 360
     assert result.test_probabilities.shape == (100, 10)
     assert result.test_accuracy == pytest.approx(
         (result.test_probabilities.argmax(1) == tiny_mnist.y_test).mean(), abs=1e-6
