@@ -27,13 +27,11 @@ import numpy as np
 from benchmarks import BENCH_EPOCHS, BenchParams, report, serving, speed
 from mnist_pipeline import names
 from mnist_pipeline.core import config, data, threads
-from mnist_pipeline.core.config import TrainConfig
-from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.variants import VARIANTS
 from mnist_pipeline.tracking import access, readback, runs, store, training_run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where MLproject is: benchmarks/ is not in the wheel
-SCALING_EPOCHS = 2  # 1 warm-up + 1 timed, for each of the 12 scaling points
+SCALING_EPOCHS = 2  # 1 warm-up + 1 timed, for each scaling point
 FINAL = "final"
 # What `mlflow run` and a user set to point MLflow at a store, an experiment or a run.
 ISOLATED_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")
@@ -43,7 +41,6 @@ def run_benchmark(
     mnist: data.Mnist,
     variants=tuple(VARIANTS),
     epochs: int = BENCH_EPOCHS,
-    scaling_epochs: int = SCALING_EPOCHS,
     widths=speed.SCALING_WIDTHS,
     batches=speed.SCALING_BATCHES,
     data_dir: str | None = None,
@@ -62,7 +59,7 @@ def run_benchmark(
     base = config.resolve(FINAL)
     for width, batch in itertools.product(widths, batches):
         units = tuple(width * u for u in base.hidden_units)
-        cfg = dataclasses.replace(base, hidden_units=units, batch_size=batch, epochs=scaling_epochs)
+        cfg = dataclasses.replace(base, hidden_units=units, batch_size=batch, epochs=SCALING_EPOCHS)
         scaling.append({"width": f"x{width}", **speed.scaling_row(cfg, mnist)})
     return {
         "machine": {"cpus": threads.cores(), "processor": platform.processor() or platform.machine()},
@@ -71,7 +68,7 @@ def run_benchmark(
         "knobs": knobs,
         "system_metrics": monitor,
         "scaling": scaling,
-        "end_to_end": end_to_end(data_dir) if data_dir else None,
+        "end_to_end": end_to_end(data_dir, mnist.x_test) if data_dir else None,
     }
 
 
@@ -93,7 +90,7 @@ def run(params: BenchParams) -> dict:
     return measured
 
 
-def system_metrics_cost(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUNDS) -> dict:
+def system_metrics_cost(cfg: config.TrainConfig, mnist: data.Mnist, rounds: int = speed.ROUNDS) -> dict:
     """The tracked pipeline's epoch with MLflow's system metrics off and on, in turns for
     ``rounds`` rounds (off-on, then on-off: a drift of the host falls on both alike): median
     s/epoch of each, and what the metrics cost as a share of it."""
@@ -107,7 +104,7 @@ def system_metrics_cost(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUN
     return {"variant": cfg.variant, "off_s": off, "on_s": on, "cost": on / off - 1}
 
 
-def pipeline(cfg: TrainConfig, mnist: Mnist) -> dict:
+def pipeline(cfg: config.TrainConfig, mnist: data.Mnist) -> dict:
     """The pipeline's tracked training in the current store (run_benchmark's throw-away one):
     epoch times (after the warm-up), test accuracy, and the seconds its per-epoch tracking
     took inside those epochs."""
@@ -121,7 +118,7 @@ def pipeline(cfg: TrainConfig, mnist: Mnist) -> dict:
     }
 
 
-def variant_row(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUNDS) -> dict:
+def variant_row(cfg: config.TrainConfig, mnist: data.Mnist, rounds: int = speed.ROUNDS) -> dict:
     """One row of the main table, every ratio computed from this row's own timings. Keras'
     fit, the tracked pipeline and (for a dense network) the plain loop take turns for
     ``rounds`` rounds, so a slow spell of the host falls on all; each time is the median over
@@ -152,10 +149,10 @@ def variant_row(cfg: TrainConfig, mnist: Mnist, rounds: int = speed.ROUNDS) -> d
     }
 
 
-def end_to_end(data_dir: str) -> dict:
+def end_to_end(data_dir: str, images: np.ndarray) -> dict:
     """Wall time of the default `mlflow run .`, then the serving speed of its champion:
     pyfunc, both REST servers, the load test, and the server following the champion's alias
-    under load (serving.py)."""
+    under load (serving.py), ``images`` the requests' images."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
         env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", MNIST_DATA_DIR=str(data_dir))
@@ -165,7 +162,6 @@ def end_to_end(data_dir: str) -> dict:
         if done.returncode != 0:
             raise RuntimeError(f"`mlflow run .` failed in the benchmark: {done.stderr[-2000:]}")
         wall = time.perf_counter() - start
-        images = data.load(data_dir).x_test
         with isolated_store(tmp):  # the store `mlflow run` wrote
             phases = phase_rows(wall)
             speeds = serving.pyfunc_speed(images)
@@ -180,17 +176,12 @@ def phase_rows(wall: float) -> list[dict]:
     only their wall time (the `variants` phase) counts towards the rest. The last rows are the
     wall time over the sum of the epochs and over the epochs of the process that trained longest."""
     [main] = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.{names.TAG_ROLE} = '{names.ROLE_MAIN}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )  # the latest `main` run
+        search_all_experiments=True, filter_string=f"tags.{names.TAG_ROLE} = '{names.ROLE_MAIN}'", output_format="list"
+    )  # the store is the one `mlflow run .` wrote: one `main` run
     top = _phases(main.info.run_id)
     rows = [("mlflow run: its start, the project, the run", wall - top["total"])]
-    rows += [(name, top[name]) for name in ("start and imports", "data and store checks")]
-    rows.append(("variants (wall time)", top["variants"]))
-    rows += [(name, top[name]) for name in ("comparison", "registration and model card")]
+    for name in ("start and imports", "data and store checks", "variants", "comparison", "registration and model card"):
+        rows.append((f"{name} (wall time)" if name == "variants" else name, top[name]))
     rows.append(("the rest", wall - sum(seconds for _, seconds in rows)))
     busy, epochs = collections.Counter(), collections.Counter()  # per process: its runs' seconds, its epochs'
     for name, run_id in json.loads(main.data.tags[names.TAG_CHILDREN]).items():
@@ -217,13 +208,11 @@ def _phases(run_id: str) -> dict[str, float]:
 def isolated_store(folder: str):
     """A throw-away tracking store in ``folder``, hiding any run this process was launched
     in (``mlflow run`` sets MLFLOW_RUN_ID); everything is put back afterwards."""
-    hidden = {k: os.environ.pop(k) for k in ISOLATED_ENV if k in os.environ}
     previous = mlflow.get_tracking_uri()
-    try:
-        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
-        os.environ["MLFLOW_EXPERIMENT_ID"] = mlflow.create_experiment("bench", f"{folder}/artifacts")
-        yield
-    finally:
-        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-        os.environ.update(hidden)
-        mlflow.set_tracking_uri(previous)
+    with store.environment(dict.fromkeys(ISOLATED_ENV)):
+        try:
+            mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+            os.environ["MLFLOW_EXPERIMENT_ID"] = mlflow.create_experiment("bench", f"{folder}/artifacts")
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous)

@@ -24,13 +24,11 @@ def server(command: list[str], env: dict[str, str]):
     process group, its output in a temporary file), once /ping answers: (its URL, the process)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "server.log"
-        with log.open("w") as out:  # the server writes it: its own descriptor
-            argv = [*command, "--port", str(port)]
-            process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".log") as log:
+        argv = [*command, "--port", str(port)]
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for(lambda: answers(f"{url}/ping"), " ".join(command[:4]), process, log)
+            wait_for(lambda: answers(f"{url}/ping"), " ".join(command[:4]), process, Path(log.name))
             yield url, process
         finally:
             stop_group(process)

@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import json
-import statistics
 import sys
 import threading
 import time
+import timeit
 import urllib.error
 import urllib.request
 
@@ -41,11 +42,11 @@ def pyfunc_speed(images: np.ndarray, single: int = 50) -> dict:
     model = logged_model.load_pyfunc(names.CHAMPION_URI)
     batch = images.astype("float32")
     model.predict(batch[:10])  # warm up
-    batched = [_seconds(lambda: model.predict(batch)) for _ in range(3)]
-    one = [_seconds(lambda i=i: model.predict(batch[i : i + 1])) for i in range(single)]
+    batched = timeit.repeat(lambda: model.predict(batch), number=1, repeat=3)
+    one = [timeit.timeit(lambda i=i: model.predict(batch[i : i + 1]), number=1) for i in range(single)]
     return {
-        "pyfunc_images_per_s": len(batch) / statistics.median(batched),
-        "pyfunc_one_image_ms": 1000 * statistics.median(one),
+        "pyfunc_images_per_s": len(batch) / float(np.median(batched)),
+        "pyfunc_one_image_ms": 1000 * float(np.median(one)),
     }
 
 
@@ -56,14 +57,14 @@ SERVERS = {
 }
 
 
-def rest_speed(images: np.ndarray, env: dict[str, str], load: bool = True) -> dict:
+def rest_speed(images: np.ndarray, env: dict[str, str]) -> dict:
     """Per server: one-image p50 and p95 (ms) and 100-image throughput; then the load test
-    against `mnist-pipeline serve` (unless ``load`` is False)."""
+    against `mnist-pipeline serve`."""
     report = {}
     for name, command in SERVERS.items():
         with server(command, env) as (url, _):
             report |= {f"{name}_{key}": value for key, value in requests_speed(url, images).items()}
-            if load and name == "pipeline_serve":
+            if name == "pipeline_serve":
                 report |= {f"load_{key}": value for key, value in load_test(url, images).items()}
     return report
 
@@ -95,13 +96,9 @@ def requests_speed(url: str, images: np.ndarray) -> dict:
     one = [_body(images[i % len(images)][None]) for i in range(ONE_IMAGE_REQUESTS)]
     batch = _body(images[:BATCH_IMAGES])
     post(url, one[0])  # warm up
-    latencies = [_seconds(lambda b=b: post(url, b)) for b in one]
-    batched = [_seconds(lambda: post(url, batch)) for _ in range(BATCH_REQUESTS)]
-    return {
-        "one_image_p50_ms": _ms(latencies, 50),
-        "one_image_p95_ms": _ms(latencies, 95),
-        "batch_images_per_s": BATCH_IMAGES / statistics.median(batched),
-    }
+    latencies = [timeit.timeit(lambda b=b: post(url, b), number=1) for b in one]
+    batched = timeit.repeat(lambda: post(url, batch), number=1, repeat=BATCH_REQUESTS)
+    return _ms(latencies, "one_image_", 50, 95) | {"batch_images_per_s": BATCH_IMAGES / float(np.median(batched))}
 
 
 def load_test(url: str, images: np.ndarray, clients: int = LOAD_CLIENTS, requests: int = LOAD_REQUESTS) -> dict:
@@ -114,8 +111,7 @@ def load_test(url: str, images: np.ndarray, clients: int = LOAD_CLIENTS, request
         "requests": len(answered),
         "clients": clients,
         "errors": len(answered) - len(latencies),
-        "p50_ms": _ms(latencies, 50),
-        "p99_ms": _ms(latencies, 99),
+        **_ms(latencies, "", 50, 99),
         "requests_per_s": len(latencies) / wall,
         "health_after": answers(f"{url}/health"),
     }
@@ -136,26 +132,25 @@ def follow_load(url: str, images: np.ndarray, move, moves, clients: int = LOAD_C
             start = time.perf_counter()
             answers_.append((start, *_answer(url, bodies[n % len(bodies)], n % len(bodies))))
 
-    workers = [threading.Thread(target=client) for _ in range(clients)]
-    for worker in workers:
-        worker.start()
-    try:
-        moved = []
-        for version in moves:  # steady state before each move and after the last
+    moved = []
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        workers = [pool.submit(client) for _ in range(clients)]
+        try:
+            for version in moves:  # steady state before each move and after the last
+                _answered(answers_, min(STEADY_REQUESTS, requests), workers)
+                moved.append(_move_and_wait(url, move, version))
             _answered(answers_, min(STEADY_REQUESTS, requests), workers)
-            moved.append(_move_and_wait(url, move, version))
-        _answered(answers_, min(STEADY_REQUESTS, requests), workers)
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join()
+        finally:
+            stop.set()
+    for worker in workers:
+        worker.result()  # a client's exception, raised here
     return answers_, moved
 
 
 def _answered(answers_: list, count: int, workers: list) -> None:
     """Until ``count`` more answers have come (or every client has stopped)."""
     target = len(answers_) + count
-    wait_for(lambda: len(answers_) >= target or not any(w.is_alive() for w in workers), f"{count} answers")
+    wait_for(lambda: len(answers_) >= target or all(w.done() for w in workers), f"{count} answers")
 
 
 def _answer(url: str, body: bytes, index: int) -> tuple:
@@ -196,16 +191,15 @@ def follow_summary(answers_: list, moved: list) -> dict:
         "swaps": len(lags),
         "swap_lag_p50_s": float(np.median(lags)) if lags else float("nan"),
         "swap_lag_max_s": max(lags, default=float("nan")),
-        "steady_p50_ms": _ms(latencies[False], 50),
-        "steady_p99_ms": _ms(latencies[False], 99),
-        "swapping_p50_ms": _ms(latencies[True], 50),
-        "swapping_p99_ms": _ms(latencies[True], 99),
+        **_ms(latencies[False], "steady_", 50, 99),
+        **_ms(latencies[True], "swapping_", 50, 99),
     }
 
 
-def _ms(seconds: list[float], q: float) -> float:
-    """The ``q``th percentile of ``seconds``, in milliseconds (NaN for none)."""
-    return 1000 * float(np.percentile(seconds, q)) if seconds else float("nan")
+def _ms(seconds: list[float], prefix: str, *percents: int) -> dict[str, float]:
+    """``{prefix}p{q}_ms``: the ``q``th percentile of ``seconds`` in milliseconds, for each ``q``
+    of ``percents`` (NaN for no seconds)."""
+    return {f"{prefix}p{q}_ms": 1000 * float(np.percentile(seconds, q)) if seconds else float("nan") for q in percents}
 
 
 def model_state(url: str) -> dict:
@@ -223,12 +217,6 @@ def post(url: str, body: bytes) -> dict:
 
 def _body(images: np.ndarray) -> bytes:
     return json.dumps({"inputs": images.astype(float).tolist()}).encode()
-
-
-def _seconds(work) -> float:
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
 
 
 def bench_versions(name: str, alias: str, folder: str) -> dict[str, str]:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import statistics
 import time
+import timeit
 
 import keras
 import numpy as np
@@ -25,7 +25,6 @@ from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist, split_validation
 from mnist_pipeline.core.macs import epoch_flops, linear_layers, training_macs
 from mnist_pipeline.core.models import build_model
-from mnist_pipeline.core.training import one_hot
 
 WARMUP_EPOCHS = 1  # the first epoch builds the graph: never counted
 LINEAR_REPEATS = 5  # timings of the roofline's loop; the median is used
@@ -61,12 +60,8 @@ def linear_step_seconds(cfg: TrainConfig, steps: int = 50) -> float:
         return total
 
     loop(tf.constant(2)).numpy()  # trace
-    times = []
-    for _ in range(LINEAR_REPEATS):
-        start = time.perf_counter()
-        loop(tf.constant(steps)).numpy()
-        times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times)
+    n = tf.constant(steps)
+    return float(np.median(timeit.repeat(lambda: loop(n).numpy(), number=1, repeat=LINEAR_REPEATS))) / steps
 
 
 def roofline(cfg: TrainConfig, mnist: Mnist) -> dict[str, float]:
@@ -80,11 +75,9 @@ def roofline(cfg: TrainConfig, mnist: Mnist) -> dict[str, float]:
 
 def epoch_times(ends: list[float]) -> list[float]:
     """Epoch durations from epoch-end timestamps, the warm-up epoch(s) left out: the first
-    end has no start, so the intervals are the durations of epochs 2, 3, ..."""
-    intervals = np.diff(ends)[WARMUP_EPOCHS - 1 :]
-    if len(intervals) == 0:
-        raise ValueError("need at least WARMUP_EPOCHS + 1 epochs to time one")
-    return [float(t) for t in intervals]
+    end has no start, so the intervals are the durations of epochs 2, 3, ... (`bench_epochs`
+    is checked to be at least 2 where it is given)."""
+    return np.diff(ends)[WARMUP_EPOCHS - 1 :].tolist()
 
 
 def keras_fit_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
@@ -95,10 +88,10 @@ def keras_fit_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
     ends = []
     build_model(cfg, steps_per_epoch=math.ceil(len(x) / cfg.batch_size)).fit(
         x.astype("float32"),
-        one_hot(y),
+        training.one_hot(y),
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,
-        validation_data=(xv.astype("float32"), one_hot(yv)),
+        validation_data=(xv.astype("float32"), training.one_hot(yv)),
         callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(time.perf_counter()))],
         verbose=0,
     )
@@ -122,9 +115,7 @@ def plain_loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
     loop over the same dense network and initial weights, untracked. Each epoch one shuffled,
     pre-batched copy of the images; each Dropout mask one uniform draw and a multiply; the
     cross-entropy on the logits; L2 on the kernels; ResourceApplyRMSProp per weight; then a
-    forward pass over the validation images."""
-    if not has_plain_loop(cfg):
-        raise ValueError(f"{cfg.variant}: the plain loop is a dense network's")
+    forward pass over the validation images. Dense networks only (has_plain_loop)."""
     keras.utils.set_random_seed(cfg.seed)
     (x, y), (xv, _) = split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
     model = build_model(cfg)

@@ -58,7 +58,7 @@ def fed(monkeypatch):
 
 def test_tables_are_the_medians_and_ratios_of_the_times_fed_in(fed):
     mnist = SimpleNamespace(digest="fed")
-    measured = bench.run_benchmark(mnist, ("final",), epochs=3, scaling_epochs=2, widths=(1, 2), batches=(64, 128))
+    measured = bench.run_benchmark(mnist, ("final",), epochs=3, widths=(1, 2), batches=(64, 128))
     [row] = measured["variants"]
     assert row.pop("variant") == "final"
     assert row == pytest.approx(
@@ -103,9 +103,7 @@ def measured(tmp_path_factory):
     from mnist_pipeline.core import data
 
     mnist = data.load(write_idx_folder(tmp_path_factory.mktemp("bench") / "tiny", tiny_arrays()))
-    return bench.run_benchmark(
-        mnist, variants=("final",), epochs=3, widths=(1, 2), batches=(64,), scaling_epochs=2, rounds=1
-    )
+    return bench.run_benchmark(mnist, variants=("final",), epochs=3, widths=(1, 2), batches=(64,), rounds=1)
 
 
 def test_a_real_run_times_each_training_it_names(measured):
