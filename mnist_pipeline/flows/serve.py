@@ -28,7 +28,6 @@ import sys
 
 import uvicorn
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
 
 from mnist_pipeline.core.params import ServeParams
 from mnist_pipeline.tracking import access, follower, serving_model, store
@@ -36,12 +35,6 @@ from mnist_pipeline.tracking import access, follower, serving_model, store
 IMAGE_JSON_BYTES = 5_000  # about one 28x28 image of "123.0, " values in a JSON request
 BODY_SECONDS = 30  # longest a client may take to send its body (a slow client holds a connection)
 VERSION_HEADER = "x-model-version"
-ERROR_CODES = {400: "BAD_REQUEST", 408: "REQUEST_TIMEOUT", 413: "REQUEST_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}
-
-
-def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    """An answer of ``status`` in MLflow's error form."""
-    return JSONResponse({"error_code": ERROR_CODES.get(status, f"HTTP_{status}"), "message": message}, status, headers)
 
 
 class BodyLimit:
@@ -57,13 +50,14 @@ class BodyLimit:
         try:
             body = await asyncio.wait_for(self._read(Request(scope, receive)), self.seconds)
         except TimeoutError:  # still sending
-            return await _error(408, f"request body not sent whole within {self.seconds} s")(scope, receive, send)
+            message = f"request body not sent whole within {self.seconds} s"
+            return await serving_model.error(408, message)(scope, receive, send)
         except ClientDisconnect:  # the client went away
             return None
         if body is None:
             most = f"send at most about {max(1, self.max_bytes // IMAGE_JSON_BYTES)} images per request"
             message = f"request body over {self.max_bytes} bytes: {most}, or raise --max-request-mb"
-            return await _error(413, message)(scope, receive, send)
+            return await serving_model.error(413, message)(scope, receive, send)
         pending = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def replay():  # the whole body in one message, then what the client sends (its disconnect)
@@ -98,16 +92,17 @@ def serving_app(holder: follower.Follower, max_bytes: int):
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if request.method == "POST" and not content_type:
             message = "a request needs a Content-Type header: application/json, text/csv or application/x-parquet"
-            return _error(415, message, stamp)
+            return serving_model.error(415, message, stamp)
         if request.method == "POST" and content_type == "application/json":
             answer = await asyncio.to_thread(version.predict_json, await request.body())
             if answer is not None:
-                return Response(answer[1], answer[0], stamp, "application/json")
+                answer.headers.update(stamp)
+                return answer
         response = await call_next(request)
         response.headers.update(stamp)
         if 400 <= response.status_code < 500 and "json" not in response.headers.get("content-type", ""):
             text = b"".join([chunk async for chunk in response.body_iterator]).decode(errors="replace").strip()
-            return _error(response.status_code, text, stamp)
+            return serving_model.error(response.status_code, text, stamp)
         return response
 
     return BodyLimit(app, max_bytes)
