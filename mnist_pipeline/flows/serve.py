@@ -122,8 +122,8 @@ def run(params: ServeParams) -> None:
     store.check_tracking_store()
     access.require_model_read(params.model_uri, "serve")
     _log_events()
-    holder = follower.Follower(*serving_model.load_first(params.model_uri), params.refresh_seconds)
-    follower.LOG.info("serving %s from %s", holder.current.describe(), params.model_uri)
+    holder = follower.Follower(params.model_uri, serving_model.load_first(params.model_uri), params.refresh_seconds)
+    follower.LOG.info("serving %s from %s", holder.describe(), params.model_uri)
     holder.start()
     try:
         app = serving_app(holder, int(params.max_request_mb * 1024 * 1024))

@@ -36,9 +36,10 @@ class Follower:
     """Holds the version that serves (``current``) and, if ``refresh_seconds`` > 0 and the
     target has an alias, moves it to wherever the alias points, from a thread of its own."""
 
-    def __init__(self, target: serving_model.Target, first: serving_model.Served, refresh_seconds: float, client=None):
-        self.target, self.current, self.refresh_seconds = target, first, refresh_seconds
-        self.following = target.alias is not None and refresh_seconds > 0
+    def __init__(self, model_uri: str, first: serving_model.Served, refresh_seconds: float, client=None):
+        self.uri, self.target, self.current = model_uri, serving_model.target_of(model_uri), first
+        self.refresh_seconds = refresh_seconds
+        self.following = self.target.alias is not None and refresh_seconds > 0
         self.client = client or mlflow.MlflowClient()
         self.refused: dict | None = None  # the version the alias points at and why it does not serve
         self.alias_version: str | None = first.version
@@ -64,7 +65,7 @@ class Follower:
                 self.poll()
             except Exception as err:  # the thread must outlive any surprise; the server keeps serving
                 LOG.error(
-                    "following %s failed this round (%s); still serving %s", self._alias(), _why(err), self._serving()
+                    "following %s failed this round (%s); still serving %s", self._alias(), _why(err), self.describe()
                 )
 
     def poll(self) -> None:
@@ -74,7 +75,7 @@ class Follower:
             return
         self.alias_version = version
         if version == self.current.version:
-            LOG.info("%s is back at %s, which serves", self._alias(), self._serving())
+            LOG.info("%s is back at %s, which serves", self._alias(), self.describe())
             self.refused = None
             return
         self._swap_to(version)
@@ -87,7 +88,7 @@ class Follower:
         except Exception as err:  # the alias deleted, or the store's connection, driver or database failed
             if isinstance(err, MlflowException) and err.get_http_status_code() in _GONE:
                 if self.alias_version is not None:
-                    LOG.warning("%s was deleted (%s); still serving %s", self._alias(), _why(err), self._serving())
+                    LOG.warning("%s was deleted (%s); still serving %s", self._alias(), _why(err), self.describe())
                 self.alias_version = None
                 return self._store_is(None)
             return self._store_is(_why(err)[:300])
@@ -99,18 +100,18 @@ class Follower:
         """Notes why the store cannot be read (``problem``), or that it can: one line when it
         goes, one when it comes back."""
         if problem and self._store_problem is None:
-            LOG.warning("tracking store cannot be read (%s); still serving %s", problem, self._serving())
+            LOG.warning("tracking store cannot be read (%s); still serving %s", problem, self.describe())
         elif problem is None and self._store_problem is not None:
-            LOG.info("tracking store can be read again; serving %s", self._serving())
+            LOG.info("tracking store can be read again; serving %s", self.describe())
         self._store_problem = problem
 
     def _swap_to(self, version: str) -> None:
         self._wait_released()
         if self._retrying != version:
-            LOG.info("%s moved to version %s: loading it while %s serves", self._alias(), version, self._serving())
+            LOG.info("%s moved to version %s: loading it while %s serves", self._alias(), version, self.describe())
         start = time.monotonic()
         try:
-            candidate = serving_model.load(self.current.uri, self.target, version, self.current)
+            candidate = serving_model.load(f"models:/{self.target.name}/{version}", version, self.current)
         except serving_model.Refused as err:
             return self._refuse(version, str(err))
         except Exception as err:  # the artifacts could not be had: a bad version, or the store failed
@@ -120,7 +121,7 @@ class Follower:
         self._retrying = None
         was, self.current, self.refused = self.current.version, candidate, None
         LOG.info(
-            "serving %s (was version %s), loaded and checked in %.1f s", self._serving(), was, time.monotonic() - start
+            "serving %s (was version %s), loaded and checked in %.1f s", self.describe(), was, time.monotonic() - start
         )
         self._wait_released()
         # A Keras model and its compiled function refer to each other, so freeing a version leaves
@@ -140,7 +141,7 @@ class Follower:
         reason = secrets.redact(reason)
         self.refused = {"version": version, "reason": reason, "at": serving_model.now()}
         LOG.warning(
-            "refused version %s of %s: %s; still serving %s", version, self.target.name, reason, self._serving()
+            "refused version %s of %s: %s; still serving %s", version, self.target.name, reason, self.describe()
         )
 
     def _wait_released(self) -> None:
@@ -161,13 +162,13 @@ class Follower:
         """What GET /model answers."""
         current = self.current
         return {
-            "name": current.name,
+            "name": self.target.name,
             "alias": self.target.alias,
             "version": current.version,
             "run_id": current.run_id,
             "loaded_at": current.loaded_at,
             "refused": self.refused,
-            "uri": current.uri,
+            "uri": self.uri,
             "following": self.following,
             "refresh_seconds": self.refresh_seconds,
             "alias_version": self.alias_version,
@@ -179,8 +180,9 @@ class Follower:
     def _alias(self) -> str:
         return f"alias {self.target.alias} of {self.target.name}"
 
-    def _serving(self) -> str:
-        return self.current.describe()
+    def describe(self) -> str:
+        """Who serves, for a log line."""
+        return f"version {self.current.version} of {self.target.name}" if self.current.version else self.uri
 
 
 def _transient(err: Exception) -> bool:

@@ -1,6 +1,6 @@
 """One loaded version of a model, ready to answer REST requests: the fast JSON path for it,
-who it is (registered name, version, run), and MLflow's scoring app over the version that
-serves each request.
+who it is (registry version, run), MLflow's scoring app over the version that serves each
+request, and answers in the form of MLflow's errors.
 
 A version is loaded from a local copy of its artifacts by the loader it ships (each version's
 its own), warmed (its first compiled call done) and checked before it answers anything: the
@@ -89,17 +89,12 @@ class Served:
     """A loaded, warmed and checked model version."""
 
     model: object
-    uri: str
-    name: str | None
-    version: str | None
+    version: str | None  # in the registry; None for a URI that names no registered version
     run_id: str | None
     loaded_at: str = field(default_factory=now)
 
     def __post_init__(self):
         LIVE.add(self)
-
-    def describe(self) -> str:
-        return f"version {self.version} of {self.name}" if self.version else self.uri
 
     def predict_json(self, body: bytes) -> Response | None:
         """The answer to a request body that is ``{"inputs": <numbers>}`` of the
@@ -126,11 +121,10 @@ class Served:
         return Response(answer.getvalue(), media_type="application/json")
 
 
-def load(uri: str, target: Target, version: str | None, current: Served | None = None) -> Served:
-    """``uri`` (or version ``version`` of ``target.name``) loaded, warmed and checked against
+def load(source: str, version: str | None, current: Served | None = None) -> Served:
+    """The model at ``source`` (registry version ``version``) loaded, warmed and checked against
     ``current``. MlflowException and OSError: the artifacts could not be had (the store may be
     down); Refused: the version itself is bad."""
-    source = f"models:/{target.name}/{version}" if version else uri
     with tempfile.TemporaryDirectory(prefix="mnist-serve-") as folder:
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=folder)
         try:
@@ -138,7 +132,7 @@ def load(uri: str, target: Target, version: str | None, current: Served | None =
         except Exception as err:  # anything a broken model file raises while it loads
             raise Refused(f"does not load: {first_line(err) or type(err).__name__}") from None
     check(model, current.model if current else None)
-    return Served(model, uri, target.name, version or target.version, model.metadata.run_id)
+    return Served(model, version, model.metadata.run_id)
 
 
 def _own_pyfunc(local: str) -> mlflow.pyfunc.PyFuncModel:
@@ -211,15 +205,15 @@ def scoring_app(first: Served):
     return context.run(scoring_server.init, _Current())
 
 
-def load_first(model_uri: str) -> tuple[Target, Served]:
+def load_first(model_uri: str) -> Served:
     """The model ``model_uri`` names now (for an alias, the version it points at), loaded,
     warmed and checked; ModelURIError (one line) if it cannot serve."""
     target = target_of(model_uri)
     try:
-        version = None
-        if target.alias is not None:
-            version = str(mlflow.MlflowClient().get_model_version_by_alias(target.name, target.alias).version)
-        return target, load(model_uri, target, version)
+        if target.alias is None:
+            return load(model_uri, target.version)
+        version = str(mlflow.MlflowClient().get_model_version_by_alias(target.name, target.alias).version)
+        return load(f"models:/{target.name}/{version}", version)
     except (MlflowException, OSError, Refused) as err:
         reason = first_line(err) or type(err).__name__
         what = "served" if isinstance(err, Refused) else "loaded"

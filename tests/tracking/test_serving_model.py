@@ -54,7 +54,7 @@ def test_each_version_served_answers_with_its_own_loader(tracking_store, tmp_pat
     images = np.random.default_rng(0).uniform(0, 255, (4, *IMAGE_SHAPE)).astype(np.float32)
     path, cached = list(sys.path), loaders()
 
-    holder = follower.Follower(*serving_model.load_first(names.CHAMPION_URI), refresh_seconds=30)
+    holder = follower.Follower(names.CHAMPION_URI, serving_model.load_first(names.CHAMPION_URI), refresh_seconds=30)
     answers = {holder.current.version: holder.current.model.predict(images)}
     for version in (uniform, plain):  # each loaded after the other's loader ran
         client.set_registered_model_alias(names.MODEL_NAME, names.CHAMPION, version)
