@@ -21,7 +21,6 @@ import datetime
 import http
 import importlib.util
 import io
-import json
 import os
 import re
 import tempfile
@@ -104,10 +103,8 @@ class Served:
         then answers, errors included."""
         try:
             payload = orjson.loads(body)
-            inputs = (
-                np.asarray(payload["inputs"]) if isinstance(payload, dict) and list(payload) == ["inputs"] else None
-            )
-        except (ValueError, TypeError, OverflowError):  # not JSON, not UTF-8, ragged, deep, huge integers
+            inputs = np.asarray(payload["inputs"]) if list(payload) == ["inputs"] else None
+        except (ValueError, TypeError, OverflowError):  # not JSON or UTF-8, not an object, ragged, deep, huge ints
             inputs = None
         shape = tuple(self.model.metadata.get_input_schema().inputs[0].shape[1:])
         if inputs is None or inputs.dtype.kind not in "iuf" or inputs.shape[1:] != shape:
@@ -158,8 +155,8 @@ def check(model, serving=None) -> None:
     """Refused unless ``model`` answers its input example with finite probabilities that sum
     to 1 and takes the input signature of ``serving`` (the model it would replace)."""
     schema = model.metadata.get_input_schema()
-    if serving is not None and _schema(schema) != _schema(serving.metadata.get_input_schema()):
-        raise Refused(f"input signature {_schema(schema)} differs from the serving one's")
+    if serving is not None and schema != serving.metadata.get_input_schema():
+        raise Refused(f"input signature {schema} differs from the serving one's")
     example = model.input_example
     if example is None:
         raise Refused("has no input example to check it on")
@@ -174,10 +171,6 @@ def check(model, serving=None) -> None:
     worst = float(np.abs(probabilities.sum(axis=1) - 1).max())
     if worst > SUM_TOLERANCE:
         raise Refused(f"answers its input example with probabilities that sum to 1 ± {worst:.3g}")
-
-
-def _schema(schema) -> str:
-    return json.dumps(schema.to_dict() if schema is not None else None, sort_keys=True)
 
 
 class _Current:
