@@ -150,12 +150,11 @@ class Follower:
         reported and passed. Each look after the first follows a garbage collection (_swap_to
         says why)."""
         deadline, pause = time.monotonic() + RELEASE_SECONDS, 0.01
-        while len(serving_model.LIVE) > 1 and not self._stop.is_set():
+        while len(serving_model.LIVE) > 1 and not self._stop.wait(pause):
             if time.monotonic() > deadline:
                 LOG.warning("the version swapped out is still held after %d s", RELEASE_SECONDS)
                 break
-            self._stop.wait(pause)  # requests take milliseconds; a stuck one is not polled hard
-            pause = min(2 * pause, 1.0)
+            pause = min(2 * pause, 1.0)  # requests take milliseconds; a stuck one is not polled hard
             gc.collect()
 
     def state(self) -> dict:
