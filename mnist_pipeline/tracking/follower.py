@@ -18,7 +18,6 @@ import gc
 import logging
 import threading
 import time
-import weakref
 
 import mlflow
 import requests
@@ -37,21 +36,18 @@ class Follower:
     """Holds the version that serves (``current``) and, if ``refresh_seconds`` > 0 and the
     target has an alias, moves it to wherever the alias points, from a thread of its own."""
 
-    def __init__(self, target: serving_model.Target, first: serving_model.Served, refresh_seconds: float, client=None):
-        self.target, self.current, self.refresh_seconds = target, first, refresh_seconds
+    def __init__(self, model_uri: str, first: serving_model.Served, refresh_seconds: float, client=None):
+        self.uri, self.target, self.current = model_uri, serving_model.target_of(model_uri), first
+        self.refresh_seconds = refresh_seconds
+        self.following = self.target.alias is not None and refresh_seconds > 0
         self.client = client or mlflow.MlflowClient()
         self.refused: dict | None = None  # the version the alias points at and why it does not serve
         self.alias_version: str | None = first.version
         self.alias_reads = 0  # how many times the alias was read: the follower is alive while it grows
         self._store_problem: str | None = None  # why the store cannot be read, while it cannot
-        self._retired = None  # weakref to the model last swapped out, until it is released
         self._retrying: str | None = None  # a version whose download the store failed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    @property
-    def following(self) -> bool:
-        return self.target.alias is not None and self.refresh_seconds > 0
 
     def start(self) -> None:
         if self.following:
@@ -69,7 +65,7 @@ class Follower:
                 self.poll()
             except Exception as err:  # the thread must outlive any surprise; the server keeps serving
                 LOG.error(
-                    "following %s failed this round (%s); still serving %s", self._alias(), _why(err), self._serving()
+                    "following %s failed this round (%s); still serving %s", self._alias(), _why(err), self.describe()
                 )
 
     def poll(self) -> None:
@@ -79,7 +75,7 @@ class Follower:
             return
         self.alias_version = version
         if version == self.current.version:
-            LOG.info("%s is back at %s, which serves", self._alias(), self._serving())
+            LOG.info("%s is back at %s, which serves", self._alias(), self.describe())
             self.refused = None
             return
         self._swap_to(version)
@@ -92,33 +88,30 @@ class Follower:
         except Exception as err:  # the alias deleted, or the store's connection, driver or database failed
             if isinstance(err, MlflowException) and err.get_http_status_code() in _GONE:
                 if self.alias_version is not None:
-                    LOG.warning("%s was deleted (%s); still serving %s", self._alias(), _why(err), self._serving())
+                    LOG.warning("%s was deleted (%s); still serving %s", self._alias(), _why(err), self.describe())
                 self.alias_version = None
-                self._store_back()
-                return None
-            return self._store_gone(err)
-        self._store_back()
+                return self._store_is(None)
+            return self._store_is(_why(err)[:300])
+        self._store_is(None)
         self.alias_reads += 1
         return version
 
-    def _store_gone(self, err: Exception) -> None:
-        if self._store_problem is None:
-            self._store_problem = _why(err)[:300]
-            LOG.warning("tracking store cannot be read (%s); still serving %s", self._store_problem, self._serving())
-        return None
-
-    def _store_back(self) -> None:
-        if self._store_problem is not None:
-            self._store_problem = None
-            LOG.info("tracking store can be read again; serving %s", self._serving())
+    def _store_is(self, problem: str | None) -> None:
+        """Notes why the store cannot be read (``problem``), or that it can: one line when it
+        goes, one when it comes back."""
+        if problem and self._store_problem is None:
+            LOG.warning("tracking store cannot be read (%s); still serving %s", problem, self.describe())
+        elif problem is None and self._store_problem is not None:
+            LOG.info("tracking store can be read again; serving %s", self.describe())
+        self._store_problem = problem
 
     def _swap_to(self, version: str) -> None:
         self._wait_released()
         if self._retrying != version:
-            LOG.info("%s moved to version %s: loading it while %s serves", self._alias(), version, self._serving())
+            LOG.info("%s moved to version %s: loading it while %s serves", self._alias(), version, self.describe())
         start = time.monotonic()
         try:
-            candidate = serving_model.load(self.current.uri, self.target, version, self.current)
+            candidate = serving_model.load(f"models:/{self.target.name}/{version}", version, self.current)
         except serving_model.Refused as err:
             return self._refuse(version, str(err))
         except Exception as err:  # the artifacts could not be had: a bad version, or the store failed
@@ -126,16 +119,14 @@ class Follower:
                 return self._retry(version, err)
             return self._refuse(version, f"cannot be downloaded: {_why(err)}")
         self._retrying = None
-        previous, self.current, self.refused = self.current, candidate, None
+        was, self.current, self.refused = self.current.version, candidate, None
         LOG.info(
-            "serving %s (was version %s), loaded and checked in %.1f s",
-            self._serving(),
-            previous.version,
-            time.monotonic() - start,
+            "serving %s (was version %s), loaded and checked in %.1f s", self.describe(), was, time.monotonic() - start
         )
-        self._retired = weakref.ref(previous)
-        del previous
         self._wait_released()
+        # A Keras model and its compiled function refer to each other, so freeing a version leaves
+        # its model to the garbage collector, which may not run for a long time.
+        gc.collect()
 
     def _retry(self, version: str, err: Exception) -> None:
         """The store failed while ``version`` was downloaded: the next round tries it again
@@ -150,40 +141,36 @@ class Follower:
         reason = secrets.redact(reason)
         self.refused = {"version": version, "reason": reason, "at": serving_model.now()}
         LOG.warning(
-            "refused version %s of %s: %s; still serving %s", version, self.target.name, reason, self._serving()
+            "refused version %s of %s: %s; still serving %s", version, self.target.name, reason, self.describe()
         )
 
     def _wait_released(self) -> None:
-        """Until the version last swapped out is freed (its last request done), so that at most
-        two are ever held; one still held after RELEASE_SECONDS is reported and passed. Then a
-        collection: a Keras model and its compiled function refer to each other, so freeing the
-        version leaves its model to the garbage collector, which may not run for a long time."""
+        """Until no version but the serving one is held (the last request on the one swapped out
+        done), so that at most two are ever held; one still held after RELEASE_SECONDS is
+        reported and passed. Each look after the first follows a garbage collection (_swap_to
+        says why)."""
         deadline, pause = time.monotonic() + RELEASE_SECONDS, 0.01
-        while self._retired is not None and self._retired() is not None and not self._stop.is_set():
+        while len(serving_model.LIVE) > 1 and not self._stop.wait(pause):
             if time.monotonic() > deadline:
                 LOG.warning("the version swapped out is still held after %d s", RELEASE_SECONDS)
                 break
-            self._stop.wait(pause)  # requests take milliseconds; a stuck one is not polled hard
-            pause = min(2 * pause, 1.0)
+            pause = min(2 * pause, 1.0)  # requests take milliseconds; a stuck one is not polled hard
             gc.collect()
-        if self._retired is not None:
-            gc.collect()
-        self._retired = None
 
     def state(self) -> dict:
         """What GET /model answers."""
         current = self.current
         return {
-            "name": current.name,
+            "name": self.target.name,
             "alias": self.target.alias,
             "version": current.version,
             "run_id": current.run_id,
             "loaded_at": current.loaded_at,
             "refused": self.refused,
-            "uri": current.uri,
+            "uri": self.uri,
             "following": self.following,
             "refresh_seconds": self.refresh_seconds,
-            "alias_version": self.alias_version if self.following else current.version,
+            "alias_version": self.alias_version,
             "alias_reads": self.alias_reads,
             "store_problem": self._store_problem,
             "models_held": len(serving_model.LIVE),
@@ -192,8 +179,9 @@ class Follower:
     def _alias(self) -> str:
         return f"alias {self.target.alias} of {self.target.name}"
 
-    def _serving(self) -> str:
-        return self.current.describe()
+    def describe(self) -> str:
+        """Who serves, for a log line."""
+        return f"version {self.current.version} of {self.target.name}" if self.current.version else self.uri
 
 
 def _transient(err: Exception) -> bool:

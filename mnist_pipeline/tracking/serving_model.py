@@ -1,6 +1,6 @@
 """One loaded version of a model, ready to answer REST requests: the fast JSON path for it,
-who it is (registered name, version, run), and MLflow's scoring app over the version that
-serves each request.
+who it is (registry version, run), MLflow's scoring app over the version that serves each
+request, and answers in the form of MLflow's errors.
 
 A version is loaded from a local copy of its artifacts by the loader it ships (each version's
 its own), warmed (its first compiled call done) and checked before it answers anything: the
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import http
 import importlib.util
 import io
-import json
 import os
 import tempfile
 import uuid
@@ -35,6 +35,7 @@ from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import scoring_server
 from mlflow.pyfunc.scoring_server import predictions_to_json
+from starlette.responses import JSONResponse, Response
 
 from mnist_pipeline.core.data import NUM_CLASSES
 from mnist_pipeline.core.errors import first_line
@@ -45,6 +46,7 @@ from mnist_pipeline.tracking.logged_model import ModelURIError
 MAX_NESTING = 32  # JSON levels; a request nests 4 ({"inputs": images, rows, pixels}), numpy allows 32
 OPENING, CLOSING = np.frombuffer(b"[{", dtype=np.uint8), np.frombuffer(b"]}", dtype=np.uint8)
 SUM_TOLERANCE = 1e-3  # float32 softmax rows sum to 1 within about 1e-6; a broken model is far off
+ERROR_CODES = {400: "INVALID_PARAMETER_VALUE", 413: "REQUEST_TOO_LARGE"}  # the other statuses': HTTPStatus's names
 
 
 CURRENT: contextvars.ContextVar[Served] = contextvars.ContextVar("served_version")  # set per request
@@ -81,48 +83,40 @@ class Served:
     """A loaded, warmed and checked model version."""
 
     model: object
-    uri: str
-    name: str | None
-    version: str | None
+    version: str | None  # in the registry; None for a URI that names no registered version
     run_id: str | None
     loaded_at: str = field(default_factory=now)
 
     def __post_init__(self):
         LIVE.add(self)
 
-    def describe(self) -> str:
-        return f"version {self.version} of {self.name}" if self.version else self.uri
-
-    def predict_json(self, body: bytes) -> tuple[int, str] | None:
-        """(status, JSON answer) to a request body that is ``{"inputs": <numbers>}`` of the
+    def predict_json(self, body: bytes) -> Response | None:
+        """The answer to a request body that is ``{"inputs": <numbers>}`` of the
         model's input shape, with one JSON decode (orjson: 3x the standard library's speed on
         100 images here) and one array (MLflow's server decodes the body twice with the
         standard library and deep-copies it); None for any other body, which MLflow's server
         then answers, errors included."""
         try:
             payload = orjson.loads(body)
-            inputs = (
-                np.asarray(payload["inputs"]) if isinstance(payload, dict) and list(payload) == ["inputs"] else None
-            )
-        except (ValueError, TypeError, OverflowError):  # not JSON, not UTF-8, ragged, deep, huge integers
+            inputs = np.asarray(payload["inputs"]) if list(payload) == ["inputs"] else None
+        except (ValueError, TypeError, OverflowError):  # not JSON or UTF-8, not an object, ragged, deep, huge ints
             inputs = None
         shape = tuple(self.model.metadata.get_input_schema().inputs[0].shape[1:])
         if inputs is None or inputs.dtype.kind not in "iuf" or inputs.shape[1:] != shape:
             if _nesting(body) > MAX_NESTING:  # MLflow's parser would fail with RecursionError: a 500
-                return 400, _error(f"JSON nested deeper than {MAX_NESTING} levels: images are (n, 28, 28)")
+                return error(400, f"JSON nested deeper than {MAX_NESTING} levels: images are (n, 28, 28)")
             return None
         if problem := pixel_problem(inputs):
-            return 400, _error(problem)
+            return error(400, problem)
         answer = io.StringIO()
         predictions_to_json(self.model.predict(inputs.astype(np.float32)), answer)
-        return 200, answer.getvalue()
+        return Response(answer.getvalue(), media_type="application/json")
 
 
-def load(uri: str, target: Target, version: str | None, current: Served | None = None) -> Served:
-    """``uri`` (or version ``version`` of ``target.name``) loaded, warmed and checked against
+def load(source: str, version: str | None, current: Served | None = None) -> Served:
+    """The model at ``source`` (registry version ``version``) loaded, warmed and checked against
     ``current``. MlflowException and OSError: the artifacts could not be had (the store may be
     down); Refused: the version itself is bad."""
-    source = f"models:/{target.name}/{version}" if version else uri
     with tempfile.TemporaryDirectory(prefix="mnist-serve-") as folder:
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=folder)
         try:
@@ -130,7 +124,7 @@ def load(uri: str, target: Target, version: str | None, current: Served | None =
         except Exception as err:  # anything a broken model file raises while it loads
             raise Refused(f"does not load: {first_line(err) or type(err).__name__}") from None
     check(model, current.model if current else None)
-    return Served(model, uri, target.name, version or target.version, model.metadata.run_id)
+    return Served(model, version, model.metadata.run_id)
 
 
 def _own_pyfunc(local: str) -> mlflow.pyfunc.PyFuncModel:
@@ -156,8 +150,8 @@ def check(model, serving=None) -> None:
     """Refused unless ``model`` answers its input example with finite probabilities that sum
     to 1 and takes the input signature of ``serving`` (the model it would replace)."""
     schema = model.metadata.get_input_schema()
-    if serving is not None and _schema(schema) != _schema(serving.metadata.get_input_schema()):
-        raise Refused(f"input signature {_schema(schema)} differs from the serving one's")
+    if serving is not None and schema != serving.metadata.get_input_schema():
+        raise Refused(f"input signature {schema} differs from the serving one's")
     example = model.input_example
     if example is None:
         raise Refused("has no input example to check it on")
@@ -172,10 +166,6 @@ def check(model, serving=None) -> None:
     worst = float(np.abs(probabilities.sum(axis=1) - 1).max())
     if worst > SUM_TOLERANCE:
         raise Refused(f"answers its input example with probabilities that sum to 1 ± {worst:.3g}")
-
-
-def _schema(schema) -> str:
-    return json.dumps(schema.to_dict() if schema is not None else None, sort_keys=True)
 
 
 class _Current:
@@ -198,30 +188,30 @@ def scoring_app(first: Served):
     """MLflow's scoring server app (/invocations, /ping, /health and /version, as `mlflow models
     serve` runs it) over the version CURRENT names; its input schema is ``first``'s, which
     every later version shares (check)."""
-    token = CURRENT.set(first)
-    try:
-        return scoring_server.init(_Current())
-    finally:
-        CURRENT.reset(token)
+    context = contextvars.copy_context()  # CURRENT set in a copy: the caller's context holds no version
+    context.run(CURRENT.set, first)
+    return context.run(scoring_server.init, _Current())
 
 
-def load_first(model_uri: str) -> tuple[Target, Served]:
+def load_first(model_uri: str) -> Served:
     """The model ``model_uri`` names now (for an alias, the version it points at), loaded,
     warmed and checked; ModelURIError (one line) if it cannot serve."""
     target = target_of(model_uri)
     try:
-        version = None
-        if target.alias is not None:
-            version = str(mlflow.MlflowClient().get_model_version_by_alias(target.name, target.alias).version)
-        return target, load(model_uri, target, version)
+        if target.alias is None:
+            return load(model_uri, target.version)
+        version = str(mlflow.MlflowClient().get_model_version_by_alias(target.name, target.alias).version)
+        return load(f"models:/{target.name}/{version}", version)
     except (MlflowException, OSError, Refused) as err:
         reason = first_line(err) or type(err).__name__
         what = "served" if isinstance(err, Refused) else "loaded"
         raise ModelURIError(f"model_uri={model_uri!r} cannot be {what}: {reason}") from None
 
 
-def _error(message: str) -> str:
-    return json.dumps({"error_code": "INVALID_PARAMETER_VALUE", "message": message})
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """An answer of ``status`` in the form of MLflow's errors."""
+    code = ERROR_CODES.get(status) or http.HTTPStatus(status).name
+    return JSONResponse({"error_code": code, "message": message}, status, headers)
 
 
 def _nesting(body: bytes, chunk: int = 2**20) -> int:

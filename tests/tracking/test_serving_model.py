@@ -1,13 +1,17 @@
 """Each version served runs the loader its own model ships, whatever was loaded before it, and
-loading one leaves sys.path and the module cache as they were."""
+loading one leaves sys.path and the module cache as they were; a version that takes another
+input signature than the serving one's is refused."""
 
 from __future__ import annotations
 
 import sys
+import types
 
 import keras
 import mlflow
 import numpy as np
+import pytest
+from mlflow.types import Schema, TensorSpec
 
 from mnist_pipeline import names
 from mnist_pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES
@@ -54,7 +58,7 @@ def test_each_version_served_answers_with_its_own_loader(tracking_store, tmp_pat
     images = np.random.default_rng(0).uniform(0, 255, (4, *IMAGE_SHAPE)).astype(np.float32)
     path, cached = list(sys.path), loaders()
 
-    holder = follower.Follower(*serving_model.load_first(names.CHAMPION_URI), refresh_seconds=30)
+    holder = follower.Follower(names.CHAMPION_URI, serving_model.load_first(names.CHAMPION_URI), refresh_seconds=30)
     answers = {holder.current.version: holder.current.model.predict(images)}
     for version in (uniform, plain):  # each loaded after the other's loader ran
         client.set_registered_model_alias(names.MODEL_NAME, names.CHAMPION, version)
@@ -69,3 +73,22 @@ def test_each_version_served_answers_with_its_own_loader(tracking_store, tmp_pat
         np.testing.assert_allclose(answer.sum(axis=1), 1, rtol=1e-5)
     assert sys.path == path, "a load changed sys.path"
     assert loaders() == cached, "a load left a loader in the module cache"
+
+
+class Answering:
+    """A loaded model that takes ``inputs`` and answers its input example with 1/10 for each digit."""
+
+    def __init__(self, inputs: Schema):
+        self.metadata = types.SimpleNamespace(get_input_schema=lambda: inputs)
+        self.input_example = np.zeros((1, *IMAGE_SHAPE), np.float32)
+
+    def predict(self, data):
+        return np.full((len(data), NUM_CLASSES), 0.1, np.float32)
+
+
+def test_a_version_that_takes_another_input_signature_is_refused():
+    serving = Answering(logged_model.SIGNATURE.inputs)
+    serving_model.check(Answering(logged_model.SIGNATURE.inputs), serving)  # the same signature: it may serve
+    flat = Schema([TensorSpec(np.dtype("float32"), (-1, 784))])
+    with pytest.raises(serving_model.Refused, match="input signature .* differs from the serving one's"):
+        serving_model.check(Answering(flat), serving)
