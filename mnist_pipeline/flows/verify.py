@@ -39,7 +39,7 @@ def run(params: VerifyParams) -> verification.Verdict:
     # the re-training's run, and the version's `verified` tag: both refused before any training
     experiment_id = None if runs.launched_by_mlflow_run() else trained.info.experiment_id
     access.require_runs("verify", experiment_id)
-    access.require("verify", "tag versions of", access.model(version.name), access.REGISTER_NEEDS)
+    access.require("verify", "tag versions of", "registered_model", version.name, access.REGISTER_NEEDS)
     liveness.end_dead_runs("verify", experiment_id)  # runs left RUNNING by a process killed hard
     print(f"verifying {label}: {cfg.variant}, seed {cfg.seed}, run {trained.info.run_id}")
     print(f"code: {'the same' if code_now == code_then else f'differs (recorded {code_then}, now {code_now})'}")
