@@ -234,4 +234,4 @@ def _register(best, model_name: str, chosen_from: str, parent_id: str, gates: pr
             f"the trials are kept: {again}"
         ) from None
     print(f"{model_name} version {registration.version.version} (run {best.info.run_id}): {registration.reason}")
-    promotions.log_decision(registration, model_name, parent_id)
+    promotions.log_decision(registration, parent_id)
