@@ -29,18 +29,13 @@ def run(params: EvaluateParams) -> dict[str, float]:
         print(f"note: {unlogged}; the scores are printed, not logged", file=sys.stderr)
         scores = evaluation.scores(data.y_test, logged_model.predict_probabilities(model, data.x_test))
     else:
-        scores = _evaluate_in_a_run(model, data, uri)
+        with runs.ended_run(run_name="evaluate", tags={names.TAG_ROLE: names.ROLE_EVALUATE, names.TAG_MODEL_URI: uri}):
+            runs.log_missing_params({"model_uri": uri, "data_source": data.source, "data_digest": data.digest})
+            if getattr(model.metadata, "model_id", None):
+                runs.set_tags({names.TAG_MODEL_ID: model.metadata.model_id})
+            probabilities = logged_model.predict_probabilities(model, data.x_test)
+            scores = evaluation.scores(data.y_test, probabilities)
+            runs.log_metrics(scores)
+            reports.log_test_report(data, probabilities, uri)
     print(f"{uri}: test accuracy {scores['test_accuracy']:.4f}, loss {scores['test_loss']:.4f}")
-    return scores
-
-
-def _evaluate_in_a_run(model, data, uri: str) -> dict[str, float]:
-    with runs.ended_run(run_name="evaluate", tags={names.TAG_ROLE: names.ROLE_EVALUATE, names.TAG_MODEL_URI: uri}):
-        runs.log_missing_params({"model_uri": uri, "data_source": data.source, "data_digest": data.digest})
-        if getattr(model.metadata, "model_id", None):
-            runs.set_tags({names.TAG_MODEL_ID: model.metadata.model_id})
-        probabilities = logged_model.predict_probabilities(model, data.x_test)
-        scores = evaluation.scores(data.y_test, probabilities)
-        runs.log_metrics(scores)
-        reports.log_test_report(data, probabilities, uri)
     return scores

@@ -59,8 +59,12 @@ def compare(
             children = trainers.train_or_reuse(configs, data, force, workers)
         runs.set_tags({f"{names.TAG_REUSED}.{c.variant}": c.run_id for c in children if c.reused})
         runs.set_tags({names.TAG_CHILDREN: json.dumps({c.variant: c.run_id for c in children})})
-        with phases("comparison"):
-            table = _log_comparison(children)
+        with phases("comparison"):  # the table (CSV and markdown) and the validation overlay
+            table = readback.comparison_table(children)
+            runs.log_text(table.to_csv(index=False), names.COMPARISON_CSV)
+            runs.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.COMPARISON_MD)
+            curves = {c.variant: readback.metric_history(c.run_id) for c in children}
+            runs.log_figure(plots.validation_overlay(curves), names.OVERLAY)
         print(console.summary(parent.info.run_id, table.to_dict("records")))
         if model_name:
             failure = _register(children, model_name, gates, phases)
@@ -68,9 +72,8 @@ def compare(
             runs.log_dict({**phases.seconds, "total": phases.total()}, names.PHASES, parent.info.run_id)
     print(console.ui_hint(store.tracking_uri()))
     if failure:  # raised only now: training and comparison are complete, the parent FINISHED
-        run_id = parent.info.run_id
-        kept = f"the training runs and main run {run_id} are FINISHED and kept"
-        retry = f"`mlflow run . -e register -P run_id={run_id}`"
+        kept = f"the training runs and main run {parent.info.run_id} are FINISHED and kept"
+        retry = f"`mlflow run . -e register -P run_id={parent.info.run_id}`"
         if isinstance(failure, access.Refusal):  # a release manager registers it
             raise RegistrationError(f"{failure}; {kept}: a release manager registers its best with {retry}")
         raise RegistrationError(f"registering the best run failed ({failure}); {kept}: retry with {retry}")
@@ -91,13 +94,3 @@ def _register(children, model_name: str, gates, phases: Phases) -> str | None:
         with contextlib.suppress(Exception):  # the store may be what failed
             runs.set_tags({names.TAG_REGISTRATION_ERROR: failure[:5000]})
     return failure
-
-
-def _log_comparison(children: list[readback.ChildRun]) -> pd.DataFrame:
-    """The comparison table (CSV and markdown) and the validation overlay, on the parent."""
-    table = readback.comparison_table(children)
-    runs.log_text(table.to_csv(index=False), names.COMPARISON_CSV)
-    runs.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.COMPARISON_MD)
-    curves = {c.variant: readback.metric_history(c.run_id) for c in children}
-    runs.log_figure(plots.validation_overlay(curves), names.OVERLAY)
-    return table

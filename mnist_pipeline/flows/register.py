@@ -19,12 +19,10 @@ def run(params: RegisterParams):
 
     parent_id, children = registry.children_of(params.run_id or None)
     name = {} if runs.launched_by_mlflow_run() else {"run_name": "register"}  # mlflow run's own run is named
-    experiment_id = None  # under `mlflow run`: the project run's
-    if name:  # beside the main run it registers from
-        experiment_id = runs.use_experiment_of(parent_id, "main run", "pass a run_id from this store")
+    # beside the main run it registers from; under `mlflow run`, in the project run's experiment
+    experiment_id = runs.use_experiment_of(parent_id, "main run", "pass a run_id from this store") if name else None
     access.require_runs("register", experiment_id)  # refused before any run or version
-    refused = access.registration_refusal(params.model_name, "register")
-    if refused:
+    if refused := access.registration_refusal(params.model_name, "register"):
         raise access.AccessError(refused)
     with runs.ended_run(**name, tags={names.TAG_ROLE: names.ROLE_REGISTER}):
         runs.log_missing_params({"main_run_id": parent_id, "model_name": params.model_name})

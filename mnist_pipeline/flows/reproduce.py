@@ -42,13 +42,7 @@ def run(params: ReproduceParams) -> pd.DataFrame:
         runs.log_text(pairs.to_csv(index=False), names.REPRODUCE_PAIRS)
         runs.log_text(text, names.REPRODUCE_MD)
         runs.log_figure(plots.seed_spread(results, study), names.REPRODUCE_PLOT)
-        for row in table.itertuples():
-            runs.log_metrics(
-                {
-                    f"test_accuracy_{stat}.{row.variant}": getattr(row, stat)
-                    for stat in names.SEED_STATS
-                    if pd.notna(getattr(row, stat))
-                }
-            )
+        stats = table.melt("variant", list(names.SEED_STATS), "stat").dropna()  # std: none with one seed
+        runs.log_metrics({f"test_accuracy_{s.stat}.{s.variant}": s.value for s in stats.itertuples()})
     print(text)
     return table

@@ -103,15 +103,13 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                     grace_period=GRACE_SECONDS,
                     heartbeat_stale_trial_callback=_end_stale_run,
                 )
-        except (IntegrityError, ProgrammingError) as err:
+        except (SQLAlchemyError, optuna.exceptions.OptunaError, RuntimeError) as err:  # RuntimeError: schema too new
             # Workers creating a new database's tables at once: PostgreSQL fails all but one
             # CREATE TABLE IF NOT EXISTS (a known race); the loser's transaction rolled back
-            # and the tables exist now.
-            if attempt == STORAGE_ATTEMPTS:
+            # and the tables exist now: it tries again.
+            if attempt == STORAGE_ATTEMPTS or not isinstance(err, (IntegrityError, ProgrammingError)):
                 raise _unopened(url, err) from None
             time.sleep(attempt)
-        except (SQLAlchemyError, optuna.exceptions.OptunaError, RuntimeError) as err:  # RuntimeError: schema too new
-            raise _unopened(url, err) from None
 
 
 def _unopened(url: str, err: Exception) -> UserError:

@@ -37,9 +37,9 @@ tracking layer.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
-from dataclasses import dataclass
 
 import optuna
 import pandas as pd
@@ -90,83 +90,77 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
             "(a larger n_trials adds more)"
         )
     else:
-        objective = _Objective(params, data, space, parent_id, worker)
-        study.optimize(
-            objective, timeout=params.timeout or None, catch=(OverBudget,), callbacks=[objective.after_trial]
-        )
+        objective = functools.partial(_trial, params, data, space, parent_id, worker)
+        after_trial = functools.partial(_after_trial, params.n_trials)
+        study.optimize(objective, timeout=params.timeout or None, catch=(OverBudget,), callbacks=[after_trial])
     summarize(study, parent_id, params.model_name, worker, params.gates())
     return parent_id
 
 
-@dataclass
-class _Objective:
-    params: SweepParams
-    data: Mnist
-    space: SearchSpace
-    parent_id: str
-    worker: str
+def _trial(
+    params: SweepParams, data: Mnist, space: SearchSpace, parent_id: str, worker: str, trial: optuna.Trial
+) -> float:
+    """Optuna's objective: one trial as a training run under the parent; its last epoch's val_accuracy."""
+    from mnist_pipeline.tracking import training_run  # TensorFlow: after the command's fast checks
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        from mnist_pipeline.tracking import training_run  # TensorFlow: after the command's fast checks
+    trial.set_user_attr(names.WORKER_ATTR, worker)
+    if studies.taken(trial.study, before=trial.number) >= params.n_trials:
+        trial.study.stop()
+        print(f"trial {trial.number}: not run, another worker took the study's last place")
+        raise OverBudget
+    suggested = space.suggest(trial)
+    shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in suggested.items())
+    print(f"trial {trial.number}: {shown}")
+    cfg = trial_config(suggested, params.training_seed)
+    tags = {names.TAG_STUDY: params.study_name, names.TAG_TRIAL: str(trial.number)}
+    last = {}
 
-        trial.set_user_attr(names.WORKER_ATTR, self.worker)
-        if studies.taken(trial.study, before=trial.number) >= self.params.n_trials:
-            trial.study.stop()
-            print(f"trial {trial.number}: not run, another worker took the study's last place")
-            raise OverBudget
-        suggested = self.space.suggest(trial)
-        shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in suggested.items())
-        print(f"trial {trial.number}: {shown}")
-        cfg = trial_config(suggested, self.params.training_seed)
-        tags = {names.TAG_STUDY: self.params.study_name, names.TAG_TRIAL: str(trial.number)}
-        last = {}
-
-        def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            last["val_accuracy"] = metrics["val_accuracy"]
-            trial.report(metrics["val_accuracy"], epoch)
-            if trial.should_prune():
-                raise training_run.TrainingStopped(
-                    f"pruned by {type(trial.study.pruner).__name__} after epoch {epoch}",
-                    {names.TAG_TRIAL_STATE: TrialState.PRUNED.name},
-                )
-
-        try:
-            run_id = training_run.track_training(
-                cfg,
-                self.data,
-                after_epoch=after_epoch,
-                label=f"trial {trial.number}",
-                tags={names.TAG_PARENT_RUN: self.parent_id, names.TAG_WORKER: self.worker, **tags},
+    def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        last["val_accuracy"] = metrics["val_accuracy"]
+        trial.report(metrics["val_accuracy"], epoch)
+        if trial.should_prune():
+            raise training_run.TrainingStopped(
+                f"pruned by {type(trial.study.pruner).__name__} after epoch {epoch}",
+                {names.TAG_TRIAL_STATE: TrialState.PRUNED.name},
             )
-        except training_run.TrainingStopped as stop:
-            trial.set_user_attr(names.RUN_ATTR, stop.run_id)
-            raise optuna.TrialPruned(str(stop)) from None
-        except BaseException:
-            runs.tag_last_run(tags, {names.TAG_TRIAL_STATE: TrialState.FAIL.name})
-            raise
-        trial.set_user_attr(names.RUN_ATTR, run_id)
-        runs.set_run_tags(run_id, {names.TAG_TRIAL_STATE: TrialState.COMPLETE.name})
-        return last["val_accuracy"]
 
-    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """A line for each trial this worker trained, and the study stopped once it holds its budget."""
-        if (epoch := trial.last_step) is not None:  # None: a trial not run (OverBudget)
-            line = f"trial {trial.number}: {trial.state.name} after epoch {epoch}"
-            line += f", val_accuracy {trial.intermediate_values[epoch]:.4f}"
-            if trial.state == TrialState.COMPLETE:
-                line += f"; best so far: trial {study.best_trial.number}, {study.best_value:.4f}"
-            print(line)
-        if studies.taken(study) >= self.params.n_trials:
-            study.stop()
+    try:
+        run_id = training_run.track_training(
+            cfg,
+            data,
+            after_epoch=after_epoch,
+            label=f"trial {trial.number}",
+            tags={names.TAG_PARENT_RUN: parent_id, names.TAG_WORKER: worker, **tags},
+        )
+    except training_run.TrainingStopped as stop:
+        trial.set_user_attr(names.RUN_ATTR, stop.run_id)
+        raise optuna.TrialPruned(str(stop)) from None
+    except BaseException:
+        runs.tag_last_run(tags, {names.TAG_TRIAL_STATE: TrialState.FAIL.name})
+        raise
+    trial.set_user_attr(names.RUN_ATTR, run_id)
+    runs.set_run_tags(run_id, {names.TAG_TRIAL_STATE: TrialState.COMPLETE.name})
+    return last["val_accuracy"]
+
+
+def _after_trial(n_trials: int, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """A line for each trial this worker trained, and the study stopped once it holds ``n_trials``."""
+    if (epoch := trial.last_step) is not None:  # None: a trial not run (OverBudget)
+        line = f"trial {trial.number}: {trial.state.name} after epoch {epoch}"
+        line += f", val_accuracy {trial.intermediate_values[epoch]:.4f}"
+        if trial.state == TrialState.COMPLETE:
+            line += f"; best so far: trial {study.best_trial.number}, {study.best_value:.4f}"
+        print(line)
+    if studies.taken(study) >= n_trials:
+        study.stop()
 
 
 def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str, gates: promotion.Gates) -> None:
     """Log the trials table and the best COMPLETE trial's params on the parent run, then
     register that trial's run (unless ``model_name`` is '')."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):  # its run left RUNNING by a dead worker
+        studies.end_runs_of(parent_id, trial.number, "failed")
     trials = study.get_trials(deepcopy=False)
-    for trial in trials:  # a FAILed trial's run left RUNNING by a worker that died
-        if trial.state == TrialState.FAIL:
-            studies.end_runs_of(parent_id, trial.number, "failed")
     trial_runs = {r.info.run_id: r for r in readback.child_runs(parent_id)}
     table = pd.DataFrame([_row(t, trial_runs) for t in trials])  # never empty: run() starts a trial or found some
     states = table["state"].value_counts()
@@ -188,18 +182,14 @@ def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str,
     runs.log_dict(best_trial.params if best_trial else {}, names.SWEEP_BEST_PARAMS, parent_id)
     runs.set_run_tags(parent_id, tags)
     print(f"study {study.study_name}, sweep parent run {parent_id} (run ids and workers: its {names.SWEEP_TRIALS_MD}):")
-    print(_narrow(table))
+    # the table within 120 columns: epochs as done/searched, no run id or worker
+    done = [f"{n}/{of:.0f}" if pd.notna(of) else "" for n, of in zip(table["epochs_done"], table["epochs"])]
+    shown = table.drop(columns=["epochs_done", "run_id", "worker"]).assign(epochs=done)
+    print(shown.to_string(index=False, float_format="{:.4g}".format, na_rep=""))
     if best_trial is None:
         print("no COMPLETE trial: nothing to register")
     elif model_name:
         _register(best, model_name, f"study {study.study_name}'s {len(complete)} COMPLETE trials", parent_id, gates)
-
-
-def _narrow(table: pd.DataFrame) -> str:
-    """The trials table within 120 columns: epochs as done/searched, no run id or worker."""
-    done = [f"{n}/{of:.0f}" if pd.notna(of) else "" for n, of in zip(table["epochs_done"], table["epochs"])]
-    shown = table.drop(columns=["epochs_done", "run_id", "worker"]).assign(epochs=done)
-    return shown.to_string(index=False, float_format="{:.4g}".format, na_rep="")
 
 
 def _row(trial: optuna.trial.FrozenTrial, trial_runs: dict) -> dict:
@@ -223,8 +213,7 @@ def _register(best, model_name: str, chosen_from: str, parent_id: str, gates: pr
         "run the same sweep command again with --n-trials no larger than the trials the study holds "
         "(then it only registers)"
     )
-    refused = access.registration_refusal(model_name, "sweep")
-    if refused:
+    if refused := access.registration_refusal(model_name, "sweep"):
         raise RegistrationError(f"{refused}; the trials are kept: a release manager can {again}")
     try:
         registration = registry.register_run(best, model_name, chosen_from, gates)
@@ -234,4 +223,4 @@ def _register(best, model_name: str, chosen_from: str, parent_id: str, gates: pr
             f"the trials are kept: {again}"
         ) from None
     print(f"{model_name} version {registration.version.version} (run {best.info.run_id}): {registration.reason}")
-    promotions.log_decision(registration, model_name, parent_id)
+    promotions.log_decision(registration, parent_id)

@@ -13,6 +13,5 @@ def run(params: TeamParams) -> list[str]:
     """Returns the lines it printed."""
     store.check_tracking_store()
     lines = team.setup(params)
-    for line in lines:
-        print(line)
+    print("\n".join(lines))
     return lines

@@ -20,9 +20,8 @@ from mnist_pipeline.tracking import access, identity, liveness, readback, regist
 
 
 def run(params: VerifyParams) -> verification.Verdict:
-    data = runs.preflight(
-        "verify", params.data_dir, checks_runs=False, ends_dead_runs=False
-    )  # in the version's experiment, below
+    # its runs are checked in the version's experiment, below
+    data = runs.preflight("verify", params.data_dir, checks_runs=False, ends_dead_runs=False)
     access.require_model_read(params.model_uri, "verify")
     version = registry.version_of(params.model_uri)
     trained = readback.training_run_of(version)
@@ -39,7 +38,7 @@ def run(params: VerifyParams) -> verification.Verdict:
     # the re-training's run, and the version's `verified` tag: both refused before any training
     experiment_id = None if runs.launched_by_mlflow_run() else trained.info.experiment_id
     access.require_runs("verify", experiment_id)
-    access.require("verify", "tag versions of", access.model(version.name), access.REGISTER_NEEDS)
+    access.require("verify", "tag versions of", "registered_model", version.name, access.REGISTER_NEEDS)
     liveness.end_dead_runs("verify", experiment_id)  # runs left RUNNING by a process killed hard
     print(f"verifying {label}: {cfg.variant}, seed {cfg.seed}, run {trained.info.run_id}")
     print(f"code: {'the same' if code_now == code_then else f'differs (recorded {code_then}, now {code_now})'}")
@@ -54,12 +53,9 @@ def run(params: VerifyParams) -> verification.Verdict:
     tags = {names.TAG_VERIFIES: f"{version.name}/{version.version}"}
     run_id = track_alone(cfg, data, tags, on_threads, trained.info.experiment_id)
     again, recorded = readback.metrics_of(run_id), trained.data.metrics
-    spread = _spread(trained)
-    verdict = verification.compare(recorded, again, exact=same_host and code_now == code_then, spread=spread)
-    for line in verdict.lines:
-        print(line)
-    result = "matches" if verdict.matches else "DIFFERS"
-    registry.tag_version(version, names.TAG_VERIFIED, f"{result} by run {run_id}")
+    verdict = verification.compare(recorded, again, exact=same_host and code_now == code_then, spread=_spread(trained))
+    print("\n".join(verdict.lines))
+    registry.tag_version(version, names.TAG_VERIFIED, f"{'matches' if verdict.matches else 'DIFFERS'} by run {run_id}")
     if not verdict.matches:
         raise Mismatch(f"re-training {label} does not reproduce it (see the lines above)")
     return verdict

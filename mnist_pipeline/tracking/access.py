@@ -43,17 +43,11 @@ def _who() -> str:
     return f"user {user()}" if user() else "an anonymous request (no MLFLOW_TRACKING_USERNAME)"
 
 
-def _asks() -> bool:
-    """Whether there is a server to ask: an HTTP store, and a user (a basic-auth server
-    refused an anonymous request at the store check already)."""
-    return store.is_server(mlflow.get_tracking_uri()) and bool(user())
-
-
 def permission(resource_type: str, resource_id: str) -> str | None:
     """This user's permission on a resource as the server resolves it (grants, else the
     server's default); None on a store without authentication."""
     uri = mlflow.get_tracking_uri()
-    if not _asks():
+    if not (store.is_server(uri) and user()):  # an anonymous request: refused at the store check already
         return None
     params = {"username": user(), "resource_type": resource_type, "resource_id": resource_id}
     response = http_request(get_default_host_creds(uri), _PERMISSION, "GET", params=params, **store.CHECK)
@@ -73,87 +67,73 @@ def permission(resource_type: str, resource_id: str) -> str | None:
         ) from None
 
 
-def allows(resource_type: str, resource_id: str, needed: str) -> bool:
-    held = permission(resource_type, resource_id)
-    return held is None or LEVELS.get(held, -1) >= LEVELS[needed]
-
-
-def model(name: str) -> tuple[str, str, str]:
-    """A registered model as a resource: (type, id, label)."""
-    return "registered_model", name, repr(name)
-
-
-def refusal(command: str, action: str, resource: tuple[str, str, str], needed: str, held: str = "") -> Refusal:
-    """One line: who, what was refused on which resource for which command, the permission it
-    needs, what the user holds (``held``, else the server says), who grants it."""
-    resource_type, resource_id, label = resource
-    held, kind = held or permission(resource_type, resource_id) or "no permission", _KIND[resource_type]
+def refusal(
+    command: str, action: str, resource_type: str, resource_id: str, needed: str, held: str = "", label: str = ""
+) -> Refusal | None:
+    """None if this user holds ``needed`` on the resource (or the store does not say), else one
+    line: who, what was refused on which resource (``label``, else the id quoted) for which
+    command, the permission it needs, what the user holds (``held``, else the server says),
+    who grants it."""
+    held = held or permission(resource_type, resource_id)
+    if held is None or LEVELS.get(held, -1) >= LEVELS[needed]:
+        return None
+    kind, label = _KIND[resource_type], label or repr(resource_id)
     return Refusal(
         f"{_who()} may not {action} {kind} {label} for `{command}`: that needs {needed} on it and "
         f"{user()} has {held}; the server's admin or a user with MANAGE on the {kind} grants it with {TEAM_HINT}"
     )
 
 
-def require(command: str, action: str, resource: tuple[str, str, str], needed: str) -> None:
+def require(command: str, action: str, resource_type: str, resource_id: str, needed: str) -> None:
     """AccessError (one line) unless this user holds ``needed`` on the resource."""
-    if not allows(*resource[:2], needed):
-        raise AccessError(refusal(command, action, resource, needed))
+    if refused := refusal(command, action, resource_type, resource_id, needed):
+        raise AccessError(refused)
 
 
 def experiment(command: str, experiment_id: str | None = None) -> tuple[str | None, str]:
     """(id, label) of the experiment the next runs go to: ``experiment_id``, else the one
     MLFLOW_EXPERIMENT_ID or MLFLOW_EXPERIMENT_NAME names, else Default. The id is None for
-    a name that does not exist yet: the user who creates it holds MANAGE on it."""
+    a name that does not exist yet: the user who creates it holds MANAGE on it. The label is
+    the name quoted, '' if this user may not read the experiment."""
     experiment_id = experiment_id or mlflow.environment_variables.MLFLOW_EXPERIMENT_ID.get()
     name = mlflow.environment_variables.MLFLOW_EXPERIMENT_NAME.get()
-    if experiment_id or not name:
-        return experiment_id or "0", _name_of(experiment_id or "0")
+    client = mlflow.MlflowClient()
     try:
-        found = mlflow.MlflowClient().get_experiment_by_name(name)
+        if experiment_id or not name:
+            experiment_id = experiment_id or "0"
+            return experiment_id, repr(client.get_experiment(experiment_id).name)
+        found = client.get_experiment_by_name(name)
     except MlflowException as err:
+        if experiment_id:  # the name only labels a refusal line: none if it may not read it
+            return experiment_id, ""
         if not is_refusal(err):
             raise
-        raise AccessError(
-            refusal(command, "read", ("experiment", "", repr(name)), RUNS_NEED, "NO_PERMISSIONS")
-        ) from None
-    return (found.experiment_id if found else None), f"{name!r}"
-
-
-def _name_of(experiment_id: str) -> str:
-    """The experiment's name, quoted, for a refusal line; '' if this user may not read it."""
-    try:
-        return repr(mlflow.MlflowClient().get_experiment(experiment_id).name)
-    except MlflowException:
-        return ""
+        raise AccessError(refusal(command, "read", "experiment", name, RUNS_NEED, "NO_PERMISSIONS")) from None
+    return (found.experiment_id if found else None), repr(name)
 
 
 def runs_refusal(command: str, experiment_id: str | None = None) -> Refusal | None:
     """Why this user may not create ``command``'s runs in the experiment they go to (None:
     it may, or the experiment is new and the user who creates it will hold MANAGE on it)."""
-    if not _asks():
-        return None
     try:
         found, label = experiment(command, experiment_id)
     except AccessError as refused:  # it may not even read the experiment
         return Refusal(str(refused))
-    if found is None or allows("experiment", found, RUNS_NEED):
+    if found is None:
         return None
-    return refusal(command, "create runs in", ("experiment", found, f"{label} (id {found})".strip()), RUNS_NEED)
+    return refusal(command, "create runs in", "experiment", found, RUNS_NEED, label=f"{label} (id {found})".strip())
 
 
 def require_runs(command: str, experiment_id: str | None = None) -> None:
     """Before ``command`` opens a run or trains: AccessError unless this user may create runs
     in the experiment they go to."""
-    refused = runs_refusal(command, experiment_id)
-    if refused:
+    if refused := runs_refusal(command, experiment_id):
         raise AccessError(refused)
 
 
 def registration_refusal(model_name: str, command: str) -> Refusal | None:
     """Why this user may not register versions of ``model_name`` (None: it may, or the
     model does not exist yet and the user who creates it will hold MANAGE on it)."""
-    if not _asks():
-        return None
     try:
         mlflow.MlflowClient().get_registered_model(model_name)
     except MlflowException:
@@ -161,9 +141,7 @@ def registration_refusal(model_name: str, command: str) -> Refusal | None:
         # does not exist yet (the server answers an unknown model with its default permission):
         # the registration itself then says, in one line, if the server refuses it.
         return None
-    if allows("registered_model", model_name, REGISTER_NEEDS):
-        return None
-    return refusal(command, "register versions of", model(model_name), REGISTER_NEEDS)
+    return refusal(command, "register versions of", "registered_model", model_name, REGISTER_NEEDS)
 
 
 def note_registration_refusal(model_name: str, command: str, kept: str) -> None:
@@ -177,9 +155,8 @@ def note_registration_refusal(model_name: str, command: str, kept: str) -> None:
 def require_model_read(model_uri: str, command: str) -> None:
     """Before ``command`` loads ``model_uri``: AccessError unless this user may read the
     registered model it names (a logged model, ``models:/m-<id>``, belongs to no registered model)."""
-    named = model_uris.parse(model_uri)
-    if named:
-        require(command, "read", model(named[0]), READ_NEEDS)
+    if named := model_uris.parse(model_uri):
+        require(command, "read", "registered_model", named[0], READ_NEEDS)
 
 
 def is_refusal(err: BaseException) -> bool:

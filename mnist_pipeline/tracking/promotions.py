@@ -28,23 +28,23 @@ def evidence(version: ModelVersion) -> promotion.Evidence:
         )
     seeds = readback.seed_runs(run)
     recall_keys = [names.VAL_RECALL.format(digit=d) for d in range(10)]
-
-    def has_recalls(r) -> bool:
-        return all(k in r.data.metrics for k in recall_keys)
-
-    with_recalls = [r for r in seeds if has_recalls(r)] if has_recalls(run) else []  # the version's own first
+    recalls = [tuple(r.data.metrics.get(k) for k in recall_keys) for r in seeds]
     return promotion.Evidence(
         version=str(version.version),
         accuracies=tuple(r.data.metrics["val_accuracy"] for r in seeds),
-        recalls=tuple(tuple(r.data.metrics[k] for k in recall_keys) for r in with_recalls),
+        # the val recalls of the runs that logged all ten, if the version's own run (the first) did
+        recalls=tuple(r for r in recalls if None not in r) if None not in recalls[0] else (),
     )
 
 
-def decision_row(registration, model_name: str) -> dict:
-    """One row of registry/decisions.csv for a registry.Registration."""
+def log_decision(registration, run_id: str) -> None:
+    """The decision on the run that took it: registry/decisions.csv (one row for a
+    registry.Registration), then the registered model, its version and the decision as tags.
+    The table is best effort: the decision stands (the alias and the version's tag are
+    written) if it fails."""
     d, version = registration.decision, registration.version
-    return {
-        "model": model_name,
+    row = {
+        "model": version.name,
         "version": version.version,
         "run_id": version.tags.get("run_id", ""),
         "variant": version.tags.get("variant", ""),
@@ -52,28 +52,21 @@ def decision_row(registration, model_name: str) -> dict:
         "promoted": bool(d and d.promote),
         "gate": d.gate if d else "already champion",
         "gain_pp": d.gain if d else 0.0,
-        "worst_digit": "" if d is None or d.worst_digit is None else d.worst_digit,
+        "worst_digit": d.worst_digit if d else None,  # None: an empty cell
         "worst_drop_pp": d.worst_drop if d else 0.0,
-        "welch_p": "" if d is None or d.p_value is None else d.p_value,
+        "welch_p": d.p_value if d else None,
         "min_improvement": registration.gates.min_improvement,
         "max_class_drop": registration.gates.max_class_drop,
         "holds_champion": registration.champion,
         "reason": registration.reason,
     }
-
-
-def log_decision(registration, model_name: str, run_id: str) -> None:
-    """The decision on the run that took it: registry/decisions.csv (one row), then the
-    registered model, its version and the decision as tags. The table is best effort: the
-    decision stands (the alias and the version's tag are written) if it fails."""
-    table = pd.DataFrame([decision_row(registration, model_name)])
     try:
-        runs.log_text(table.to_csv(index=False), names.DECISIONS, run_id)
+        runs.log_text(pd.DataFrame([row]).to_csv(index=False), names.DECISIONS, run_id)
     except Exception as err:  # the store's errors come in many types
         print(f"warning: {names.DECISIONS} could not be logged on run {run_id}: {type(err).__name__}", file=sys.stderr)
     tags = {
-        names.TAG_REGISTERED_MODEL: model_name,
-        names.TAG_REGISTERED_VERSION: registration.version.version,
+        names.TAG_REGISTERED_MODEL: version.name,
+        names.TAG_REGISTERED_VERSION: version.version,
         names.TAG_CHAMPION_DECISION: registration.reason,
     }
     runs.set_run_tags(run_id, tags)

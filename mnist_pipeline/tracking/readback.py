@@ -51,8 +51,14 @@ def metric_history(run_id: str) -> pd.DataFrame:
     return pd.DataFrame(columns).sort_index().rename_axis("epoch")
 
 
+# what the comparison shows of each variant's run, in its columns' order, beside the variant
+_COMPARED_PARAMS = {"conv_filters": str, "hidden_units": str, "dropout": float, "l2": float, "epochs": int}
+_COMPARED_SCORES = ("best_val_accuracy", "best_epoch", "val_accuracy", "test_accuracy", "test_loss")
+
+
 def comparison_table(children: list[ChildRun]) -> pd.DataFrame:
-    """One row per variant: its params and scores, read from the tracking store."""
+    """One row per variant: its params and scores, read from the tracking store
+    (val_accuracy: the last epoch's, what selection uses)."""
     client = mlflow.MlflowClient()
     rows = []
     for child in children:
@@ -60,23 +66,15 @@ def comparison_table(children: list[ChildRun]) -> pd.DataFrame:
         rows.append(
             {
                 "variant": child.variant,
-                "conv_filters": run.params["conv_filters"],
-                "hidden_units": run.params["hidden_units"],
-                "dropout": float(run.params["dropout"]),
-                "l2": float(run.params["l2"]),
-                "epochs": int(run.params["epochs"]),
-                "best_val_accuracy": run.metrics["best_val_accuracy"],
-                "best_epoch": int(run.metrics["best_epoch"]),
-                "val_accuracy": run.metrics["val_accuracy"],  # last epoch: what selection uses
-                "test_accuracy": run.metrics["test_accuracy"],
-                "test_loss": run.metrics["test_loss"],
+                **{name: parse(run.params[name]) for name, parse in _COMPARED_PARAMS.items()},
+                **{name: run.metrics[name] for name in _COMPARED_SCORES},
                 "study_test_accuracy": VARIANTS[child.variant].study_test_accuracy,
                 "train_seconds": run.metrics["train_seconds"],
                 "run_id": child.run_id,
                 "reused": child.reused,
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"best_epoch": int})
 
 
 def seed_results(seeds: list[int], children: list[ChildRun]) -> pd.DataFrame:

@@ -9,7 +9,7 @@ moves to a new version only if it passes the promotion gates against the current
 (core/promotion.py: min_improvement, Welch's test over seeds where both have several,
 max_class_drop), compared on validation scores read from the store. Each decision is one
 printed line, the version's ``champion_decision`` tag, and a row of the deciding run's
-registry/decisions.csv (``decision_row``).
+registry/decisions.csv (``promotions.log_decision``).
 """
 
 from __future__ import annotations
@@ -23,21 +23,9 @@ from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from mnist_pipeline import names
 from mnist_pipeline.core import model_card, promotion
 from mnist_pipeline.core.errors import UserError, first_line
-from mnist_pipeline.names import (
-    CHALLENGER,
-    CHAMPION,
-    MODEL_CARD_DIR,
-    MODEL_CARD_TAG,
-    MODEL_NAME,
-    ROLE_MAIN,
-    TAG_CHAMPION_DECISION,
-    TAG_CHILDREN,
-    TAG_DATA_DIGEST,
-    TAG_ROLE,
-    TAG_VARIANT,
-)
 from mnist_pipeline.tracking import logged_model, model_uris, promotions, readback, store
 
 _ALIAS_ROUNDS = 6  # re-checks of the champion alias against concurrent registrations
@@ -74,7 +62,7 @@ def best_run(run_ids: list[str]) -> Run:
 def children_of(parent_run_id: str | None) -> tuple[str, dict[str, str]]:
     """(parent id, {variant: training run id}) of a `main` run; the latest one if no id."""
     if not parent_run_id:
-        parents = readback.runs_tagged({TAG_ROLE: ROLE_MAIN}, "FINISHED", max_results=1)
+        parents = readback.runs_tagged({names.TAG_ROLE: names.ROLE_MAIN}, "FINISHED", max_results=1)
         if not parents:
             raise RegistryError("no FINISHED main run in this experiment: run `mlflow run .` first")
         parent = parents[0]
@@ -83,24 +71,23 @@ def children_of(parent_run_id: str | None) -> tuple[str, dict[str, str]]:
             parent = mlflow.get_run(parent_run_id)
         except MlflowException:
             raise RegistryError(f"run_id={parent_run_id!r} is not a run in this tracking store") from None
-    children = parent.data.tags.get(TAG_CHILDREN)
+    children = parent.data.tags.get(names.TAG_CHILDREN)
     if not children:
-        raise RegistryError(f"run {parent.info.run_id} is not a main run (no {TAG_CHILDREN} tag)")
+        raise RegistryError(f"run {parent.info.run_id} is not a main run (no {names.TAG_CHILDREN} tag)")
     return parent.info.run_id, json.loads(children)
 
 
 def register_best(
-    run_ids: list[str], model_name: str = MODEL_NAME, chosen_from: str = "", gates: promotion.Gates | None = None
+    run_ids: list[str], model_name: str = names.MODEL_NAME, chosen_from: str = "", gates: promotion.Gates | None = None
 ) -> Registration:
     """Register the best of ``run_ids`` and update the aliases; logs the decision on the
     active run, if any."""
     run = best_run(run_ids)
     registration = register_run(run, model_name, chosen_from or f"runs {', '.join(run_ids)}", gates)
-    version = registration.version
-    variant = run.data.tags.get(TAG_VARIANT)
-    print(f"{model_name} version {version.version} ({variant}): {registration.reason}")
+    variant = run.data.tags.get(names.TAG_VARIANT)
+    print(f"{model_name} version {registration.version.version} ({variant}): {registration.reason}")
     if mlflow.active_run():
-        promotions.log_decision(registration, model_name, mlflow.active_run().info.run_id)
+        promotions.log_decision(registration, mlflow.active_run().info.run_id)
     return registration
 
 
@@ -133,29 +120,27 @@ def _attach_card(client, run: Run, version: ModelVersion, chosen_from: str) -> N
         run_id=run.info.run_id,
         model_uri=version.source,
     )
-    path = f"{MODEL_CARD_DIR}/{version.name}-v{version.version}.md"
+    path = f"{names.MODEL_CARD_DIR}/{version.name}-v{version.version}.md"
     client.log_text(run.info.run_id, card, path)
     uri = f"runs:/{run.info.run_id}/{path}"
-    client.set_model_version_tag(version.name, version.version, MODEL_CARD_TAG, uri)
+    client.set_model_version_tag(version.name, version.version, names.MODEL_CARD_TAG, uri)
     client.update_model_version(version.name, version.version, f"{description} Model card: {uri}")
 
 
 def register_run(
-    run: Run, model_name: str = MODEL_NAME, chosen_from: str = "", gates: promotion.Gates | None = None
+    run: Run, model_name: str = names.MODEL_NAME, chosen_from: str = "", gates: promotion.Gates | None = None
 ) -> Registration:
     """Register ``run``'s logged model (once per run) with its model card, and update the aliases."""
     gates = gates or promotion.Gates()
     client = mlflow.MlflowClient()
-    existing = _existing_version(client, model_name, run.info.run_id)
-    if existing is not None:
-        version, created = existing, False
-    else:
+    version, created = _existing_version(client, model_name, run.info.run_id), False
+    if version is None:
         tags = {
-            "variant": run.data.tags.get(TAG_VARIANT, ""),
+            "variant": run.data.tags.get(names.TAG_VARIANT, ""),
             "run_id": run.info.run_id,
             "val_accuracy": f"{run.data.metrics['val_accuracy']:.6f}",
             "test_accuracy": f"{run.data.metrics['test_accuracy']:.6f}",
-            "data_digest": run.data.tags.get(TAG_DATA_DIGEST, ""),
+            "data_digest": run.data.tags.get(names.TAG_DATA_DIGEST, ""),
         }
         version = mlflow.register_model(logged_model.logged_model_uri(run.info.run_id), model_name, tags=tags)
         first = _existing_version(client, model_name, run.info.run_id)
@@ -163,23 +148,23 @@ def register_run(
             # Another process registered this run between our check and our create: the
             # older version stays, ours goes, so a run is never registered twice.
             client.delete_model_version(model_name, version.version)
-            version, created = first, False
+            version = first
         else:
             _attach_card(client, run, version, chosen_from)
-            _set_alias(client, model_name, CHALLENGER, version.version)
+            _set_alias(client, model_name, names.CHALLENGER, version.version)
             created = True
     holder, decision, versus = _settle_champion(client, model_name, version, gates)
     champion = holder is not None and str(holder.version) == str(version.version)
     reason = decision.reason if decision else "already the champion"
     if decision and decision.promote and not champion and holder is not None:
         reason += f"; version {holder.version} has since taken it"
-    client.set_model_version_tag(model_name, version.version, TAG_CHAMPION_DECISION, reason)
+    client.set_model_version_tag(model_name, version.version, names.TAG_CHAMPION_DECISION, reason)
     return Registration(version, created, champion, reason, decision, versus, gates)
 
 
 def _champion(client, model_name: str) -> ModelVersion | None:
     try:
-        return client.get_model_version_by_alias(model_name, CHAMPION)
+        return client.get_model_version_by_alias(model_name, names.CHAMPION)
     except MlflowException:
         return None
 
@@ -239,10 +224,10 @@ def _settle_champion(
             decision, versus = this, holder
         if not this.promote:
             break
-        _set_alias(client, model_name, CHAMPION, version.version)
+        _set_alias(client, model_name, names.CHAMPION, version.version)
         confirmed = False
     versions = client.search_model_versions(f"name = '{model_name}'")
     newest = max(versions, key=lambda v: int(v.version))
-    if str(client.get_registered_model(model_name).aliases.get(CHALLENGER)) != str(newest.version):
-        _set_alias(client, model_name, CHALLENGER, newest.version)  # a concurrent registrar wrote last
+    if str(client.get_registered_model(model_name).aliases.get(names.CHALLENGER)) != str(newest.version):
+        _set_alias(client, model_name, names.CHALLENGER, newest.version)  # a concurrent registrar wrote last
     return _champion(client, model_name), decision, versus

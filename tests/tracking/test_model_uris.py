@@ -41,7 +41,7 @@ def test_serving_follows_only_an_alias_or_a_version(uri, named):
 @pytest.mark.parametrize("uri, asked", [(uri, named[0] if named else None) for uri, named in TABLE])
 def test_loading_asks_to_read_the_registered_model_the_uri_names_and_no_other(uri, asked, monkeypatch):
     required = []
-    monkeypatch.setattr(access, "require", lambda command, action, resource, needed: required.append(resource[1]))
+    monkeypatch.setattr(access, "require", lambda command, action, kind, resource, needed: required.append(resource))
     access.require_model_read(uri, "serve")
     assert required == ([asked] if asked else [])
 
