@@ -16,7 +16,6 @@ ending a run changes only its status and end time.
 
 from __future__ import annotations
 
-import functools
 import getpass
 import socket
 import sys
@@ -40,19 +39,16 @@ STALE_SECONDS = 30 * 60
 _SAME_START = 1.0  # seconds: psutil's create_time of one process, read twice, agrees this well
 
 
-@functools.cache
-def _process() -> dict[str, str]:
+def tags() -> dict[str, str]:
+    """The tags that tie a new run to this process and its user, and its first heartbeat."""
     me = psutil.Process()
     return {
         names.TAG_HOST: socket.gethostname(),
         names.TAG_PID: str(me.pid),
         names.TAG_PROCESS_START: f"{me.create_time():.3f}",
+        MLFLOW_USER: user(),
+        **heartbeat(),
     }
-
-
-def tags() -> dict[str, str]:
-    """The tags that tie a new run to this process and its user, and its first heartbeat."""
-    return {**_process(), MLFLOW_USER: user(), **heartbeat()}
 
 
 def user() -> str:

@@ -24,7 +24,6 @@ import contextlib
 import math
 import multiprocessing
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import wait
 
 import mlflow
@@ -41,13 +40,6 @@ from mnist_pipeline.tracking.runs import ended_run, launched_by_mlflow_run
 STOP_SECONDS = 120  # an interrupted worker's time to end its run KILLED, history and plots logged
 
 
-@dataclass(frozen=True)
-class Job:
-    index: int  # the training's place in the caller's list
-    cfg: TrainConfig
-    label: str  # names the run on the console: the variant, with its seed if a variant repeats
-
-
 def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool, workers: int = 0) -> list[ChildRun]:
     """Each config as a child of the active run, or the FINISHED run with its run key
     (unless ``force``). Those to train go ``workers`` at a time (0: one per core)."""
@@ -56,16 +48,12 @@ def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool, workers
     for cfg, run_id in zip(configs, reused):
         if run_id:
             print(f"{cfg.variant} (seed {cfg.seed}): reusing FINISHED run {run_id} (same config, code and data)")
-    todo = [Job(i, cfg, labels[i]) for i, (cfg, run_id) in enumerate(zip(configs, reused)) if run_id is None]
+    todo = [
+        worker_process.Job(i, cfg, labels[i]) for i, (cfg, run_id) in enumerate(zip(configs, reused)) if run_id is None
+    ]
     processes, per_worker = threads.plan(len(todo), workers)
     parent = mlflow.active_run().info
-    if processes > 1:
-        setup = worker_process.Setup.here(parent.experiment_id, parent.run_id, per_worker)
-        trained = in_workers(todo, data, processes, setup)
-    else:
-        from mnist_pipeline.tracking.training_run import track_training  # TensorFlow: only to train here
-
-        trained = {job.index: track_training(job.cfg, data, nested=True, label=job.label) for job in todo}
+    trained = _train(todo, data, processes, worker_process.Setup(parent.experiment_id, parent.run_id, per_worker))
     return [
         ChildRun(cfg.variant, run_id or trained[i], run_id is not None)
         for i, (cfg, run_id) in enumerate(zip(configs, reused))
@@ -92,24 +80,19 @@ def track_alone(
     made for the entry point; otherwise a run of its own (in ``experiment_id``, if given).
     ``on_threads``: trained on that many threads, in a worker if this process runs on
     another count; 0: here. Returns the training run's id."""
-    if launched_by_mlflow_run():
-        with ended_run() as run:
-            return _track_one(cfg, data, tags, on_threads, run.info.run_id, run.info.experiment_id)
-    return _track_one(cfg, data, tags, on_threads, None, experiment_id)
+    with ended_run() if launched_by_mlflow_run() else contextlib.nullcontext() as run:
+        where = (run.info.experiment_id, run.info.run_id) if run else (experiment_id, None)
+        return _train(
+            [worker_process.Job(0, cfg, cfg.variant)], data, 1, worker_process.Setup(*where, on_threads, tags or {})
+        )[0]
 
 
-def _track_one(cfg, data, tags, on_threads: int, parent_run_id: str | None, experiment_id: str | None) -> str:
-    if on_threads and on_threads != threads.current():
-        setup = worker_process.Setup.here(experiment_id, parent_run_id, on_threads, tags)
-        return in_workers([Job(0, cfg, cfg.variant)], data, 1, setup)[0]
-    from mnist_pipeline.tracking.training_run import track_training
-
-    return track_training(cfg, data, nested=parent_run_id is not None, tags=tags)
-
-
-def in_workers(jobs: list[Job], data: Mnist, processes: int, setup: worker_process.Setup) -> dict[int, str]:
-    """Train ``jobs`` in ``processes`` workers set up as ``setup`` says; returns {job.index:
-    run id}. Raises the first failure once every worker has stopped."""
+def _train(jobs: list[worker_process.Job], data: Mnist, processes: int, setup: worker_process.Setup) -> dict[int, str]:
+    """Train ``jobs`` as ``setup`` says; returns {job.index: run id}. Here, unless in more than
+    one process, or on a thread count (``setup.threads``, 0: any) this process does not run on:
+    then in ``processes`` workers, and the first failure is raised once every worker has stopped."""
+    if processes == 1 and (not setup.threads or setup.threads == threads.current()):
+        return {job.index: setup.train(job, data) for job in jobs}
     context = _context()
     workers = {}  # this process's end of each worker's pipe -> the worker
     for n in range(processes):
@@ -120,13 +103,9 @@ def in_workers(jobs: list[Job], data: Mnist, processes: int, setup: worker_proce
         workers[ours].start()
         theirs.close()  # the worker holds the only other end: the pipe ends when the worker does
     try:
-        trained, failure = _collect(jobs, workers, setup.experiment_id)
-    except BaseException:  # an interrupt here: every worker ends its run KILLED first
+        return _collect(jobs, workers, setup.experiment_id)
+    finally:  # an interrupt or an error here: every worker ends its run KILLED first (none is left after the last)
         _stop(workers)
-        raise
-    if failure is not None:
-        raise failure
-    return trained
 
 
 def _context():
@@ -140,10 +119,10 @@ def _context():
     return context
 
 
-def _collect(jobs: list[Job], workers: dict, experiment_id: str | None) -> tuple[dict[int, str], BaseException | None]:
+def _collect(jobs: list[worker_process.Job], workers: dict, experiment_id: str | None) -> dict[int, str]:
     """Hand the jobs out, costliest first, a job to each worker as it asks, and take each run
     id as its worker reports it, until every worker has ended. The first failure, or a
-    worker's death, stops the handing out."""
+    worker's death, stops the handing out, and is raised then."""
     todo = sorted(jobs, key=lambda j: -j.cfg.epochs * macs.training_macs(j.cfg))
     trained, running, failure = {}, {}, None  # running: {pipe: its worker's job}
 
@@ -175,10 +154,12 @@ def _collect(jobs: list[Job], workers: dict, experiment_id: str | None) -> tuple
             failure = failure or value
     for worker in workers.values():
         worker.join()  # its pipe has ended: it is exiting
-    if failure is None and len(trained) < len(jobs):
+    if failure is not None:
+        raise failure
+    if len(trained) < len(jobs):
         codes = ", ".join(str(w.exitcode) for w in workers.values())
-        failure = WorkerDied(f"the training processes ended (exit codes {codes}) before training every run")
-    return trained, failure
+        raise WorkerDied(f"the training processes ended (exit codes {codes}) before training every run")
+    return trained
 
 
 def _reports(pipes: set, seconds: float = math.inf):

@@ -18,11 +18,12 @@ import signal
 import sys
 import threading
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlflow
 
 from mnist_pipeline.core import interrupts, threads
+from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.errors import UserError
 
@@ -35,23 +36,36 @@ def echo(stream: str, line: str) -> None:
 
 
 @dataclass(frozen=True)
-class Setup:
-    """What a worker needs of this process: the store, where its runs go, and its threads."""
+class Job:
+    index: int  # the training's place in the caller's list
+    cfg: TrainConfig
+    label: str  # names the run on the console: the variant, with its seed if a variant repeats
 
-    tracking_uri: str
+
+def _mlflow_log_levels() -> dict[str, int]:
+    """MLflow's loggers' levels as this process set them (the CLI quiets some)."""
+    loggers = [name for name in logging.root.manager.loggerDict if name.startswith("mlflow")]
+    return {name: logging.getLogger(name).level for name in loggers}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a training needs of this process: where its runs go, its threads and tags; and, read
+    as the Setup is made, this process's store, loggers and variables, for a worker to take."""
+
     experiment_id: str | None
     parent_run_id: str | None
-    threads: int
-    tags: dict[str, str]
-    log_levels: dict[str, int]  # MLflow's loggers as this process set them (the CLI quiets some)
-    environ: dict[str, str]  # this process's variables now (the fork server has those it started with)
+    threads: int  # 0: this process's
+    tags: dict[str, str] = field(default_factory=dict)
+    tracking_uri: str = field(default_factory=mlflow.get_tracking_uri)
+    log_levels: dict[str, int] = field(default_factory=_mlflow_log_levels)
+    environ: dict[str, str] = field(default_factory=os.environ.copy)  # the fork server has those it started with
 
-    @classmethod
-    def here(cls, experiment_id: str | None, parent_run_id: str | None, threads: int, tags=None) -> Setup:
-        """This process's store, loggers and variables, for workers that train on ``threads``."""
-        loggers = [name for name in logging.root.manager.loggerDict if name.startswith("mlflow")]
-        levels = {name: logging.getLogger(name).level for name in loggers}
-        return cls(mlflow.get_tracking_uri(), experiment_id, parent_run_id, threads, tags or {}, levels, {**os.environ})
+    def train(self, job: Job, data: Mnist) -> str:
+        """``job`` trained in this process as a child of the parent run; returns its run id."""
+        from mnist_pipeline.tracking.training_run import track_training  # TensorFlow: only to train
+
+        return track_training(job.cfg, data, self.tags, parent_run_id=self.parent_run_id, label=job.label)
 
 
 def _sender(pipe):
@@ -91,32 +105,26 @@ def work(setup: Setup, data: Mnist, pipe) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt_once)
     with contextlib.suppress(KeyboardInterrupt):  # between trainings: nothing to end, nothing to say
-        _train_jobs(setup, data, pipe)
-
-
-def _train_jobs(setup: Setup, data: Mnist, pipe) -> None:
-    send = _sender(pipe)
-    sys.stdout, sys.stderr = _Lines(send, "out"), _Lines(send, "err")
-    os.environ.clear()
-    os.environ.update(setup.environ)
-    os.environ.pop(mlflow.environment_variables.MLFLOW_RUN_ID.name, None)  # the parent's run is not ours to resume
-    for name, level in setup.log_levels.items():
-        logging.getLogger(name).setLevel(level)
-    threads.use(setup.threads)
-    mlflow.set_tracking_uri(setup.tracking_uri)
-    if setup.experiment_id:
-        mlflow.set_experiment(experiment_id=setup.experiment_id)
-    from mnist_pipeline.tracking.training_run import track_training
-
-    while (job := pipe.recv()) is not None:
-        try:
-            run_id = track_training(job.cfg, data, tags=setup.tags, parent_run_id=setup.parent_run_id, label=job.label)
-        except BaseException as err:
-            if not isinstance(err, (KeyboardInterrupt, UserError)):
-                traceback.print_exc()  # where it failed; the parent raises it again
-            send("failed", _portable(err))
-            return
-        send("done", run_id)
+        send = _sender(pipe)
+        sys.stdout, sys.stderr = _Lines(send, "out"), _Lines(send, "err")
+        os.environ.clear()
+        os.environ.update(setup.environ)
+        os.environ.pop(mlflow.environment_variables.MLFLOW_RUN_ID.name, None)  # the parent's run is not ours to resume
+        for name, level in setup.log_levels.items():
+            logging.getLogger(name).setLevel(level)
+        threads.use(setup.threads)
+        mlflow.set_tracking_uri(setup.tracking_uri)
+        if setup.experiment_id:
+            mlflow.set_experiment(experiment_id=setup.experiment_id)
+        while (job := pipe.recv()) is not None:
+            try:
+                run_id = setup.train(job, data)
+            except BaseException as err:
+                if not isinstance(err, (KeyboardInterrupt, UserError)):
+                    traceback.print_exc()  # where it failed; the parent raises it again
+                send("failed", _portable(err))
+                return
+            send("done", run_id)
 
 
 def _interrupt_once(signum, frame) -> None:
