@@ -21,6 +21,7 @@ label. A run records the thread count it trained on (core/threads.py: why).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import multiprocessing
 import time
@@ -36,6 +37,7 @@ from mnist_pipeline.tracking import liveness, worker_process
 from mnist_pipeline.tracking.identity import find_reusable_run, run_key
 from mnist_pipeline.tracking.readback import ChildRun
 from mnist_pipeline.tracking.runs import ended_run, launched_by_mlflow_run
+from mnist_pipeline.tracking.worker_process import Job, Setup
 
 STOP_SECONDS = 120  # an interrupted worker's time to end its run KILLED, history and plots logged
 
@@ -48,12 +50,10 @@ def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool, workers
     for cfg, run_id in zip(configs, reused):
         if run_id:
             print(f"{cfg.variant} (seed {cfg.seed}): reusing FINISHED run {run_id} (same config, code and data)")
-    todo = [
-        worker_process.Job(i, cfg, labels[i]) for i, (cfg, run_id) in enumerate(zip(configs, reused)) if run_id is None
-    ]
+    todo = [Job(i, cfg, labels[i]) for i, (cfg, run_id) in enumerate(zip(configs, reused)) if run_id is None]
     processes, per_worker = threads.plan(len(todo), workers)
     parent = mlflow.active_run().info
-    trained = _train(todo, data, processes, worker_process.Setup(parent.experiment_id, parent.run_id, per_worker))
+    trained = _train(todo, data, processes, Setup(parent.experiment_id, parent.run_id, per_worker))
     return [
         ChildRun(cfg.variant, run_id or trained[i], run_id is not None)
         for i, (cfg, run_id) in enumerate(zip(configs, reused))
@@ -82,12 +82,10 @@ def track_alone(
     another count; 0: here. Returns the training run's id."""
     with ended_run() if launched_by_mlflow_run() else contextlib.nullcontext() as run:
         where = (run.info.experiment_id, run.info.run_id) if run else (experiment_id, None)
-        return _train(
-            [worker_process.Job(0, cfg, cfg.variant)], data, 1, worker_process.Setup(*where, on_threads, tags or {})
-        )[0]
+        return _train([Job(0, cfg, cfg.variant)], data, 1, Setup(*where, on_threads, tags or {}))[0]
 
 
-def _train(jobs: list[worker_process.Job], data: Mnist, processes: int, setup: worker_process.Setup) -> dict[int, str]:
+def _train(jobs: list[Job], data: Mnist, processes: int, setup: Setup) -> dict[int, str]:
     """Train ``jobs`` as ``setup`` says; returns {job.index: run id}. Here, unless in more than
     one process, or on a thread count (``setup.threads``, 0: any) this process does not run on:
     then in ``processes`` workers, and the first failure is raised once every worker has stopped."""
@@ -119,39 +117,32 @@ def _context():
     return context
 
 
-def _collect(jobs: list[worker_process.Job], workers: dict, experiment_id: str | None) -> dict[int, str]:
+def _collect(jobs: list[Job], workers: dict, experiment_id: str | None) -> dict[int, str]:
     """Hand the jobs out, costliest first, a job to each worker as it asks, and take each run
     id as its worker reports it, until every worker has ended. The first failure, or a
     worker's death, stops the handing out, and is raised then."""
     todo = sorted(jobs, key=lambda j: -j.cfg.epochs * macs.training_macs(j.cfg))
     trained, running, failure = {}, {}, None  # running: {pipe: its worker's job}
-
-    def hand_out(pipe) -> None:
-        job = todo.pop(0) if todo and failure is None else None
-        with contextlib.suppress(OSError):  # a worker that has died: its pipe's end says so
-            pipe.send(job)
-        if job is not None:
-            running[pipe] = job
-
-    for pipe in workers:
-        hand_out(pipe)
-    for pipe, report in _reports(set(workers)):
-        if report is None:  # the worker has ended
-            if pipe in running:  # killed hard in a training: not a word from it, its run RUNNING still
-                workers[pipe].join()
-                died = f"the process training {running.pop(pipe).label} died (exit code {workers[pipe].exitcode})"
-                failure = failure or WorkerDied(f"{died} before its run ended")
-                liveness.end_dead_runs("", experiment_id)  # a line for its run (this process reads the experiment)
-            continue
-        kind, value = report
+    ready = [(pipe, ("done", None)) for pipe in workers]  # as it starts, each worker takes a first job
+    for pipe, (kind, value) in itertools.chain(ready, _reports(set(workers))):
         if kind in worker_process.STREAMS:
             worker_process.echo(kind, value)
-        elif kind == "done":
-            trained[running.pop(pipe).index] = value
-            hand_out(pipe)
-        else:
-            running.pop(pipe)
+            continue
+        job = running.pop(pipe, None)  # the training the worker has ended, if any
+        if kind == "done":
+            if job is not None:
+                trained[job.index] = value
+            if todo and failure is None:
+                running[pipe] = todo.pop(0)
+            with contextlib.suppress(OSError):  # a worker that has died: its pipe's end says so
+                pipe.send(running.get(pipe))  # None: no more, the worker ends
+        elif kind == "failed":
             failure = failure or value
+        elif job is not None:  # "ended" in a training, killed hard: not a word from it, its run RUNNING still
+            workers[pipe].join()
+            died = f"the process training {job.label} died (exit code {workers[pipe].exitcode})"
+            failure = failure or WorkerDied(f"{died} before its run ended")
+            liveness.end_dead_runs("", experiment_id)  # a line for its run (this process reads the experiment)
     for worker in workers.values():
         worker.join()  # its pipe has ended: it is exiting
     if failure is not None:
@@ -163,9 +154,9 @@ def _collect(jobs: list[worker_process.Job], workers: dict, experiment_id: str |
 
 
 def _reports(pipes: set, seconds: float = math.inf):
-    """(pipe, report) for each report on ``pipes`` as it comes, and (pipe, None) as a pipe ends
-    (its worker ended; a message its death cut short is dropped), until every pipe has ended
-    or ``seconds`` have passed."""
+    """(pipe, report) for each report on ``pipes`` as it comes, and (pipe, ("ended", None)) as a
+    pipe ends (its worker ended; a message its death cut short is dropped), until every pipe
+    has ended or ``seconds`` have passed."""
     deadline = time.monotonic() + seconds
     while pipes and (left := deadline - time.monotonic()) > 0:
         for pipe in wait(pipes, None if left == math.inf else left):
@@ -173,7 +164,7 @@ def _reports(pipes: set, seconds: float = math.inf):
                 report = pipe.recv()
             except (EOFError, OSError):
                 pipes.discard(pipe)
-                report = None
+                report = ("ended", None)
             yield pipe, report
 
 
@@ -185,9 +176,9 @@ def _stop(workers: dict) -> None:
         if worker.is_alive():
             worker.terminate()  # SIGTERM: its run ends KILLED
     pipes = set(workers)
-    for _, report in _reports(pipes, STOP_SECONDS):
-        if report is not None and report[0] in worker_process.STREAMS:
-            worker_process.echo(*report)
+    for _, (kind, value) in _reports(pipes, STOP_SECONDS):
+        if kind in worker_process.STREAMS:
+            worker_process.echo(kind, value)
     for pipe in pipes:
         workers[pipe].kill()
 

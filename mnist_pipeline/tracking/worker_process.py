@@ -59,7 +59,9 @@ class Setup:
     tags: dict[str, str] = field(default_factory=dict)
     tracking_uri: str = field(default_factory=mlflow.get_tracking_uri)
     log_levels: dict[str, int] = field(default_factory=_mlflow_log_levels)
-    environ: dict[str, str] = field(default_factory=os.environ.copy)  # the fork server has those it started with
+    # the fork server has the variables it started with. No MLFLOW_RUN_ID among these: under
+    # `mlflow run` a Setup is made in the run it names, and MLflow took the variable out as it resumed it
+    environ: dict[str, str] = field(default_factory=os.environ.copy)
 
     def train(self, job: Job, data: Mnist) -> str:
         """``job`` trained in this process as a child of the parent run; returns its run id."""
@@ -109,13 +111,11 @@ def work(setup: Setup, data: Mnist, pipe) -> None:
         sys.stdout, sys.stderr = _Lines(send, "out"), _Lines(send, "err")
         os.environ.clear()
         os.environ.update(setup.environ)
-        os.environ.pop(mlflow.environment_variables.MLFLOW_RUN_ID.name, None)  # the parent's run is not ours to resume
         for name, level in setup.log_levels.items():
             logging.getLogger(name).setLevel(level)
         threads.use(setup.threads)
         mlflow.set_tracking_uri(setup.tracking_uri)
-        if setup.experiment_id:
-            mlflow.set_experiment(experiment_id=setup.experiment_id)
+        mlflow.set_experiment(experiment_id=setup.experiment_id)  # a worker's is always known
         while (job := pipe.recv()) is not None:
             try:
                 run_id = setup.train(job, data)
