@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import math
 import multiprocessing
+import sys
 import time
 from multiprocessing.connection import wait
 
@@ -40,30 +41,33 @@ from mnist_pipeline.tracking.runs import ended_run, launched_by_mlflow_run
 from mnist_pipeline.tracking.worker_process import Job, Setup
 
 STOP_SECONDS = 120  # an interrupted worker's time to end its run KILLED, history and plots logged
+# The fork server (Linux, macOS): it imports the training code once, as the first worker
+# starts, and forks each worker ready to train; elsewhere each worker is spawned and imports
+# it itself (about 5 s here, two workers importing at once on 2 cores: 8 s).
+FORKSERVER = "forkserver" in multiprocessing.get_all_start_methods()
+CONTEXT = multiprocessing.get_context("forkserver" if FORKSERVER else "spawn")
+if FORKSERVER:
+    CONTEXT.set_forkserver_preload(["mnist_pipeline.tracking.training_run"])
 
 
 def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool, workers: int = 0) -> list[ChildRun]:
     """Each config as a child of the active run, or the FINISHED run with its run key
     (unless ``force``). Those to train go ``workers`` at a time (0: one per core)."""
-    labels = _labels(configs)
     reused = [None if force else find_reusable_run(run_key(cfg, data.digest)) for cfg in configs]
     for cfg, run_id in zip(configs, reused):
         if run_id:
             print(f"{cfg.variant} (seed {cfg.seed}): reusing FINISHED run {run_id} (same config, code and data)")
-    todo = [Job(i, cfg, labels[i]) for i, (cfg, run_id) in enumerate(zip(configs, reused)) if run_id is None]
+    todo = [Job(cfg, label) for cfg, label, run_id in zip(configs, _labels(configs), reused) if run_id is None]
     processes, per_worker = threads.plan(len(todo), workers)
     parent = mlflow.active_run().info
     trained = _train(todo, data, processes, Setup(parent.experiment_id, parent.run_id, per_worker))
-    return [
-        ChildRun(cfg.variant, run_id or trained[i], run_id is not None)
-        for i, (cfg, run_id) in enumerate(zip(configs, reused))
-    ]
+    return [ChildRun(cfg.variant, run_id or trained[cfg], run_id is not None) for cfg, run_id in zip(configs, reused)]
 
 
 def prepare(trainings: int, workers: int) -> None:
     """If ``trainings`` will go to workers, start the fork server now: it imports the training
     code while this process loads the data and checks the store."""
-    if threads.plan(trainings, workers)[0] > 1 and _context().get_start_method() == "forkserver":
+    if threads.plan(trainings, workers)[0] > 1 and FORKSERVER:
         import multiprocessing.forkserver
 
         multiprocessing.forkserver.ensure_running()
@@ -82,20 +86,19 @@ def track_alone(
     another count; 0: here. Returns the training run's id."""
     with ended_run() if launched_by_mlflow_run() else contextlib.nullcontext() as run:
         where = (run.info.experiment_id, run.info.run_id) if run else (experiment_id, None)
-        return _train([Job(0, cfg, cfg.variant)], data, 1, Setup(*where, on_threads, tags or {}))[0]
+        return _train([Job(cfg, cfg.variant)], data, 1, Setup(*where, on_threads, tags or {}))[cfg]
 
 
-def _train(jobs: list[Job], data: Mnist, processes: int, setup: Setup) -> dict[int, str]:
-    """Train ``jobs`` as ``setup`` says; returns {job.index: run id}. Here, unless in more than
+def _train(jobs: list[Job], data: Mnist, processes: int, setup: Setup) -> dict[TrainConfig, str]:
+    """Train ``jobs`` as ``setup`` says; returns {job.cfg: run id}. Here, unless in more than
     one process, or on a thread count (``setup.threads``, 0: any) this process does not run on:
     then in ``processes`` workers, and the first failure is raised once every worker has stopped."""
     if processes == 1 and (not setup.threads or setup.threads == threads.current()):
-        return {job.index: setup.train(job, data) for job in jobs}
-    context = _context()
+        return {job.cfg: setup.train(job, data) for job in jobs}
     workers = {}  # this process's end of each worker's pipe -> the worker
     for n in range(processes):
-        ours, theirs = context.Pipe()
-        workers[ours] = context.Process(
+        ours, theirs = CONTEXT.Pipe()
+        workers[ours] = CONTEXT.Process(
             target=worker_process.work, args=(setup, data, theirs), name=f"trainer-{n}", daemon=True
         )
         workers[ours].start()
@@ -106,18 +109,7 @@ def _train(jobs: list[Job], data: Mnist, processes: int, setup: Setup) -> dict[i
         _stop(workers)
 
 
-def _context():
-    """The fork server (Linux, macOS): it imports the training code once, as the first worker
-    starts, and forks each worker ready to train; elsewhere each worker is spawned and imports
-    it itself (about 5 s here, two workers importing at once on 2 cores: 8 s)."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["mnist_pipeline.tracking.training_run"])
-    return context
-
-
-def _collect(jobs: list[Job], workers: dict, experiment_id: str | None) -> dict[int, str]:
+def _collect(jobs: list[Job], workers: dict, experiment_id: str | None) -> dict[TrainConfig, str]:
     """Hand the jobs out, costliest first, a job to each worker as it asks, and take each run
     id as its worker reports it, until every worker has ended. The first failure, or a
     worker's death, stops the handing out, and is raised then."""
@@ -125,13 +117,10 @@ def _collect(jobs: list[Job], workers: dict, experiment_id: str | None) -> dict[
     trained, running, failure = {}, {}, None  # running: {pipe: its worker's job}
     ready = [(pipe, ("done", None)) for pipe in workers]  # as it starts, each worker takes a first job
     for pipe, (kind, value) in itertools.chain(ready, _reports(set(workers))):
-        if kind in worker_process.STREAMS:
-            worker_process.echo(kind, value)
-            continue
         job = running.pop(pipe, None)  # the training the worker has ended, if any
         if kind == "done":
             if job is not None:
-                trained[job.index] = value
+                trained[job.cfg] = value
             if todo and failure is None:
                 running[pipe] = todo.pop(0)
             with contextlib.suppress(OSError):  # a worker that has died: its pipe's end says so
@@ -156,16 +145,19 @@ def _collect(jobs: list[Job], workers: dict, experiment_id: str | None) -> dict[
 def _reports(pipes: set, seconds: float = math.inf):
     """(pipe, report) for each report on ``pipes`` as it comes, and (pipe, ("ended", None)) as a
     pipe ends (its worker ended; a message its death cut short is dropped), until every pipe
-    has ended or ``seconds`` have passed."""
+    has ended or ``seconds`` have passed. A line a worker printed is printed here instead."""
     deadline = time.monotonic() + seconds
     while pipes and (left := deadline - time.monotonic()) > 0:
         for pipe in wait(pipes, None if left == math.inf else left):
             try:
-                report = pipe.recv()
+                kind, value = pipe.recv()
             except (EOFError, OSError):
                 pipes.discard(pipe)
-                report = ("ended", None)
-            yield pipe, report
+                kind, value = "ended", None
+            if kind in worker_process.STREAMS:
+                print(value, file=sys.stderr if kind == "err" else sys.stdout, flush=True)
+            else:
+                yield pipe, (kind, value)
 
 
 def _stop(workers: dict) -> None:
@@ -176,9 +168,8 @@ def _stop(workers: dict) -> None:
         if worker.is_alive():
             worker.terminate()  # SIGTERM: its run ends KILLED
     pipes = set(workers)
-    for _, (kind, value) in _reports(pipes, STOP_SECONDS):
-        if kind in worker_process.STREAMS:
-            worker_process.echo(kind, value)
+    for _ in _reports(pipes, STOP_SECONDS):
+        pass  # lines are printed as they come; the rest is dropped: the interrupt goes on up
     for pipe in pipes:
         workers[pipe].kill()
 

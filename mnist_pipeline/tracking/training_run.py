@@ -14,7 +14,6 @@ from mlflow.exceptions import MlflowException
 
 from mnist_pipeline import names
 from mnist_pipeline.core import config, console, threads
-from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist, array_digest, split_validation
 from mnist_pipeline.core.phases import Phases
 from mnist_pipeline.core.training import TrainResult, train
@@ -39,7 +38,7 @@ class TrainingStopped(Exception):
 
 
 def track_training(
-    cfg: TrainConfig,
+    cfg: config.TrainConfig,
     data: Mnist,
     tags: dict[str, str] | None = None,
     after_epoch: Callable[[int, dict[str, float]], None] | None = None,
@@ -89,7 +88,7 @@ def track_training(
     return run.info.run_id
 
 
-def _tags(cfg: TrainConfig, data: Mnist, extra: dict[str, str] | None) -> dict[str, str]:
+def _tags(cfg: config.TrainConfig, data: Mnist, extra: dict[str, str] | None) -> dict[str, str]:
     return {
         names.TAG_VARIANT: cfg.variant,
         names.TAG_DESCRIPTION: VARIANTS[cfg.variant].description,
@@ -137,7 +136,7 @@ def _log_stopped(stop: TrainingStopped, epochs: EpochLogger, title: str) -> None
     mlflow.set_tags({names.TAG_STOPPED: str(stop), **stop.tags})
 
 
-def _log_inputs(cfg: TrainConfig, data: Mnist) -> None:
+def _log_inputs(cfg: config.TrainConfig, data: Mnist) -> None:
     """The configuration and where the data came from as params, and the three splits as datasets."""
     mlflow.log_params(
         {

@@ -30,15 +30,9 @@ from mnist_pipeline.core.errors import UserError
 STREAMS = ("out", "err")  # the kinds of report that carry a printed line
 
 
-def echo(stream: str, line: str) -> None:
-    """Print, in the parent, a line a worker printed."""
-    print(line, file=sys.stderr if stream == "err" else sys.stdout, flush=True)
-
-
 @dataclass(frozen=True)
 class Job:
-    index: int  # the training's place in the caller's list
-    cfg: TrainConfig
+    cfg: TrainConfig  # the jobs of one call differ in it: their run ids are told apart by it
     label: str  # names the run on the console: the variant, with its seed if a variant repeats
 
 
@@ -70,27 +64,25 @@ class Setup:
         return track_training(job.cfg, data, self.tags, parent_run_id=self.parent_run_id, label=job.label)
 
 
-def _sender(pipe):
-    """send(kind, value) on ``pipe``: a line printed (kind "out" or "err"), the job "done" (its
-    run id) or "failed" (the error), each message whole, whichever thread sends it."""
-    lock = threading.Lock()
+_SENDING = threading.Lock()  # a worker's messages go one at a time, whichever thread sends one
 
-    def send(*report) -> None:
-        # an interrupt (raised in the main thread) waits for the end of the message: one cut
-        # short would garble every later one
-        main = threading.current_thread() is threading.main_thread()
-        with lock, interrupts.deferred() if main else contextlib.nullcontext():
-            pipe.send(report)
 
-    return send
+def _send(pipe, *report) -> None:
+    """(kind, value) to the parent, whole: a line printed (kind "out" or "err"), the job "done"
+    (its run id) or "failed" (the error)."""
+    # an interrupt (raised in the main thread) waits for the end of the message: one cut
+    # short would garble every later one
+    main = threading.current_thread() is threading.main_thread()
+    with _SENDING, interrupts.deferred() if main else contextlib.nullcontext():
+        pipe.send(report)
 
 
 class _Lines(io.TextIOBase):
     """A worker's sys.stdout or sys.stderr: each whole line goes to the parent, which prints it,
     so the console is the parent's (its stdout may be a pipe or a test's capture by now)."""
 
-    def __init__(self, send, stream: str):
-        self.send, self.stream, self.pending = send, stream, ""
+    def __init__(self, pipe, stream: str):
+        self.pipe, self.stream, self.pending = pipe, stream, ""
 
     def writable(self) -> bool:
         return True
@@ -98,7 +90,7 @@ class _Lines(io.TextIOBase):
     def write(self, text: str) -> int:
         *lines, self.pending = (self.pending + text).split("\n")
         for line in lines:
-            self.send(self.stream, line)
+            _send(self.pipe, self.stream, line)
         return len(text)
 
 
@@ -107,8 +99,7 @@ def work(setup: Setup, data: Mnist, pipe) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt_once)
     with contextlib.suppress(KeyboardInterrupt):  # between trainings: nothing to end, nothing to say
-        send = _sender(pipe)
-        sys.stdout, sys.stderr = _Lines(send, "out"), _Lines(send, "err")
+        sys.stdout, sys.stderr = _Lines(pipe, "out"), _Lines(pipe, "err")
         os.environ.clear()
         os.environ.update(setup.environ)
         for name, level in setup.log_levels.items():
@@ -122,9 +113,9 @@ def work(setup: Setup, data: Mnist, pipe) -> None:
             except BaseException as err:
                 if not isinstance(err, (KeyboardInterrupt, UserError)):
                     traceback.print_exc()  # where it failed; the parent raises it again
-                send("failed", _portable(err))
+                _send(pipe, "failed", _portable(err))
                 return
-            send("done", run_id)
+            _send(pipe, "done", run_id)
 
 
 def _interrupt_once(signum, frame) -> None:
