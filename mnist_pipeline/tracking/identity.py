@@ -28,18 +28,16 @@ def code_version(package: Path = PACKAGE) -> str:
     return md5.hexdigest()[:12]
 
 
-def run_key(cfg: TrainConfig, data_digest: str) -> str:
-    return _key(cfg.as_params(), data_digest)
+def run_key(cfg: TrainConfig, data_digest: str, leave_out: tuple[str, ...] = ()) -> str:
+    """Digest of the configuration (but the params in ``leave_out``), the code and the data."""
+    params = {k: v for k, v in cfg.as_params().items() if k not in leave_out}
+    identity = {"config": params, "code": code_version(), "data": data_digest}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def config_key(cfg: TrainConfig, data_digest: str) -> str:
     """The run key without the seed: the seed runs of one configuration (``reproduce``) share it."""
-    return _key({k: v for k, v in cfg.as_params().items() if k != "seed"}, data_digest)
-
-
-def _key(params: dict, data_digest: str) -> str:
-    identity = {"config": params, "code": code_version(), "data": data_digest}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return run_key(cfg, data_digest, leave_out=("seed",))
 
 
 def find_reusable_run(key: str) -> str | None:

@@ -16,7 +16,6 @@ ending a run changes only its status and end time.
 
 from __future__ import annotations
 
-import functools
 import getpass
 import socket
 import sys
@@ -40,19 +39,16 @@ STALE_SECONDS = 30 * 60
 _SAME_START = 1.0  # seconds: psutil's create_time of one process, read twice, agrees this well
 
 
-@functools.cache
-def _process() -> dict[str, str]:
+def tags() -> dict[str, str]:
+    """The tags that tie a new run to this process and its user, and its first heartbeat."""
     me = psutil.Process()
     return {
         names.TAG_HOST: socket.gethostname(),
         names.TAG_PID: str(me.pid),
         names.TAG_PROCESS_START: f"{me.create_time():.3f}",
+        MLFLOW_USER: user(),
+        **heartbeat(),
     }
-
-
-def tags() -> dict[str, str]:
-    """The tags that tie a new run to this process and its user, and its first heartbeat."""
-    return {**_process(), MLFLOW_USER: user(), **heartbeat()}
 
 
 def user() -> str:
@@ -84,7 +80,7 @@ def why_dead(run, host: str, now_ms: int) -> str | None:
             if alive_here(int(t[names.TAG_PID]), float(t[names.TAG_PROCESS_START])):
                 return None
             return f"its process {t[names.TAG_PID]} on this host is gone"
-        silent = (now_ms - int(t.get(names.TAG_HEARTBEAT, run.info.start_time))) / 1000
+        silent = (now_ms - _last_heartbeat(run)) / 1000
     except (KeyError, ValueError):
         return None
     if silent <= STALE_SECONDS:
@@ -119,20 +115,20 @@ def _owner(run) -> str:
 def _end(run, reason: str) -> bool:
     """End ``run`` KILLED at its last heartbeat, its epochs kept; whether the server let it."""
     client, run_id = mlflow.MlflowClient(), run.info.run_id
+    was = f"run {run_id} ({run.info.run_name}) was RUNNING, {reason}"
     try:
         epochs = len(client.get_metric_history(run_id, "val_accuracy"))
-        client.set_terminated(
-            run_id, "KILLED", end_time=int(run.data.tags.get(names.TAG_HEARTBEAT, run.info.start_time))
-        )
+        client.set_terminated(run_id, "KILLED", end_time=_last_heartbeat(run))
     except MlflowException as err:
         if not access.is_refusal(err):
             raise
         refusal = redact(first_line(err))[:160]
-        print(
-            f"note: run {run_id} ({run.info.run_name}) was RUNNING, {reason}: user {user()} may not end it, "
-            f"left RUNNING ({refusal})",
-            file=sys.stderr,
-        )
+        print(f"note: {was}: user {user()} may not end it, left RUNNING ({refusal})", file=sys.stderr)
         return False
-    print(f"run {run_id} ({run.info.run_name}) was RUNNING, {reason}: ended KILLED, {epochs} epochs kept")
+    print(f"{was}: ended KILLED, {epochs} epochs kept")
     return True
+
+
+def _last_heartbeat(run) -> int:
+    """When ``run`` was last heard of (ms): its heartbeat, else its start."""
+    return int(run.data.tags.get(names.TAG_HEARTBEAT, run.info.start_time))

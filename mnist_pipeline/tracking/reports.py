@@ -31,8 +31,5 @@ def log_validation_report(labels: np.ndarray, probabilities: np.ndarray) -> None
     (val_recall_<d>, val_precision_<d>) that the registry's gates compare."""
     per_class = evaluation.report(labels, probabilities).per_class
     log_text(per_class.to_csv(), names.VAL_PER_CLASS)
-    metrics = {}
-    for digit, row in per_class.iterrows():
-        metrics[names.VAL_RECALL.format(digit=digit)] = float(row["recall"])
-        metrics[names.VAL_PRECISION.format(digit=digit)] = float(row["precision"])
-    log_metrics(metrics)
+    columns = {names.VAL_RECALL: "recall", names.VAL_PRECISION: "precision"}  # metric name -> column
+    log_metrics({name.format(digit=d): float(v) for name, c in columns.items() for d, v in per_class[c].items()})

@@ -54,12 +54,11 @@ def preflight(
 
 
 @contextlib.contextmanager
-def ended_run(**start_run_kwargs):
+def ended_run(tags: dict[str, str] | None = None, **start_run_kwargs):
     """``mlflow.start_run`` that always ends its run: FINISHED, KILLED on KeyboardInterrupt
     (the CLI turns SIGTERM into one), FAILED on any other exception. The run carries this
     process's liveness tags, so that a later command ends it KILLED if the process dies hard."""
-    start_run_kwargs["tags"] = {**liveness.tags(), **(start_run_kwargs.get("tags") or {})}
-    run = mlflow.start_run(**start_run_kwargs)
+    run = mlflow.start_run(tags={**liveness.tags(), **(tags or {})}, **start_run_kwargs)
     status, refused, ended = "FAILED", None, False
     try:
         yield run

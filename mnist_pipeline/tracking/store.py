@@ -50,21 +50,14 @@ class TrackingStoreError(UserError, ConnectionError):
 
 @contextlib.contextmanager
 def environment(values: dict[str, str | None]):
-    """Environment variables set (None: unset) for the block, then put back."""
-    saved = {name: os.environ.get(name) for name in values}
-    try:
-        _set(values)
-        yield
-    finally:
-        _set(saved)
+    """Environment variables set (None: unset) for the block; the whole environment is put back
+    after it. For the tests and the benchmark: no command uses it."""
+    from unittest import mock  # not at import: it imports asyncio, which no command needs
 
-
-def _set(values: dict[str, str | None]) -> None:
-    for name, value in values.items():
-        if value is None:
+    with mock.patch.dict(os.environ, {name: value for name, value in values.items() if value is not None}):
+        for name in [name for name, value in values.items() if value is None]:
             os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+        yield
 
 
 def user() -> str:
@@ -101,13 +94,11 @@ RETRY_SECONDS, RETRY_VARIABLE = 20.0, "MNIST_PIPELINE_RETRY_SECONDS"
 def retry_seconds() -> float:
     """RETRY_SECONDS, or RETRY_VARIABLE's value; read when asked, not at import."""
     text = os.environ.get(RETRY_VARIABLE, "")
-    try:
+    with contextlib.suppress(ValueError):  # not a number: refused below
         seconds = float(text) if text.strip() else RETRY_SECONDS
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise UserError(f"{RETRY_VARIABLE}={text!r} is not allowed: must be a number of seconds >= 0")
-    return seconds
+        if 0 <= seconds < float("inf"):
+            return seconds
+    raise UserError(f"{RETRY_VARIABLE}={text!r} is not allowed: must be a number of seconds >= 0")
 
 
 def check_tracking_store() -> None:

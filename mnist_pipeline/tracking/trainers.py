@@ -21,10 +21,11 @@ label. A run records the thread count it trained on (core/threads.py: why).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import multiprocessing
+import sys
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import wait
 
 import mlflow
@@ -37,45 +38,36 @@ from mnist_pipeline.tracking import liveness, worker_process
 from mnist_pipeline.tracking.identity import find_reusable_run, run_key
 from mnist_pipeline.tracking.readback import ChildRun
 from mnist_pipeline.tracking.runs import ended_run, launched_by_mlflow_run
+from mnist_pipeline.tracking.worker_process import Job, Setup
 
 STOP_SECONDS = 120  # an interrupted worker's time to end its run KILLED, history and plots logged
-
-
-@dataclass(frozen=True)
-class Job:
-    index: int  # the training's place in the caller's list
-    cfg: TrainConfig
-    label: str  # names the run on the console: the variant, with its seed if a variant repeats
+# The fork server (Linux, macOS): it imports the training code once, as the first worker
+# starts, and forks each worker ready to train; elsewhere each worker is spawned and imports
+# it itself (about 5 s here, two workers importing at once on 2 cores: 8 s).
+FORKSERVER = "forkserver" in multiprocessing.get_all_start_methods()
+CONTEXT = multiprocessing.get_context("forkserver" if FORKSERVER else "spawn")
+if FORKSERVER:
+    CONTEXT.set_forkserver_preload(["mnist_pipeline.tracking.training_run"])
 
 
 def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool, workers: int = 0) -> list[ChildRun]:
     """Each config as a child of the active run, or the FINISHED run with its run key
     (unless ``force``). Those to train go ``workers`` at a time (0: one per core)."""
-    labels = _labels(configs)
     reused = [None if force else find_reusable_run(run_key(cfg, data.digest)) for cfg in configs]
     for cfg, run_id in zip(configs, reused):
         if run_id:
             print(f"{cfg.variant} (seed {cfg.seed}): reusing FINISHED run {run_id} (same config, code and data)")
-    todo = [Job(i, cfg, labels[i]) for i, (cfg, run_id) in enumerate(zip(configs, reused)) if run_id is None]
+    todo = [Job(cfg, label) for cfg, label, run_id in zip(configs, _labels(configs), reused) if run_id is None]
     processes, per_worker = threads.plan(len(todo), workers)
     parent = mlflow.active_run().info
-    if processes > 1:
-        setup = worker_process.Setup.here(parent.experiment_id, parent.run_id, per_worker)
-        trained = in_workers(todo, data, processes, setup)
-    else:
-        from mnist_pipeline.tracking.training_run import track_training  # TensorFlow: only to train here
-
-        trained = {job.index: track_training(job.cfg, data, nested=True, label=job.label) for job in todo}
-    return [
-        ChildRun(cfg.variant, run_id or trained[i], run_id is not None)
-        for i, (cfg, run_id) in enumerate(zip(configs, reused))
-    ]
+    trained = _train(todo, data, processes, Setup(parent.experiment_id, parent.run_id, per_worker))
+    return [ChildRun(cfg.variant, run_id or trained[cfg], run_id is not None) for cfg, run_id in zip(configs, reused)]
 
 
 def prepare(trainings: int, workers: int) -> None:
     """If ``trainings`` will go to workers, start the fork server now: it imports the training
     code while this process loads the data and checks the store."""
-    if threads.plan(trainings, workers)[0] > 1 and _context().get_start_method() == "forkserver":
+    if threads.plan(trainings, workers)[0] > 1 and FORKSERVER:
         import multiprocessing.forkserver
 
         multiprocessing.forkserver.ensure_running()
@@ -92,108 +84,80 @@ def track_alone(
     made for the entry point; otherwise a run of its own (in ``experiment_id``, if given).
     ``on_threads``: trained on that many threads, in a worker if this process runs on
     another count; 0: here. Returns the training run's id."""
-    if launched_by_mlflow_run():
-        with ended_run() as run:
-            return _track_one(cfg, data, tags, on_threads, run.info.run_id, run.info.experiment_id)
-    return _track_one(cfg, data, tags, on_threads, None, experiment_id)
+    with ended_run() if launched_by_mlflow_run() else contextlib.nullcontext() as run:
+        where = (run.info.experiment_id, run.info.run_id) if run else (experiment_id, None)
+        return _train([Job(cfg, cfg.variant)], data, 1, Setup(*where, on_threads, tags or {}))[cfg]
 
 
-def _track_one(cfg, data, tags, on_threads: int, parent_run_id: str | None, experiment_id: str | None) -> str:
-    if on_threads and on_threads != threads.current():
-        setup = worker_process.Setup.here(experiment_id, parent_run_id, on_threads, tags)
-        return in_workers([Job(0, cfg, cfg.variant)], data, 1, setup)[0]
-    from mnist_pipeline.tracking.training_run import track_training
-
-    return track_training(cfg, data, nested=parent_run_id is not None, tags=tags)
-
-
-def in_workers(jobs: list[Job], data: Mnist, processes: int, setup: worker_process.Setup) -> dict[int, str]:
-    """Train ``jobs`` in ``processes`` workers set up as ``setup`` says; returns {job.index:
-    run id}. Raises the first failure once every worker has stopped."""
-    context = _context()
+def _train(jobs: list[Job], data: Mnist, processes: int, setup: Setup) -> dict[TrainConfig, str]:
+    """Train ``jobs`` as ``setup`` says; returns {job.cfg: run id}. Here, unless in more than
+    one process, or on a thread count (``setup.threads``, 0: any) this process does not run on:
+    then in ``processes`` workers, and the first failure is raised once every worker has stopped."""
+    if processes == 1 and (not setup.threads or setup.threads == threads.current()):
+        return {job.cfg: setup.train(job, data) for job in jobs}
     workers = {}  # this process's end of each worker's pipe -> the worker
     for n in range(processes):
-        ours, theirs = context.Pipe()
-        workers[ours] = context.Process(
+        ours, theirs = CONTEXT.Pipe()
+        workers[ours] = CONTEXT.Process(
             target=worker_process.work, args=(setup, data, theirs), name=f"trainer-{n}", daemon=True
         )
         workers[ours].start()
         theirs.close()  # the worker holds the only other end: the pipe ends when the worker does
     try:
-        trained, failure = _collect(jobs, workers, setup.experiment_id)
-    except BaseException:  # an interrupt here: every worker ends its run KILLED first
+        return _collect(jobs, workers, setup.experiment_id)
+    finally:  # an interrupt or an error here: every worker ends its run KILLED first (none is left after the last)
         _stop(workers)
-        raise
+
+
+def _collect(jobs: list[Job], workers: dict, experiment_id: str | None) -> dict[TrainConfig, str]:
+    """Hand the jobs out, costliest first, a job to each worker as it asks, and take each run
+    id as its worker reports it, until every worker has ended. The first failure, or a
+    worker's death, stops the handing out, and is raised then."""
+    todo = sorted(jobs, key=lambda j: -j.cfg.epochs * macs.training_macs(j.cfg))
+    trained, running, failure = {}, {}, None  # running: {pipe: its worker's job}
+    ready = [(pipe, ("done", None)) for pipe in workers]  # as it starts, each worker takes a first job
+    for pipe, (kind, value) in itertools.chain(ready, _reports(set(workers))):
+        job = running.pop(pipe, None)  # the training the worker has ended, if any
+        if kind == "done":
+            if job is not None:
+                trained[job.cfg] = value
+            if todo and failure is None:
+                running[pipe] = todo.pop(0)
+            with contextlib.suppress(OSError):  # a worker that has died: its pipe's end says so
+                pipe.send(running.get(pipe))  # None: no more, the worker ends
+        elif kind == "failed":
+            failure = failure or value
+        elif job is not None:  # "ended" in a training, killed hard: not a word from it, its run RUNNING still
+            workers[pipe].join()
+            died = f"the process training {job.label} died (exit code {workers[pipe].exitcode})"
+            failure = failure or WorkerDied(f"{died} before its run ended")
+            liveness.end_dead_runs("", experiment_id)  # a line for its run (this process reads the experiment)
+    for worker in workers.values():
+        worker.join()  # its pipe has ended: it is exiting
     if failure is not None:
         raise failure
+    if len(trained) < len(jobs):
+        codes = ", ".join(str(w.exitcode) for w in workers.values())
+        raise WorkerDied(f"the training processes ended (exit codes {codes}) before training every run")
     return trained
 
 
-def _context():
-    """The fork server (Linux, macOS): it imports the training code once, as the first worker
-    starts, and forks each worker ready to train; elsewhere each worker is spawned and imports
-    it itself (about 5 s here, two workers importing at once on 2 cores: 8 s)."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["mnist_pipeline.tracking.training_run"])
-    return context
-
-
-def _collect(jobs: list[Job], workers: dict, experiment_id: str | None) -> tuple[dict[int, str], BaseException | None]:
-    """Hand the jobs out, costliest first, a job to each worker as it asks, and take each run
-    id as its worker reports it, until every worker has ended. The first failure, or a
-    worker's death, stops the handing out."""
-    todo = sorted(jobs, key=lambda j: -j.cfg.epochs * macs.training_macs(j.cfg))
-    trained, running, failure = {}, {}, None  # running: {pipe: its worker's job}
-
-    def hand_out(pipe) -> None:
-        job = todo.pop(0) if todo and failure is None else None
-        with contextlib.suppress(OSError):  # a worker that has died: its pipe's end says so
-            pipe.send(job)
-        if job is not None:
-            running[pipe] = job
-
-    for pipe in workers:
-        hand_out(pipe)
-    for pipe, report in _reports(set(workers)):
-        if report is None:  # the worker has ended
-            if pipe in running:  # killed hard in a training: not a word from it, its run RUNNING still
-                workers[pipe].join()
-                died = f"the process training {running.pop(pipe).label} died (exit code {workers[pipe].exitcode})"
-                failure = failure or WorkerDied(f"{died} before its run ended")
-                liveness.end_dead_runs("", experiment_id)  # a line for its run (this process reads the experiment)
-            continue
-        kind, value = report
-        if kind in worker_process.STREAMS:
-            worker_process.echo(kind, value)
-        elif kind == "done":
-            trained[running.pop(pipe).index] = value
-            hand_out(pipe)
-        else:
-            running.pop(pipe)
-            failure = failure or value
-    for worker in workers.values():
-        worker.join()  # its pipe has ended: it is exiting
-    if failure is None and len(trained) < len(jobs):
-        codes = ", ".join(str(w.exitcode) for w in workers.values())
-        failure = WorkerDied(f"the training processes ended (exit codes {codes}) before training every run")
-    return trained, failure
-
-
 def _reports(pipes: set, seconds: float = math.inf):
-    """(pipe, report) for each report on ``pipes`` as it comes, and (pipe, None) as a pipe ends
-    (its worker ended; a message its death cut short is dropped), until every pipe has ended
-    or ``seconds`` have passed."""
+    """(pipe, report) for each report on ``pipes`` as it comes, and (pipe, ("ended", None)) as a
+    pipe ends (its worker ended; a message its death cut short is dropped), until every pipe
+    has ended or ``seconds`` have passed. A line a worker printed is printed here instead."""
     deadline = time.monotonic() + seconds
     while pipes and (left := deadline - time.monotonic()) > 0:
         for pipe in wait(pipes, None if left == math.inf else left):
             try:
-                report = pipe.recv()
+                kind, value = pipe.recv()
             except (EOFError, OSError):
                 pipes.discard(pipe)
-                report = None
-            yield pipe, report
+                kind, value = "ended", None
+            if kind in worker_process.STREAMS:
+                print(value, file=sys.stderr if kind == "err" else sys.stdout, flush=True)
+            else:
+                yield pipe, (kind, value)
 
 
 def _stop(workers: dict) -> None:
@@ -204,9 +168,8 @@ def _stop(workers: dict) -> None:
         if worker.is_alive():
             worker.terminate()  # SIGTERM: its run ends KILLED
     pipes = set(workers)
-    for _, report in _reports(pipes, STOP_SECONDS):
-        if report is not None and report[0] in worker_process.STREAMS:
-            worker_process.echo(*report)
+    for _ in _reports(pipes, STOP_SECONDS):
+        pass  # lines are printed as they come; the rest is dropped: the interrupt goes on up
     for pipe in pipes:
         workers[pipe].kill()
 

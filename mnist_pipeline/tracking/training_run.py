@@ -14,7 +14,6 @@ from mlflow.exceptions import MlflowException
 
 from mnist_pipeline import names
 from mnist_pipeline.core import config, console, threads
-from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist, array_digest, split_validation
 from mnist_pipeline.core.phases import Phases
 from mnist_pipeline.core.training import TrainResult, train
@@ -39,9 +38,8 @@ class TrainingStopped(Exception):
 
 
 def track_training(
-    cfg: TrainConfig,
+    cfg: config.TrainConfig,
     data: Mnist,
-    nested: bool = False,
     tags: dict[str, str] | None = None,
     after_epoch: Callable[[int, dict[str, float]], None] | None = None,
     parent_run_id: str | None = None,
@@ -54,16 +52,16 @@ def track_training(
     run KILLED, any other exception FAILED; either way the epochs that finished keep their
     metrics, history table and curves.
 
-    A child of the active run if ``nested``, else of ``parent_run_id`` if given (a worker's
-    training, tracking/trainers.py); ``label`` (default: the variant) names it on the console.
+    A child of ``parent_run_id`` if given (the active run, if there is one; a worker's parent
+    run, tracking/trainers.py); ``label`` (default: the variant) names it on the console.
     ``tags`` go on the run beside its own. ``after_epoch(epoch, metrics)`` is called after
     each epoch's metrics are handed to the logger; if it raises TrainingStopped, the run
     keeps the finished epochs and ends FINISHED without a run key, and TrainingStopped
     (with its ``run_id`` set) goes on up.
     """
     stopped, description = None, VARIANTS[cfg.variant].description
-    start = {"nested": nested, "parent_run_id": parent_run_id, "tags": _tags(cfg, data, tags)}
-    parent_run_id = mlflow.active_run().info.run_id if nested else parent_run_id
+    # nested: MLflow starts a run under the active run, which must be parent_run_id, or refuses it
+    start = {"nested": True, "parent_run_id": parent_run_id, "tags": _tags(cfg, data, tags)}
     phases, label = Phases(), label or cfg.variant
     with ended_run(run_name=cfg.variant, description=description, log_system_metrics=system_metrics(), **start) as run:
         print(console.header(label, run.info.run_id, cfg.epochs), flush=True)
@@ -90,7 +88,7 @@ def track_training(
     return run.info.run_id
 
 
-def _tags(cfg: TrainConfig, data: Mnist, extra: dict[str, str] | None) -> dict[str, str]:
+def _tags(cfg: config.TrainConfig, data: Mnist, extra: dict[str, str] | None) -> dict[str, str]:
     return {
         names.TAG_VARIANT: cfg.variant,
         names.TAG_DESCRIPTION: VARIANTS[cfg.variant].description,
@@ -118,17 +116,8 @@ def _on_epoch(label: str, total: int, logger: EpochLogger, after_epoch: Callable
 
 def _log_result(result: TrainResult, epochs: EpochLogger, data: Mnist, title: str, phases: Phases) -> None:
     mlflow.log_param(names.NUM_PARAMETERS, result.model.count_params())
-    mlflow.log_metrics(
-        {
-            "best_val_accuracy": result.best_val_accuracy,
-            "best_epoch": result.best_epoch,
-            "test_accuracy": result.test_accuracy,
-            "test_loss": result.test_loss,
-            "train_seconds": result.train_seconds,
-            "samples_per_second": result.samples_per_second,
-            names.TRACKING_SECONDS: epochs.seconds,
-        }
-    )
+    summary = {name: getattr(result, name, None) for name in names.SUMMARY_METRICS}  # TrainResult's, by name
+    mlflow.log_metrics({**summary, names.TRACKING_SECONDS: epochs.seconds})  # but the logger's own time
     with phases("plots and tables"):
         log_history(result.history, title)
         log_test_report(data, result.test_probabilities, title)
@@ -147,7 +136,7 @@ def _log_stopped(stop: TrainingStopped, epochs: EpochLogger, title: str) -> None
     mlflow.set_tags({names.TAG_STOPPED: str(stop), **stop.tags})
 
 
-def _log_inputs(cfg: TrainConfig, data: Mnist) -> None:
+def _log_inputs(cfg: config.TrainConfig, data: Mnist) -> None:
     """The configuration and where the data came from as params, and the three splits as datasets."""
     mlflow.log_params(
         {
@@ -158,8 +147,8 @@ def _log_inputs(cfg: TrainConfig, data: Mnist) -> None:
             "data_digest": data.digest,
         }
     )
-    (x_fit, y_fit), (x_val, y_val) = split_validation(data.x_train, data.y_train, cfg.validation_split)
-    splits = {"training": (x_fit, y_fit), "validation": (x_val, y_val), "test": (data.x_test, data.y_test)}
+    fit, validation = split_validation(data.x_train, data.y_train, cfg.validation_split)
+    splits = {"training": fit, "validation": validation, "test": (data.x_test, data.y_test)}
     for context, (x, y) in splits.items():
         with warnings.catch_warnings():
             # MLflow registers its local-file source twice and warns that a path is

@@ -18,63 +18,71 @@ import signal
 import sys
 import threading
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlflow
 
 from mnist_pipeline.core import interrupts, threads
+from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.errors import UserError
 
 STREAMS = ("out", "err")  # the kinds of report that carry a printed line
 
 
-def echo(stream: str, line: str) -> None:
-    """Print, in the parent, a line a worker printed."""
-    print(line, file=sys.stderr if stream == "err" else sys.stdout, flush=True)
+@dataclass(frozen=True)
+class Job:
+    cfg: TrainConfig  # the jobs of one call differ in it: their run ids are told apart by it
+    label: str  # names the run on the console: the variant, with its seed if a variant repeats
+
+
+def _mlflow_log_levels() -> dict[str, int]:
+    """MLflow's loggers' levels as this process set them (the CLI quiets some)."""
+    loggers = [name for name in logging.root.manager.loggerDict if name.startswith("mlflow")]
+    return {name: logging.getLogger(name).level for name in loggers}
 
 
 @dataclass(frozen=True)
 class Setup:
-    """What a worker needs of this process: the store, where its runs go, and its threads."""
+    """What a training needs of this process: where its runs go, its threads and tags; and, read
+    as the Setup is made, this process's store, loggers and variables, for a worker to take."""
 
-    tracking_uri: str
     experiment_id: str | None
     parent_run_id: str | None
-    threads: int
-    tags: dict[str, str]
-    log_levels: dict[str, int]  # MLflow's loggers as this process set them (the CLI quiets some)
-    environ: dict[str, str]  # this process's variables now (the fork server has those it started with)
+    threads: int  # 0: this process's
+    tags: dict[str, str] = field(default_factory=dict)
+    tracking_uri: str = field(default_factory=mlflow.get_tracking_uri)
+    log_levels: dict[str, int] = field(default_factory=_mlflow_log_levels)
+    # the fork server has the variables it started with. No MLFLOW_RUN_ID among these: under
+    # `mlflow run` a Setup is made in the run it names, and MLflow took the variable out as it resumed it
+    environ: dict[str, str] = field(default_factory=os.environ.copy)
 
-    @classmethod
-    def here(cls, experiment_id: str | None, parent_run_id: str | None, threads: int, tags=None) -> Setup:
-        """This process's store, loggers and variables, for workers that train on ``threads``."""
-        loggers = [name for name in logging.root.manager.loggerDict if name.startswith("mlflow")]
-        levels = {name: logging.getLogger(name).level for name in loggers}
-        return cls(mlflow.get_tracking_uri(), experiment_id, parent_run_id, threads, tags or {}, levels, {**os.environ})
+    def train(self, job: Job, data: Mnist) -> str:
+        """``job`` trained in this process as a child of the parent run; returns its run id."""
+        from mnist_pipeline.tracking.training_run import track_training  # TensorFlow: only to train
+
+        return track_training(job.cfg, data, self.tags, parent_run_id=self.parent_run_id, label=job.label)
 
 
-def _sender(pipe):
-    """send(kind, value) on ``pipe``: a line printed (kind "out" or "err"), the job "done" (its
-    run id) or "failed" (the error), each message whole, whichever thread sends it."""
-    lock = threading.Lock()
+_SENDING = threading.Lock()  # a worker's messages go one at a time, whichever thread sends one
 
-    def send(*report) -> None:
-        # an interrupt (raised in the main thread) waits for the end of the message: one cut
-        # short would garble every later one
-        main = threading.current_thread() is threading.main_thread()
-        with lock, interrupts.deferred() if main else contextlib.nullcontext():
-            pipe.send(report)
 
-    return send
+def _send(pipe, *report) -> None:
+    """(kind, value) to the parent, whole: a line printed (kind "out" or "err"), the job "done"
+    (its run id) or "failed" (the error)."""
+    # an interrupt (raised in the main thread) waits for the end of the message: one cut
+    # short would garble every later one
+    main = threading.current_thread() is threading.main_thread()
+    with _SENDING, interrupts.deferred() if main else contextlib.nullcontext():
+        pipe.send(report)
 
 
 class _Lines(io.TextIOBase):
     """A worker's sys.stdout or sys.stderr: each whole line goes to the parent, which prints it,
     so the console is the parent's (its stdout may be a pipe or a test's capture by now)."""
 
-    def __init__(self, send, stream: str):
-        self.send, self.stream, self.pending = send, stream, ""
+    def __init__(self, pipe, stream: str):
+        self.pipe, self.stream, self.pending = pipe, stream, ""
 
     def writable(self) -> bool:
         return True
@@ -82,7 +90,7 @@ class _Lines(io.TextIOBase):
     def write(self, text: str) -> int:
         *lines, self.pending = (self.pending + text).split("\n")
         for line in lines:
-            self.send(self.stream, line)
+            _send(self.pipe, self.stream, line)
         return len(text)
 
 
@@ -91,32 +99,23 @@ def work(setup: Setup, data: Mnist, pipe) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt_once)
     with contextlib.suppress(KeyboardInterrupt):  # between trainings: nothing to end, nothing to say
-        _train_jobs(setup, data, pipe)
-
-
-def _train_jobs(setup: Setup, data: Mnist, pipe) -> None:
-    send = _sender(pipe)
-    sys.stdout, sys.stderr = _Lines(send, "out"), _Lines(send, "err")
-    os.environ.clear()
-    os.environ.update(setup.environ)
-    os.environ.pop(mlflow.environment_variables.MLFLOW_RUN_ID.name, None)  # the parent's run is not ours to resume
-    for name, level in setup.log_levels.items():
-        logging.getLogger(name).setLevel(level)
-    threads.use(setup.threads)
-    mlflow.set_tracking_uri(setup.tracking_uri)
-    if setup.experiment_id:
-        mlflow.set_experiment(experiment_id=setup.experiment_id)
-    from mnist_pipeline.tracking.training_run import track_training
-
-    while (job := pipe.recv()) is not None:
-        try:
-            run_id = track_training(job.cfg, data, tags=setup.tags, parent_run_id=setup.parent_run_id, label=job.label)
-        except BaseException as err:
-            if not isinstance(err, (KeyboardInterrupt, UserError)):
-                traceback.print_exc()  # where it failed; the parent raises it again
-            send("failed", _portable(err))
-            return
-        send("done", run_id)
+        sys.stdout, sys.stderr = _Lines(pipe, "out"), _Lines(pipe, "err")
+        os.environ.clear()
+        os.environ.update(setup.environ)
+        for name, level in setup.log_levels.items():
+            logging.getLogger(name).setLevel(level)
+        threads.use(setup.threads)
+        mlflow.set_tracking_uri(setup.tracking_uri)
+        mlflow.set_experiment(experiment_id=setup.experiment_id)  # a worker's is always known
+        while (job := pipe.recv()) is not None:
+            try:
+                run_id = setup.train(job, data)
+            except BaseException as err:
+                if not isinstance(err, (KeyboardInterrupt, UserError)):
+                    traceback.print_exc()  # where it failed; the parent raises it again
+                _send(pipe, "failed", _portable(err))
+                return
+            _send(pipe, "done", run_id)
 
 
 def _interrupt_once(signum, frame) -> None:
