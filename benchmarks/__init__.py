@@ -20,8 +20,8 @@ from pathlib import Path
 
 from mnist_pipeline import cli
 from mnist_pipeline.core import config
+from mnist_pipeline.core.commands import DATA_DIR
 from mnist_pipeline.core.param_fields import Params, param, stripped, switch
-from mnist_pipeline.core.params import DATA_DIR
 
 BENCH_EPOCHS = 4  # `bench`: per timed training, 1 warm-up epoch + 3 timed
 

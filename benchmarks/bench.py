@@ -28,7 +28,7 @@ from benchmarks import BENCH_EPOCHS, BenchParams, report, serving, speed
 from mnist_pipeline import names
 from mnist_pipeline.core import config, data, threads
 from mnist_pipeline.core.variants import VARIANTS
-from mnist_pipeline.tracking import access, readback, runs, store, training_run
+from mnist_pipeline.tracking import access, readback, run_lifecycle, store, track_training
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where MLproject is: benchmarks/ is not in the wheel
 SCALING_EPOCHS = 2  # 1 warm-up + 1 timed, for each scaling point
@@ -80,7 +80,7 @@ def run(params: BenchParams) -> dict:
     folder = source if source.is_dir() else source.parent if source.is_file() else None
     if params.end_to_end and folder is None:
         raise config.ConfigError("end_to_end=true needs data on disk: pass data_dir or set MNIST_DATA_DIR")
-    if runs.launched_by_mlflow_run():  # the report goes to `mlflow run`'s run: refused before minutes of work
+    if run_lifecycle.launched_by_mlflow_run():  # the report goes to `mlflow run`'s run: refused before minutes of work
         store.check_tracking_store()
         access.require_runs("bench")
     measured = run_benchmark(mnist, epochs=params.bench_epochs, data_dir=str(folder) if params.end_to_end else None)
@@ -108,7 +108,7 @@ def pipeline(cfg: config.TrainConfig, mnist: data.Mnist) -> dict:
     """The pipeline's tracked training in the current store (run_benchmark's throw-away one):
     epoch times (after the warm-up), test accuracy, and the seconds its per-epoch tracking
     took inside those epochs."""
-    run_id = training_run.track_training(cfg, mnist)
+    run_id = track_training.track_training(cfg, mnist)
     logged = mlflow.MlflowClient().get_metric_history(run_id, names.EPOCH_SECONDS)  # when each reached the store
     metrics = readback.metrics_of(run_id)
     return {

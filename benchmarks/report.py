@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mnist_pipeline.tracking import runs
+from mnist_pipeline.tracking import run_lifecycle
 
 BENCH_DIR = "bench"  # the run's artifact folder: bench.json, bench.md, scaling.png
 LOGGED = ("keras_s", "pipeline_s", "pipeline_over_keras", "tracking_overhead", "roofline_s", "pipeline_over_roofline")
@@ -79,7 +79,7 @@ def log_report(report: dict, paths: list[Path]) -> bool:
     """Into the active run, or the run `mlflow run -e bench` launched this process in (resumed);
     False if there is neither."""
     metrics = {f"{row['variant']}.{key}": row[key] for row in report["variants"] for key in LOGGED}
-    if not (mlflow.active_run() or runs.launched_by_mlflow_run()):
+    if not (mlflow.active_run() or run_lifecycle.launched_by_mlflow_run()):
         return False
     with contextlib.nullcontext() if mlflow.active_run() else mlflow.start_run():
         mlflow.log_metrics(metrics | _measures(report))

@@ -1,4 +1,4 @@
-"""Command line: one sub-command per command dataclass (core/params.py), dispatched to its
+"""Command line: one sub-command per command dataclass (core/commands.py), dispatched to its
 flow (flows/<command>.py). benchmarks/__main__.py runs its command through the same.
 
 Every parameter arrives as a string (as MLproject passes it) and is read and validated by
@@ -18,11 +18,11 @@ import sys
 from dataclasses import fields
 
 from mnist_pipeline.core import interrupts
+from mnist_pipeline.core.commands import COMMANDS
 from mnist_pipeline.core.errors import Mismatch, UserError
 from mnist_pipeline.core.param_fields import text
-from mnist_pipeline.core.params import COMMANDS
+from mnist_pipeline.core.roles import ADMIN_COMMANDS
 from mnist_pipeline.core.secrets import redact
-from mnist_pipeline.core.team import ADMIN_COMMANDS
 
 PROG = "mnist-pipeline"
 USAGE_ERROR = 2

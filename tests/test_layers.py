@@ -70,9 +70,9 @@ def test_the_walk_sees_the_layers():
     """The rules below only mean something if the walk finds what is there."""
     assert {"core", "tracking", "flows", "cli", "names", "benchmarks"} <= {_layer(m) for m in MODULES}
     assert "mnist_pipeline.core.config" in IMPORTS["mnist_pipeline.core.training"]
-    assert "mlflow" in IMPORTS["mnist_pipeline.tracking.runs"]
-    assert "mnist_pipeline.tracking.trainers" in IMPORTS["mnist_pipeline.flows.train"]  # inside run()
-    assert "mnist_pipeline.tracking.training_run" in IMPORTS["benchmarks.bench"]
+    assert "mlflow" in IMPORTS["mnist_pipeline.tracking.run_lifecycle"]
+    assert "mnist_pipeline.tracking.training_dispatch" in IMPORTS["mnist_pipeline.flows.train"]  # inside run()
+    assert "mnist_pipeline.tracking.track_training" in IMPORTS["benchmarks.bench"]
 
 
 def test_core_knows_nothing_of_mlflow_optuna_or_the_other_layers():

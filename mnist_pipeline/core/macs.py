@@ -1,6 +1,6 @@
 """What a configuration costs, counted without running it: the multiply-adds of its matrix
 products and convolutions per image, and the FLOPs of an epoch. benchmarks/speed.py's roofline
-times them; tracking/trainers.py starts the costliest trainings first."""
+times them; tracking/training_dispatch.py starts the costliest trainings first."""
 
 from __future__ import annotations
 

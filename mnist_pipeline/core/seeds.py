@@ -11,7 +11,7 @@ import itertools
 import numpy as np
 import pandas as pd
 
-from mnist_pipeline.core.promotion import ALPHA, welch_p  # the promotion gate's test, here two-sided
+from mnist_pipeline.core.gates import ALPHA, welch_p  # the promotion gate's test, here two-sided
 
 
 def seed_table(results: pd.DataFrame, study: dict[str, float]) -> pd.DataFrame:

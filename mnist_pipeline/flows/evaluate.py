@@ -11,9 +11,9 @@ import sys
 
 from mnist_pipeline import names
 from mnist_pipeline.core import evaluation
+from mnist_pipeline.core.commands import EvaluateParams
 from mnist_pipeline.core.data import load_for
-from mnist_pipeline.core.params import EvaluateParams
-from mnist_pipeline.tracking import access, logged_model, reports, runs, store
+from mnist_pipeline.tracking import access, logged_model, reports, run_lifecycle, store
 
 
 def run(params: EvaluateParams) -> dict[str, float]:
@@ -29,13 +29,15 @@ def run(params: EvaluateParams) -> dict[str, float]:
         print(f"note: {unlogged}; the scores are printed, not logged", file=sys.stderr)
         scores = evaluation.scores(data.y_test, logged_model.predict_probabilities(model, data.x_test))
     else:
-        with runs.ended_run(run_name="evaluate", tags={names.TAG_ROLE: names.ROLE_EVALUATE, names.TAG_MODEL_URI: uri}):
-            runs.log_missing_params({"model_uri": uri, "data_source": data.source, "data_digest": data.digest})
+        with run_lifecycle.ended_run(
+            run_name="evaluate", tags={names.TAG_ROLE: names.ROLE_EVALUATE, names.TAG_MODEL_URI: uri}
+        ):
+            run_lifecycle.log_missing_params({"model_uri": uri, "data_source": data.source, "data_digest": data.digest})
             if getattr(model.metadata, "model_id", None):
-                runs.set_tags({names.TAG_MODEL_ID: model.metadata.model_id})
+                run_lifecycle.set_tags({names.TAG_MODEL_ID: model.metadata.model_id})
             probabilities = logged_model.predict_probabilities(model, data.x_test)
             scores = evaluation.scores(data.y_test, probabilities)
-            runs.log_metrics(scores)
+            run_lifecycle.log_metrics(scores)
             reports.log_test_report(data, probabilities, uri)
     print(f"{uri}: test accuracy {scores['test_accuracy']:.4f}, loss {scores['test_loss']:.4f}")
     return scores

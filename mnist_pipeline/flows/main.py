@@ -17,13 +17,13 @@ import pandas as pd
 import psutil
 
 from mnist_pipeline import names
-from mnist_pipeline.core import console, plots, promotion
+from mnist_pipeline.core import console, gates, plots
+from mnist_pipeline.core.commands import MainParams
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.errors import RegistrationError
-from mnist_pipeline.core.params import MainParams
 from mnist_pipeline.core.phases import Phases
-from mnist_pipeline.tracking import access, readback, registry, runs, store, trainers
+from mnist_pipeline.tracking import access, readback, registry, run_lifecycle, store, training_dispatch
 
 
 def run(params: MainParams) -> pd.DataFrame:
@@ -32,9 +32,9 @@ def run(params: MainParams) -> pd.DataFrame:
     phases.seconds["start and imports"] = phases.total()
     with phases("data and store checks"):
         configs = params.configs()
-        trainers.prepare(len(configs), params.workers)
+        training_dispatch.prepare(len(configs), params.workers)
         splits, kept = [cfg.validation_split for cfg in configs], "the runs are trained and kept"
-        data = runs.preflight("main", params.data_dir, splits, params.model_name, kept)
+        data = run_lifecycle.preflight("main", params.data_dir, splits, params.model_name, kept)
     return compare(configs, data, params.force, params.model_name, phases, params.gates(), params.workers)
 
 
@@ -44,7 +44,7 @@ def compare(
     force: bool = False,
     model_name: str = "",
     phases: Phases | None = None,
-    gates: promotion.Gates | None = None,
+    gates: gates.Gates | None = None,
     workers: int = 1,
 ) -> pd.DataFrame:
     """The parent run with ``configs`` as children, trained ``workers`` at once (0: one per
@@ -54,22 +54,22 @@ def compare(
     phases = phases or Phases()
     failure = None
     logged = {"variants": ",".join(c.variant for c in configs), "force": str(force).lower()}
-    with runs.parent_run(names.ROLE_MAIN, data, logged) as parent:
+    with run_lifecycle.parent_run(names.ROLE_MAIN, data, logged) as parent:
         with phases("variants"):
-            children = trainers.train_or_reuse(configs, data, force, workers)
-        runs.set_tags({f"{names.TAG_REUSED}.{c.variant}": c.run_id for c in children if c.reused})
-        runs.set_tags({names.TAG_CHILDREN: json.dumps({c.variant: c.run_id for c in children})})
+            children = training_dispatch.train_or_reuse(configs, data, force, workers)
+        run_lifecycle.set_tags({f"{names.TAG_REUSED}.{c.variant}": c.run_id for c in children if c.reused})
+        run_lifecycle.set_tags({names.TAG_CHILDREN: json.dumps({c.variant: c.run_id for c in children})})
         with phases("comparison"):  # the table (CSV and markdown) and the validation overlay
             table = readback.comparison_table(children)
-            runs.log_text(table.to_csv(index=False), names.COMPARISON_CSV)
-            runs.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.COMPARISON_MD)
+            run_lifecycle.log_text(table.to_csv(index=False), names.COMPARISON_CSV)
+            run_lifecycle.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.COMPARISON_MD)
             curves = {c.variant: readback.metric_history(c.run_id) for c in children}
-            runs.log_figure(plots.validation_overlay(curves), names.OVERLAY)
+            run_lifecycle.log_figure(plots.validation_overlay(curves), names.OVERLAY)
         print(console.summary(parent.info.run_id, table.to_dict("records")))
         if model_name:
             failure = _register(children, model_name, gates, phases)
         with contextlib.suppress(Exception):  # a timing is never worth failing the command
-            runs.log_dict({**phases.seconds, "total": phases.total()}, names.PHASES, parent.info.run_id)
+            run_lifecycle.log_dict({**phases.seconds, "total": phases.total()}, names.PHASES, parent.info.run_id)
     print(console.ui_hint(store.tracking_uri()))
     if failure:  # raised only now: training and comparison are complete, the parent FINISHED
         kept = f"the training runs and main run {parent.info.run_id} are FINISHED and kept"
@@ -92,5 +92,5 @@ def _register(children, model_name: str, gates, phases: Phases) -> str | None:
             failure = access.explain(err, model_name, "main")
     if failure:
         with contextlib.suppress(Exception):  # the store may be what failed
-            runs.set_tags({names.TAG_REGISTRATION_ERROR: failure[:5000]})
+            run_lifecycle.set_tags({names.TAG_REGISTRATION_ERROR: failure[:5000]})
     return failure

@@ -1,12 +1,12 @@
 """`predict`: digits in picture files (PNG, JPEG, ...) or IDX images files, one line each.
 
-Pictures become MNIST-style 28x28 digits first (core/inputs.py). Logs nothing.
+Pictures become MNIST-style 28x28 digits first (core/pictures.py). Logs nothing.
 """
 
 from __future__ import annotations
 
-from mnist_pipeline.core.inputs import load_inputs
-from mnist_pipeline.core.params import PredictParams
+from mnist_pipeline.core.commands import PredictParams
+from mnist_pipeline.core.pictures import load_inputs
 from mnist_pipeline.tracking import access, logged_model, store
 
 

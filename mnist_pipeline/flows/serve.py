@@ -29,7 +29,7 @@ import sys
 import uvicorn
 from starlette.requests import ClientDisconnect, Request
 
-from mnist_pipeline.core.params import ServeParams
+from mnist_pipeline.core.commands import ServeParams
 from mnist_pipeline.tracking import access, follower, serving_model, store
 
 IMAGE_JSON_BYTES = 5_000  # about one 28x28 image of "123.0, " values in a JSON request

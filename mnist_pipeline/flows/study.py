@@ -19,10 +19,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
 from mnist_pipeline import names
+from mnist_pipeline.core.commands import SweepParams
 from mnist_pipeline.core.errors import UserError, first_line
-from mnist_pipeline.core.params import SweepParams
 from mnist_pipeline.core.secrets import redact
-from mnist_pipeline.tracking import readback, runs
+from mnist_pipeline.tracking import readback, run_lifecycle
 
 VARIANT = "final"  # the architecture whose hyperparameters the sweep tunes
 N_STARTUP_TRIALS = 4  # TPE samples at random until this many trials finished (sweeps here are ~10-20)
@@ -82,7 +82,7 @@ def open_study(
         parent_id = _wait_for_parent(study, digest)
     else:
         parent_id = _create_parent(study, params, digest, space, storage)
-    runs.use_experiment_of(
+    run_lifecycle.use_experiment_of(
         parent_id, "the study's parent run", "all workers of a study must use the same MLFLOW_TRACKING_URI"
     )
     # a killed worker's trial must not hold a place (Optuna does it before each trial too)
@@ -140,7 +140,7 @@ def _create_parent(study: optuna.Study, params: SweepParams, digest: str, space:
     }
     try:
         tags = {names.TAG_ROLE: names.ROLE_SWEEP, names.TAG_STUDY: params.study_name, names.TAG_DATA_DIGEST: digest}
-        parent_id = runs.create_finished_run(params.study_name, logged, tags)
+        parent_id = run_lifecycle.create_finished_run(params.study_name, logged, tags)
         study.set_user_attr(names.DIGEST_ATTR, digest)
         study.set_user_attr(names.PARENT_ATTR, parent_id)  # last: the joining workers wait for it
     except BaseException:  # leave no study without a parent: the name is free again
@@ -186,9 +186,9 @@ def end_runs_of(parent_id: str, number: int, why: str) -> None:
     trials must go on even if the store refuses (summarize tries again at the end)."""
     try:
         running = [r.info.run_id for r in readback.child_runs(parent_id, {names.TAG_TRIAL: str(number)}, "RUNNING")]
-        runs.end_running(running)
+        run_lifecycle.end_running(running)
         for run_id in running:
-            runs.set_run_tags(run_id, {names.TAG_TRIAL_STATE: TrialState.FAIL.name})
+            run_lifecycle.set_run_tags(run_id, {names.TAG_TRIAL_STATE: TrialState.FAIL.name})
             print(f"trial {number}: {why}; run {run_id} ended KILLED")
     except Exception as err:  # the store's errors come in many types
         print(f"warning: could not end the run of failed trial {number}: {redact(str(err))}")

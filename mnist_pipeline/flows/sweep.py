@@ -3,13 +3,13 @@ module and flows/study.py are the ones that import Optuna; MLflow is reached thr
 tracking layer.
 
 - **Trials.** Each trial trains `final` with the parameters TPE proposes, as one MLflow
-  training run (tracking/training_run.py: the same params, per-epoch metrics, artifacts and
+  training run (tracking/track_training.py: the same params, per-epoch metrics, artifacts and
   model as `train`), a child of the study's sweep parent run. It reports each epoch's
   `val_accuracy` to Optuna and returns the last epoch's: what registry.selection_key ranks
   by, since the logged weights are the last epoch's.
 - **Pruning.** MedianPruner: a trial whose val_accuracy at some epoch is below the median
   of the COMPLETE trials at that epoch (at least PRUNE_MIN_TRIALS of them) stops training at
-  once (training_run.TrainingStopped).
+  once (track_training.TrainingStopped).
   Its run ends FINISHED with the epochs done, tagged `trial_state=PRUNED`, without a
   `run_key`: `main` never reuses it, the registry never takes it.
 - **Workers.** Every worker started with the same `study_name` and `storage` (PostgreSQL for
@@ -46,14 +46,14 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from mnist_pipeline import names
-from mnist_pipeline.core import promotion
+from mnist_pipeline.core import gates
+from mnist_pipeline.core.commands import SweepParams
 from mnist_pipeline.core.config import TrainConfig, resolve
 from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.errors import RegistrationError
-from mnist_pipeline.core.params import SweepParams
 from mnist_pipeline.flows import study as studies
 from mnist_pipeline.flows.study import PARAMS, VARIANT, SearchSpace
-from mnist_pipeline.tracking import access, liveness, promotions, readback, registry, runs
+from mnist_pipeline.tracking import access, decisions, liveness, readback, registry, run_lifecycle
 
 
 class OverBudget(Exception):
@@ -74,16 +74,16 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
     splits = [resolve(VARIANT, {"seed": params.training_seed}).validation_split]
     # a refusal to register is noted now, and said again with what to do once the trials are done
     kept = "the trials are run and kept"
-    data = runs.preflight("sweep", params.data_dir, splits, params.model_name, kept, ends_dead_runs=False)
+    data = run_lifecycle.preflight("sweep", params.data_dir, splits, params.model_name, kept, ends_dead_runs=False)
     space = space or studies.SEARCH_SPACE
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    project_run = runs.detach_project_run()  # `mlflow run -e sweep`'s own run stays beside
+    project_run = run_lifecycle.detach_project_run()  # `mlflow run -e sweep`'s own run stays beside
     # Optuna's INFO line per trial gives every parameter at full precision: after_trial says it shorter
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study, parent_id = studies.open_study(params, data.digest, worker, space, pruner or studies.median_pruner())
     liveness.end_dead_runs("sweep")  # runs left RUNNING by a process killed hard (after the storage's checks)
     if project_run:
-        runs.set_run_tags(project_run, {names.TAG_STUDY: params.study_name, names.TAG_SWEEP_PARENT: parent_id})
+        run_lifecycle.set_run_tags(project_run, {names.TAG_STUDY: params.study_name, names.TAG_SWEEP_PARENT: parent_id})
     if studies.taken(study) >= params.n_trials:
         print(
             f"study {params.study_name} already holds {params.n_trials} trials: none to run "
@@ -101,7 +101,7 @@ def _trial(
     params: SweepParams, data: Mnist, space: SearchSpace, parent_id: str, worker: str, trial: optuna.Trial
 ) -> float:
     """Optuna's objective: one trial as a training run under the parent; its last epoch's val_accuracy."""
-    from mnist_pipeline.tracking import training_run  # TensorFlow: after the command's fast checks
+    from mnist_pipeline.tracking import track_training  # TensorFlow: after the command's fast checks
 
     trial.set_user_attr(names.WORKER_ATTR, worker)
     if studies.taken(trial.study, before=trial.number) >= params.n_trials:
@@ -119,27 +119,27 @@ def _trial(
         last["val_accuracy"] = metrics["val_accuracy"]
         trial.report(metrics["val_accuracy"], epoch)
         if trial.should_prune():
-            raise training_run.TrainingStopped(
+            raise track_training.TrainingStopped(
                 f"pruned by {type(trial.study.pruner).__name__} after epoch {epoch}",
                 {names.TAG_TRIAL_STATE: TrialState.PRUNED.name},
             )
 
     try:
-        run_id = training_run.track_training(
+        run_id = track_training.track_training(
             cfg,
             data,
             after_epoch=after_epoch,
             label=f"trial {trial.number}",
             tags={names.TAG_PARENT_RUN: parent_id, names.TAG_WORKER: worker, **tags},
         )
-    except training_run.TrainingStopped as stop:
+    except track_training.TrainingStopped as stop:
         trial.set_user_attr(names.RUN_ATTR, stop.run_id)
         raise optuna.TrialPruned(str(stop)) from None
     except BaseException:
-        runs.tag_last_run(tags, {names.TAG_TRIAL_STATE: TrialState.FAIL.name})
+        run_lifecycle.tag_last_run(tags, {names.TAG_TRIAL_STATE: TrialState.FAIL.name})
         raise
     trial.set_user_attr(names.RUN_ATTR, run_id)
-    runs.set_run_tags(run_id, {names.TAG_TRIAL_STATE: TrialState.COMPLETE.name})
+    run_lifecycle.set_run_tags(run_id, {names.TAG_TRIAL_STATE: TrialState.COMPLETE.name})
     return last["val_accuracy"]
 
 
@@ -155,7 +155,7 @@ def _after_trial(n_trials: int, study: optuna.Study, trial: optuna.trial.FrozenT
         study.stop()
 
 
-def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str, gates: promotion.Gates) -> None:
+def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str, gates: gates.Gates) -> None:
     """Log the trials table and the best COMPLETE trial's params on the parent run, then
     register that trial's run (unless ``model_name`` is '')."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):  # its run left RUNNING by a dead worker
@@ -177,10 +177,10 @@ def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str,
             names.TAG_BEST_VAL_ACCURACY: best.data.metrics["val_accuracy"],
             **{f"{names.TAG_BEST_PARAM_PREFIX}{name}": value for name, value in best_trial.params.items()},
         }
-    runs.log_text(table.to_csv(index=False), names.SWEEP_TRIALS_CSV, parent_id)
-    runs.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.SWEEP_TRIALS_MD, parent_id)
-    runs.log_dict(best_trial.params if best_trial else {}, names.SWEEP_BEST_PARAMS, parent_id)
-    runs.set_run_tags(parent_id, tags)
+    run_lifecycle.log_text(table.to_csv(index=False), names.SWEEP_TRIALS_CSV, parent_id)
+    run_lifecycle.log_text(table.to_markdown(index=False, floatfmt=".4g"), names.SWEEP_TRIALS_MD, parent_id)
+    run_lifecycle.log_dict(best_trial.params if best_trial else {}, names.SWEEP_BEST_PARAMS, parent_id)
+    run_lifecycle.set_run_tags(parent_id, tags)
     print(f"study {study.study_name}, sweep parent run {parent_id} (run ids and workers: its {names.SWEEP_TRIALS_MD}):")
     # the table within 120 columns: epochs as done/searched, no run id or worker
     done = [f"{n}/{of:.0f}" if pd.notna(of) else "" for n, of in zip(table["epochs_done"], table["epochs"])]
@@ -208,7 +208,7 @@ def _row(trial: optuna.trial.FrozenTrial, trial_runs: dict) -> dict:
     }
 
 
-def _register(best, model_name: str, chosen_from: str, parent_id: str, gates: promotion.Gates | None) -> None:
+def _register(best, model_name: str, chosen_from: str, parent_id: str, gates: gates.Gates | None) -> None:
     again = (
         "run the same sweep command again with --n-trials no larger than the trials the study holds "
         "(then it only registers)"
@@ -223,4 +223,4 @@ def _register(best, model_name: str, chosen_from: str, parent_id: str, gates: pr
             f"the trials are kept: {again}"
         ) from None
     print(f"{model_name} version {registration.version.version} (run {best.info.run_id}): {registration.reason}")
-    promotions.log_decision(registration, parent_id)
+    decisions.log_decision(registration, parent_id)

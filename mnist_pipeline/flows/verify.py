@@ -14,14 +14,14 @@ import statistics
 
 from mnist_pipeline import names
 from mnist_pipeline.core import config, verification
+from mnist_pipeline.core.commands import VerifyParams
 from mnist_pipeline.core.errors import Mismatch, UserError
-from mnist_pipeline.core.params import VerifyParams
-from mnist_pipeline.tracking import access, identity, liveness, readback, registry, runs
+from mnist_pipeline.tracking import access, liveness, readback, registry, run_keys, run_lifecycle
 
 
 def run(params: VerifyParams) -> verification.Verdict:
     # its runs are checked in the version's experiment, below
-    data = runs.preflight("verify", params.data_dir, checks_runs=False, ends_dead_runs=False)
+    data = run_lifecycle.preflight("verify", params.data_dir, checks_runs=False, ends_dead_runs=False)
     access.require_model_read(params.model_uri, "verify")
     version = registry.version_of(params.model_uri)
     trained = readback.training_run_of(version)
@@ -33,10 +33,10 @@ def run(params: VerifyParams) -> verification.Verdict:
             "verify needs the same data"
         )
     cfg = config.logged_config(trained.data.params)
-    code_now, code_then = identity.code_version(), trained.data.tags.get(names.TAG_CODE_VERSION, "")
+    code_now, code_then = run_keys.code_version(), trained.data.tags.get(names.TAG_CODE_VERSION, "")
     same_host = trained.data.tags.get(names.TAG_HOST) == liveness.tags()[names.TAG_HOST]
     # the re-training's run, and the version's `verified` tag: both refused before any training
-    experiment_id = None if runs.launched_by_mlflow_run() else trained.info.experiment_id
+    experiment_id = None if run_lifecycle.launched_by_mlflow_run() else trained.info.experiment_id
     access.require_runs("verify", experiment_id)
     access.require("verify", "tag versions of", "registered_model", version.name, access.REGISTER_NEEDS)
     liveness.end_dead_runs("verify", experiment_id)  # runs left RUNNING by a process killed hard
@@ -46,10 +46,10 @@ def run(params: VerifyParams) -> verification.Verdict:
     recorded_threads = trained.data.tags.get(names.TAG_THREADS, "")  # '': trained before runs recorded it
     on_threads = int(recorded_threads) if recorded_threads.isdigit() else 0
     print(f"threads: {on_threads}, as recorded" if on_threads else "threads: not recorded; this process's")
-    from mnist_pipeline.tracking.trainers import track_alone
+    from mnist_pipeline.tracking.training_dispatch import track_alone
 
-    if not runs.launched_by_mlflow_run():  # a run of its own, beside the version's
-        runs.use_experiment_of(trained.info.run_id, "training run", "the version's run is not in this store")
+    if not run_lifecycle.launched_by_mlflow_run():  # a run of its own, beside the version's
+        run_lifecycle.use_experiment_of(trained.info.run_id, "training run", "the version's run is not in this store")
     tags = {names.TAG_VERIFIES: f"{version.name}/{version.version}"}
     run_id = track_alone(cfg, data, tags, on_threads, trained.info.experiment_id)
     again, recorded = readback.metrics_of(run_id), trained.data.metrics

@@ -40,7 +40,7 @@ def _save_keras_model(path, mlflow_model: Model, **kwargs):
     # MLflow 3.17 and 3.18: mlflow.keras.save_model writes input_example.json before it
     # creates the model folder, so mlflow.keras.log_model(..., input_example=...) raises
     # FileNotFoundError. Creating the folder first is the whole fix; save_model itself is
-    # unchanged. tests/tracking/test_training_run.py checks both the bug and this workaround.
+    # unchanged. tests/tracking/test_track_training.py checks both the bug and this workaround.
     os.makedirs(path, exist_ok=True)
     mlflow.keras.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
     # pyfunc (and so both REST servers) loads with LOADER instead of mlflow.keras, whose

@@ -8,7 +8,7 @@ import pandas as pd
 from mnist_pipeline import names
 from mnist_pipeline.core import evaluation, plots
 from mnist_pipeline.core.data import Mnist
-from mnist_pipeline.tracking.runs import log_figure, log_metrics, log_text
+from mnist_pipeline.tracking.run_lifecycle import log_figure, log_metrics, log_text
 
 
 def log_history(history: pd.DataFrame, title: str) -> None:

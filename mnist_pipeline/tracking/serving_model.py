@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 
 from mnist_pipeline.core.data import NUM_CLASSES
 from mnist_pipeline.core.errors import first_line
-from mnist_pipeline.core.inputs import pixel_problem
+from mnist_pipeline.core.pictures import pixel_problem
 from mnist_pipeline.tracking import model_uris
 from mnist_pipeline.tracking.logged_model import ModelURIError
 

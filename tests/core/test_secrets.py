@@ -1,11 +1,11 @@
 """Secrets masked before anything is printed, a password refused in `storage`, and the team's
-parameters (core/secrets.py, core/config.py, core/team.py)."""
+parameters (core/secrets.py, core/config.py, core/roles.py)."""
 
 import pytest
 
 from mnist_pipeline.core import config, secrets
 from mnist_pipeline.core.config import ConfigError
-from mnist_pipeline.core.team import TeamParams
+from mnist_pipeline.core.roles import TeamParams
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ import yaml
 import benchmarks
 from helpers.stores import PROJECT_ROOT, all_runs
 from mnist_pipeline import cli
+from mnist_pipeline.core.commands import COMMANDS
 from mnist_pipeline.core.config import OVERRIDABLE
-from mnist_pipeline.core.params import COMMANDS
-from mnist_pipeline.core.team import ADMIN_COMMANDS
+from mnist_pipeline.core.roles import ADMIN_COMMANDS
 
 # Every entry point parameter, out of range and of the wrong type.
 BAD_INPUT = [

@@ -43,7 +43,10 @@ def test_a_difference_counts_only_when_larger_than_seed_noise():
 def test_reproduce_trains_each_variant_per_seed_and_logs_the_table(tracking_store, tiny_mnist_dir, capfd):
     argv = ["reproduce", "--variants", "baseline,final", "--seeds", "2", "--seed", "7", "--epochs", "1"]
     argv += ["--batch-size", "64", "--data-dir", str(tiny_mnist_dir)]
-    argv += ["--workers", "1"]  # in this process, for the suite's time (side by side: tests/tracking/test_trainers.py)
+    argv += [
+        "--workers",
+        "1",
+    ]  # in this process, for the suite's time (side by side: tests/tracking/test_training_dispatch.py)
     assert cli.run(argv) == 0
     out = capfd.readouterr().out.splitlines()
     for label in ("baseline seed 7", "baseline seed 8", "final seed 7", "final seed 8"):  # a variant repeats

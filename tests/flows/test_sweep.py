@@ -17,11 +17,11 @@ from optuna.trial import TrialState
 from helpers.checks import check_training_run
 from helpers.stores import all_runs
 from mnist_pipeline import cli, names
-from mnist_pipeline.core.params import SweepParams
+from mnist_pipeline.core.commands import SweepParams
 from mnist_pipeline.flows import study as studies
 from mnist_pipeline.flows import sweep
 from mnist_pipeline.tracking import registry
-from mnist_pipeline.tracking import runs as tracking_runs
+from mnist_pipeline.tracking import run_lifecycle as tracking_runs
 
 TINY_SPACE = studies.SearchSpace(hidden_units=("16,8,8", "32,16,8"), epochs=(1, 3), batch_size=(64,))
 

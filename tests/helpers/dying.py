@@ -9,7 +9,7 @@ import signal
 import struct
 from pathlib import Path
 
-from mnist_pipeline.tracking import worker_process
+from mnist_pipeline.tracking import training_worker
 
 DIES_AT = "DYING_WORKER_LINE"  # the worker that prints a line starting with this dies there
 DIED = "DYING_WORKER_MARK"  # a file it creates first, to tell the test when
@@ -34,12 +34,12 @@ class _Pipe:
 
 
 def work(setup, data, pipe) -> None:
-    worker_process.work(setup, data, _Pipe(pipe))
+    training_worker.work(setup, data, _Pipe(pipe))
 
 
 if __name__ == "__main__":
     from helpers import dying  # by its name, not __main__: the workers import it to unpickle their target
     from mnist_pipeline import cli
 
-    worker_process.work = dying.work
+    training_worker.work = dying.work
     cli.main()

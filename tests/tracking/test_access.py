@@ -7,7 +7,7 @@ import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mnist_pipeline.tracking import access, runs
+from mnist_pipeline.tracking import access, run_lifecycle
 
 REFUSED = (
     "API request to endpoint /api/2.0/mlflow/runs/log-batch failed with error code 403 != 200. "
@@ -25,7 +25,7 @@ def test_a_local_store_is_not_asked_and_allows_everything(tracking_store, monkey
 
 
 def test_a_refusal_inside_a_run_is_one_line_and_the_run_ends_failed(tracking_store):
-    with pytest.raises(access.AccessError) as refused, runs.ended_run(run_name="refused") as run:
+    with pytest.raises(access.AccessError) as refused, run_lifecycle.ended_run(run_name="refused") as run:
         raise MlflowException(REFUSED)
     assert "was refused by the tracking server" in str(refused.value)
     assert f"run {run.info.run_id} ended FAILED" in str(refused.value) and "\n" not in str(refused.value)
@@ -36,7 +36,7 @@ def test_a_refusal_that_also_refuses_ending_the_run_says_it_stays_running(tracki
     def refused_too(status):
         raise MlflowException(REFUSED.replace("log-batch", "update"))
 
-    with pytest.raises(access.AccessError) as refused, runs.ended_run(run_name="refused twice") as run:
+    with pytest.raises(access.AccessError) as refused, run_lifecycle.ended_run(run_name="refused twice") as run:
         monkeypatch.setattr(mlflow, "end_run", refused_too)
         raise MlflowException(REFUSED)
     monkeypatch.undo()
@@ -48,7 +48,7 @@ def test_a_refusal_that_also_refuses_ending_the_run_says_it_stays_running(tracki
 
 
 def test_other_errors_inside_a_run_are_left_alone(tracking_store):
-    with pytest.raises(MlflowException, match="error code 500"), runs.ended_run(run_name="broken"):
+    with pytest.raises(MlflowException, match="error code 500"), run_lifecycle.ended_run(run_name="broken"):
         raise MlflowException("API request to endpoint /x failed with error code 500 != 200")
 
 

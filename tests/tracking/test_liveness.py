@@ -52,7 +52,7 @@ def test_a_run_on_another_host_lives_while_its_heartbeat_is_recent():
 def test_every_run_carries_this_process_and_a_heartbeat(tracking_store):
     import mlflow
 
-    from mnist_pipeline.tracking.runs import ended_run
+    from mnist_pipeline.tracking.run_lifecycle import ended_run
 
     with ended_run(run_name="x", tags={"role": "main"}) as run:
         pass
@@ -65,7 +65,7 @@ def test_every_run_carries_this_process_and_a_heartbeat(tracking_store):
 # A process that opens a run as the pipeline does, then is killed hard: the run stays RUNNING.
 _DIE_IN_A_RUN = """
 import os, signal, sys
-from mnist_pipeline.tracking.runs import ended_run
+from mnist_pipeline.tracking.run_lifecycle import ended_run
 
 with ended_run(run_name=sys.argv[1]) as run:
     print(run.info.run_id, flush=True)

@@ -1,7 +1,7 @@
 """Which permission each call of the pipeline needs, measured on the session's basic-auth
 server: one user per level, holding it on both a scratch experiment and a scratch model, tries
 every call. The server must grant exactly what the project's constants say: the least level of
-each call is the one tracking/access.py requires for it, and each role of core/team.py gets
+each call is the one tracking/access.py requires for it, and each role of core/roles.py gets
 every call its commands make and no other. docs/team-server.md's "Permissions each call needs"
 is the table measured here."""
 
@@ -12,7 +12,7 @@ import warnings
 import pytest
 
 from helpers.team import password
-from mnist_pipeline.core.team import ROLES
+from mnist_pipeline.core.roles import ROLES
 from mnist_pipeline.tracking import access
 
 LEVELS = ("READ", "USE", "EDIT", "MANAGE")  # the levels a user is granted, each tried
@@ -34,7 +34,7 @@ NEEDS = {
     "delete a model version (a lost registration race)": ("registered_model", ROLES["release_managers"][1]),
 }
 READS = ["search runs, read a run", "read a version by alias", "download a registered model (predict, serve, evaluate)"]
-# role -> the calls its commands make (core/team.py: which commands each role runs)
+# role -> the calls its commands make (core/roles.py: which commands each role runs)
 ROLE_CALLS = {
     "researchers": [call for call, (resource, _) in NEEDS.items() if resource == "experiment"] + READS,
     "release_managers": list(NEEDS),  # register, verify; a lost race's version deleted

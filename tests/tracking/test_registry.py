@@ -19,8 +19,8 @@ from helpers.runs import scored_run
 from helpers.stores import all_runs
 from mnist_pipeline import cli, names
 from mnist_pipeline.core import data as data_module
-from mnist_pipeline.core import promotion
-from mnist_pipeline.tracking import logged_model, readback, registry, training_run
+from mnist_pipeline.core import gates
+from mnist_pipeline.tracking import logged_model, readback, registry, track_training
 
 
 def champion_and_challenger(name=names.MODEL_NAME):
@@ -38,7 +38,7 @@ def _decisions(run_id: str):
 def test_gates_refuse_noise_and_a_digit_that_got_worse(tracking_store, capsys):
     """Each gate refuses once, a clear gain passes; every decision is a printed line, a
     version tag and a row of registry/decisions.csv on the run that decided."""
-    gates = promotion.Gates(min_improvement=0.15, max_class_drop=1.0)
+    rule = gates.Gates(min_improvement=0.15, max_class_drop=1.0)
     champion = scored_run(0.980)
     steps = [  # (challenger, promoted, gate)
         (scored_run(0.981), False, "min_improvement"),  # +0.10 pp: within seed noise
@@ -46,11 +46,11 @@ def test_gates_refuse_noise_and_a_digit_that_got_worse(tracking_store, capsys):
         (scored_run(0.986), True, "passed"),
     ]
     with mlflow.start_run() as decider:
-        first = registry.register_best([champion], gates=gates)
+        first = registry.register_best([champion], gates=rule)
     assert first.champion and first.decision.gate == "first"
     for number, (run_id, promoted, gate) in enumerate(steps, start=2):
         with mlflow.start_run() as decider:
-            registration = registry.register_best([run_id], gates=gates)
+            registration = registry.register_best([run_id], gates=rule)
         assert (registration.champion, registration.decision.gate) == (promoted, gate)
         line = f"mnist-digits version {number} (final): {registration.reason}"
         assert line in capsys.readouterr().out.splitlines()
@@ -67,16 +67,16 @@ def test_seeds_of_both_configurations_are_compared_by_their_means(tracking_store
     """Where champion and challenger each have several seeds in the store, the gates read
     the means over seeds and Welch's test: a challenger whose one run is far ahead but whose
     seeds are not is refused."""
-    gates = promotion.Gates(min_improvement=0.15, max_class_drop=1.0)
+    rule = gates.Gates(min_improvement=0.15, max_class_drop=1.0)
     old = [scored_run(a, config_key="old", seed=s) for s, a in enumerate((0.980, 0.981, 0.979))]
     lucky = [scored_run(a, config_key="lucky", seed=s) for s, a in enumerate((0.990, 0.978, 0.980))]
     good = [scored_run(a, config_key="good", seed=s) for s, a in enumerate((0.985, 0.986, 0.984))]
-    registry.register_best([old[0]], gates=gates)
-    refused = registry.register_best([lucky[0]], gates=gates)
+    registry.register_best([old[0]], gates=rule)
+    refused = registry.register_best([lucky[0]], gates=rule)
     assert not refused.champion and refused.decision.gate == "welch"
     assert "means of 3 and 3 seeds, Welch p=" in refused.reason
-    taken = registry.register_best([good[0]], gates=gates)
-    assert taken.champion and taken.decision.p_value < promotion.ALPHA
+    taken = registry.register_best([good[0]], gates=rule)
+    assert taken.champion and taken.decision.p_value < gates.ALPHA
     assert taken.decision.gain == pytest.approx(0.5, abs=1e-6)
 
 
@@ -328,7 +328,7 @@ def test_convnet_is_tracked_like_the_dense_nets_and_its_version_carries_a_card(t
     arrays = {key: getattr(tiny_mnist, key) for key in data_module.NPZ_KEYS} | {"y_test": y_test}
     data = dataclasses.replace(tiny_mnist, y_test=y_test, digest=data_module.content_digest(arrays))
     cfg = tiny("convnet", epochs=1)
-    run_id = training_run.track_training(cfg, data)
+    run_id = track_training.track_training(cfg, data)
     check_training_run(run_id, cfg, data.digest)  # same params, metrics, artifacts, signature
     run = mlflow.get_run(run_id)
     assert run.data.params["conv_filters"] == "32,64" and run.data.params["augment_shift"] == "0.1"

@@ -199,11 +199,14 @@ def test_an_epoch_s_send_leaves_the_environment_alone_while_system_metrics_run(s
     import threading
     import time
 
-    from mnist_pipeline.tracking import epoch_logger, runs
+    from mnist_pipeline.tracking import epoch_logger, run_lifecycle
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")  # requests all through the sends
     client = mlflow.MlflowClient()
-    with runs.ended_run(run_name="parent") as parent, runs.ended_run(nested=True, log_system_metrics=True) as run:
+    with (
+        run_lifecycle.ended_run(run_name="parent") as parent,
+        run_lifecycle.ended_run(nested=True, log_system_metrics=True) as run,
+    ):
         run_id = run.info.run_id
         deadline = time.monotonic() + 30
         while not any(name.startswith("system/") for name in client.get_run(run_id).data.metrics):

@@ -5,8 +5,8 @@ from dataclasses import fields
 
 import pytest
 
+from mnist_pipeline.core.commands import COMMANDS, MainParams, Overrides, ReproduceParams, SweepParams, TrainParams
 from mnist_pipeline.core.config import OVERRIDABLE, ConfigError, TrainConfig
-from mnist_pipeline.core.params import COMMANDS, MainParams, Overrides, ReproduceParams, SweepParams, TrainParams
 
 
 def test_the_overrides_are_train_config_s_overridable_knobs_each_of_its_type_or_none():

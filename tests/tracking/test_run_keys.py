@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from mnist_pipeline.tracking.identity import PACKAGE, code_version
+from mnist_pipeline.tracking.run_keys import PACKAGE, code_version
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -18,7 +18,7 @@ def test_the_digest_is_the_package_s_whatever_folder_it_lies_in(tmp_path):
 
 def test_a_change_in_any_subfolder_changes_the_digest(tmp_path):
     before = code_version(_copy(tmp_path))
-    for changed in ("core/models.py", "tracking/training_run.py", "flows/main.py", "names.py"):
+    for changed in ("core/models.py", "tracking/track_training.py", "flows/main.py", "names.py"):
         copy = _copy(tmp_path / changed.replace("/", "-"))
         with (copy / changed).open("a") as f:
             f.write("\n# changed\n")

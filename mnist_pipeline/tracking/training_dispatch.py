@@ -1,11 +1,11 @@
 """Which process trains: `main`'s and `reproduce`'s runs (reused, trained here, or trained
 side by side in worker processes), and one training on a given thread count (`verify`).
 
-Workers (tracking/worker_process.py) are forked from multiprocessing's fork server, a process
+Workers (tracking/training_worker.py) are forked from multiprocessing's fork server, a process
 that imported the training code (TensorFlow too) but never ran an op. Each takes this
 process's environment, sets its thread count before its first op, then trains the trainings
 this process hands it, one at a time, costliest first, and logs each as a child of the parent
-run itself, as a run trained here is logged (training_run.track_training). Their lines come
+run itself, as a run trained here is logged (track_training.track_training). Their lines come
 here over each worker's own pipe and are printed as they come, every line naming its run's
 label. A run records the thread count it trained on (core/threads.py: why).
 
@@ -34,11 +34,11 @@ from mnist_pipeline.core import macs, threads
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.errors import WorkerDied
-from mnist_pipeline.tracking import liveness, worker_process
-from mnist_pipeline.tracking.identity import find_reusable_run, run_key
+from mnist_pipeline.tracking import liveness, training_worker
 from mnist_pipeline.tracking.readback import ChildRun
-from mnist_pipeline.tracking.runs import ended_run, launched_by_mlflow_run
-from mnist_pipeline.tracking.worker_process import Job, Setup
+from mnist_pipeline.tracking.run_keys import find_reusable_run, run_key
+from mnist_pipeline.tracking.run_lifecycle import ended_run, launched_by_mlflow_run
+from mnist_pipeline.tracking.training_worker import Job, Setup
 
 STOP_SECONDS = 120  # an interrupted worker's time to end its run KILLED, history and plots logged
 # The fork server (Linux, macOS): it imports the training code once, as the first worker
@@ -47,7 +47,7 @@ STOP_SECONDS = 120  # an interrupted worker's time to end its run KILLED, histor
 FORKSERVER = "forkserver" in multiprocessing.get_all_start_methods()
 CONTEXT = multiprocessing.get_context("forkserver" if FORKSERVER else "spawn")
 if FORKSERVER:
-    CONTEXT.set_forkserver_preload(["mnist_pipeline.tracking.training_run"])
+    CONTEXT.set_forkserver_preload(["mnist_pipeline.tracking.track_training"])
 
 
 def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool, workers: int = 0) -> list[ChildRun]:
@@ -99,7 +99,7 @@ def _train(jobs: list[Job], data: Mnist, processes: int, setup: Setup) -> dict[T
     for n in range(processes):
         ours, theirs = CONTEXT.Pipe()
         workers[ours] = CONTEXT.Process(
-            target=worker_process.work, args=(setup, data, theirs), name=f"trainer-{n}", daemon=True
+            target=training_worker.work, args=(setup, data, theirs), name=f"trainer-{n}", daemon=True
         )
         workers[ours].start()
         theirs.close()  # the worker holds the only other end: the pipe ends when the worker does
@@ -154,7 +154,7 @@ def _reports(pipes: set, seconds: float = math.inf):
             except (EOFError, OSError):
                 pipes.discard(pipe)
                 kind, value = "ended", None
-            if kind in worker_process.STREAMS:
+            if kind in training_worker.STREAMS:
                 print(value, file=sys.stderr if kind == "err" else sys.stdout, flush=True)
             else:
                 yield pipe, (kind, value)

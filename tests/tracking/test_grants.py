@@ -5,7 +5,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_ALREADY_EXISTS
 
-from mnist_pipeline.tracking.team import _grant
+from mnist_pipeline.tracking.grants import _grant
 
 
 class Admin:

@@ -9,7 +9,7 @@ from dataclasses import Field, dataclass, make_dataclass, replace
 from typing import get_type_hints
 
 from mnist_pipeline import names
-from mnist_pipeline.core import config, promotion
+from mnist_pipeline.core import config, gates
 from mnist_pipeline.core.config import EACH_VARIANT, KNOBS, OVERRIDABLE, ConfigError, TrainConfig
 from mnist_pipeline.core.param_fields import Params, integer, number, optional, param, stripped, switch, text
 from mnist_pipeline.core.variants import DEFAULT_VARIANTS, VARIANTS
@@ -57,11 +57,11 @@ def _points(default: float, help: str):
 
 
 def _min_improvement():
-    return _points(promotion.MIN_IMPROVEMENT, "points of val_accuracy a new version must gain over the champion")
+    return _points(gates.MIN_IMPROVEMENT, "points of val_accuracy a new version must gain over the champion")
 
 
 def _max_class_drop():
-    return _points(promotion.MAX_CLASS_DROP, "most points any digit's val recall may fall against the champion")
+    return _points(gates.MAX_CLASS_DROP, "most points any digit's val recall may fall against the champion")
 
 
 def _seconds(default, help: str, when_zero: str, parse=float):
@@ -69,10 +69,10 @@ def _seconds(default, help: str, when_zero: str, parse=float):
 
 
 class _Gated:
-    """Commands that may move the champion alias: the promotion gates (core/promotion.py)."""
+    """Commands that may move the champion alias: the promotion gates (core/gates.py)."""
 
-    def gates(self) -> promotion.Gates:
-        return promotion.Gates(self.min_improvement, self.max_class_drop)
+    def gates(self) -> gates.Gates:
+        return gates.Gates(self.min_improvement, self.max_class_drop)
 
 
 # The knobs train, main and reproduce take: TrainConfig's fields whose ``override`` is true,

@@ -1,4 +1,4 @@
-"""A training worker process (tracking/trainers.py starts them): it takes the parent's
+"""A training worker process (tracking/training_dispatch.py starts them): it takes the parent's
 environment, sets its thread count before TensorFlow's first op, and trains the jobs the parent
 sends it, each a run of its own under the parent run. What it prints goes to the parent, line
 by line, and the parent prints it: the console stays the parent's.
@@ -59,7 +59,7 @@ class Setup:
 
     def train(self, job: Job, data: Mnist) -> str:
         """``job`` trained in this process as a child of the parent run; returns its run id."""
-        from mnist_pipeline.tracking.training_run import track_training  # TensorFlow: only to train
+        from mnist_pipeline.tracking.track_training import track_training  # TensorFlow: only to train
 
         return track_training(job.cfg, data, self.tags, parent_run_id=self.parent_run_id, label=job.label)
 

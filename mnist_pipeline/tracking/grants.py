@@ -16,8 +16,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from mnist_pipeline.core.errors import UserError, first_line
+from mnist_pipeline.core.roles import TeamParams
 from mnist_pipeline.core.secrets import mask_url
-from mnist_pipeline.core.team import TeamParams
 from mnist_pipeline.tracking import store
 
 

@@ -1,7 +1,7 @@
 """The promotion gates' side that reads and writes the store: the evidence for a version
 (its training run and the other seeds of its configuration), and the decision on the run
 that took it (a row of its registry/decisions.csv, the registration's tags). The rule itself
-is core/promotion.py."""
+is core/gates.py."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
 from mnist_pipeline import names
-from mnist_pipeline.core import promotion
+from mnist_pipeline.core import gates
 from mnist_pipeline.core.errors import UserError
-from mnist_pipeline.tracking import readback, runs
+from mnist_pipeline.tracking import readback, run_lifecycle
 
 
-def evidence(version: ModelVersion) -> promotion.Evidence:
+def evidence(version: ModelVersion) -> gates.Evidence:
     """The last-epoch validation scores of the version's training run and of the other
     seeds of its configuration in the store."""
     cannot = ", so the promotion gates cannot compare with it (move the champion alias by hand)"
@@ -29,7 +29,7 @@ def evidence(version: ModelVersion) -> promotion.Evidence:
     seeds = readback.seed_runs(run)
     recall_keys = [names.VAL_RECALL.format(digit=d) for d in range(10)]
     recalls = [tuple(r.data.metrics.get(k) for k in recall_keys) for r in seeds]
-    return promotion.Evidence(
+    return gates.Evidence(
         version=str(version.version),
         accuracies=tuple(r.data.metrics["val_accuracy"] for r in seeds),
         # the val recalls of the runs that logged all ten, if the version's own run (the first) did
@@ -61,7 +61,7 @@ def log_decision(registration, run_id: str) -> None:
         "reason": registration.reason,
     }
     try:
-        runs.log_text(pd.DataFrame([row]).to_csv(index=False), names.DECISIONS, run_id)
+        run_lifecycle.log_text(pd.DataFrame([row]).to_csv(index=False), names.DECISIONS, run_id)
     except Exception as err:  # the store's errors come in many types
         print(f"warning: {names.DECISIONS} could not be logged on run {run_id}: {type(err).__name__}", file=sys.stderr)
     tags = {
@@ -69,4 +69,4 @@ def log_decision(registration, run_id: str) -> None:
         names.TAG_REGISTERED_VERSION: version.version,
         names.TAG_CHAMPION_DECISION: registration.reason,
     }
-    runs.set_run_tags(run_id, tags)
+    run_lifecycle.set_run_tags(run_id, tags)

@@ -1,4 +1,4 @@
-"""Trainings side by side in worker processes (tracking/trainers.py), on tiny synthetic data.
+"""Trainings side by side in worker processes (tracking/training_dispatch.py), on tiny synthetic data.
 Interrupted and killed workers: tests/flows/test_interrupt.py; a worker's run trained again
 to the same numbers: tests/flows/test_verify.py."""
 

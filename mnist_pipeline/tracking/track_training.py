@@ -20,10 +20,10 @@ from mnist_pipeline.core.training import TrainResult, train
 from mnist_pipeline.core.variants import VARIANTS
 from mnist_pipeline.tracking import store
 from mnist_pipeline.tracking.epoch_logger import EpochLogger
-from mnist_pipeline.tracking.identity import code_version, config_key, run_key
 from mnist_pipeline.tracking.logged_model import log_keras_model
 from mnist_pipeline.tracking.reports import log_history, log_test_report, log_validation_report
-from mnist_pipeline.tracking.runs import ended_run, system_metrics
+from mnist_pipeline.tracking.run_keys import code_version, config_key, run_key
+from mnist_pipeline.tracking.run_lifecycle import ended_run, system_metrics
 
 
 class TrainingStopped(Exception):
@@ -53,7 +53,7 @@ def track_training(
     metrics, history table and curves.
 
     A child of ``parent_run_id`` if given (the active run, if there is one; a worker's parent
-    run, tracking/trainers.py); ``label`` (default: the variant) names it on the console.
+    run, tracking/training_dispatch.py); ``label`` (default: the variant) names it on the console.
     ``tags`` go on the run beside its own. ``after_epoch(epoch, metrics)`` is called after
     each epoch's metrics are handed to the logger; if it raises TrainingStopped, the run
     keeps the finished epochs and ends FINISHED without a run key, and TrainingStopped

@@ -9,7 +9,7 @@ from helpers.checks import artifact_paths, check_training_run, tiny
 from helpers.stores import all_runs
 from mnist_pipeline import names
 from mnist_pipeline.flows import main
-from mnist_pipeline.tracking import epoch_logger, logged_model, training_run
+from mnist_pipeline.tracking import epoch_logger, logged_model, track_training
 
 SYSTEM_METRICS = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes")
 
@@ -17,7 +17,7 @@ SYSTEM_METRICS = ("system/cpu_utilization_percentage", "system/system_memory_usa
 def test_training_run_logs_params_epochs_artifacts_and_model(tracking_store, tiny_mnist, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # tiny runs last seconds
     cfg = tiny("final", epochs=3)
-    run_id = training_run.track_training(cfg, tiny_mnist)
+    run_id = track_training.track_training(cfg, tiny_mnist)
     check_training_run(run_id, cfg, tiny_mnist.digest)
     assert mlflow.active_run() is None
     client = mlflow.MlflowClient()
@@ -28,7 +28,7 @@ def test_training_run_logs_params_epochs_artifacts_and_model(tracking_store, tin
 def test_system_metrics_are_off_when_mlflow_s_variable_says_so(tracking_store, tiny_mnist, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
-    run_id = training_run.track_training(tiny("baseline", epochs=1), tiny_mnist)
+    run_id = track_training.track_training(tiny("baseline", epochs=1), tiny_mnist)
     assert not [name for name in mlflow.get_run(run_id).data.metrics if name.startswith("system/")]
 
 
@@ -46,7 +46,7 @@ def test_a_dataset_another_process_inserted_first_is_linked_on_the_second_try(tr
         return log_input(dataset, context=context, **kwargs)
 
     monkeypatch.setattr(mlflow, "log_input", refuse_once)
-    run_id = training_run.track_training(tiny("baseline", epochs=1), tiny_mnist)
+    run_id = track_training.track_training(tiny("baseline", epochs=1), tiny_mnist)
     run = mlflow.get_run(run_id)
     assert refused == ["training"] and run.info.status == "FINISHED"
     contexts = {tag.value for dataset in run.inputs.dataset_inputs for tag in dataset.tags}
@@ -68,7 +68,7 @@ def test_mlflow_keras_input_example_bug_still_needs_the_workaround(tracking_stor
 
 
 def test_failure_during_training_ends_the_run_failed_with_epochs_kept(tracking_store, tiny_mnist, monkeypatch):
-    real_train = training_run.train
+    real_train = track_training.train
 
     def crash_after_first_epoch(cfg, data, on_epoch=None):
         def on_epoch_then_crash(epoch, row):
@@ -77,9 +77,9 @@ def test_failure_during_training_ends_the_run_failed_with_epochs_kept(tracking_s
 
         return real_train(cfg, data, on_epoch=on_epoch_then_crash)
 
-    monkeypatch.setattr(training_run, "train", crash_after_first_epoch)
+    monkeypatch.setattr(track_training, "train", crash_after_first_epoch)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        training_run.track_training(tiny("baseline"), tiny_mnist)
+        track_training.track_training(tiny("baseline"), tiny_mnist)
     [run] = all_runs(tracking_store)
     assert run.info.status == "FAILED"
     assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")] == [1]
