@@ -13,8 +13,6 @@ retries, the system metrics' interval) as the commands it times.
     serving.py   the serving half: pyfunc, both REST servers, the load test, the alias moving under load
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from pathlib import Path
 

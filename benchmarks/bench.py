@@ -7,8 +7,6 @@ at once. The pipeline's epoch ends are the store's timestamps of each epoch's lo
 metrics, so the logging itself is inside the timed epochs.
 """
 
-from __future__ import annotations
-
 import collections
 import contextlib
 import dataclasses

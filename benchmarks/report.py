@@ -1,8 +1,6 @@
 """The benchmark's report: bench.json, bench.md (its tables) and scaling.png in a folder, and
 the same into the run this process was launched in, if any, with ``<variant>.<ratio>`` metrics."""
 
-from __future__ import annotations
-
 import contextlib
 import json
 from pathlib import Path

@@ -2,8 +2,6 @@
 waiting on a condition with a deadline, stopping a process group, whether a URL answers, a free
 port."""
 
-from __future__ import annotations
-
 import contextlib
 import os
 import signal

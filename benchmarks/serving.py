@@ -9,8 +9,6 @@
   server's memory. Every request goes to 127.0.0.1, to a server this module started.
 """
 
-from __future__ import annotations
-
 import concurrent.futures
 import itertools
 import json

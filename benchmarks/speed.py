@@ -8,8 +8,6 @@ images) at the rate TensorFlow reaches here for exactly those shapes. bench.py
 times the tracked pipeline beside these.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import functools
 import math

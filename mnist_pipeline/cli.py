@@ -7,8 +7,6 @@ before any MLflow run exists. A bad value exits with status 2 and one line namin
 parameter, the value and what is allowed.
 """
 
-from __future__ import annotations
-
 import argparse
 import importlib
 import logging

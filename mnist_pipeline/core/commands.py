@@ -3,13 +3,11 @@ with param_fields.param). ``from_strings`` reads the strings MLproject passes; c
 checks typed values, so code past a params object trusts it. cli.py builds its parser from
 these classes, and a test checks MLproject's defaults against them. A flow checks its data."""
 
-from __future__ import annotations
-
 from dataclasses import Field, dataclass, make_dataclass, replace
 from typing import get_type_hints
 
 from mnist_pipeline import names
-from mnist_pipeline.core import config, gates
+from mnist_pipeline.core import config, promotion_rule
 from mnist_pipeline.core.config import EACH_VARIANT, KNOBS, OVERRIDABLE, ConfigError, TrainConfig
 from mnist_pipeline.core.param_fields import Params, integer, number, optional, param, stripped, switch, text
 from mnist_pipeline.core.variants import DEFAULT_VARIANTS, VARIANTS
@@ -57,11 +55,11 @@ def _points(default: float, help: str):
 
 
 def _min_improvement():
-    return _points(gates.MIN_IMPROVEMENT, "points of val_accuracy a new version must gain over the champion")
+    return _points(promotion_rule.MIN_IMPROVEMENT, "points of val_accuracy a new version must gain over the champion")
 
 
 def _max_class_drop():
-    return _points(gates.MAX_CLASS_DROP, "most points any digit's val recall may fall against the champion")
+    return _points(promotion_rule.MAX_CLASS_DROP, "most points any digit's val recall may fall against the champion")
 
 
 def _seconds(default, help: str, when_zero: str, parse=float):
@@ -69,10 +67,10 @@ def _seconds(default, help: str, when_zero: str, parse=float):
 
 
 class _Gated:
-    """Commands that may move the champion alias: the promotion gates (core/gates.py)."""
+    """Commands that may move the champion alias: the promotion gates (core/promotion_rule.py)."""
 
-    def gates(self) -> gates.Gates:
-        return gates.Gates(self.min_improvement, self.max_class_drop)
+    def gates(self) -> promotion_rule.Gates:
+        return promotion_rule.Gates(self.min_improvement, self.max_class_drop)
 
 
 # The knobs train, main and reproduce take: TrainConfig's fields whose ``override`` is true,

@@ -5,8 +5,6 @@ each declared once in its body; the pipeline's other defaults, and parsers of pa
 run logged. The command dataclasses in params.py read their strings with the parsers here.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields

@@ -1,8 +1,6 @@
 """What a training prints: one header line per run and one line per epoch, each naming its
 run (trainings side by side print in turns), short enough for any terminal."""
 
-from __future__ import annotations
-
 from mnist_pipeline.core.secrets import mask_url
 
 

@@ -5,8 +5,6 @@ optionally with an ``MD5SUMS`` of the decompressed files) or a Keras-format
 ``mnist.npz``. Pixels stay raw uint8 0-255: the model does its own scaling.
 """
 
-from __future__ import annotations
-
 import gzip
 import hashlib
 import os

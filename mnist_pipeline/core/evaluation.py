@@ -4,8 +4,6 @@ Plain NumPy, pandas and scikit-learn on labels and class probabilities; the trac
 logs what these return.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import numpy as np

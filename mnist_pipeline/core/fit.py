@@ -18,8 +18,6 @@ The images are shuffled every epoch by an order drawn from the seed and the epoc
 the last batch is the remainder, smaller than the others, as in Keras.
 """
 
-from __future__ import annotations
-
 import functools
 
 import keras

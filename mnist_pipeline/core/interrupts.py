@@ -5,8 +5,6 @@ code that writes wraps the write in ``deferred()``, and a signal that arrives th
 as soon as the write is done. TensorFlow's compiled epoch cannot be interrupted anyway: the
 signal is raised when it returns."""
 
-from __future__ import annotations
-
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager

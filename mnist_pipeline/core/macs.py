@@ -2,8 +2,6 @@
 products and convolutions per image, and the FLOPs of an epoch. benchmarks/speed.py's roofline
 times them; tracking/training_dispatch.py starts the costliest trainings first."""
 
-from __future__ import annotations
-
 import numpy as np
 
 from mnist_pipeline.core.config import TrainConfig

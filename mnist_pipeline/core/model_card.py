@@ -4,8 +4,6 @@
 tags and the test-set confusion counts) and logs it on that run.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from dataclasses import fields
 

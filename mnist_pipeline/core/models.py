@@ -1,8 +1,6 @@
 """Model builders. The network reads like the study's table: optional conv/pool blocks,
 then Dense layers with Dropout after each."""
 
-from __future__ import annotations
-
 import keras
 
 from mnist_pipeline.core.config import LOSS, TrainConfig

@@ -4,8 +4,6 @@ its command-line, MLproject or logged string is read (``parse``) and what it all
 in params.py.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, field, fields

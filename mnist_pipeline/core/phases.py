@@ -1,7 +1,5 @@
 """Wall seconds of a command's phases, for the run's ``phases.json`` and the benchmark."""
 
-from __future__ import annotations
-
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager

@@ -5,8 +5,6 @@ to fit 20x20 and centred by centre of mass in a 28x28 frame. An IDX images file 
 as it is.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import numpy as np

@@ -1,7 +1,5 @@
 """Matplotlib figures from histories and predictions. Figures are returned, not saved."""
 
-from __future__ import annotations
-
 import matplotlib
 
 matplotlib.use("Agg")  # files only: runs on machines without a display

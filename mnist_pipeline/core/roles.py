@@ -6,8 +6,6 @@ model (MLflow's levels: READ < USE < EDIT < MANAGE). What each call needs, measu
 basic-auth server, is the table in docs/team-server.md.
 """
 
-from __future__ import annotations
-
 import re
 from dataclasses import dataclass
 

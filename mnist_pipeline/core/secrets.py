@@ -7,8 +7,6 @@ from them is logged, tagged or printed: a URL is shown as ``http://alice:***@hos
 any line the command line prints goes through ``redact``.
 """
 
-from __future__ import annotations
-
 import configparser
 import os
 import re

@@ -4,14 +4,12 @@ Pure pandas/SciPy on a table of finished runs (one row per variant and seed); th
 themselves are trained and logged by flows/reproduce.py.
 """
 
-from __future__ import annotations
-
 import itertools
 
 import numpy as np
 import pandas as pd
 
-from mnist_pipeline.core.gates import ALPHA, welch_p  # the promotion gate's test, here two-sided
+from mnist_pipeline.core.promotion_rule import ALPHA, welch_p  # the promotion gate's test, here two-sided
 
 
 def seed_table(results: pd.DataFrame, study: dict[str, float]) -> pd.DataFrame:

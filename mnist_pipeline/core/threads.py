@@ -8,8 +8,6 @@ between its threads, and float32 sums in another order round differently. So the
 run trained on is recorded with it, and `verify` trains on the same count.
 """
 
-from __future__ import annotations
-
 import os
 
 

@@ -4,8 +4,6 @@ Epochs are numbered from 1: the history's first row, and the metric step MLflow 
 for it, is epoch 1.
 """
 
-from __future__ import annotations
-
 import math
 import time
 from collections.abc import Callable

@@ -5,8 +5,6 @@ default, tests, comparison table) reads this table. A variant sets the knobs (th
 config.TrainConfig) that have no default, and those it trains with a value of its own.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field

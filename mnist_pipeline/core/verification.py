@@ -8,8 +8,6 @@ accuracies of that configuration's seed runs in the store, or DEFAULT_TOLERANCE 
 store holds fewer than three.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 TOLERANCE_SPREADS = 3.0

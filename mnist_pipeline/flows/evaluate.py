@@ -5,8 +5,6 @@ and the same per-class table, confusion counts and plots a training run logs. Pr
 two scores.
 """
 
-from __future__ import annotations
-
 import sys
 
 from mnist_pipeline import names

@@ -8,8 +8,6 @@ A child whose configuration, code and data match a FINISHED run is that run, reu
 Prints one line per variant with its scores, the registry's decision, and how to open the UI.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 
@@ -17,7 +15,7 @@ import pandas as pd
 import psutil
 
 from mnist_pipeline import names
-from mnist_pipeline.core import console, gates, plots
+from mnist_pipeline.core import console, plots, promotion_rule
 from mnist_pipeline.core.commands import MainParams
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist
@@ -44,7 +42,7 @@ def compare(
     force: bool = False,
     model_name: str = "",
     phases: Phases | None = None,
-    gates: gates.Gates | None = None,
+    gates: promotion_rule.Gates | None = None,
     workers: int = 1,
 ) -> pd.DataFrame:
     """The parent run with ``configs`` as children, trained ``workers`` at once (0: one per

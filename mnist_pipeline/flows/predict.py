@@ -3,8 +3,6 @@
 Pictures become MNIST-style 28x28 digits first (core/pictures.py). Logs nothing.
 """
 
-from __future__ import annotations
-
 from mnist_pipeline.core.commands import PredictParams
 from mnist_pipeline.core.pictures import load_inputs
 from mnist_pipeline.tracking import access, logged_model, store

@@ -2,11 +2,9 @@
 
 Registers it once (a run registered before keeps its version), with its model card, moves
 `challenger` to it and `champion` if it passes the promotion gates against the champion
-(core/gates.py). Prints the version and the champion decision, which a run of its own
+(core/promotion_rule.py). Prints the version and the champion decision, which a run of its own
 (role `register`; under `mlflow run`, the project's run) records in registry/decisions.csv.
 """
-
-from __future__ import annotations
 
 from mnist_pipeline import names
 from mnist_pipeline.core.commands import RegisterParams

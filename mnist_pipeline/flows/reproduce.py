@@ -8,8 +8,6 @@ tests (pairs.csv), both tables in markdown (reproduce.md), a strip plot of every
 same run key are reused unless `force`. Prints both tables.
 """
 
-from __future__ import annotations
-
 import json
 
 import pandas as pd

@@ -20,8 +20,6 @@ BodyLimit:
   its app fail with a 500).
 """
 
-from __future__ import annotations
-
 import asyncio
 import logging
 import sys

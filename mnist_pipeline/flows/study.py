@@ -4,8 +4,6 @@ pruner, its search space, and the MLflow parent run its first worker creates.
 flows/sweep.py runs trials in it; how workers meet is told in that module's docstring.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import time

@@ -35,8 +35,6 @@ tracking layer.
   Workers ending later rewrite the table with what they see then.
 """
 
-from __future__ import annotations
-
 import functools
 import os
 import socket
@@ -46,7 +44,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from mnist_pipeline import names
-from mnist_pipeline.core import gates
+from mnist_pipeline.core import promotion_rule
 from mnist_pipeline.core.commands import SweepParams
 from mnist_pipeline.core.config import TrainConfig, resolve
 from mnist_pipeline.core.data import Mnist
@@ -155,7 +153,7 @@ def _after_trial(n_trials: int, study: optuna.Study, trial: optuna.trial.FrozenT
         study.stop()
 
 
-def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str, gates: gates.Gates) -> None:
+def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str, gates: promotion_rule.Gates) -> None:
     """Log the trials table and the best COMPLETE trial's params on the parent run, then
     register that trial's run (unless ``model_name`` is '')."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):  # its run left RUNNING by a dead worker
@@ -208,7 +206,7 @@ def _row(trial: optuna.trial.FrozenTrial, trial_runs: dict) -> dict:
     }
 
 
-def _register(best, model_name: str, chosen_from: str, parent_id: str, gates: gates.Gates | None) -> None:
+def _register(best, model_name: str, chosen_from: str, parent_id: str, gates: promotion_rule.Gates | None) -> None:
     again = (
         "run the same sweep command again with --n-trials no larger than the trials the study holds "
         "(then it only registers)"

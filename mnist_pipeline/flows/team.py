@@ -3,8 +3,6 @@ missing, and each member's role granted (tracking/grants.py). Idempotent: a seco
 the same members changes nothing. Prints one line per resource and per member. Logs no run.
 """
 
-from __future__ import annotations
-
 from mnist_pipeline.core.roles import TeamParams
 from mnist_pipeline.tracking import grants, store
 

@@ -7,8 +7,6 @@ value", and MLflow forbids changing a logged param), the training run is a child
 run; otherwise it is top-level.
 """
 
-from __future__ import annotations
-
 from mnist_pipeline.core.commands import TrainParams
 from mnist_pipeline.tracking import run_lifecycle
 

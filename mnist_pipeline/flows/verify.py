@@ -8,8 +8,6 @@ the same machine with the same code, and within the variant's seed spread otherw
 (core/verification.py). A mismatch exits with status 1.
 """
 
-from __future__ import annotations
-
 import statistics
 
 from mnist_pipeline import names

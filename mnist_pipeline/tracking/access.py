@@ -8,8 +8,6 @@ every check passes. MLflow's permissions, from least to most: NO_PERMISSIONS, RE
 EDIT, MANAGE; DENY refuses everything. What each call needs is measured in docs/team-server.md.
 """
 
-from __future__ import annotations
-
 import sys
 
 import mlflow

@@ -1,9 +1,7 @@
 """The promotion gates' side that reads and writes the store: the evidence for a version
 (its training run and the other seeds of its configuration), and the decision on the run
 that took it (a row of its registry/decisions.csv, the registration's tags). The rule itself
-is core/gates.py."""
-
-from __future__ import annotations
+is core/promotion_rule.py."""
 
 import sys
 
@@ -11,12 +9,12 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
 from mnist_pipeline import names
-from mnist_pipeline.core import gates
+from mnist_pipeline.core import promotion_rule
 from mnist_pipeline.core.errors import UserError
 from mnist_pipeline.tracking import readback, run_lifecycle
 
 
-def evidence(version: ModelVersion) -> gates.Evidence:
+def evidence(version: ModelVersion) -> promotion_rule.Evidence:
     """The last-epoch validation scores of the version's training run and of the other
     seeds of its configuration in the store."""
     cannot = ", so the promotion gates cannot compare with it (move the champion alias by hand)"
@@ -29,7 +27,7 @@ def evidence(version: ModelVersion) -> gates.Evidence:
     seeds = readback.seed_runs(run)
     recall_keys = [names.VAL_RECALL.format(digit=d) for d in range(10)]
     recalls = [tuple(r.data.metrics.get(k) for k in recall_keys) for r in seeds]
-    return gates.Evidence(
+    return promotion_rule.Evidence(
         version=str(version.version),
         accuracies=tuple(r.data.metrics["val_accuracy"] for r in seeds),
         # the val recalls of the runs that logged all ten, if the version's own run (the first) did

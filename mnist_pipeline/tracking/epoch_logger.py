@@ -1,8 +1,6 @@
 """The epoch logger: each epoch's metrics reach the store as the epoch ends, and survive
 a tracking server that goes away for a while."""
 
-from __future__ import annotations
-
 import contextlib
 import sys
 import time

@@ -12,8 +12,6 @@ One log line per event (loaded, refused, store gone, store back, alias deleted, 
 never one per poll.
 """
 
-from __future__ import annotations
-
 import gc
 import logging
 import threading

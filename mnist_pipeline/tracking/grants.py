@@ -8,8 +8,6 @@ refuses a second grant on the same resource: a grant that exists with another le
 revoked and granted again (the old level granted back if the new grant fails).
 """
 
-from __future__ import annotations
-
 import warnings
 
 import mlflow

@@ -14,8 +14,6 @@ not end it, and it is not this user's to judge). The finished epochs keep their 
 ending a run changes only its status and end time.
 """
 
-from __future__ import annotations
-
 import getpass
 import socket
 import sys

@@ -6,8 +6,6 @@ imported only when a model is saved or loaded: the commands that read the regist
 their input first.
 """
 
-from __future__ import annotations
-
 import importlib.metadata
 import os
 import shutil

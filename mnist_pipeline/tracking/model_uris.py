@@ -3,8 +3,6 @@
 ``models:/NAME/VERSION``, ``models:/NAME/latest`` and ``models:/NAME/<stage>`` name a
 registered model; ``models:/<model_id>`` names a logged model."""
 
-from __future__ import annotations
-
 
 def parse(uri: str) -> tuple[str, str | None, str | None] | None:
     """(name, alias, version) of the registered model ``uri`` names (alias and version None:

@@ -1,7 +1,5 @@
 """Reading runs back from the tracking store: histories, comparison rows, logged tables."""
 
-from __future__ import annotations
-
 import io
 from dataclasses import dataclass
 

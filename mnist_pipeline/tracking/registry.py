@@ -6,13 +6,11 @@ validation score chose them. Test accuracy is recorded beside it, never used to 
 
 Aliases: ``challenger`` always points at the newest registered candidate. ``champion``
 moves to a new version only if it passes the promotion gates against the current champion
-(core/gates.py: min_improvement, Welch's test over seeds where both have several,
+(core/promotion_rule.py: min_improvement, Welch's test over seeds where both have several,
 max_class_drop), compared on validation scores read from the store. Each decision is one
 printed line, the version's ``champion_decision`` tag, and a row of the deciding run's
 registry/decisions.csv (``decisions.log_decision``).
 """
-
-from __future__ import annotations
 
 import json
 import time
@@ -24,7 +22,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from mnist_pipeline import names
-from mnist_pipeline.core import gates, model_card
+from mnist_pipeline.core import model_card, promotion_rule
 from mnist_pipeline.core.errors import UserError, first_line
 from mnist_pipeline.tracking import decisions, logged_model, model_uris, readback, store
 
@@ -42,9 +40,9 @@ class Registration:
     created: bool  # False: this run was registered before, and that version is returned
     champion: bool  # this version holds the champion alias now
     reason: str  # one line: why it did or did not become champion
-    decision: gates.Decision | None = None  # None: it already held the alias
+    decision: promotion_rule.Decision | None = None  # None: it already held the alias
     versus: str | None = None  # the champion version it was compared with
-    gates: gates.Gates = gates.Gates()
+    gates: promotion_rule.Gates = promotion_rule.Gates()
 
 
 def selection_key(run: Run) -> tuple[float, float]:
@@ -78,7 +76,10 @@ def children_of(parent_run_id: str | None) -> tuple[str, dict[str, str]]:
 
 
 def register_best(
-    run_ids: list[str], model_name: str = names.MODEL_NAME, chosen_from: str = "", gates: gates.Gates | None = None
+    run_ids: list[str],
+    model_name: str = names.MODEL_NAME,
+    chosen_from: str = "",
+    gates: promotion_rule.Gates | None = None,
 ) -> Registration:
     """Register the best of ``run_ids`` and update the aliases; logs the decision on the
     active run, if any."""
@@ -128,10 +129,10 @@ def _attach_card(client, run: Run, version: ModelVersion, chosen_from: str) -> N
 
 
 def register_run(
-    run: Run, model_name: str = names.MODEL_NAME, chosen_from: str = "", gates: gates.Gates | None = None
+    run: Run, model_name: str = names.MODEL_NAME, chosen_from: str = "", gates: promotion_rule.Gates | None = None
 ) -> Registration:
     """Register ``run``'s logged model (once per run) with its model card, and update the aliases."""
-    gates = gates or gates.Gates()
+    gates = gates or promotion_rule.Gates()
     client = mlflow.MlflowClient()
     version, created = _existing_version(client, model_name, run.info.run_id), False
     if version is None:
@@ -198,8 +199,8 @@ def _set_alias(client, model_name: str, alias: str, version) -> None:
 
 
 def _settle_champion(
-    client, model_name: str, version: ModelVersion, gates: gates.Gates
-) -> tuple[ModelVersion | None, gates.Decision | None, str | None]:
+    client, model_name: str, version: ModelVersion, gates: promotion_rule.Gates
+) -> tuple[ModelVersion | None, promotion_rule.Decision | None, str | None]:
     """Move the champion alias to ``version`` if it passes the gates against the champion.
     Re-read after writing: if another process moved the alias meanwhile, compare again with
     the version it chose, so that concurrent registrations end on one that beat the others.
@@ -219,7 +220,7 @@ def _settle_champion(
             break
         compared.add(holder)
         challenger = challenger or decisions.evidence(version)  # the same in every round
-        this = gates.decide(challenger, decisions.evidence(current) if current else None, gates)
+        this = promotion_rule.decide(challenger, decisions.evidence(current) if current else None, gates)
         if decision is None:
             decision, versus = this, holder
         if not this.promote:

@@ -1,7 +1,5 @@
 """The tables and plots a run logs: learning curves of a history, the report of predictions."""
 
-from __future__ import annotations
-
 import numpy as np
 import pandas as pd
 

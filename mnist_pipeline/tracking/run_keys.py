@@ -4,8 +4,6 @@ A FINISHED run with the same run key is reused by `main` and `reproduce` instead
 training again.
 """
 
-from __future__ import annotations
-
 import functools
 import hashlib
 import json

@@ -4,8 +4,6 @@ settings given to the request, not to the process).
 Imports MLflow but not TensorFlow, so a dead server is reported in seconds.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import os

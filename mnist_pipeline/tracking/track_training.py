@@ -3,8 +3,6 @@ the datasets and the Keras model. The same for every variant and every command t
 trains (train, main, reproduce, sweep, bench), so runs line up in the compare view.
 """
 
-from __future__ import annotations
-
 import contextlib
 import warnings
 from collections.abc import Callable

@@ -18,8 +18,6 @@ label. A run records the thread count it trained on (core/threads.py: why).
   and the handing out stops as for a failed training.
 """
 
-from __future__ import annotations
-
 import contextlib
 import itertools
 import math

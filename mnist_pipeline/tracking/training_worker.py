@@ -7,8 +7,6 @@ Everything goes over the worker's own pipe to the parent: no lock or queue is sh
 another worker, so a worker that dies at any moment, even halfway through a message, stops
 no other, and the parent reads its death as the end of that pipe."""
 
-from __future__ import annotations
-
 import contextlib
 import io
 import logging

@@ -19,7 +19,7 @@ from helpers.runs import scored_run
 from helpers.stores import all_runs
 from mnist_pipeline import cli, names
 from mnist_pipeline.core import data as data_module
-from mnist_pipeline.core import gates
+from mnist_pipeline.core import promotion_rule
 from mnist_pipeline.tracking import logged_model, readback, registry, track_training
 
 
@@ -38,7 +38,7 @@ def _decisions(run_id: str):
 def test_gates_refuse_noise_and_a_digit_that_got_worse(tracking_store, capsys):
     """Each gate refuses once, a clear gain passes; every decision is a printed line, a
     version tag and a row of registry/decisions.csv on the run that decided."""
-    rule = gates.Gates(min_improvement=0.15, max_class_drop=1.0)
+    rule = promotion_rule.Gates(min_improvement=0.15, max_class_drop=1.0)
     champion = scored_run(0.980)
     steps = [  # (challenger, promoted, gate)
         (scored_run(0.981), False, "min_improvement"),  # +0.10 pp: within seed noise
@@ -67,7 +67,7 @@ def test_seeds_of_both_configurations_are_compared_by_their_means(tracking_store
     """Where champion and challenger each have several seeds in the store, the gates read
     the means over seeds and Welch's test: a challenger whose one run is far ahead but whose
     seeds are not is refused."""
-    rule = gates.Gates(min_improvement=0.15, max_class_drop=1.0)
+    rule = promotion_rule.Gates(min_improvement=0.15, max_class_drop=1.0)
     old = [scored_run(a, config_key="old", seed=s) for s, a in enumerate((0.980, 0.981, 0.979))]
     lucky = [scored_run(a, config_key="lucky", seed=s) for s, a in enumerate((0.990, 0.978, 0.980))]
     good = [scored_run(a, config_key="good", seed=s) for s, a in enumerate((0.985, 0.986, 0.984))]
@@ -76,7 +76,7 @@ def test_seeds_of_both_configurations_are_compared_by_their_means(tracking_store
     assert not refused.champion and refused.decision.gate == "welch"
     assert "means of 3 and 3 seeds, Welch p=" in refused.reason
     taken = registry.register_best([good[0]], gates=rule)
-    assert taken.champion and taken.decision.p_value < gates.ALPHA
+    assert taken.champion and taken.decision.p_value < promotion_rule.ALPHA
     assert taken.decision.gain == pytest.approx(0.5, abs=1e-6)
 
 

@@ -16,8 +16,6 @@ champion only if it passes every gate, in this order:
 The first version of a model has nothing to beat: it takes the alias.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import numpy as np

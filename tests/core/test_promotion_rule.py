@@ -2,7 +2,7 @@
 
 import pytest
 
-from mnist_pipeline.core.gates import ALPHA, Evidence, Gates, decide
+from mnist_pipeline.core.promotion_rule import ALPHA, Evidence, Gates, decide
 
 GATES = Gates(min_improvement=0.15, max_class_drop=1.0)
 
