@@ -51,8 +51,9 @@ def test_each_field_is_written_in_train_config_s_class_body_with_its_type():
     assert "TrainConfig" in classes, "TrainConfig is not a class statement in core/config.py"
     body = classes["TrainConfig"]
     written = {line.target.id: ast.unparse(line.annotation) for line in body if isinstance(line, ast.AnnAssign)}
-    assert written == {f.name: f.type for f in dataclasses.fields(config.TrainConfig)}
     hints = typing.get_type_hints(config.TrainConfig)
+    assert list(written) == [f.name for f in dataclasses.fields(config.TrainConfig)]
+    assert {name: eval(annotation, vars(config)) for name, annotation in written.items()} == hints
     assert (hints["epochs"], hints["dropout"], hints["hidden_units"]) == (int, float, tuple[int, ...])
 
 
