@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers.checks import tensorflow_log_lines
 from mnist_pipeline.core.config import parse_overrides, resolve
 from mnist_pipeline.core.fit import Loop, _logits, dropout, epoch_order, evaluation_tensors
 from mnist_pipeline.core.models import build_model
@@ -241,19 +242,11 @@ def test_many_loops_in_one_process_warn_of_no_retracing(tiny_mnist, small_cfg):
     """Six models trained in one process (as `main`, `reproduce` and the benchmark do): each
     Loop traces once, and TensorFlow's retracing warning, which counts all instances
     together, does not reach the console."""
-    import logging
-
     (x, y), (xv, yv) = _split(tiny_mnist)
-    seen = []
-    handler = logging.Handler()
-    handler.emit = lambda record: seen.append(record.getMessage())
-    tf.get_logger().addHandler(handler)
-    try:
+    with tensorflow_log_lines() as seen:
         for _ in range(6):
             loop = Loop(_model(small_cfg), x, y, BATCH, seed=0)
             loop.epoch()
             loop.evaluate(xv, yv)
             assert loop._train.experimental_get_tracing_count() == 1
-    finally:
-        tf.get_logger().removeHandler(handler)
     assert not [message for message in seen if "retracing" in message]

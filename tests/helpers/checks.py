@@ -1,5 +1,8 @@
 """Assertions shared by the tests that inspect what a run logged."""
 
+import contextlib
+import logging
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -76,3 +79,18 @@ def check_training_run(run_id: str, cfg, data_digest: str) -> None:
     probabilities = mlflow.pyfunc.load_model(uri).predict(example)
     assert probabilities.shape == (len(example), 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+
+
+@contextlib.contextmanager
+def tensorflow_log_lines():
+    """The messages TensorFlow's logger writes while the block runs (a list, filled as they come)."""
+    import tensorflow as tf
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    tf.get_logger().addHandler(handler)
+    try:
+        yield seen
+    finally:
+        tf.get_logger().removeHandler(handler)

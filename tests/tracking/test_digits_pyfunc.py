@@ -1,12 +1,10 @@
 """The pyfunc loader every logged model ships: a process that loads many models is not warned
 of retracing that never happens."""
 
-import logging
-
 import keras
 import numpy as np
-import tensorflow as tf
 
+from helpers.checks import tensorflow_log_lines
 from mnist_pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES
 from mnist_pipeline.tracking import digits_pyfunc
 
@@ -15,11 +13,7 @@ def test_many_models_in_one_process_warn_of_no_retracing():
     """Six models loaded in one process (as `serve` loads each version the alias names): each
     traces its forward pass once, and TensorFlow's retracing warning, which counts all
     instances of one function's code together, does not reach the console."""
-    seen = []
-    handler = logging.Handler()
-    handler.emit = lambda record: seen.append(record.getMessage())
-    tf.get_logger().addHandler(handler)
-    try:
+    with tensorflow_log_lines() as seen:
         for _ in range(6):
             network = keras.Sequential(
                 [
@@ -31,6 +25,4 @@ def test_many_models_in_one_process_warn_of_no_retracing():
             classifier = digits_pyfunc.DigitClassifier(network)
             assert classifier.predict(np.zeros((3, *IMAGE_SHAPE))).shape == (3, NUM_CLASSES)
             assert classifier._forward.experimental_get_tracing_count() == 1
-    finally:
-        tf.get_logger().removeHandler(handler)
     assert not [message for message in seen if "retracing" in message]
