@@ -59,21 +59,15 @@ def ended_run(tags: dict[str, str] | None = None, **start_run_kwargs):
     (the CLI turns SIGTERM into one), FAILED on any other exception. The run carries this
     process's liveness tags, so that a later command ends it KILLED if the process dies hard."""
     run = mlflow.start_run(tags={**liveness.tags(), **(tags or {})}, **start_run_kwargs)
-    status, refused, ended = "FAILED", None, False
     try:
         yield run
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except Exception as err:
+    except BaseException as err:
+        ended = _end(run.info.run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         if not access.is_refusal(err):
             raise
-        refused = err  # one the command's checks did not foresee: one line once the run is ended
-    finally:
-        ended = _end(run.info.run_id, status)
-    if refused is not None:
-        raise access.AccessError(access.refused_during(refused, run.info.run_id, ended))
+        # a refusal the command's checks did not foresee: one line once the run is ended
+        raise access.AccessError(access.refused_during(err, run.info.run_id, ended)) from None
+    _end(run.info.run_id, "FINISHED")
 
 
 @contextlib.contextmanager
