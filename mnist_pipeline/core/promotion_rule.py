@@ -40,10 +40,6 @@ class Evidence:
     accuracies: tuple[float, ...]  # last-epoch val_accuracy of each seed run (the version's own first)
     recalls: tuple[tuple[float, ...], ...]  # per seed run: val recall of digits 0..9
 
-    @property
-    def seeds(self) -> int:
-        return len(self.accuracies)
-
 
 @dataclass(frozen=True)
 class Gates:
@@ -65,14 +61,19 @@ class Decision:
 def decide(challenger: Evidence, champion: Evidence | None, gates: Gates) -> Decision:
     if champion is None:
         return Decision(True, "first", 0.0, None, 0.0, None, "the first version: takes the champion alias")
-    seeded = challenger.seeds >= 2 and champion.seeds >= 2
+    seeds = len(challenger.accuracies), len(champion.accuracies)
+    seeded = min(seeds) >= 2
     # each side's means over its seed runs, or (a single run on either side) the version's own run
     pick = (lambda runs: np.mean(runs, axis=0)) if seeded else (lambda runs: np.asarray(runs[0]))
     gain = float(100 * (pick(challenger.accuracies) - pick(champion.accuracies)))
     p_value = welch_p(challenger.accuracies, champion.accuracies, alternative="greater") if seeded else None
-    basis = f" (means of {challenger.seeds} and {champion.seeds} seeds, Welch p={p_value:.2g})" if seeded else ""
+    basis = f" (means of {seeds[0]} and {seeds[1]} seeds, Welch p={p_value:.2g})" if seeded else ""
     versus = f"{gain:+.3f} pp over version {champion.version}{basis}"
-    worst, drop = _worst_digit(challenger, champion, pick)
+    # the digit whose validation recall fell most, and by how many percentage points; None if either side has none
+    worst, drop = None, 0.0
+    if challenger.recalls and champion.recalls:
+        drops = 100 * (pick(champion.recalls) - pick(challenger.recalls))
+        worst, drop = int(np.argmax(drops)), float(np.max(drops))
     if gain < gates.min_improvement:
         gate, why = "min_improvement", f"needs {gates.min_improvement:+.2f}"
     elif seeded and not p_value < ALPHA:
@@ -84,16 +85,6 @@ def decide(challenger: Evidence, champion: Evidence | None, gates: Gates) -> Dec
         reason = f"{versus}, {checked}: takes the champion alias"
         return Decision(True, "passed", gain, worst, drop, p_value, reason)
     return Decision(False, gate, gain, worst, drop, p_value, f"refused by {gate}: {versus}; {why}")
-
-
-def _worst_digit(challenger: Evidence, champion: Evidence, pick) -> tuple[int | None, float]:
-    """The digit whose validation recall fell most against the champion, and by how many
-    percentage points (compared as ``pick`` takes each side's runs); (None, 0) if either side has none."""
-    if not challenger.recalls or not champion.recalls:
-        return None, 0.0
-    drops = 100 * (pick(champion.recalls) - pick(challenger.recalls))
-    worst = int(np.argmax(drops))
-    return worst, float(drops[worst])
 
 
 def welch_p(a, b, alternative: str = "two-sided") -> float:

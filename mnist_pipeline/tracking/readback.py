@@ -57,40 +57,20 @@ _COMPARED_SCORES = ("best_val_accuracy", "best_epoch", "val_accuracy", "test_acc
 def comparison_table(children: list[ChildRun]) -> pd.DataFrame:
     """One row per variant: its params and scores, read from the tracking store
     (val_accuracy: the last epoch's, what selection uses)."""
-    client = mlflow.MlflowClient()
-    rows = []
-    for child in children:
-        run = client.get_run(child.run_id).data
-        rows.append(
-            {
-                "variant": child.variant,
-                **{name: parse(run.params[name]) for name, parse in _COMPARED_PARAMS.items()},
-                **{name: run.metrics[name] for name in _COMPARED_SCORES},
-                "study_test_accuracy": VARIANTS[child.variant].study_test_accuracy,
-                "train_seconds": run.metrics["train_seconds"],
-                "run_id": child.run_id,
-                "reused": child.reused,
-            }
-        )
-    return pd.DataFrame(rows).astype({"best_epoch": int})
+    runs = [mlflow.MlflowClient().get_run(child.run_id).data for child in children]
+    params = pd.DataFrame([run.params for run in runs])[list(_COMPARED_PARAMS)].astype(_COMPARED_PARAMS)
+    scores = pd.DataFrame([run.metrics for run in runs])[[*_COMPARED_SCORES, "train_seconds"]]
+    study = [VARIANTS[child.variant].study_test_accuracy for child in children]
+    table = pd.DataFrame(children).join(params).join(scores.astype({"best_epoch": int}))
+    columns = ["variant", *_COMPARED_PARAMS, *_COMPARED_SCORES, "study_test_accuracy", "train_seconds"]
+    return table.assign(study_test_accuracy=study)[[*columns, "run_id", "reused"]]
 
 
 def seed_results(seeds: list[int], children: list[ChildRun]) -> pd.DataFrame:
     """One row per training run of a reproduce run (``seeds[i]`` is ``children[i]``'s seed)."""
-    rows = []
-    for seed, child in zip(seeds, children):
-        metrics = metrics_of(child.run_id)
-        rows.append(
-            {
-                "variant": child.variant,
-                "seed": seed,
-                "test_accuracy": metrics["test_accuracy"],
-                "val_accuracy": metrics["val_accuracy"],
-                "run_id": child.run_id,
-                "reused": child.reused,
-            }
-        )
-    return pd.DataFrame(rows)
+    scores = pd.DataFrame([metrics_of(child.run_id) for child in children])[["test_accuracy", "val_accuracy"]]
+    table = pd.DataFrame(children).join(scores).assign(seed=seeds)
+    return table[["variant", "seed", "test_accuracy", "val_accuracy", "run_id", "reused"]]
 
 
 def confusion_counts(run_id: str) -> np.ndarray | None:

@@ -93,10 +93,7 @@ def register_best(
 
 
 def _existing_version(client, model_name: str, run_id: str) -> ModelVersion | None:
-    try:
-        versions = client.search_model_versions(f"name = '{model_name}' and tags.run_id = '{run_id}'")
-    except MlflowException:
-        return None
+    versions = client.search_model_versions(f"name = '{model_name}' and tags.run_id = '{run_id}'")
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
@@ -136,16 +133,13 @@ def register_run(
     client = mlflow.MlflowClient()
     version, created = _existing_version(client, model_name, run.info.run_id), False
     if version is None:
-        tags = {
-            "variant": run.data.tags.get(names.TAG_VARIANT, ""),
-            "run_id": run.info.run_id,
-            "val_accuracy": f"{run.data.metrics['val_accuracy']:.6f}",
-            "test_accuracy": f"{run.data.metrics['test_accuracy']:.6f}",
-            "data_digest": run.data.tags.get(names.TAG_DATA_DIGEST, ""),
-        }
+        # names.VERSION_TAGS: the training run's variant and data digest tags, its scores, its id
+        tags = {key: run.data.tags.get(key, "") for key in (names.TAG_VARIANT, names.TAG_DATA_DIGEST)}
+        tags |= {key: f"{run.data.metrics[key]:.6f}" for key in ("val_accuracy", "test_accuracy")}
+        tags["run_id"] = run.info.run_id
         version = mlflow.register_model(logged_model.logged_model_uri(run.info.run_id), model_name, tags=tags)
         first = _existing_version(client, model_name, run.info.run_id)
-        if first is not None and str(first.version) != str(version.version):
+        if str(first.version) != str(version.version):
             # Another process registered this run between our check and our create: the
             # older version stays, ours goes, so a run is never registered twice.
             client.delete_model_version(model_name, version.version)
@@ -227,8 +221,7 @@ def _settle_champion(
             break
         _set_alias(client, model_name, names.CHAMPION, version.version)
         confirmed = False
-    versions = client.search_model_versions(f"name = '{model_name}'")
-    newest = max(versions, key=lambda v: int(v.version))
-    if str(client.get_registered_model(model_name).aliases.get(names.CHALLENGER)) != str(newest.version):
-        _set_alias(client, model_name, names.CHALLENGER, newest.version)  # a concurrent registrar wrote last
+    newest = str(max(int(v.version) for v in client.search_model_versions(f"name = '{model_name}'")))
+    if str(client.get_registered_model(model_name).aliases.get(names.CHALLENGER)) != newest:
+        _set_alias(client, model_name, names.CHALLENGER, newest)  # a concurrent registrar wrote last
     return _champion(client, model_name), decision, versus
