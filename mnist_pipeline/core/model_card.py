@@ -40,7 +40,6 @@ def confused_pairs(confusion: np.ndarray, top: int = CONFUSED_PAIRS) -> list[tup
 
 
 def build(
-    *,
     model_name: str,
     version: str,
     chosen: str,

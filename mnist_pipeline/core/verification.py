@@ -8,23 +8,18 @@ accuracies of that configuration's seed runs in the store, or DEFAULT_TOLERANCE 
 store holds fewer than three.
 """
 
-from dataclasses import dataclass
-
 TOLERANCE_SPREADS = 3.0
 # Three times the largest standard deviation over five seeds in docs/seeds.md (test
 # accuracy of `regularized`: 0.25 points), as a fraction.
 DEFAULT_TOLERANCE = 0.0075
 
 
-@dataclass(frozen=True)
-class Verdict:
-    matches: bool
-    lines: tuple[str, ...]  # what the console shows, one comparison a line
-
-
-def compare(recorded: dict[str, float], again: dict[str, float], exact: bool, spread: float | None) -> Verdict:
+def compare(
+    recorded: dict[str, float], again: dict[str, float], exact: bool, spread: float | None
+) -> tuple[bool, list[str]]:
     """``recorded`` and ``again``: val_accuracy and test_accuracy of the version's run and of
-    the re-training; ``spread``: the seed runs' standard deviation of accuracy, if known."""
+    the re-training; ``spread``: the seed runs' standard deviation of accuracy, if known.
+    Returns whether both match, and what the console shows, one comparison a line."""
     tolerance = 0.0 if exact else TOLERANCE_SPREADS * spread if spread else DEFAULT_TOLERANCE
     lines, matches = [], True
     for name in ("val_accuracy", "test_accuracy"):
@@ -36,4 +31,4 @@ def compare(recorded: dict[str, float], again: dict[str, float], exact: bool, sp
             f"{name}: recorded {recorded[name]:.4f}, re-trained {again[name]:.4f} "
             f"({100 * difference:+.2f} pp, {rule}): {'matches' if ok else 'DIFFERS'}"
         )
-    return Verdict(matches, tuple(lines))
+    return matches, lines

@@ -17,7 +17,7 @@ from mnist_pipeline.core.errors import Mismatch, UserError
 from mnist_pipeline.tracking import access, liveness, readback, registry, run_keys, run_lifecycle
 
 
-def run(params: VerifyParams) -> verification.Verdict:
+def run(params: VerifyParams) -> None:
     # its runs are checked in the version's experiment, below
     data = run_lifecycle.preflight("verify", params.data_dir, checks_runs=False, ends_dead_runs=False)
     access.require_model_read(params.model_uri, "verify")
@@ -50,13 +50,12 @@ def run(params: VerifyParams) -> verification.Verdict:
         run_lifecycle.use_experiment_of(trained.info.run_id, "training run", "the version's run is not in this store")
     tags = {names.TAG_VERIFIES: f"{version.name}/{version.version}"}
     run_id = track_alone(cfg, data, tags, on_threads, trained.info.experiment_id)
-    again, recorded = readback.metrics_of(run_id), trained.data.metrics
-    verdict = verification.compare(recorded, again, exact=same_host and code_now == code_then, spread=_spread(trained))
-    print("\n".join(verdict.lines))
-    registry.tag_version(version, names.TAG_VERIFIED, f"{'matches' if verdict.matches else 'DIFFERS'} by run {run_id}")
-    if not verdict.matches:
+    exact = same_host and code_now == code_then
+    matches, lines = verification.compare(trained.data.metrics, readback.metrics_of(run_id), exact, _spread(trained))
+    print("\n".join(lines))
+    registry.tag_version(version, names.TAG_VERIFIED, f"{'matches' if matches else 'DIFFERS'} by run {run_id}")
+    if not matches:
         raise Mismatch(f"re-training {label} does not reproduce it (see the lines above)")
-    return verdict
 
 
 def _spread(trained) -> float | None:

@@ -27,12 +27,9 @@ def evidence(version: ModelVersion) -> promotion_rule.Evidence:
     seeds = readback.seed_runs(run)
     recall_keys = [names.VAL_RECALL.format(digit=d) for d in range(10)]
     recalls = [tuple(r.data.metrics.get(k) for k in recall_keys) for r in seeds]
-    return promotion_rule.Evidence(
-        version=str(version.version),
-        accuracies=tuple(r.data.metrics["val_accuracy"] for r in seeds),
-        # the val recalls of the runs that logged all ten, if the version's own run (the first) did
-        recalls=tuple(r for r in recalls if None not in r) if None not in recalls[0] else (),
-    )
+    # the val recalls of the runs that logged all ten, if the version's own run (the first) did
+    recalls = tuple(r for r in recalls if None not in r) if None not in recalls[0] else ()
+    return promotion_rule.Evidence(str(version.version), tuple(r.data.metrics["val_accuracy"] for r in seeds), recalls)
 
 
 def log_decision(registration, run_id: str) -> None:

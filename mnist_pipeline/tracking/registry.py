@@ -100,27 +100,21 @@ def _existing_version(client, model_name: str, run_id: str) -> ModelVersion | No
 def _attach_card(client, run: Run, version: ModelVersion, chosen_from: str) -> None:
     """The version's description, and its model card logged on its training run and linked
     from a version tag and from the description."""
-    m, tags = run.data.metrics, run.data.tags
+    m, tags, run_id = run.data.metrics, run.data.tags, run.info.run_id
     description = (
         f"MNIST digit classifier, variant `{tags.get('variant')}` ({tags.get('description')}). "
         f"Chosen from {chosen_from} as the run with the highest last-epoch validation accuracy "
         f"({m['val_accuracy']:.4f}); test accuracy {m['test_accuracy']:.4f} is reported, not "
         "used to choose. Input: raw pixels 0-255, float32, shape (n, 28, 28); output: 10 "
-        f"class probabilities. Training run {run.info.run_id}."
+        f"class probabilities. Training run {run_id}."
     )
+    confusion = readback.confusion_counts(run_id)
     card = model_card.build(
-        model_name=version.name,
-        version=str(version.version),
-        chosen=description,
-        params=run.data.params,
-        metrics=run.data.metrics,
-        confusion=readback.confusion_counts(run.info.run_id),
-        run_id=run.info.run_id,
-        model_uri=version.source,
+        version.name, str(version.version), description, run.data.params, m, confusion, run_id, version.source
     )
     path = f"{names.MODEL_CARD_DIR}/{version.name}-v{version.version}.md"
-    client.log_text(run.info.run_id, card, path)
-    uri = f"runs:/{run.info.run_id}/{path}"
+    client.log_text(run_id, card, path)
+    uri = f"runs:/{run_id}/{path}"
     client.set_model_version_tag(version.name, version.version, names.MODEL_CARD_TAG, uri)
     client.update_model_version(version.name, version.version, f"{description} Model card: {uri}")
 
