@@ -10,7 +10,6 @@ metrics, so the logging itself is inside the timed epochs.
 import collections
 import contextlib
 import dataclasses
-import itertools
 import json
 import os
 import platform
@@ -29,7 +28,6 @@ from mnist_pipeline.core.variants import VARIANTS
 from mnist_pipeline.tracking import access, readback, run_lifecycle, store, track_training
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where MLproject is: benchmarks/ is not in the wheel
-SCALING_EPOCHS = 2  # 1 warm-up + 1 timed, for each scaling point
 FINAL = "final"
 # What `mlflow run` and a user set to point MLflow at a store, an experiment or a run.
 ISOLATED_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")
@@ -45,27 +43,20 @@ def run_benchmark(
     rounds: int = speed.ROUNDS,
 ) -> dict:
     """Every measurement, as one report; ``data_dir`` also times `mlflow run .` and serving."""
-    rows, knobs, scaling, monitor = [], [], [], None
     # one throw-away store for every tracked training: a new store's tables take seconds
     with tempfile.TemporaryDirectory() as tmp, isolated_store(tmp):
-        for name in variants:
-            cfg = dataclasses.replace(config.resolve(name), epochs=epochs)
-            rows.append(variant_row(cfg, mnist, rounds))
-            if name == FINAL:
-                knobs += speed.knob_rows(cfg, mnist, rounds)
-                monitor = system_metrics_cost(cfg, mnist, 2 * rounds)  # a small difference: more turns
-    base = config.resolve(FINAL)
-    for width, batch in itertools.product(widths, batches):
-        units = tuple(width * u for u in base.hidden_units)
-        cfg = dataclasses.replace(base, hidden_units=units, batch_size=batch, epochs=SCALING_EPOCHS)
-        scaling.append({"width": f"x{width}", **speed.scaling_row(cfg, mnist)})
+        cfgs = {name: dataclasses.replace(config.resolve(name), epochs=epochs) for name in variants}
+        rows = [variant_row(cfg, mnist, rounds) for cfg in cfgs.values()]
+        final = cfgs.get(FINAL)  # its knob and the system metrics' cost, if it is timed
+        knobs = speed.knob_rows(final, mnist, rounds) if final else []
+        monitor = system_metrics_cost(final, mnist, 2 * rounds) if final else None  # a small difference: more turns
     return {
         "machine": {"cpus": threads.cores(), "processor": platform.processor() or platform.machine()},
         "data_digest": mnist.digest,
         "variants": rows,
         "knobs": knobs,
         "system_metrics": monitor,
-        "scaling": scaling,
+        "scaling": [speed.scaling_row(config.resolve(FINAL), w, b, mnist) for w in widths for b in batches],
         "end_to_end": end_to_end(data_dir, mnist.x_test) if data_dir else None,
     }
 
@@ -82,8 +73,7 @@ def run(params: BenchParams) -> dict:
         store.check_tracking_store()
         access.require_runs("bench")
     measured = run_benchmark(mnist, epochs=params.bench_epochs, data_dir=str(folder) if params.end_to_end else None)
-    paths = report.write_report(measured, Path(params.out))
-    report.log_report(measured, paths)
+    report.log_report(measured, report.write_report(measured, Path(params.out)))
     print(report.markdown(measured))
     return measured
 
@@ -173,10 +163,9 @@ def phase_rows(wall: float) -> list[dict]:
     runs logged (names.PHASES). The variants' rows overlap where they trained side by side:
     only their wall time (the `variants` phase) counts towards the rest. The last rows are the
     wall time over the sum of the epochs and over the epochs of the process that trained longest."""
-    [main] = mlflow.search_runs(
-        search_all_experiments=True, filter_string=f"tags.{names.TAG_ROLE} = '{names.ROLE_MAIN}'", output_format="list"
-    )  # the store is the one `mlflow run .` wrote: one `main` run
-    top = _phases(main.info.run_id)
+    # the store is the one `mlflow run .` wrote: one `main` run
+    [main] = readback.runs_tagged({names.TAG_ROLE: names.ROLE_MAIN}, everywhere=True)
+    top = mlflow.artifacts.load_dict(f"runs:/{main.info.run_id}/{names.PHASES}")
     rows = [("mlflow run: its start, the project, the run", wall - top["total"])]
     for name in ("start and imports", "data and store checks", "variants", "comparison", "registration and model card"):
         rows.append((f"{name} (wall time)" if name == "variants" else name, top[name]))
@@ -188,7 +177,7 @@ def phase_rows(wall: float) -> list[dict]:
         epoch_s = sum(m.value for m in mlflow.MlflowClient().get_metric_history(run_id, names.EPOCH_SECONDS))
         busy[process] += run_s
         epochs[process] += epoch_s
-        phases = _phases(run_id)  # inside the variants' wall time
+        phases = mlflow.artifacts.load_dict(f"runs:/{run_id}/{names.PHASES}")  # inside the variants' wall time
         phases["logging and printing of epochs"] = phases.pop("epochs") - epoch_s
         rows += [(f"{name}: epochs", epoch_s), *((f"{name}: {phase}", s) for phase, s in phases.items())]
         rows.append((f"{name}: the run's own logging", run_s - sum(phases.values()) - epoch_s))  # params, tags, ending
@@ -196,10 +185,6 @@ def phase_rows(wall: float) -> list[dict]:
     rows.append(("wall / sum of epochs", wall / sum(epochs.values())))
     rows.append(("wall / the longest process's epochs", wall / max(epochs.values())))
     return [{"phase": phase, "seconds": seconds} for phase, seconds in rows]
-
-
-def _phases(run_id: str) -> dict[str, float]:
-    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{names.PHASES}")
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@
 """
 
 import concurrent.futures
+import functools
 import itertools
 import json
 import sys
@@ -56,12 +57,18 @@ SERVERS = {
 
 
 def rest_speed(images: np.ndarray, env: dict[str, str]) -> dict:
-    """Per server: one-image p50 and p95 (ms) and 100-image throughput; then the load test
-    against `mnist-pipeline serve`."""
-    report = {}
+    """Per server, after a first request: one-image p50 and p95 (ms) of ONE_IMAGE_REQUESTS
+    requests, and the images/s of BATCH_IMAGES-image requests; then the load test against
+    `mnist-pipeline serve`."""
+    report, batch = {}, _body(images[:BATCH_IMAGES])
+    one = [_body(images[i % len(images)][None]) for i in range(ONE_IMAGE_REQUESTS)]
     for name, command in SERVERS.items():
         with server(command, env) as (url, _):
-            report |= {f"{name}_{key}": value for key, value in requests_speed(url, images).items()}
+            post(url, one[0])  # warm up
+            latencies = [timeit.timeit(functools.partial(post, url, body), number=1) for body in one]
+            batched = timeit.repeat(functools.partial(post, url, batch), number=1, repeat=BATCH_REQUESTS)
+            report |= _ms(latencies, f"{name}_one_image_", 50, 95)
+            report[f"{name}_batch_images_per_s"] = BATCH_IMAGES / float(np.median(batched))
             if name == "pipeline_serve":
                 report |= {f"load_{key}": value for key, value in load_test(url, images).items()}
     return report
@@ -88,15 +95,6 @@ def follow_speed(images: np.ndarray, env: dict[str, str], folder: str) -> dict:
         "rss_after_last_swap_mib": resident[-1],
         "swaps_for_rss": SWAPS,
     }
-
-
-def requests_speed(url: str, images: np.ndarray) -> dict:
-    one = [_body(images[i % len(images)][None]) for i in range(ONE_IMAGE_REQUESTS)]
-    batch = _body(images[:BATCH_IMAGES])
-    post(url, one[0])  # warm up
-    latencies = [timeit.timeit(lambda b=b: post(url, b), number=1) for b in one]
-    batched = timeit.repeat(lambda: post(url, batch), number=1, repeat=BATCH_REQUESTS)
-    return _ms(latencies, "one_image_", 50, 95) | {"batch_images_per_s": BATCH_IMAGES / float(np.median(batched))}
 
 
 def load_test(url: str, images: np.ndarray, clients: int = LOAD_CLIENTS, requests: int = LOAD_REQUESTS) -> dict:
@@ -130,25 +128,20 @@ def follow_load(url: str, images: np.ndarray, move, moves, clients: int = LOAD_C
             start = time.perf_counter()
             answers_.append((start, *_answer(url, bodies[n % len(bodies)], n % len(bodies))))
 
-    moved = []
+    moved, steady = [], min(STEADY_REQUESTS, requests)
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         workers = [pool.submit(client) for _ in range(clients)]
         try:
-            for version in moves:  # steady state before each move and after the last
-                _answered(answers_, min(STEADY_REQUESTS, requests), workers)
-                moved.append(_move_and_wait(url, move, version))
-            _answered(answers_, min(STEADY_REQUESTS, requests), workers)
+            for version in [*moves, None]:  # steady state before each move and after the last
+                target = len(answers_) + steady  # more answers, or every client stopped
+                wait_for(lambda t=target: len(answers_) >= t or all(w.done() for w in workers), f"{steady} answers")
+                if version is not None:
+                    moved.append(_move_and_wait(url, move, version))
         finally:
             stop.set()
     for worker in workers:
         worker.result()  # a client's exception, raised here
     return answers_, moved
-
-
-def _answered(answers_: list, count: int, workers: list) -> None:
-    """Until ``count`` more answers have come (or every client has stopped)."""
-    target = len(answers_) + count
-    wait_for(lambda: len(answers_) >= target or all(w.done() for w in workers), f"{count} answers")
 
 
 def _answer(url: str, body: bytes, index: int) -> tuple:

@@ -2,14 +2,13 @@
 its knobs, and the roofline.
 
 Every epoch time is a median over epochs after a warm-up epoch, taken from epoch-end
-timestamps. The roofline is the time of the matrix multiplies and convolutions one epoch
-needs (forward and backward over the training images, forward over the validation
-images) at the rate TensorFlow reaches here for exactly those shapes. bench.py
-times the tracked pipeline beside these.
+timestamps (the project's loop: the seconds it measures of each epoch itself). The roofline
+is the time of the matrix multiplies and convolutions one epoch needs (forward and backward
+over the training images, forward over the validation images) at the rate TensorFlow
+reaches here for exactly those shapes. bench.py times the tracked pipeline beside these.
 """
 
 import dataclasses
-import functools
 import math
 import time
 import timeit
@@ -23,11 +22,13 @@ from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist, split_validation
 from mnist_pipeline.core.macs import epoch_flops, linear_layers, training_macs
 from mnist_pipeline.core.models import build_model
+from mnist_pipeline.names import EPOCH_SECONDS
 
 WARMUP_EPOCHS = 1  # the first epoch builds the graph: never counted
 LINEAR_REPEATS = 5  # timings of the roofline's loop; the median is used
 SCALING_WIDTHS = (1, 4)  # multiples of the final variant's hidden widths
 SCALING_BATCHES = (128, 512)
+SCALING_EPOCHS = 2  # 1 warm-up + 1 timed, for each scaling point
 ROUNDS = 2  # the trainings compared take turns this many times per variant
 
 
@@ -52,8 +53,7 @@ def linear_step_seconds(cfg: TrainConfig, steps: int = 50) -> float:
                 with tf.GradientTape() as tape:
                     tape.watch([x, w])
                     y = _linear(x, w)
-                sources = [w, x] if index else [w]
-                grads = tape.gradient(y, sources, output_gradients=tf.broadcast_to(up, y.shape))
+                grads = tape.gradient(y, [w, x] if index else [w], output_gradients=tf.broadcast_to(up, y.shape))
                 total += tf.reduce_sum(y[0]) + sum(tf.reduce_sum(g[0]) for g in grads)
         return total
 
@@ -97,10 +97,9 @@ def keras_fit_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
 
 
 def loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
-    """Epoch times (after the warm-up) of training.train, the project's loop, untracked."""
-    ends = []
-    training.train(cfg, mnist, on_epoch=lambda epoch, row: ends.append(time.perf_counter()))
-    return epoch_times(ends)
+    """Epoch times (after the warm-up) of training.train, the project's loop, untracked: the
+    seconds it measures of each epoch, its validation pass included."""
+    return training.train(cfg, mnist).history[EPOCH_SECONDS].iloc[WARMUP_EPOCHS:].tolist()
 
 
 def has_plain_loop(cfg: TrainConfig) -> bool:
@@ -124,7 +123,6 @@ def plain_loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
     x, y, xv = tf.constant(x.reshape(len(x), -1)), tf.constant(y, tf.int32), tf.constant(xv.reshape(len(xv), -1))
     full = len(y) // cfg.batch_size
     epoch = tf.Variable(0, dtype=tf.int64)
-    forward = functools.partial(_plain_forward, layers, cfg.dropout)
 
     @tf.function
     def run_epoch():
@@ -134,7 +132,7 @@ def plain_loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
         ys = tf.reshape(tf.gather(y, order[: full * cfg.batch_size]), [full, cfg.batch_size])
         for i in tf.range(full):
             with tf.GradientTape() as tape:
-                logits = forward(xs[i], tf.cast(i, tf.int64) + epoch * full)
+                logits = _plain_forward(layers, cfg.dropout, xs[i], tf.cast(i, tf.int64) + epoch * full)
                 loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(ys[i], logits))
                 if cfg.l2:  # Keras adds no penalty term for a network without L2
                     loss += sum(cfg.l2 * tf.reduce_sum(tf.square(layer.kernel.value)) for layer in layers[:-1])
@@ -143,13 +141,9 @@ def plain_loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
                     var=w.value.handle, ms=ms.handle, mom=mom.handle, lr=cfg.learning_rate, rho=rmsprop.rho,
                     momentum=0.0, epsilon=rmsprop.epsilon, grad=g,
                 )  # fmt: skip
-        return tf.reduce_sum(forward(xv))
+        return tf.reduce_sum(_plain_forward(layers, cfg.dropout, xv))
 
-    ends = []
-    for _ in range(cfg.epochs):
-        run_epoch().numpy()
-        ends.append(time.perf_counter())
-    return epoch_times(ends)
+    return timeit.repeat(lambda: run_epoch().numpy(), number=1, repeat=cfg.epochs)[WARMUP_EPOCHS:]
 
 
 def _plain_forward(layers, rate: float, h, seed=None):
@@ -165,10 +159,15 @@ def _plain_forward(layers, rate: float, h, seed=None):
     return h
 
 
-def scaling_row(cfg: TrainConfig, mnist: Mnist) -> dict:
+def scaling_row(base: TrainConfig, width: int, batch_size: int, mnist: Mnist) -> dict:
+    """The loop's epoch and the roofline of ``base`` with hidden layers ``width`` times as wide,
+    at ``batch_size``, over SCALING_EPOCHS epochs."""
+    units = tuple(width * u for u in base.hidden_units)
+    cfg = dataclasses.replace(base, hidden_units=units, batch_size=batch_size, epochs=SCALING_EPOCHS)
     loop = median([loop_epochs(cfg, mnist)])
     limit = roofline(cfg, mnist)
     return {
+        "width": f"x{width}",
         "hidden_units": ",".join(map(str, cfg.hidden_units)),
         "batch_size": cfg.batch_size,
         "loop_s": loop,
@@ -183,9 +182,7 @@ def knob_rows(cfg: TrainConfig, mnist: Mnist, rounds: int = ROUNDS) -> list[dict
     for ``rounds`` rounds (the same formula, other float rounding)."""
     settings = {str(on).lower(): dataclasses.replace(cfg, fused_rmsprop=on) for on in (False, True)}
     turns = alternate({label: (lambda c=c: loop_epochs(c, mnist)) for label, c in settings.items()}, rounds)
-    return [
-        {"variant": cfg.variant, "knob": f"fused_rmsprop={label}", "loop_s": median(turns[label])} for label in settings
-    ]
+    return [{"variant": cfg.variant, "knob": f"fused_rmsprop={on}", "loop_s": median(t)} for on, t in turns.items()]
 
 
 def alternate(trainings: dict, rounds: int, mirrored: bool = False) -> dict[str, list]:
