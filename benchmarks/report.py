@@ -21,12 +21,10 @@ def markdown(report: dict) -> str:
         "the plain TensorFlow loop, untracked, in turns)",
         _table(report["variants"]),
     ]
-    if report["knobs"]:
-        title = "## RMSprop's update in the loop, Keras' ops and the fused kernel in turns (other float rounding only)"
-        parts += [title, _table(report["knobs"])]
-    if report.get("system_metrics"):
-        title = "## MLflow's system metrics, off and on in turns (tracked pipeline, s/epoch; cost: on / off - 1)"
-        parts += [title, _table([report["system_metrics"]])]
+    title = "## RMSprop's update in the loop, Keras' ops and the fused kernel in turns (other float rounding only)"
+    parts += [title, _table(report["knobs"])]
+    title = "## MLflow's system metrics, off and on in turns (tracked pipeline, s/epoch; cost: on / off - 1)"
+    parts += [title, _table([report["system_metrics"]])]
     parts += ["## Final variant: the loop against width and batch size (untracked)", _table(report["scaling"])]
     if report["end_to_end"]:
         rows = [{"measure": key, "value": value} for key, value in _measures(report).items()]

@@ -125,8 +125,8 @@ def follow_load(url: str, images: np.ndarray, move, moves, clients: int = LOAD_C
 
     def client() -> None:
         while (n := next(sent)) < requests or not stop.is_set():
-            start = time.perf_counter()
-            answers_.append((start, *_answer(url, bodies[n % len(bodies)], n % len(bodies))))
+            # its start, then its answer: a tuple's items are evaluated left to right
+            answers_.append((time.perf_counter(), *_answer(url, bodies[n % len(bodies)], n % len(bodies))))
 
     moved, steady = [], min(STEADY_REQUESTS, requests)
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
@@ -230,5 +230,4 @@ def bench_versions(name: str, alias: str, folder: str) -> dict[str, str]:
 
 def alias_mover(name: str, alias: str):
     """``move(version)``: points ``alias`` of ``name`` at ``version``, as a release manager would."""
-    client = mlflow.MlflowClient()
-    return lambda version: client.set_registered_model_alias(name, alias, version)
+    return functools.partial(mlflow.MlflowClient().set_registered_model_alias, name, alias)

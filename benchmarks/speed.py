@@ -36,12 +36,13 @@ def _linear(x, w):
     return tf.matmul(x, w) if len(w.shape) == 2 else tf.nn.conv2d(x, w, 1, "VALID")
 
 
-def linear_step_seconds(cfg: TrainConfig, steps: int = 50) -> float:
-    """Seconds per training step of the step's matmuls and convolutions alone, at their exact
+def roofline(cfg: TrainConfig, mnist: Mnist, steps: int = 50) -> dict[str, float]:
+    """This machine's rate at ``cfg``'s shapes, and the epoch time it allows. The rate is that
+    of ``steps`` training steps of the step's matmuls and convolutions alone, at their exact
     shapes: each layer's forward product and the gradient products of its weights and (but
     for the first) of its input."""
-    batch, layers = cfg.batch_size, linear_layers(cfg)
-    xs = [tf.random.normal((batch, *shape)) for shape, _ in layers]
+    layers = linear_layers(cfg)
+    xs = [tf.random.normal((cfg.batch_size, *shape)) for shape, _ in layers]
     ws = [tf.random.normal(weight) for _, weight in layers]
     upstream = [tf.random.normal(_linear(x[:1], w).shape[1:]) for x, w in zip(xs, ws)]
 
@@ -59,14 +60,9 @@ def linear_step_seconds(cfg: TrainConfig, steps: int = 50) -> float:
 
     loop(tf.constant(2)).numpy()  # trace
     n = tf.constant(steps)
-    return float(np.median(timeit.repeat(lambda: loop(n).numpy(), number=1, repeat=LINEAR_REPEATS))) / steps
-
-
-def roofline(cfg: TrainConfig, mnist: Mnist) -> dict[str, float]:
-    """This machine's rate at ``cfg``'s shapes, and the epoch time it allows."""
+    step = float(np.median(timeit.repeat(lambda: loop(n).numpy(), number=1, repeat=LINEAR_REPEATS))) / steps
     n_train = len(split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)[0][0])
     n_val = len(mnist.x_train) - n_train
-    step = linear_step_seconds(cfg)
     gflops = 2.0 * training_macs(cfg) * cfg.batch_size / step / 1e9
     return {"matmul_gflops": gflops, "roofline_s": epoch_flops(cfg, n_train, n_val) / (gflops * 1e9)}
 
@@ -116,7 +112,6 @@ def plain_loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
     keras.utils.set_random_seed(cfg.seed)
     (x, y), (xv, _) = split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
     model = build_model(cfg)
-    rmsprop = model.optimizer  # its rate, rho and epsilon; the slots are the plain loop's own
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     weights = model.trainable_variables
     slots = [tf.Variable(tf.zeros(w.shape)) for w in weights] + [tf.Variable(tf.zeros(w.shape)) for w in weights]
@@ -137,9 +132,10 @@ def plain_loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
                 if cfg.l2:  # Keras adds no penalty term for a network without L2
                     loss += sum(cfg.l2 * tf.reduce_sum(tf.square(layer.kernel.value)) for layer in layers[:-1])
             for w, ms, mom, g in zip(weights, slots, slots[len(weights) :], tape.gradient(loss, weights)):
+                # rho and epsilon of the model's RMSprop; the slots are the plain loop's own
                 tf.raw_ops.ResourceApplyRMSProp(
-                    var=w.value.handle, ms=ms.handle, mom=mom.handle, lr=cfg.learning_rate, rho=rmsprop.rho,
-                    momentum=0.0, epsilon=rmsprop.epsilon, grad=g,
+                    var=w.value.handle, ms=ms.handle, mom=mom.handle, lr=cfg.learning_rate,
+                    rho=model.optimizer.rho, momentum=0.0, epsilon=model.optimizer.epsilon, grad=g,
                 )  # fmt: skip
         return tf.reduce_sum(_plain_forward(layers, cfg.dropout, xv))
 
