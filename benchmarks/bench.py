@@ -9,7 +9,6 @@ metrics, so the logging itself is inside the timed epochs.
 
 import collections
 import contextlib
-import json
 import os
 import platform
 import subprocess
@@ -24,7 +23,7 @@ from benchmarks import BENCH_EPOCHS, BenchParams, report, serving, speed
 from mnist_pipeline import names
 from mnist_pipeline.core import config, data, threads
 from mnist_pipeline.core.variants import VARIANTS
-from mnist_pipeline.tracking import access, readback, run_lifecycle, store, track_training
+from mnist_pipeline.tracking import access, readback, registry, run_lifecycle, store, track_training
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where MLproject is: benchmarks/ is not in the wheel
 FINAL = "final"
@@ -168,7 +167,7 @@ def phase_rows(wall: float) -> list[dict]:
     rows += [(f"{name} (wall time)" if name == "variants" else name, s) for name, s in top.items() if name != "total"]
     rows.append(("the rest", wall - sum(seconds for _, seconds in rows)))
     busy, epochs = collections.Counter(), collections.Counter()  # per process: its runs' seconds, its epochs'
-    for name, run_id in json.loads(main.data.tags[names.TAG_CHILDREN]).items():
+    for name, run_id in registry.children_of(main.info.run_id)[1].items():
         run = mlflow.get_run(run_id)
         process, run_s = run.data.tags.get(names.TAG_PID, ""), (run.info.end_time - run.info.start_time) / 1000
         epoch_s = sum(m.value for m in mlflow.MlflowClient().get_metric_history(run_id, names.EPOCH_SECONDS))

@@ -43,10 +43,7 @@ def pyfunc_speed(images: np.ndarray, single: int = 50) -> dict:
     model.predict(batch[:10])  # warm up
     batched = timeit.repeat(lambda: model.predict(batch), number=1, repeat=3)
     one = [timeit.timeit(lambda i=i: model.predict(batch[i : i + 1]), number=1) for i in range(single)]
-    return {
-        "pyfunc_images_per_s": len(batch) / float(np.median(batched)),
-        "pyfunc_one_image_ms": 1000 * float(np.median(one)),
-    }
+    return {"pyfunc_images_per_s": len(batch) / np.median(batched), "pyfunc_one_image_ms": 1000 * np.median(one)}
 
 
 # The two ways to serve the champion over REST (servers.server adds --port).
@@ -89,12 +86,8 @@ def follow_speed(images: np.ndarray, env: dict[str, str], folder: str) -> dict:
             _move_and_wait(url, move, first if swap % 2 == 0 else second)
             wait_for(lambda: model_state(url)["models_held"] <= 1, "the version swapped out released")
             resident.append(psutil.Process(process.pid).memory_info().rss / 2**20)
-    return {f"follow_{key}": value for key, value in report.items()} | {
-        "follow_refresh_s": FOLLOW_REFRESH_SECONDS,
-        "rss_after_first_swap_mib": resident[0],
-        "rss_after_last_swap_mib": resident[-1],
-        "swaps_for_rss": SWAPS,
-    }
+    memory = {"rss_after_first_swap_mib": resident[0], "rss_after_last_swap_mib": resident[-1], "swaps_for_rss": SWAPS}
+    return {f"follow_{key}": value for key, value in (report | {"refresh_s": FOLLOW_REFRESH_SECONDS}).items()} | memory
 
 
 def load_test(url: str, images: np.ndarray, clients: int = LOAD_CLIENTS, requests: int = LOAD_REQUESTS) -> dict:

@@ -1,11 +1,12 @@
 """Speed measurements without MLflow: Keras' fit as a user writes it, the project's loop,
 its knobs, and the roofline.
 
-Every epoch time is a median over epochs after a warm-up epoch, taken from epoch-end
-timestamps (the project's loop: the seconds it measures of each epoch itself). The roofline
-is the time of the matrix multiplies and convolutions one epoch needs (forward and backward
-over the training images, forward over the validation images) at the rate TensorFlow
-reaches here for exactly those shapes. bench.py times the tracked pipeline beside these.
+Every epoch time is a median over epochs after a warm-up epoch: Keras' fit's from epoch-end
+timestamps, the project's loop's as it measures each epoch itself, the plain loop's from a
+timer around each epoch. The roofline is the time of the matrix multiplies and convolutions
+one epoch needs (forward and backward over the training images, forward over the validation
+images) at the rate TensorFlow reaches here for exactly those shapes. bench.py times the
+tracked pipeline beside these.
 """
 
 import dataclasses
@@ -58,8 +59,8 @@ def roofline(cfg: TrainConfig, mnist: Mnist, steps: int = 50) -> dict[str, float
                 total += tf.reduce_sum(y[0]) + sum(tf.reduce_sum(g[0]) for g in grads)
         return total
 
-    loop(tf.constant(2)).numpy()  # trace
     n = tf.constant(steps)
+    loop(n).numpy()  # traced, and run once before it is timed
     step = float(np.median(timeit.repeat(lambda: loop(n).numpy(), number=1, repeat=LINEAR_REPEATS))) / steps
     n_train = len(split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)[0][0])
     n_val = len(mnist.x_train) - n_train
