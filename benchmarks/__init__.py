@@ -39,9 +39,8 @@ class BenchParams(Params):
     out: str = param(
         "bench-results",
         "folder for bench.json, bench.md and scaling.png",
-        str,
-        "must be a folder (created if missing)",
-        lambda v: bool(v.strip()) and not (Path(v).exists() and not Path(v).is_dir()),
+        allowed="must be a folder (created if missing)",
+        ok=lambda v: bool(v.strip()) and not (Path(v).exists() and not Path(v).is_dir()),
     )
     end_to_end: bool = switch(True, "true: also time `mlflow run .` and pyfunc prediction")
 

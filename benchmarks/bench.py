@@ -9,9 +9,6 @@ metrics, so the logging itself is inside the timed epochs.
 
 import collections
 import contextlib
-import dataclasses
-import itertools
-import json
 import os
 import platform
 import subprocess
@@ -26,10 +23,9 @@ from benchmarks import BENCH_EPOCHS, BenchParams, report, serving, speed
 from mnist_pipeline import names
 from mnist_pipeline.core import config, data, threads
 from mnist_pipeline.core.variants import VARIANTS
-from mnist_pipeline.tracking import access, readback, run_lifecycle, store, track_training
+from mnist_pipeline.tracking import access, readback, registry, run_lifecycle, store, track_training
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where MLproject is: benchmarks/ is not in the wheel
-SCALING_EPOCHS = 2  # 1 warm-up + 1 timed, for each scaling point
 FINAL = "final"
 # What `mlflow run` and a user set to point MLflow at a store, an experiment or a run.
 ISOLATED_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")
@@ -45,27 +41,19 @@ def run_benchmark(
     rounds: int = speed.ROUNDS,
 ) -> dict:
     """Every measurement, as one report; ``data_dir`` also times `mlflow run .` and serving."""
-    rows, knobs, scaling, monitor = [], [], [], None
     # one throw-away store for every tracked training: a new store's tables take seconds
     with tempfile.TemporaryDirectory() as tmp, isolated_store(tmp):
-        for name in variants:
-            cfg = dataclasses.replace(config.resolve(name), epochs=epochs)
-            rows.append(variant_row(cfg, mnist, rounds))
-            if name == FINAL:
-                knobs += speed.knob_rows(cfg, mnist, rounds)
-                monitor = system_metrics_cost(cfg, mnist, 2 * rounds)  # a small difference: more turns
-    base = config.resolve(FINAL)
-    for width, batch in itertools.product(widths, batches):
-        units = tuple(width * u for u in base.hidden_units)
-        cfg = dataclasses.replace(base, hidden_units=units, batch_size=batch, epochs=SCALING_EPOCHS)
-        scaling.append({"width": f"x{width}", **speed.scaling_row(cfg, mnist)})
+        rows = [variant_row(config.resolve(name, {"epochs": epochs}), mnist, rounds) for name in variants]
+        final = config.resolve(FINAL, {"epochs": epochs})  # its knob and the system metrics' cost
+        knobs = speed.knob_rows(final, mnist, rounds)
+        monitor = system_metrics_cost(final, mnist, 2 * rounds)  # a small difference: more turns
     return {
         "machine": {"cpus": threads.cores(), "processor": platform.processor() or platform.machine()},
         "data_digest": mnist.digest,
         "variants": rows,
         "knobs": knobs,
         "system_metrics": monitor,
-        "scaling": scaling,
+        "scaling": [speed.scaling_row(config.resolve(FINAL), w, b, mnist) for w in widths for b in batches],
         "end_to_end": end_to_end(data_dir, mnist.x_test) if data_dir else None,
     }
 
@@ -82,8 +70,7 @@ def run(params: BenchParams) -> dict:
         store.check_tracking_store()
         access.require_runs("bench")
     measured = run_benchmark(mnist, epochs=params.bench_epochs, data_dir=str(folder) if params.end_to_end else None)
-    paths = report.write_report(measured, Path(params.out))
-    report.log_report(measured, paths)
+    report.log_report(measured, report.write_report(measured, Path(params.out)))
     print(report.markdown(measured))
     return measured
 
@@ -173,22 +160,20 @@ def phase_rows(wall: float) -> list[dict]:
     runs logged (names.PHASES). The variants' rows overlap where they trained side by side:
     only their wall time (the `variants` phase) counts towards the rest. The last rows are the
     wall time over the sum of the epochs and over the epochs of the process that trained longest."""
-    [main] = mlflow.search_runs(
-        search_all_experiments=True, filter_string=f"tags.{names.TAG_ROLE} = '{names.ROLE_MAIN}'", output_format="list"
-    )  # the store is the one `mlflow run .` wrote: one `main` run
-    top = _phases(main.info.run_id)
+    # the store is the one `mlflow run .` wrote: one `main` run
+    [main] = readback.runs_tagged({names.TAG_ROLE: names.ROLE_MAIN}, everywhere=True)
+    top = mlflow.artifacts.load_dict(f"runs:/{main.info.run_id}/{names.PHASES}")
     rows = [("mlflow run: its start, the project, the run", wall - top["total"])]
-    for name in ("start and imports", "data and store checks", "variants", "comparison", "registration and model card"):
-        rows.append((f"{name} (wall time)" if name == "variants" else name, top[name]))
+    rows += [(f"{name} (wall time)" if name == "variants" else name, s) for name, s in top.items() if name != "total"]
     rows.append(("the rest", wall - sum(seconds for _, seconds in rows)))
     busy, epochs = collections.Counter(), collections.Counter()  # per process: its runs' seconds, its epochs'
-    for name, run_id in json.loads(main.data.tags[names.TAG_CHILDREN]).items():
+    for name, run_id in registry.children_of(main.info.run_id)[1].items():
         run = mlflow.get_run(run_id)
         process, run_s = run.data.tags.get(names.TAG_PID, ""), (run.info.end_time - run.info.start_time) / 1000
         epoch_s = sum(m.value for m in mlflow.MlflowClient().get_metric_history(run_id, names.EPOCH_SECONDS))
         busy[process] += run_s
         epochs[process] += epoch_s
-        phases = _phases(run_id)  # inside the variants' wall time
+        phases = mlflow.artifacts.load_dict(f"runs:/{run_id}/{names.PHASES}")  # inside the variants' wall time
         phases["logging and printing of epochs"] = phases.pop("epochs") - epoch_s
         rows += [(f"{name}: epochs", epoch_s), *((f"{name}: {phase}", s) for phase, s in phases.items())]
         rows.append((f"{name}: the run's own logging", run_s - sum(phases.values()) - epoch_s))  # params, tags, ending
@@ -196,10 +181,6 @@ def phase_rows(wall: float) -> list[dict]:
     rows.append(("wall / sum of epochs", wall / sum(epochs.values())))
     rows.append(("wall / the longest process's epochs", wall / max(epochs.values())))
     return [{"phase": phase, "seconds": seconds} for phase, seconds in rows]
-
-
-def _phases(run_id: str) -> dict[str, float]:
-    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{names.PHASES}")
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ import contextlib
 import json
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 from matplotlib.figure import Figure
@@ -22,14 +21,10 @@ def markdown(report: dict) -> str:
         "the plain TensorFlow loop, untracked, in turns)",
         _table(report["variants"]),
     ]
-    if report["knobs"]:
-        parts += [
-            "## RMSprop's update in the loop, Keras' ops and the fused kernel in turns (other float rounding only)",
-            _table(report["knobs"]),
-        ]
-    if report.get("system_metrics"):
-        title = "## MLflow's system metrics, off and on in turns (tracked pipeline, s/epoch; cost: on / off - 1)"
-        parts += [title, _table([report["system_metrics"]])]
+    title = "## RMSprop's update in the loop, Keras' ops and the fused kernel in turns (other float rounding only)"
+    parts += [title, _table(report["knobs"])]
+    title = "## MLflow's system metrics, off and on in turns (tracked pipeline, s/epoch; cost: on / off - 1)"
+    parts += [title, _table([report["system_metrics"]])]
     parts += ["## Final variant: the loop against width and batch size (untracked)", _table(report["scaling"])]
     if report["end_to_end"]:
         rows = [{"measure": key, "value": value} for key, value in _measures(report).items()]
@@ -52,15 +47,14 @@ def write_report(report: dict, out: Path) -> list[Path]:
     paths = [out / "bench.json", out / "bench.md", out / "scaling.png"]
     paths[0].write_text(json.dumps(report, indent=2))
     paths[1].write_text(markdown(report))
-    fig = scaling_figure(pd.DataFrame(report["scaling"]))
-    fig.savefig(paths[2], dpi=100)
-    plt.close(fig)
+    scaling_figure(pd.DataFrame(report["scaling"])).savefig(paths[2], dpi=100)
     return paths
 
 
 def scaling_figure(table: pd.DataFrame) -> Figure:
     """Seconds per epoch and fraction of the matmul roofline against batch size, per width."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4), layout="constrained")  # not pyplot's: nothing to close
+    axes = fig.subplots(1, 2)
     for width, rows in table.groupby("width", sort=False):
         axes[0].plot(rows["batch_size"], rows["loop_s"], "o-", label=f"width {width}")
         axes[1].plot(rows["batch_size"], rows["roofline_fraction"], "o-", label=f"width {width}")

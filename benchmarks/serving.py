@@ -10,6 +10,7 @@
 """
 
 import concurrent.futures
+import functools
 import itertools
 import json
 import sys
@@ -42,10 +43,7 @@ def pyfunc_speed(images: np.ndarray, single: int = 50) -> dict:
     model.predict(batch[:10])  # warm up
     batched = timeit.repeat(lambda: model.predict(batch), number=1, repeat=3)
     one = [timeit.timeit(lambda i=i: model.predict(batch[i : i + 1]), number=1) for i in range(single)]
-    return {
-        "pyfunc_images_per_s": len(batch) / float(np.median(batched)),
-        "pyfunc_one_image_ms": 1000 * float(np.median(one)),
-    }
+    return {"pyfunc_images_per_s": len(batch) / np.median(batched), "pyfunc_one_image_ms": 1000 * np.median(one)}
 
 
 # The two ways to serve the champion over REST (servers.server adds --port).
@@ -56,12 +54,18 @@ SERVERS = {
 
 
 def rest_speed(images: np.ndarray, env: dict[str, str]) -> dict:
-    """Per server: one-image p50 and p95 (ms) and 100-image throughput; then the load test
-    against `mnist-pipeline serve`."""
-    report = {}
+    """Per server, after a first request: one-image p50 and p95 (ms) of ONE_IMAGE_REQUESTS
+    requests, and the images/s of BATCH_IMAGES-image requests; then the load test against
+    `mnist-pipeline serve`."""
+    report, batch = {}, _body(images[:BATCH_IMAGES])
+    one = [_body(images[i % len(images)][None]) for i in range(ONE_IMAGE_REQUESTS)]
     for name, command in SERVERS.items():
         with server(command, env) as (url, _):
-            report |= {f"{name}_{key}": value for key, value in requests_speed(url, images).items()}
+            post(url, one[0])  # warm up
+            latencies = [timeit.timeit(functools.partial(post, url, body), number=1) for body in one]
+            batched = timeit.repeat(functools.partial(post, url, batch), number=1, repeat=BATCH_REQUESTS)
+            report |= _ms(latencies, f"{name}_one_image_", 50, 95)
+            report[f"{name}_batch_images_per_s"] = BATCH_IMAGES / float(np.median(batched))
             if name == "pipeline_serve":
                 report |= {f"load_{key}": value for key, value in load_test(url, images).items()}
     return report
@@ -82,21 +86,8 @@ def follow_speed(images: np.ndarray, env: dict[str, str], folder: str) -> dict:
             _move_and_wait(url, move, first if swap % 2 == 0 else second)
             wait_for(lambda: model_state(url)["models_held"] <= 1, "the version swapped out released")
             resident.append(psutil.Process(process.pid).memory_info().rss / 2**20)
-    return {f"follow_{key}": value for key, value in report.items()} | {
-        "follow_refresh_s": FOLLOW_REFRESH_SECONDS,
-        "rss_after_first_swap_mib": resident[0],
-        "rss_after_last_swap_mib": resident[-1],
-        "swaps_for_rss": SWAPS,
-    }
-
-
-def requests_speed(url: str, images: np.ndarray) -> dict:
-    one = [_body(images[i % len(images)][None]) for i in range(ONE_IMAGE_REQUESTS)]
-    batch = _body(images[:BATCH_IMAGES])
-    post(url, one[0])  # warm up
-    latencies = [timeit.timeit(lambda b=b: post(url, b), number=1) for b in one]
-    batched = timeit.repeat(lambda: post(url, batch), number=1, repeat=BATCH_REQUESTS)
-    return _ms(latencies, "one_image_", 50, 95) | {"batch_images_per_s": BATCH_IMAGES / float(np.median(batched))}
+    memory = {"rss_after_first_swap_mib": resident[0], "rss_after_last_swap_mib": resident[-1], "swaps_for_rss": SWAPS}
+    return {f"follow_{key}": value for key, value in (report | {"refresh_s": FOLLOW_REFRESH_SECONDS}).items()} | memory
 
 
 def load_test(url: str, images: np.ndarray, clients: int = LOAD_CLIENTS, requests: int = LOAD_REQUESTS) -> dict:
@@ -127,28 +118,23 @@ def follow_load(url: str, images: np.ndarray, move, moves, clients: int = LOAD_C
 
     def client() -> None:
         while (n := next(sent)) < requests or not stop.is_set():
-            start = time.perf_counter()
-            answers_.append((start, *_answer(url, bodies[n % len(bodies)], n % len(bodies))))
+            # its start, then its answer: a tuple's items are evaluated left to right
+            answers_.append((time.perf_counter(), *_answer(url, bodies[n % len(bodies)], n % len(bodies))))
 
-    moved = []
+    moved, steady = [], min(STEADY_REQUESTS, requests)
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         workers = [pool.submit(client) for _ in range(clients)]
         try:
-            for version in moves:  # steady state before each move and after the last
-                _answered(answers_, min(STEADY_REQUESTS, requests), workers)
-                moved.append(_move_and_wait(url, move, version))
-            _answered(answers_, min(STEADY_REQUESTS, requests), workers)
+            for version in [*moves, None]:  # steady state before each move and after the last
+                target = len(answers_) + steady  # more answers, or every client stopped
+                wait_for(lambda t=target: len(answers_) >= t or all(w.done() for w in workers), f"{steady} answers")
+                if version is not None:
+                    moved.append(_move_and_wait(url, move, version))
         finally:
             stop.set()
     for worker in workers:
         worker.result()  # a client's exception, raised here
     return answers_, moved
-
-
-def _answered(answers_: list, count: int, workers: list) -> None:
-    """Until ``count`` more answers have come (or every client has stopped)."""
-    target = len(answers_) + count
-    wait_for(lambda: len(answers_) >= target or all(w.done() for w in workers), f"{count} answers")
 
 
 def _answer(url: str, body: bytes, index: int) -> tuple:
@@ -237,5 +223,4 @@ def bench_versions(name: str, alias: str, folder: str) -> dict[str, str]:
 
 def alias_mover(name: str, alias: str):
     """``move(version)``: points ``alias`` of ``name`` at ``version``, as a release manager would."""
-    client = mlflow.MlflowClient()
-    return lambda version: client.set_registered_model_alias(name, alias, version)
+    return functools.partial(mlflow.MlflowClient().set_registered_model_alias, name, alias)

@@ -1,15 +1,15 @@
 """Speed measurements without MLflow: Keras' fit as a user writes it, the project's loop,
 its knobs, and the roofline.
 
-Every epoch time is a median over epochs after a warm-up epoch, taken from epoch-end
-timestamps. The roofline is the time of the matrix multiplies and convolutions one epoch
-needs (forward and backward over the training images, forward over the validation
-images) at the rate TensorFlow reaches here for exactly those shapes. bench.py
-times the tracked pipeline beside these.
+Every epoch time is a median over epochs after a warm-up epoch: Keras' fit's from epoch-end
+timestamps, the project's loop's as it measures each epoch itself, the plain loop's from a
+timer around each epoch. The roofline is the time of the matrix multiplies and convolutions
+one epoch needs (forward and backward over the training images, forward over the validation
+images) at the rate TensorFlow reaches here for exactly those shapes. bench.py times the
+tracked pipeline beside these.
 """
 
 import dataclasses
-import functools
 import math
 import time
 import timeit
@@ -23,11 +23,13 @@ from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist, split_validation
 from mnist_pipeline.core.macs import epoch_flops, linear_layers, training_macs
 from mnist_pipeline.core.models import build_model
+from mnist_pipeline.names import EPOCH_SECONDS
 
 WARMUP_EPOCHS = 1  # the first epoch builds the graph: never counted
 LINEAR_REPEATS = 5  # timings of the roofline's loop; the median is used
 SCALING_WIDTHS = (1, 4)  # multiples of the final variant's hidden widths
 SCALING_BATCHES = (128, 512)
+SCALING_EPOCHS = 2  # 1 warm-up + 1 timed, for each scaling point
 ROUNDS = 2  # the trainings compared take turns this many times per variant
 
 
@@ -35,12 +37,13 @@ def _linear(x, w):
     return tf.matmul(x, w) if len(w.shape) == 2 else tf.nn.conv2d(x, w, 1, "VALID")
 
 
-def linear_step_seconds(cfg: TrainConfig, steps: int = 50) -> float:
-    """Seconds per training step of the step's matmuls and convolutions alone, at their exact
+def roofline(cfg: TrainConfig, mnist: Mnist, steps: int = 50) -> dict[str, float]:
+    """This machine's rate at ``cfg``'s shapes, and the epoch time it allows. The rate is that
+    of ``steps`` training steps of the step's matmuls and convolutions alone, at their exact
     shapes: each layer's forward product and the gradient products of its weights and (but
     for the first) of its input."""
-    batch, layers = cfg.batch_size, linear_layers(cfg)
-    xs = [tf.random.normal((batch, *shape)) for shape, _ in layers]
+    layers = linear_layers(cfg)
+    xs = [tf.random.normal((cfg.batch_size, *shape)) for shape, _ in layers]
     ws = [tf.random.normal(weight) for _, weight in layers]
     upstream = [tf.random.normal(_linear(x[:1], w).shape[1:]) for x, w in zip(xs, ws)]
 
@@ -52,21 +55,15 @@ def linear_step_seconds(cfg: TrainConfig, steps: int = 50) -> float:
                 with tf.GradientTape() as tape:
                     tape.watch([x, w])
                     y = _linear(x, w)
-                sources = [w, x] if index else [w]
-                grads = tape.gradient(y, sources, output_gradients=tf.broadcast_to(up, y.shape))
+                grads = tape.gradient(y, [w, x] if index else [w], output_gradients=tf.broadcast_to(up, y.shape))
                 total += tf.reduce_sum(y[0]) + sum(tf.reduce_sum(g[0]) for g in grads)
         return total
 
-    loop(tf.constant(2)).numpy()  # trace
     n = tf.constant(steps)
-    return float(np.median(timeit.repeat(lambda: loop(n).numpy(), number=1, repeat=LINEAR_REPEATS))) / steps
-
-
-def roofline(cfg: TrainConfig, mnist: Mnist) -> dict[str, float]:
-    """This machine's rate at ``cfg``'s shapes, and the epoch time it allows."""
+    loop(n).numpy()  # traced, and run once before it is timed
+    step = float(np.median(timeit.repeat(lambda: loop(n).numpy(), number=1, repeat=LINEAR_REPEATS))) / steps
     n_train = len(split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)[0][0])
     n_val = len(mnist.x_train) - n_train
-    step = linear_step_seconds(cfg)
     gflops = 2.0 * training_macs(cfg) * cfg.batch_size / step / 1e9
     return {"matmul_gflops": gflops, "roofline_s": epoch_flops(cfg, n_train, n_val) / (gflops * 1e9)}
 
@@ -97,10 +94,9 @@ def keras_fit_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
 
 
 def loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
-    """Epoch times (after the warm-up) of training.train, the project's loop, untracked."""
-    ends = []
-    training.train(cfg, mnist, on_epoch=lambda epoch, row: ends.append(time.perf_counter()))
-    return epoch_times(ends)
+    """Epoch times (after the warm-up) of training.train, the project's loop, untracked: the
+    seconds it measures of each epoch, its validation pass included."""
+    return training.train(cfg, mnist).history[EPOCH_SECONDS].iloc[WARMUP_EPOCHS:].tolist()
 
 
 def has_plain_loop(cfg: TrainConfig) -> bool:
@@ -117,14 +113,12 @@ def plain_loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
     keras.utils.set_random_seed(cfg.seed)
     (x, y), (xv, _) = split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
     model = build_model(cfg)
-    rmsprop = model.optimizer  # its rate, rho and epsilon; the slots are the plain loop's own
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     weights = model.trainable_variables
     slots = [tf.Variable(tf.zeros(w.shape)) for w in weights] + [tf.Variable(tf.zeros(w.shape)) for w in weights]
     x, y, xv = tf.constant(x.reshape(len(x), -1)), tf.constant(y, tf.int32), tf.constant(xv.reshape(len(xv), -1))
     full = len(y) // cfg.batch_size
     epoch = tf.Variable(0, dtype=tf.int64)
-    forward = functools.partial(_plain_forward, layers, cfg.dropout)
 
     @tf.function
     def run_epoch():
@@ -134,22 +128,19 @@ def plain_loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
         ys = tf.reshape(tf.gather(y, order[: full * cfg.batch_size]), [full, cfg.batch_size])
         for i in tf.range(full):
             with tf.GradientTape() as tape:
-                logits = forward(xs[i], tf.cast(i, tf.int64) + epoch * full)
+                logits = _plain_forward(layers, cfg.dropout, xs[i], tf.cast(i, tf.int64) + epoch * full)
                 loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(ys[i], logits))
                 if cfg.l2:  # Keras adds no penalty term for a network without L2
                     loss += sum(cfg.l2 * tf.reduce_sum(tf.square(layer.kernel.value)) for layer in layers[:-1])
             for w, ms, mom, g in zip(weights, slots, slots[len(weights) :], tape.gradient(loss, weights)):
+                # rho and epsilon of the model's RMSprop; the slots are the plain loop's own
                 tf.raw_ops.ResourceApplyRMSProp(
-                    var=w.value.handle, ms=ms.handle, mom=mom.handle, lr=cfg.learning_rate, rho=rmsprop.rho,
-                    momentum=0.0, epsilon=rmsprop.epsilon, grad=g,
+                    var=w.value.handle, ms=ms.handle, mom=mom.handle, lr=cfg.learning_rate,
+                    rho=model.optimizer.rho, momentum=0.0, epsilon=model.optimizer.epsilon, grad=g,
                 )  # fmt: skip
-        return tf.reduce_sum(forward(xv))
+        return tf.reduce_sum(_plain_forward(layers, cfg.dropout, xv))
 
-    ends = []
-    for _ in range(cfg.epochs):
-        run_epoch().numpy()
-        ends.append(time.perf_counter())
-    return epoch_times(ends)
+    return timeit.repeat(lambda: run_epoch().numpy(), number=1, repeat=cfg.epochs)[WARMUP_EPOCHS:]
 
 
 def _plain_forward(layers, rate: float, h, seed=None):
@@ -165,10 +156,15 @@ def _plain_forward(layers, rate: float, h, seed=None):
     return h
 
 
-def scaling_row(cfg: TrainConfig, mnist: Mnist) -> dict:
+def scaling_row(base: TrainConfig, width: int, batch_size: int, mnist: Mnist) -> dict:
+    """The loop's epoch and the roofline of ``base`` with hidden layers ``width`` times as wide,
+    at ``batch_size``, over SCALING_EPOCHS epochs."""
+    units = tuple(width * u for u in base.hidden_units)
+    cfg = dataclasses.replace(base, hidden_units=units, batch_size=batch_size, epochs=SCALING_EPOCHS)
     loop = median([loop_epochs(cfg, mnist)])
     limit = roofline(cfg, mnist)
     return {
+        "width": f"x{width}",
         "hidden_units": ",".join(map(str, cfg.hidden_units)),
         "batch_size": cfg.batch_size,
         "loop_s": loop,
@@ -183,9 +179,7 @@ def knob_rows(cfg: TrainConfig, mnist: Mnist, rounds: int = ROUNDS) -> list[dict
     for ``rounds`` rounds (the same formula, other float rounding)."""
     settings = {str(on).lower(): dataclasses.replace(cfg, fused_rmsprop=on) for on in (False, True)}
     turns = alternate({label: (lambda c=c: loop_epochs(c, mnist)) for label, c in settings.items()}, rounds)
-    return [
-        {"variant": cfg.variant, "knob": f"fused_rmsprop={label}", "loop_s": median(turns[label])} for label in settings
-    ]
+    return [{"variant": cfg.variant, "knob": f"fused_rmsprop={on}", "loop_s": median(t)} for on, t in turns.items()]
 
 
 def alternate(trainings: dict, rounds: int, mirrored: bool = False) -> dict[str, list]:
