@@ -150,7 +150,7 @@ def _reports(pipes: set, seconds: float = math.inf):
             except (EOFError, OSError):
                 pipes.discard(pipe)
                 kind, value = "ended", None
-            if kind in training_worker.STREAMS:
+            if kind in ("out", "err"):  # a line the worker printed
                 print(value, file=sys.stderr if kind == "err" else sys.stdout, flush=True)
             else:
                 yield pipe, (kind, value)

@@ -25,8 +25,6 @@ from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.errors import UserError
 
-STREAMS = ("out", "err")  # the kinds of report that carry a printed line
-
 
 @dataclass(frozen=True)
 class Job:
