@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import mlflow
 import numpy as np
@@ -81,7 +82,7 @@ def system_metrics_cost(cfg: config.TrainConfig, mnist: data.Mnist, rounds: int 
     s/epoch of each, and what the metrics cost as a share of it."""
 
     def tracked(flag: str) -> list[float]:
-        with store.environment({"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": flag}):
+        with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": flag}):
             return pipeline(cfg, mnist)["epochs"]
 
     turns = speed.alternate({flag: (lambda f=flag: tracked(f)) for flag in ("false", "true")}, rounds, mirrored=True)
@@ -188,7 +189,7 @@ def isolated_store(folder: str):
     """A throw-away tracking store in ``folder``, hiding any run this process was launched
     in (``mlflow run`` sets MLFLOW_RUN_ID); everything is put back afterwards."""
     previous = mlflow.get_tracking_uri()
-    with store.environment(dict.fromkeys(ISOLATED_ENV)):
+    with mock.patch.dict(os.environ, {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}, clear=True):
         try:
             mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
             os.environ["MLFLOW_EXPERIMENT_ID"] = mlflow.create_experiment("bench", f"{folder}/artifacts")

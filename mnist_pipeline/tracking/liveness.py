@@ -75,9 +75,8 @@ def why_dead(run, host: str, now_ms: int) -> str | None:
     t = run.data.tags
     try:
         if t[names.TAG_HOST] == host:
-            if alive_here(int(t[names.TAG_PID]), float(t[names.TAG_PROCESS_START])):
-                return None
-            return f"its process {t[names.TAG_PID]} on this host is gone"
+            alive = alive_here(int(t[names.TAG_PID]), float(t[names.TAG_PROCESS_START]))
+            return None if alive else f"its process {t[names.TAG_PID]} on this host is gone"
         silent = (now_ms - _last_heartbeat(run)) / 1000
     except (KeyError, ValueError):
         return None

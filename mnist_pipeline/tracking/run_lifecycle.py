@@ -183,8 +183,7 @@ def log_figure(fig: Figure, path: str) -> None:
     plots.close(fig)
 
 
-def end_running(run_ids: list[str], status: str = "KILLED") -> None:
-    """End runs whose process is gone."""
-    client = mlflow.MlflowClient()
+def end_running(run_ids: list[str]) -> None:
+    """End KILLED runs whose process is gone."""
     for run_id in run_ids:
-        client.set_terminated(run_id, status)
+        mlflow.MlflowClient().set_terminated(run_id, "KILLED")

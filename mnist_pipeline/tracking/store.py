@@ -46,35 +46,20 @@ class TrackingStoreError(UserError, ConnectionError):
     """The tracking server cannot be reached; the message names its URI."""
 
 
-@contextlib.contextmanager
-def environment(values: dict[str, str | None]):
-    """Environment variables set (None: unset) for the block; the whole environment is put back
-    after it. For the tests and the benchmark: no command uses it."""
-    from unittest import mock  # not at import: it imports asyncio, which no command needs
-
-    with mock.patch.dict(os.environ, {name: value for name, value in values.items() if value is not None}):
-        for name in [name for name, value in values.items() if value is None]:
-            os.environ.pop(name, None)
-        yield
-
-
 def user() -> str:
     """The user name MLflow sends: its variables or credentials file, else the URI's user-info."""
     return read_mlflow_creds().username or url_user(mlflow.get_tracking_uri()) or ""
 
 
-class CredentialsRefused(TrackingStoreError, PermissionError):
+def _refused(uri: str) -> TrackingStoreError:
     """The server answered, and refused the credentials (HTTP 401)."""
-
-
-def _refused(uri: str) -> CredentialsRefused:
     if user():
         who, fix = f"the credentials of user {user()}", "check MLFLOW_TRACKING_PASSWORD or ~/.mlflow/credentials"
         why = "a wrong password, or no such user"
     else:
         who, fix = "an anonymous request", "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
         why = "it requires a user name and password"
-    return CredentialsRefused(
+    return TrackingStoreError(
         f"the tracking server {mask_url(uri)} refused {who} (HTTP 401: {why}): {fix}; "
         "the server's admin creates users and resets passwords"
     )

@@ -19,7 +19,6 @@ label. A run records the thread count it trained on (core/threads.py: why).
 """
 
 import contextlib
-import itertools
 import math
 import multiprocessing
 import sys
@@ -113,8 +112,7 @@ def _collect(jobs: list[Job], workers: dict, experiment_id: str | None) -> dict[
     worker's death, stops the handing out, and is raised then."""
     todo = sorted(jobs, key=lambda j: -j.cfg.epochs * macs.training_macs(j.cfg))
     trained, running, failure = {}, {}, None  # running: {pipe: its worker's job}
-    ready = [(pipe, ("done", None)) for pipe in workers]  # as it starts, each worker takes a first job
-    for pipe, (kind, value) in itertools.chain(ready, _reports(set(workers))):
+    for pipe, (kind, value) in _reports(set(workers)):  # each worker's first "done" (None): it is ready
         job = running.pop(pipe, None)  # the training the worker has ended, if any
         if kind == "done":
             if job is not None:
@@ -152,7 +150,7 @@ def _reports(pipes: set, seconds: float = math.inf):
             except (EOFError, OSError):
                 pipes.discard(pipe)
                 kind, value = "ended", None
-            if kind in training_worker.STREAMS:
+            if kind in ("out", "err"):  # a line the worker printed
                 print(value, file=sys.stderr if kind == "err" else sys.stdout, flush=True)
             else:
                 yield pipe, (kind, value)

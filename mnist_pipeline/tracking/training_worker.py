@@ -25,8 +25,6 @@ from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.errors import UserError
 
-STREAMS = ("out", "err")  # the kinds of report that carry a printed line
-
 
 @dataclass(frozen=True)
 class Job:
@@ -105,6 +103,7 @@ def work(setup: Setup, data: Mnist, pipe) -> None:
         threads.use(setup.threads)
         mlflow.set_tracking_uri(setup.tracking_uri)
         mlflow.set_experiment(experiment_id=setup.experiment_id)  # a worker's is always known
+        _send(pipe, "done", None)  # ready for a first job
         while (job := pipe.recv()) is not None:
             try:
                 run_id = setup.train(job, data)

@@ -1,9 +1,12 @@
-"""Where the project and the real MNIST files are, and reading every run of a store."""
+"""Where the project and the real MNIST files are, reading every run of a store, and a store's
+variables set for a block."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from unittest import mock
 
 from mnist_pipeline.core import data
 
@@ -20,3 +23,12 @@ def all_runs(uri: str):
     client = mlflow.MlflowClient(uri)
     ids = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(ids, max_results=1000) if ids else []
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str | None]):
+    """Environment variables set (None: unset) for the block; the whole environment is put back after it."""
+    with mock.patch.dict(os.environ, {name: value for name, value in values.items() if value is not None}):
+        for name in [name for name, value in values.items() if value is None]:
+            os.environ.pop(name, None)
+        yield

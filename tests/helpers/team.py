@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mnist_pipeline.tracking import store
+from helpers.stores import environment
 
 ROLES = {"rhea": "researchers", "remy": "release_managers", "cody": "consumers"}
 OUTSIDER = "otto"  # a user of the server with no grant in the team
@@ -59,7 +59,7 @@ class Team:
         values = {"MLFLOW_TRACKING_URI": self.uri, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "MLFLOW_EXPERIMENT_ID": None}
         values |= self.credentials(user, password) | env
         out, err = io.StringIO(), io.StringIO()
-        with store.environment(values), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with environment(values), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             mlflow.set_tracking_uri(values["MLFLOW_TRACKING_URI"])
             try:
                 code = cli.run(argv)
@@ -75,7 +75,7 @@ class Team:
         """An MlflowClient acting as ``user`` for the block."""
         import mlflow
 
-        with store.environment(self.credentials(user) | {"MLFLOW_TRACKING_URI": self.uri}):
+        with environment(self.credentials(user) | {"MLFLOW_TRACKING_URI": self.uri}):
             yield mlflow.MlflowClient(self.uri)
 
 

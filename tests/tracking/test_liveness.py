@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
+from helpers.stores import environment
 from mnist_pipeline import names
 from mnist_pipeline.tracking import access, liveness, store
 
@@ -105,7 +106,7 @@ def _grant(team, grants: list[tuple[str, str, str]]) -> None:
 
 
 def _end_dead_runs(team, user: str, experiment: str | None = None, experiment_id: str | None = None) -> list[str]:
-    with store.environment(_team_env(team, user, experiment) | {store.SUPPRESS_URLS: "true"}):  # our lines only
+    with environment(_team_env(team, user, experiment) | {store.SUPPRESS_URLS: "true"}):  # our lines only
         return liveness.end_dead_runs("train", experiment_id)
 
 
