@@ -11,8 +11,9 @@ from dataclasses import MISSING, Field, field, fields
 from mnist_pipeline.core.errors import UserError
 
 
-class ConfigError(UserError, ValueError):
-    """A parameter value that is not allowed; the message is one line for the user."""
+class ConfigError(UserError):
+    """A parameter value that is not allowed; the message is one line for the user (a parser
+    raises it for a message of its own, ValueError for the field's)."""
 
 
 def param(default, help: str, parse=str, allowed: str = "", ok=None, positional: bool = False, **more):
@@ -22,10 +23,6 @@ def param(default, help: str, parse=str, allowed: str = "", ok=None, positional:
     dataclasses.MISSING: a field without one."""
     meta = {"help": help, "parse": parse, "allowed": allowed, "ok": ok, "positional": positional, **more}
     return field(default=default, metadata=meta)
-
-
-def stripped(parse):
-    return lambda raw: parse(raw.strip())
 
 
 def optional(parse):
@@ -75,26 +72,15 @@ def text(value) -> str:
     return str(value)
 
 
-def show(value) -> str:
-    """A value as an error message shows it."""
-    if isinstance(value, tuple):
-        return ",".join(map(str, value)) or "''"
-    return repr(value) if isinstance(value, str) else str(value)
-
-
 def _refused(f: Field, shown: str) -> ConfigError:
     return ConfigError(f"{f.name}={shown} is not allowed: {f.metadata['allowed']}")
 
 
 def read(f: Field, raw: str | list[str]):
-    """``raw`` read by the field's parser and checked; the error names the field and ``raw``.
-    A list (a positional field's words) is taken as it is."""
-    if isinstance(raw, list):
-        return tuple(raw)
+    """``raw`` (a positional field's list of words) read by the field's parser and checked; the
+    error names the field and ``raw``."""
     try:
         value = f.metadata["parse"](raw)
-    except ConfigError:  # a parser with a message of its own
-        raise
     except (ValueError, KeyError):  # KeyError: a look-up of a word the parser does not know
         raise _refused(f, repr(raw)) from None
     if value is not None and f.metadata["ok"] is not None and not f.metadata["ok"](value):
@@ -109,8 +95,8 @@ class Params:
         for f in fields(self):
             ok, value = f.metadata.get("ok"), getattr(self, f.name)
             given = value is not None or f.default is not None  # None as the default: not given
-            if ok is not None and given and not ok(value):
-                raise _refused(f, show(value))
+            if ok is not None and given and not ok(value):  # the value as MLproject writes it, a string quoted
+                raise _refused(f, repr(value) if isinstance(value, str) else text(value) or "''")
         self.check()
 
     def check(self) -> None:
