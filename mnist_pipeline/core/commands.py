@@ -4,6 +4,7 @@ checks typed values, so code past a params object trusts it. cli.py builds its p
 these classes, and a test checks MLproject's defaults against them. A flow checks its data."""
 
 from dataclasses import Field, dataclass, make_dataclass, replace
+from functools import partial
 from typing import get_type_hints
 
 from mnist_pipeline import names
@@ -30,12 +31,8 @@ def _model_name(help: str, optional: bool):
     return param(names.MODEL_NAME, help, lambda raw: config.parse_model_name(raw, optional=optional))
 
 
-def _variants():
-    return param(DEFAULT_VARIANTS, "comma-separated variant names", config.parse_variants)
-
-
-def _force():
-    return switch(False, "true: retrain even if a matching FINISHED run exists")
+_variants = partial(param, DEFAULT_VARIANTS, "comma-separated variant names", config.parse_variants)
+_force = partial(switch, False, "true: retrain even if a matching FINISHED run exists")
 
 
 def _workers():
