@@ -5,7 +5,6 @@ these classes, and a test checks MLproject's defaults against them. A flow check
 
 from dataclasses import Field, dataclass, make_dataclass, replace
 from functools import partial
-from typing import get_type_hints
 
 from mnist_pipeline import names
 from mnist_pipeline.core import config, promotion_rule
@@ -23,8 +22,7 @@ def _override(knob: Field) -> tuple:
     own = knob.default is EACH_VARIANT or any(knob.name in v.knobs for v in VARIANTS.values())
     default = "the variant's value" if own else text(knob.default)
     help = f"{knob.metadata['help']} (default: {default})"
-    field = param(None, help, optional(knob.metadata["parse"]), knob.metadata["allowed"])
-    return knob.name, get_type_hints(TrainConfig)[knob.name] | None, field
+    return knob.name, knob.type | None, param(None, help, optional(knob.metadata["parse"]), knob.metadata["allowed"])
 
 
 def _model_name(help: str, optional: bool):

@@ -2,7 +2,7 @@
 each declared once in its body; the pipeline's other defaults, and parsers of parameter strings.
 
 ``resolve`` gives a variant's TrainConfig with overrides on top; ``logged_config`` the one a
-run logged. The command dataclasses in params.py read their strings with the parsers here.
+run logged. The command dataclasses in commands.py read their strings with the parsers here.
 """
 
 import re
@@ -173,8 +173,7 @@ def parse_storage(text: str) -> str:
     except (ArgumentError, ValueError):
         raise ConfigError(f"storage={mask_url(text)!r} is not allowed: {allowed}") from None
     secret = {key: "***" for key in ("password", "sslpassword") if key in url.query}
-    url = url.update_query_dict(secret) if secret else url  # shown masked in every message below
-    shown = url.render_as_string(hide_password=True)
+    shown = url.update_query_dict(secret).render_as_string(hide_password=True)  # passwords masked, as messages show it
     if url.password or secret:  # `mlflow run` logs every parameter, and echoes the command
         raise ConfigError(
             f"storage={shown!r} is not allowed: a password in it would be "

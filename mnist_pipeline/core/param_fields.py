@@ -1,7 +1,8 @@
 """How a parameter is declared and read: a dataclass field whose metadata holds its help, how
 its command-line, MLproject or logged string is read (``parse``) and what it allows (``ok``,
 ``allowed``); and ``Params``, the base of ``config.TrainConfig`` and of the command dataclasses
-in params.py.
+in commands.py. A parser raises ValueError (or KeyError) for the field's message, ConfigError for
+its own.
 """
 
 import math
@@ -94,8 +95,8 @@ class Params:
     def __post_init__(self):
         for f in fields(self):
             ok, value = f.metadata.get("ok"), getattr(self, f.name)
-            given = value is not None or f.default is not None  # None as the default: not given
-            if ok is not None and given and not ok(value):  # the value as MLproject writes it, a string quoted
+            # None as the default: not given; a value shown as MLproject writes it, a string quoted
+            if ok is not None and (value is not None or f.default is not None) and not ok(value):
                 raise _refused(f, repr(value) if isinstance(value, str) else text(value) or "''")
         self.check()
 
