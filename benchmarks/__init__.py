@@ -19,7 +19,7 @@ from pathlib import Path
 from mnist_pipeline import cli
 from mnist_pipeline.core import config
 from mnist_pipeline.core.commands import DATA_DIR
-from mnist_pipeline.core.param_fields import Params, param, stripped, switch
+from mnist_pipeline.core.param_fields import Params, param, switch
 
 BENCH_EPOCHS = 4  # `bench`: per timed training, 1 warm-up epoch + 3 timed
 
@@ -32,7 +32,7 @@ class BenchParams(Params):
     bench_epochs: int = param(
         BENCH_EPOCHS,
         "epochs per timed training, >= 2 (the first is a warm-up)",
-        stripped(config.parse_digits),
+        config.parse_digits,
         "must be an integer >= 2 (the first epoch is a warm-up)",
         lambda v: v >= 2,
     )

@@ -18,7 +18,6 @@ from dataclasses import fields
 from mnist_pipeline.core import interrupts
 from mnist_pipeline.core.commands import COMMANDS
 from mnist_pipeline.core.errors import Mismatch, UserError
-from mnist_pipeline.core.param_fields import text
 from mnist_pipeline.core.roles import ADMIN_COMMANDS
 from mnist_pipeline.core.secrets import redact
 
@@ -62,12 +61,10 @@ def build_parser(
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, params in commands.items():
         command = subparsers.add_parser(name, help=params.__doc__.strip().splitlines()[0])
-        command.set_defaults(params=params)
+        command.set_defaults(params=params, **params.defaults())  # before the options: their defaults
         for f in fields(params):
-            if f.metadata["positional"]:
-                command.add_argument(f.name, nargs="+", help=f.metadata["help"])
-            else:
-                command.add_argument(f"--{f.name.replace('_', '-')}", default=text(f.default), help=f.metadata["help"])
+            flag = f.name if f.metadata["positional"] else f"--{f.name.replace('_', '-')}"
+            command.add_argument(flag, nargs="+" if f.metadata["positional"] else None, help=f.metadata["help"])
     return parser
 
 

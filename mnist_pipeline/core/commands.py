@@ -4,16 +4,15 @@ checks typed values, so code past a params object trusts it. cli.py builds its p
 these classes, and a test checks MLproject's defaults against them. A flow checks its data."""
 
 from dataclasses import Field, dataclass, make_dataclass, replace
-from typing import get_type_hints
+from functools import partial
 
 from mnist_pipeline import names
 from mnist_pipeline.core import config, promotion_rule
-from mnist_pipeline.core.config import EACH_VARIANT, KNOBS, OVERRIDABLE, ConfigError, TrainConfig
-from mnist_pipeline.core.param_fields import Params, integer, number, optional, param, stripped, switch, text
+from mnist_pipeline.core.config import EACH_VARIANT, KNOBS, OVERRIDABLE, ConfigError, TrainConfig, parse_digits
+from mnist_pipeline.core.param_fields import Params, integer, number, optional, param, switch, text
 from mnist_pipeline.core.variants import DEFAULT_VARIANTS, VARIANTS
 
 _SEED = KNOBS["seed"].metadata
-_DIGITS = stripped(config.parse_digits)  # a count: digits only, no sign
 DATA_DIR = "folder with the MNIST IDX files or mnist.npz (default: $MNIST_DATA_DIR, else keras.datasets.mnist download)"
 
 
@@ -23,20 +22,15 @@ def _override(knob: Field) -> tuple:
     own = knob.default is EACH_VARIANT or any(knob.name in v.knobs for v in VARIANTS.values())
     default = "the variant's value" if own else text(knob.default)
     help = f"{knob.metadata['help']} (default: {default})"
-    field = param(None, help, optional(knob.metadata["parse"]), knob.metadata["allowed"])
-    return knob.name, get_type_hints(TrainConfig)[knob.name] | None, field
+    return knob.name, knob.type | None, param(None, help, optional(knob.metadata["parse"]), knob.metadata["allowed"])
 
 
 def _model_name(help: str, optional: bool):
     return param(names.MODEL_NAME, help, lambda raw: config.parse_model_name(raw, optional=optional))
 
 
-def _variants():
-    return param(DEFAULT_VARIANTS, "comma-separated variant names", config.parse_variants)
-
-
-def _force():
-    return switch(False, "true: retrain even if a matching FINISHED run exists")
+_variants = partial(param, DEFAULT_VARIANTS, "comma-separated variant names", config.parse_variants)
+_force = partial(switch, False, "true: retrain even if a matching FINISHED run exists")
 
 
 def _workers():
@@ -46,7 +40,7 @@ def _workers():
         "(0: one per core, at most one per run to train; 1: one at a time, in this process)",
         ">= 0",
         lambda v: v >= 0,
-        _DIGITS,
+        parse_digits,
     )
 
 
@@ -127,7 +121,7 @@ class ReproduceParams(Overrides):
         f"runs per variant, >= 2: seeds seed, seed+1, ... (--seed: the first, default {TrainConfig.seed})",
         ">= 2 (the spread needs two runs per variant)",
         lambda v: v >= 2,
-        _DIGITS,
+        parse_digits,
     )
     force: bool = _force()
     data_dir: str = param("", DATA_DIR)
@@ -169,7 +163,7 @@ class PredictParams(Params):
     """predict digits in PNG/JPEG or IDX files"""
 
     model_uri: str = param(names.CHAMPION_URI, "model to predict with")
-    files: tuple[str, ...] = param((), "pictures of digits, or IDX images files", positional=True)
+    files: tuple[str, ...] = param((), "pictures of digits, or IDX images files", tuple, positional=True)
 
 
 @dataclass(frozen=True)
@@ -178,7 +172,7 @@ class ServeParams(Params):
 
     model_uri: str = param(names.CHAMPION_URI, "model to serve")
     host: str = param("127.0.0.1", "address to listen on")
-    port: int = integer(5000, "port to listen on, 1-65535", "in 1-65535", lambda v: 1 <= v <= 65535, _DIGITS)
+    port: int = integer(5000, "port to listen on, 1-65535", "in 1-65535", lambda v: 1 <= v <= 65535, parse_digits)
     refresh_seconds: float = _seconds(30, "seconds between reads of the URI's alias", "0: load once")
     max_request_mb: float = number(
         config.MAX_REQUEST_MB, "largest request body in MiB, > 0 (larger: HTTP 413)", "> 0", lambda v: v > 0
@@ -203,8 +197,9 @@ class SweepParams(_Gated, Params):
     study_name: str = param(
         "mnist-sweep",
         "workers with the same study_name and storage share one study",
-        config.parse_study_name,
+        str,
         "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        config.STUDY_NAME.fullmatch,
     )
     model_name: str = _model_name("registered model name for the best trial ('' : do not register)", optional=True)
     min_improvement: float = _min_improvement()

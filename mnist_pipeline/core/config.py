@@ -2,12 +2,12 @@
 each declared once in its body; the pipeline's other defaults, and parsers of parameter strings.
 
 ``resolve`` gives a variant's TrainConfig with overrides on top; ``logged_config`` the one a
-run logged. The command dataclasses in params.py read their strings with the parsers here.
+run logged. The command dataclasses in commands.py read their strings with the parsers here.
 """
 
 import re
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 from mnist_pipeline.core.param_fields import ConfigError, Params, integer, is_int, number, param, read, switch
 from mnist_pipeline.core.secrets import mask_url
@@ -103,8 +103,7 @@ class TrainConfig(Params):
     def as_params(self) -> dict[str, str | int | float]:
         """Flat dict for logging: the same keys for every variant (a tuple as comma-separated
         numbers, '' if empty)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {name: ",".join(map(str, v)) if isinstance(v, tuple) else v for name, v in values.items()}
+        return {name: ",".join(map(str, v)) if isinstance(v, tuple) else v for name, v in asdict(self).items()}
 
 
 KNOBS = {f.name: f for f in fields(TrainConfig) if f.name != "variant"}  # in the order runs log them
@@ -112,18 +111,11 @@ OVERRIDABLE: tuple[str, ...] = tuple(name for name, f in KNOBS.items() if f.meta
 
 
 def parse_digits(text: str) -> int:
-    """A non-negative integer written in digits only (no sign, no underscores)."""
-    if not re.fullmatch(r"[0-9]+", text):
+    """A non-negative integer written in digits only (no sign, no underscores), spaces around it
+    allowed."""
+    if not re.fullmatch(r"\s*[0-9]+\s*", text):
         raise ValueError(text)
     return int(text)
-
-
-def parse_overrides(raw: Mapping[str, str | None]) -> dict:
-    """Read string overrides; ``None`` or an empty string means "the variant's value"."""
-    for name in raw:
-        if name not in OVERRIDABLE:
-            raise ConfigError(f"{name} is not a parameter: use one of {', '.join(OVERRIDABLE)}")
-    return {name: read(KNOBS[name], str(text)) for name, text in raw.items() if text is not None and str(text).strip()}
 
 
 def logged_config(params: Mapping[str, str]) -> TrainConfig:
@@ -167,13 +159,7 @@ def parse_model_name(text: str, optional: bool = False) -> str:
 
 # The sweep (`mnist-pipeline sweep`): an Optuna study over the final variant's hyperparameters.
 OPTUNA_STORAGE = "sqlite:///optuna.db"  # a file in the working directory; any SQLAlchemy URL
-_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # also safe inside MLflow filters
-
-
-def parse_study_name(text: str) -> str:
-    if not _STUDY_NAME.fullmatch(text):
-        raise ValueError(text)
-    return text
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # also safe inside MLflow filters
 
 
 def parse_storage(text: str) -> str:
@@ -187,8 +173,7 @@ def parse_storage(text: str) -> str:
     except (ArgumentError, ValueError):
         raise ConfigError(f"storage={mask_url(text)!r} is not allowed: {allowed}") from None
     secret = {key: "***" for key in ("password", "sslpassword") if key in url.query}
-    url = url.update_query_dict(secret) if secret else url  # shown masked in every message below
-    shown = url.render_as_string(hide_password=True)
+    shown = url.update_query_dict(secret).render_as_string(hide_password=True)  # passwords masked, as messages show it
     if url.password or secret:  # `mlflow run` logs every parameter, and echoes the command
         raise ConfigError(
             f"storage={shown!r} is not allowed: a password in it would be "

@@ -1,7 +1,8 @@
 """How a parameter is declared and read: a dataclass field whose metadata holds its help, how
 its command-line, MLproject or logged string is read (``parse``) and what it allows (``ok``,
 ``allowed``); and ``Params``, the base of ``config.TrainConfig`` and of the command dataclasses
-in params.py.
+in commands.py. A parser raises ValueError (or KeyError) for the field's message, ConfigError for
+its own.
 """
 
 import math
@@ -11,8 +12,9 @@ from dataclasses import MISSING, Field, field, fields
 from mnist_pipeline.core.errors import UserError
 
 
-class ConfigError(UserError, ValueError):
-    """A parameter value that is not allowed; the message is one line for the user."""
+class ConfigError(UserError):
+    """A parameter value that is not allowed; the message is one line for the user (a parser
+    raises it for a message of its own, ValueError for the field's)."""
 
 
 def param(default, help: str, parse=str, allowed: str = "", ok=None, positional: bool = False, **more):
@@ -22,10 +24,6 @@ def param(default, help: str, parse=str, allowed: str = "", ok=None, positional:
     dataclasses.MISSING: a field without one."""
     meta = {"help": help, "parse": parse, "allowed": allowed, "ok": ok, "positional": positional, **more}
     return field(default=default, metadata=meta)
-
-
-def stripped(parse):
-    return lambda raw: parse(raw.strip())
 
 
 def optional(parse):
@@ -75,26 +73,15 @@ def text(value) -> str:
     return str(value)
 
 
-def show(value) -> str:
-    """A value as an error message shows it."""
-    if isinstance(value, tuple):
-        return ",".join(map(str, value)) or "''"
-    return repr(value) if isinstance(value, str) else str(value)
-
-
 def _refused(f: Field, shown: str) -> ConfigError:
     return ConfigError(f"{f.name}={shown} is not allowed: {f.metadata['allowed']}")
 
 
 def read(f: Field, raw: str | list[str]):
-    """``raw`` read by the field's parser and checked; the error names the field and ``raw``.
-    A list (a positional field's words) is taken as it is."""
-    if isinstance(raw, list):
-        return tuple(raw)
+    """``raw`` (a positional field's list of words) read by the field's parser and checked; the
+    error names the field and ``raw``."""
     try:
         value = f.metadata["parse"](raw)
-    except ConfigError:  # a parser with a message of its own
-        raise
     except (ValueError, KeyError):  # KeyError: a look-up of a word the parser does not know
         raise _refused(f, repr(raw)) from None
     if value is not None and f.metadata["ok"] is not None and not f.metadata["ok"](value):
@@ -108,9 +95,9 @@ class Params:
     def __post_init__(self):
         for f in fields(self):
             ok, value = f.metadata.get("ok"), getattr(self, f.name)
-            given = value is not None or f.default is not None  # None as the default: not given
-            if ok is not None and given and not ok(value):
-                raise _refused(f, show(value))
+            # None as the default: not given; a value shown as MLproject writes it, a string quoted
+            if ok is not None and (value is not None or f.default is not None) and not ok(value):
+                raise _refused(f, repr(value) if isinstance(value, str) else text(value) or "''")
         self.check()
 
     def check(self) -> None:

@@ -23,9 +23,10 @@ def run(params: EvaluateParams) -> dict[str, float]:
     access.require_model_read(uri, "evaluate")
     unlogged = access.runs_refusal("evaluate")  # a consumer (READ only) evaluates without a run
     model = logged_model.load_pyfunc(uri)  # before the run: a bad URI creates no run
+    probabilities = logged_model.predict_probabilities(model, data.x_test)
+    scores = evaluation.scores(data.y_test, probabilities)
     if unlogged:
         print(f"note: {unlogged}; the scores are printed, not logged", file=sys.stderr)
-        scores = evaluation.scores(data.y_test, logged_model.predict_probabilities(model, data.x_test))
     else:
         with run_lifecycle.ended_run(
             run_name="evaluate", tags={names.TAG_ROLE: names.ROLE_EVALUATE, names.TAG_MODEL_URI: uri}
@@ -33,8 +34,6 @@ def run(params: EvaluateParams) -> dict[str, float]:
             run_lifecycle.log_missing_params({"model_uri": uri, "data_source": data.source, "data_digest": data.digest})
             if getattr(model.metadata, "model_id", None):
                 run_lifecycle.set_tags({names.TAG_MODEL_ID: model.metadata.model_id})
-            probabilities = logged_model.predict_probabilities(model, data.x_test)
-            scores = evaluation.scores(data.y_test, probabilities)
             run_lifecycle.log_metrics(scores)
             reports.log_test_report(data, probabilities, uri)
     print(f"{uri}: test accuracy {scores['test_accuracy']:.4f}, loss {scores['test_loss']:.4f}")

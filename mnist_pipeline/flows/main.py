@@ -15,7 +15,7 @@ import pandas as pd
 import psutil
 
 from mnist_pipeline import names
-from mnist_pipeline.core import console, plots, promotion_rule
+from mnist_pipeline.core import console, plots
 from mnist_pipeline.core.commands import MainParams
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist
@@ -33,28 +33,21 @@ def run(params: MainParams) -> pd.DataFrame:
         training_dispatch.prepare(len(configs), params.workers)
         splits, kept = [cfg.validation_split for cfg in configs], "the runs are trained and kept"
         data = run_lifecycle.preflight("main", params.data_dir, splits, params.model_name, kept)
-    return compare(configs, data, params.force, params.model_name, phases, params.gates(), params.workers)
+    return compare(configs, data, params, phases)
 
 
-def compare(
-    configs: list[TrainConfig],
-    data: Mnist,
-    force: bool = False,
-    model_name: str = "",
-    phases: Phases | None = None,
-    gates: promotion_rule.Gates | None = None,
-    workers: int = 1,
-) -> pd.DataFrame:
-    """The parent run with ``configs`` as children, trained ``workers`` at once (0: one per
-    core); registers the best unless ``model_name`` is ''. A failed registration leaves the
-    parent FINISHED, tagged registration_error, and raises RegistrationError saying how to
-    retry. ``phases`` (those before) gets this command's phases, logged on the parent run."""
+def compare(configs: list[TrainConfig], data: Mnist, params: MainParams, phases: Phases | None = None) -> pd.DataFrame:
+    """The parent run with ``configs`` as children (``params``' own variants and knobs are not
+    read), retrained if ``params.force``, ``params.workers`` at once (0: one per core); registers
+    the best unless ``params.model_name`` is '', through ``params``' gates. A failed
+    registration leaves the parent FINISHED, tagged registration_error, and raises
+    RegistrationError saying how to retry. ``phases`` (those before) gets this command's
+    phases, logged on the parent run."""
     phases = phases or Phases()
-    failure = None
-    logged = {"variants": ",".join(c.variant for c in configs), "force": str(force).lower()}
+    logged = {"variants": ",".join(c.variant for c in configs), "force": str(params.force).lower()}
     with run_lifecycle.parent_run(names.ROLE_MAIN, data, logged) as parent:
         with phases("variants"):
-            children = training_dispatch.train_or_reuse(configs, data, force, workers)
+            children = training_dispatch.train_or_reuse(configs, data, params.force, params.workers)
         run_lifecycle.set_tags({f"{names.TAG_REUSED}.{c.variant}": c.run_id for c in children if c.reused})
         run_lifecycle.set_tags({names.TAG_CHILDREN: json.dumps({c.variant: c.run_id for c in children})})
         with phases("comparison"):  # the table (CSV and markdown) and the validation overlay
@@ -64,8 +57,7 @@ def compare(
             curves = {c.variant: readback.metric_history(c.run_id) for c in children}
             run_lifecycle.log_figure(plots.validation_overlay(curves), names.OVERLAY)
         print(console.summary(parent.info.run_id, table.to_dict("records")))
-        if model_name:
-            failure = _register(children, model_name, gates, phases)
+        failure = _register(children, params.model_name, params.gates(), phases) if params.model_name else None
         with contextlib.suppress(Exception):  # a timing is never worth failing the command
             run_lifecycle.log_dict({**phases.seconds, "total": phases.total()}, names.PHASES, parent.info.run_id)
     print(console.ui_hint(store.tracking_uri()))

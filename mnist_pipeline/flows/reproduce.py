@@ -24,15 +24,14 @@ def run(params: ReproduceParams) -> pd.DataFrame:
     configs = params.configs()
     training_dispatch.prepare(len(configs), params.workers)
     data = run_lifecycle.preflight("reproduce", params.data_dir, [cfg.validation_split for cfg in configs])
-    variants = list(dict.fromkeys(c.variant for c in configs))
     seed_list = ",".join(map(str, sorted({c.seed for c in configs})))
-    logged = {"variants": ",".join(variants), "seeds": seed_list, "force": str(params.force).lower()}
+    logged = {"variants": ",".join(params.variants), "seeds": seed_list, "force": str(params.force).lower()}
     with run_lifecycle.parent_run(names.ROLE_REPRODUCE, data, logged):
         children = training_dispatch.train_or_reuse(configs, data, params.force, params.workers)
         results = readback.seed_results([c.seed for c in configs], children)
-        by_variant = {v: list(results.loc[results["variant"] == v, "run_id"]) for v in variants}
+        by_variant = {v: list(results.loc[results["variant"] == v, "run_id"]) for v in params.variants}
         run_lifecycle.set_tags({names.TAG_SEED_RUNS: json.dumps(by_variant)})
-        study = {name: VARIANTS[name].study_test_accuracy for name in variants}
+        study = {name: VARIANTS[name].study_test_accuracy for name in params.variants}
         table, pairs = seeds.seed_table(results, study), seeds.pairwise(results)
         text = seeds.markdown(table, pairs)
         run_lifecycle.log_text(results.to_csv(index=False), names.REPRODUCE_RUNS)

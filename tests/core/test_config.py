@@ -6,16 +6,15 @@ import typing
 import pytest
 
 from mnist_pipeline.core import config
-from mnist_pipeline.core.config import (
-    EACH_VARIANT,
-    KNOBS,
-    OVERRIDABLE,
-    ConfigError,
-    parse_overrides,
-    parse_variants,
-    resolve,
-)
+from mnist_pipeline.core.commands import TrainParams
+from mnist_pipeline.core.config import EACH_VARIANT, KNOBS, OVERRIDABLE, ConfigError, parse_variants, resolve
 from mnist_pipeline.core.variants import VARIANTS
+
+
+def given(variant: str, **raw: str) -> config.TrainConfig:
+    """``variant``'s configuration with knobs given as strings, as `train` reads MLproject's."""
+    [cfg] = TrainParams.from_strings({"variant": variant, **raw}).configs()
+    return cfg
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -81,20 +80,20 @@ def test_main_trains_the_study_by_default_and_convnet_on_request():
 
     assert DEFAULT_VARIANTS == ("baseline", "regularized", "final")
     assert resolve("convnet").conv_filters and parse_variants("final,convnet") == ("final", "convnet")
-    cfg = resolve("final", parse_overrides({"conv_filters": "16"}))  # any variant can take conv blocks
+    cfg = given("final", conv_filters="16")  # any variant can take conv blocks
     assert cfg.conv_filters == (16,) and cfg.as_params()["conv_filters"] == "16"
     assert resolve("final").as_params()["conv_filters"] == ""
 
 
 def test_overrides_replace_only_what_is_given():
     raw = {name: "" for name in OVERRIDABLE} | {"epochs": "3", "hidden_units": "64, 32"}
-    cfg = resolve("regularized", parse_overrides(raw))
+    cfg = given("regularized", **raw)
     assert cfg.epochs == 3 and cfg.hidden_units == (64, 32)
     assert cfg.l2 == resolve("regularized").l2
 
 
 def test_zero_is_a_real_override_not_a_default():
-    cfg = resolve("final", parse_overrides({"dropout": "0", "l2": "0.0"}))
+    cfg = given("final", dropout="0", l2="0.0")
     assert cfg.dropout == 0.0 and cfg.l2 == 0.0
 
 
@@ -131,7 +130,7 @@ def test_params_are_flat_and_identical_in_keys_across_variants():
 )
 def test_bad_values_name_parameter_value_and_what_is_allowed(name, text, allowed):
     with pytest.raises(ConfigError) as err:
-        resolve("final", parse_overrides({name: text}))
+        given("final", **{name: text})
     message = str(err.value)
     assert message.startswith(f"{name}=") and text.split(",")[-1] in message
     assert allowed in message and "\n" not in message

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from helpers.checks import tensorflow_log_lines
-from mnist_pipeline.core.config import parse_overrides, resolve
+from mnist_pipeline.core.config import resolve
 from mnist_pipeline.core.fit import Loop, _logits, dropout, epoch_order, evaluation_tensors
 from mnist_pipeline.core.models import build_model
 from mnist_pipeline.core.training import one_hot, train
@@ -32,7 +32,7 @@ def _split(tiny_mnist, n=N_FIT, n_val=30):
 @pytest.fixture
 def small_cfg():
     """Dropout 0 (the only randomness left is the initial weights), L2 on: Keras' loss terms."""
-    return resolve("regularized", parse_overrides({"hidden_units": "32,16", "dropout": "0", "batch_size": str(BATCH)}))
+    return resolve("regularized", {"hidden_units": (32, 16), "dropout": 0.0, "batch_size": BATCH})
 
 
 @pytest.mark.parametrize(
@@ -139,7 +139,7 @@ def test_fused_kernel_updates_keras_rmsprop_slots_and_nothing_else(tiny_mnist, s
 def test_each_epoch_is_one_graph_traced_once(tiny_mnist):
     """The convnet's random shifts and Dropout run inside the compiled epoch: three epochs
     trace it once, and evaluations of any number of images trace one evaluation."""
-    cfg = resolve("convnet", parse_overrides({"conv_filters": "4", "hidden_units": "8", "epochs": "3"}))
+    cfg = resolve("convnet", {"conv_filters": (4,), "hidden_units": (8,), "epochs": 3})
     (x, y), (xv, yv) = _split(tiny_mnist, n=100, n_val=40)
     loop = Loop(_model(cfg), x, y, BATCH, seed=cfg.seed)
     losses = [loop.epoch()["loss"] for _ in range(3)]
@@ -155,7 +155,7 @@ def test_dropout_and_shifts_act_in_training_only(tiny_mnist, dropout, shift):
     """At a learning rate too small to move the weights, the training loss (Dropout or random
     shifts active) differs from the loss of the same weights in inference mode, which is the
     same twice; Dropout's training loss is the higher."""
-    cfg = resolve("baseline", parse_overrides({"epochs": "1", "batch_size": str(BATCH), "learning_rate": "1e-12"}))
+    cfg = resolve("baseline", {"epochs": 1, "batch_size": BATCH, "learning_rate": 1e-12})
     cfg = dataclasses.replace(cfg, dropout=dropout, augment_shift=shift)
     (x, y), _ = _split(tiny_mnist, n=200)
     loop = Loop(_model(cfg), x, y, BATCH, seed=cfg.seed, shuffle=False)
@@ -206,7 +206,7 @@ def test_the_step_s_forward_pass_keeps_the_logits_it_ranks_classes_on(tiny_mnist
 def test_the_loop_s_dropout_gives_keras_training_loss_on_average(tiny_mnist):
     """The same weights, in training mode: the mean loss over 400 masks of the loop's Dropout
     and of Keras' own Dropout layers agree within 2% (a scale 10% off is 16% away)."""
-    cfg = resolve("regularized", parse_overrides({"hidden_units": "64,32", "batch_size": str(BATCH)}))
+    cfg = resolve("regularized", {"hidden_units": (64, 32), "batch_size": BATCH})
     (x, y), _ = _split(tiny_mnist, n=200)
     model = _model(cfg)
     for weight in model.trainable_variables:  # larger weights: Dropout moves the loss far from inference's
@@ -228,7 +228,7 @@ def test_train_reports_the_loop_phases(tiny_mnist):
     """The three phases are apart and within the call: each takes time, together no more than
     the wall time measured around train() (none counted twice); the epochs' phase holds every
     epoch's own seconds, and is what train_seconds reports."""
-    cfg = resolve("baseline", parse_overrides({"epochs": "2", "batch_size": str(BATCH)}))
+    cfg = resolve("baseline", {"epochs": 2, "batch_size": BATCH})
     start = time.perf_counter()
     result = train(cfg, tiny_mnist)
     wall = time.perf_counter() - start

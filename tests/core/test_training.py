@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mnist_pipeline.core.config import parse_overrides, resolve
+from mnist_pipeline.core.config import resolve
 from mnist_pipeline.core.models import build_model
 from mnist_pipeline.core.training import best_epoch, train
 from mnist_pipeline.core.variants import VARIANTS
@@ -44,8 +44,7 @@ def test_models_read_like_the_study_table(name):
 def test_the_most_conv_blocks_config_allows_still_fit_a_28x28_image():
     from mnist_pipeline.core.config import MAX_CONV_BLOCKS
 
-    filters = ",".join(["4"] * MAX_CONV_BLOCKS)
-    model = build_model(resolve("convnet", parse_overrides({"conv_filters": filters})), steps_per_epoch=1)
+    model = build_model(resolve("convnet", {"conv_filters": (4,) * MAX_CONV_BLOCKS}), steps_per_epoch=1)
     assert model.predict(np.zeros((1, 28, 28), np.float32)).shape == (1, 10)
 
 
@@ -59,7 +58,7 @@ def test_model_scales_raw_pixels_itself():
 
 
 def test_train_returns_history_per_epoch_and_test_scores(tiny_mnist):
-    cfg = resolve("baseline", parse_overrides({"epochs": "3", "batch_size": "32"}))
+    cfg = resolve("baseline", {"epochs": 3, "batch_size": 32})
     seen = []
     result = train(cfg, tiny_mnist, on_epoch=lambda epoch, row: seen.append((epoch, row)))
     assert list(result.history.index) == [1, 2, 3]
@@ -76,7 +75,7 @@ def test_train_returns_history_per_epoch_and_test_scores(tiny_mnist):
 
 
 def test_same_seed_same_result(tiny_mnist):
-    cfg = resolve("baseline", parse_overrides({"epochs": "1", "batch_size": "64"}))
+    cfg = resolve("baseline", {"epochs": 1, "batch_size": 64})
     first, second = (train(cfg, tiny_mnist) for _ in range(2))
     pd.testing.assert_frame_equal(
         first.history.drop(columns="epoch_seconds"), second.history.drop(columns="epoch_seconds")

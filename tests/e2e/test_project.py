@@ -9,7 +9,7 @@ from helpers.checks import check_training_run
 from helpers.stores import PROJECT_ROOT, REAL_MNIST, all_runs
 from mnist_pipeline import names
 from mnist_pipeline.core import threads
-from mnist_pipeline.core.config import parse_overrides, resolve
+from mnist_pipeline.core.commands import TrainParams
 
 # Each floor is the mean minus 3 standard deviations of five seeds (42-46), so that a CPU whose
 # kernels round differently does not fail a run that is only unlucky. `mnist-pipeline reproduce
@@ -46,7 +46,7 @@ def test_train_entry_point(tmp_path, tiny_mnist_dir, tiny_mnist, monkeypatch):
     assert project_run.data.tags["mlflow.project.entryPoint"] == "train"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", result.uri)
     monkeypatch.chdir(tmp_path)
-    cfg = resolve("baseline", parse_overrides({k: v for k, v in params.items() if k != "variant"}))
+    [cfg] = TrainParams.from_strings(params).configs()  # what `train` read from MLproject's strings
     check_training_run(training_run.info.run_id, cfg, tiny_mnist.digest)
 
 

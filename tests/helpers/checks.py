@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mnist_pipeline import names
-from mnist_pipeline.core.config import parse_overrides, resolve
+from mnist_pipeline.core.config import resolve
 from mnist_pipeline.names import EPOCH_METRICS
 from mnist_pipeline.tracking import logged_model
 
@@ -26,7 +26,7 @@ TRAINING_ARTIFACTS = {
 
 
 def tiny(variant: str, epochs: int = 2):
-    return resolve(variant, parse_overrides({"epochs": str(epochs), "batch_size": "64"}))
+    return resolve(variant, {"epochs": epochs, "batch_size": 64})
 
 
 def artifact_paths(run_id: str) -> set[str]:

@@ -1,5 +1,7 @@
 """Training runs and comparison runs as MLflow records them, on tiny synthetic data."""
 
+import dataclasses
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -8,6 +10,7 @@ import pytest
 from helpers.checks import artifact_paths, check_training_run, tiny
 from helpers.stores import all_runs
 from mnist_pipeline import names
+from mnist_pipeline.core.commands import MainParams
 from mnist_pipeline.flows import main
 from mnist_pipeline.tracking import epoch_logger, logged_model, track_training
 
@@ -107,7 +110,8 @@ def test_metrics_kept_while_the_server_is_away_fail_in_one_named_line(monkeypatc
 
 def test_main_compares_children_and_reuses_finished_runs(tracking_store, tiny_mnist):
     configs = [tiny("baseline", 2), tiny("final", 1)]
-    table = main.compare(configs, tiny_mnist)
+    local = MainParams(model_name="", workers=1)  # no registration, trainings in this process
+    table = main.compare(configs, tiny_mnist, local)
     runs = all_runs(tracking_store)
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = {r.data.tags["variant"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
@@ -123,13 +127,13 @@ def test_main_compares_children_and_reuses_finished_runs(tracking_store, tiny_mn
         [children[v].data.metrics["test_accuracy"] for v in ("baseline", "final")]
     )
 
-    again = main.compare(configs, tiny_mnist)
+    again = main.compare(configs, tiny_mnist, local)
     assert again["reused"].all() and list(again["run_id"]) == list(table["run_id"])
     assert len(all_runs(tracking_store)) == 4  # one more parent, no new child
 
-    changed = main.compare([tiny("baseline", 1)], tiny_mnist)
+    changed = main.compare([tiny("baseline", 1)], tiny_mnist, local)
     assert not changed["reused"].any()  # epochs differ: a different run key
-    forced = main.compare(configs, tiny_mnist, force=True)
+    forced = main.compare(configs, tiny_mnist, dataclasses.replace(local, force=True))
     assert not forced["reused"].any()
     statuses = {r.info.status for r in all_runs(tracking_store)}
     assert statuses == {"FINISHED"}

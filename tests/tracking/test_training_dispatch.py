@@ -7,12 +7,13 @@ import os
 from helpers.checks import check_training_run, tiny
 from helpers.stores import all_runs
 from mnist_pipeline import names
+from mnist_pipeline.core.commands import MainParams
 from mnist_pipeline.flows import main
 
 
 def test_trainings_side_by_side_are_children_on_one_thread_each_and_name_their_lines(tracking_store, tiny_mnist, capfd):
     configs = [tiny("baseline", 2), tiny("final", 3)]
-    table = main.compare(configs, tiny_mnist, workers=2)
+    table = main.compare(configs, tiny_mnist, MainParams(model_name="", workers=2))
     runs = all_runs(tracking_store)
     [parent] = [r for r in runs if r.data.tags.get(names.TAG_ROLE) == names.ROLE_MAIN]
     children = {r.data.tags["variant"]: r for r in runs if r.data.tags.get(names.TAG_PARENT_RUN) == parent.info.run_id}
@@ -30,7 +31,7 @@ def test_trainings_side_by_side_are_children_on_one_thread_each_and_name_their_l
 
 
 def test_a_single_training_stays_in_this_process_on_every_core(tracking_store, tiny_mnist):
-    main.compare([tiny("baseline", 1)], tiny_mnist, workers=0)
+    main.compare([tiny("baseline", 1)], tiny_mnist, MainParams(model_name="", workers=0))
     [child] = [r for r in all_runs(tracking_store) if names.TAG_VARIANT in r.data.tags]
     assert child.data.tags[names.TAG_PID] == str(os.getpid())
     assert child.data.tags[names.TAG_THREADS] == str(len(os.sched_getaffinity(0)))
