@@ -156,6 +156,7 @@ class EvaluateParams(Params):
 
     model_uri: str = param(names.CHAMPION_URI, "model to evaluate")
     data_dir: str = param("", DATA_DIR)
+    log: bool = switch(False, "true: record the evaluation (mlflow.models.evaluate) in a run; false: print the scores")
 
 
 @dataclass(frozen=True)

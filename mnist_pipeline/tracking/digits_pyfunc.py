@@ -17,13 +17,19 @@ import numpy as np
 import tensorflow as tf
 
 MODEL_FILE = "model.keras"  # in the flavor's data folder, as mlflow.keras.save_model writes it
+# What predict returns, chosen by the model_config a consumer passes to mlflow.pyfunc.load_model
+# (or mlflow.models.evaluate): "label" is what MLflow's classifier evaluator takes.
+OUTPUTS = ("probabilities", "label")
 
 
 class DigitClassifier:
-    """Class probabilities (n, 10) for raw pixels (n, 28, 28), as a pyfunc model."""
+    """Class probabilities (n, 10), or the most probable digit (n,), for raw pixels (n, 28, 28),
+    as a pyfunc model."""
 
-    def __init__(self, model: keras.Model):
-        self.model = model
+    def __init__(self, model: keras.Model, output: str = "probabilities"):
+        if output not in OUTPUTS:
+            raise ValueError(f"model_config output={output!r}: must be one of {', '.join(OUTPUTS)}")
+        self.model, self.output = model, output
         spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
         # A partial, not a lambda: TensorFlow counts traces per function code, all instances
         # together, and warns of retracing after 5 in 11 calls; a partial has no code, so each
@@ -34,10 +40,12 @@ class DigitClassifier:
     def predict(self, data, params=None):
         """``data``: an array (or DataFrame) of raw 0-255 pixels, (n, 28, 28) or (n, 784)."""
         x = np.asarray(getattr(data, "values", data), dtype=np.float32)
-        return self._forward(x.reshape((-1, *self.model.input_shape[1:]))).numpy()
+        probabilities = self._forward(x.reshape((-1, *self.model.input_shape[1:]))).numpy()
+        return probabilities.argmax(axis=1) if self.output == "label" else probabilities
 
 
-def _load_pyfunc(data_path: str) -> DigitClassifier:
-    """Called by mlflow.pyfunc with the model's data folder."""
+def _load_pyfunc(data_path: str, model_config: dict | None = None) -> DigitClassifier:
+    """Called by mlflow.pyfunc with the model's data folder, and its model_config if the model
+    was logged with one (MLflow merges a consumer's ``model_config`` into it)."""
     model = keras.models.load_model(os.path.join(data_path, MODEL_FILE), compile=False, safe_mode=True)
-    return DigitClassifier(model)
+    return DigitClassifier(model, (model_config or {}).get("output", "probabilities"))

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from mnist_pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES
+from mnist_pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES, Mnist, array_digest
 from mnist_pipeline.core.errors import UserError, first_line
-from mnist_pipeline.names import MODEL
+from mnist_pipeline.names import DATASETS, MODEL
 
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *IMAGE_SHAPE))]),
@@ -47,7 +48,14 @@ def _save_keras_model(path, mlflow_model: Model, **kwargs):
     code.mkdir(exist_ok=True)
     shutil.copy(LOADER, code / LOADER.name)
     pyfunc = mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME]
-    pyfunc.update(loader_module=LOADER.stem, code="code", data=mlflow_model.flavors["keras"]["data"])
+    pyfunc.update(
+        loader_module=LOADER.stem,
+        code="code",
+        data=mlflow_model.flavors["keras"]["data"],
+        # the model_config (MLmodel's key: config) that MLflow passes to LOADER, merging into it
+        # a consumer's model_config={"output": "label"}; undeclared, MLflow would ignore that
+        config={"output": "probabilities"},
+    )
     mlflow_model.save(os.path.join(path, "MLmodel"))
 
 
@@ -123,3 +131,22 @@ def load_pyfunc(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
 def predict_probabilities(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray) -> np.ndarray:
     """Class probabilities (n, 10) for raw uint8/float pixels (n, 28, 28)."""
     return np.asarray(model.predict(images.astype("float32")))
+
+
+def evaluate_classifier(model_uri: str, data: Mnist, model_id: str | None) -> dict[str, float]:
+    """MLflow's classifier evaluation of the model at ``model_uri`` on the test set, called as a
+    consumer calls it (a row an image, one digit a row out), logged to the active run and linked
+    to logged model ``model_id`` and to the test dataset the training runs log (same name and digest)."""
+    images = data.x_test.reshape(len(data.x_test), -1)
+    frame = pd.DataFrame({"image": list(images), "label": data.y_test.astype("int64")})
+    digest = array_digest(data.x_test, data.y_test)
+    dataset = mlflow.data.from_pandas(frame, source=data.source, targets="label", name=DATASETS["test"], digest=digest)
+    result = mlflow.models.evaluate(
+        model_uri,
+        dataset,
+        model_type="classifier",
+        model_config={"output": "label"},
+        model_id=model_id,
+        evaluator_config={"log_model_explainability": False},  # SHAP takes scalar features, not images
+    )
+    return result.metrics

@@ -1,5 +1,5 @@
 """Registration, aliases, the model card a version carries, and the model's consumers
-(pyfunc, evaluate, predict)."""
+(pyfunc, Keras, predict; MLflow's evaluation in test_evaluation.py)."""
 
 import dataclasses
 import gzip
@@ -253,7 +253,7 @@ def test_a_consumer_s_pyfunc_is_the_shipped_loader_quiet_and_the_keras_model_is_
     np.testing.assert_allclose(keras_model.predict(images, verbose=0), probabilities, rtol=1e-5, atol=1e-7)
 
 
-def test_champion_through_pyfunc_and_evaluate(registered, tiny_mnist):
+def test_champion_through_pyfunc_and_keras(registered, tiny_mnist):
     champion = mlflow.MlflowClient().get_model_version_by_alias(names.MODEL_NAME, names.CHAMPION)
     trained = mlflow.get_run(champion.tags["run_id"]).data.metrics
     model = mlflow.pyfunc.load_model(names.CHAMPION_URI)
@@ -269,14 +269,6 @@ def test_champion_through_pyfunc_and_evaluate(registered, tiny_mnist):
         assert set(archive.namelist()) == {"metadata.json", "config.json", "model.weights.h5"}
     safe = keras.models.load_model(keras_file, safe_mode=True)
     np.testing.assert_allclose(safe.predict(tiny_mnist.x_test.astype(np.float32), verbose=0), probabilities, rtol=1e-5)
-
-    assert cli.run(["evaluate", "--data-dir", str(tiny_mnist.source)]) == 0
-    [evaluation] = [r for r in all_runs(registered) if r.data.tags.get(names.TAG_ROLE) == "evaluate"]
-    assert evaluation.info.status == "FINISHED"
-    assert evaluation.data.metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
-    assert evaluation.data.params["model_uri"] == names.CHAMPION_URI
-    paths = {f.path for f in mlflow.MlflowClient().list_artifacts(evaluation.info.run_id, "plots")}
-    assert names.CONFUSION in paths
 
 
 def test_predict_pictures_and_idx_files(registered, tiny_mnist, tmp_path, capsys):
