@@ -18,6 +18,8 @@ SUMMARY_METRICS = (
     "samples_per_second",
     TRACKING_SECONDS,
 )
+# Those about one split, logged with it (and the logged model): MLflow 3's model view names their data.
+DATASET_METRICS = {"test": ("test_accuracy", "test_loss"), "validation": ("best_val_accuracy",)}
 NUM_PARAMETERS = "num_parameters"  # param: the network's weights, logged after training
 
 # Artifacts of a training run.

@@ -22,6 +22,7 @@ from mlflow.types import Schema, TensorSpec
 from mnist_pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES, Mnist, array_digest
 from mnist_pipeline.core.errors import UserError, first_line
 from mnist_pipeline.names import DATASETS, MODEL
+from mnist_pipeline.tracking.run_lifecycle import make_dataset
 
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *IMAGE_SHAPE))]),
@@ -140,7 +141,9 @@ def evaluate_classifier(model_uri: str, data: Mnist, model_id: str | None) -> di
     images = data.x_test.reshape(len(data.x_test), -1)
     frame = pd.DataFrame({"image": list(images), "label": data.y_test.astype("int64")})
     digest = array_digest(data.x_test, data.y_test)
-    dataset = mlflow.data.from_pandas(frame, source=data.source, targets="label", name=DATASETS["test"], digest=digest)
+    dataset = make_dataset(
+        mlflow.data.from_pandas, frame, source=data.source, targets="label", name=DATASETS["test"], digest=digest
+    )
     result = mlflow.models.evaluate(
         model_uri,
         dataset,

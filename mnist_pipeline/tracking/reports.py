@@ -24,10 +24,13 @@ def log_test_report(data: Mnist, probabilities: np.ndarray, title: str) -> None:
     log_figure(plots.misclassified(data.x_test, data.y_test, probabilities, title), names.MISCLASSIFIED)
 
 
-def log_validation_report(labels: np.ndarray, probabilities: np.ndarray) -> None:
+def log_validation_report(labels: np.ndarray, probabilities: np.ndarray, **link) -> None:
     """Per-digit precision and recall on the validation split, as a table and as metrics
-    (val_recall_<d>, val_precision_<d>) that the registry's gates compare."""
+    (val_recall_<d>, val_precision_<d>) that the registry's gates compare; ``link``: the
+    ``dataset`` and ``model_id`` of run_lifecycle.log_metrics."""
     per_class = evaluation.report(labels, probabilities).per_class
     log_text(per_class.to_csv(), names.VAL_PER_CLASS)
     columns = {names.VAL_RECALL: "recall", names.VAL_PRECISION: "precision"}  # metric name -> column
-    log_metrics({name.format(digit=d): float(v) for name, c in columns.items() for d, v in per_class[c].items()})
+    log_metrics(
+        {name.format(digit=d): float(v) for name, c in columns.items() for d, v in per_class[c].items()}, **link
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING
 
 import mlflow
@@ -143,8 +144,18 @@ def log_missing_params(params: dict[str, str]) -> None:
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
 
 
-def log_metrics(metrics: dict[str, float]) -> None:
-    mlflow.log_metrics(metrics)
+def log_metrics(metrics: dict[str, float], **link) -> None:
+    """``metrics`` on the active run; ``link``: the ``dataset`` and ``model_id`` they are about."""
+    mlflow.log_metrics(metrics, **link)
+
+
+def make_dataset(make, *args, **kwargs):
+    """``make(*args, **kwargs)`` (mlflow.data.from_numpy, from_pandas) without the warning that
+    MLflow, registering its local-file source twice, gives for every path: ambiguous between
+    the two identical candidates."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+        return make(*args, **kwargs)
 
 
 def set_tags(tags: dict[str, str]) -> None:

@@ -4,7 +4,6 @@ trains (train, main, reproduce, sweep, bench), so runs line up in the compare vi
 """
 
 import contextlib
-import warnings
 from collections.abc import Callable
 
 import mlflow
@@ -21,7 +20,7 @@ from mnist_pipeline.tracking.epoch_logger import EpochLogger
 from mnist_pipeline.tracking.logged_model import log_keras_model
 from mnist_pipeline.tracking.reports import log_history, log_test_report, log_validation_report
 from mnist_pipeline.tracking.run_keys import code_version, config_key, run_key
-from mnist_pipeline.tracking.run_lifecycle import ended_run, system_metrics
+from mnist_pipeline.tracking.run_lifecycle import ended_run, make_dataset, system_metrics
 
 
 class TrainingStopped(Exception):
@@ -64,7 +63,7 @@ def track_training(
     with ended_run(run_name=cfg.variant, description=description, log_system_metrics=system_metrics(), **start) as run:
         print(console.header(label, run.info.run_id, cfg.epochs), flush=True)
         with phases("datasets"):
-            _log_inputs(cfg, data)
+            datasets = _log_inputs(cfg, data)
         epochs = EpochLogger(run.info.run_id, parent_run_id)
         try:
             result = train(cfg, data, on_epoch=_on_epoch(label, cfg.epochs, epochs, after_epoch))
@@ -79,7 +78,7 @@ def track_training(
             raise
         else:
             epochs.flush(final=True)  # anything kept while the server was away
-            _log_result(result, epochs, data, cfg.variant, phases)
+            _log_result(result, epochs, data, datasets, cfg.variant, phases)
     if stopped is not None:  # raised only now: the run is FINISHED
         stopped.run_id = run.info.run_id
         raise stopped
@@ -112,16 +111,29 @@ def _on_epoch(label: str, total: int, logger: EpochLogger, after_epoch: Callable
     return on_epoch
 
 
-def _log_result(result: TrainResult, epochs: EpochLogger, data: Mnist, title: str, phases: Phases) -> None:
+def _log_result(
+    result: TrainResult, epochs: EpochLogger, data: Mnist, datasets: dict, title: str, phases: Phases
+) -> None:
+    """The summary metrics, tables, plots and model; the metrics about a split after the model,
+    linked to both (MLflow links the metrics logged before a model to it, without a dataset)."""
     mlflow.log_param(names.NUM_PARAMETERS, result.model.count_params())
     summary = {name: getattr(result, name, None) for name in names.SUMMARY_METRICS}  # TrainResult's, by name
-    mlflow.log_metrics({**summary, names.TRACKING_SECONDS: epochs.seconds})  # but the logger's own time
+    summary[names.TRACKING_SECONDS] = epochs.seconds  # but the logger's own time
+    linked = {
+        context: {name: summary.pop(name) for name in metrics} for context, metrics in names.DATASET_METRICS.items()
+    }
+    mlflow.log_metrics(summary)
     with phases("plots and tables"):
         log_history(result.history, title)
         log_test_report(data, result.test_probabilities, title)
-        log_validation_report(result.val_labels, result.val_probabilities)
     with phases("model"):
-        log_keras_model(result.model, data.x_test[:3])
+        model_id = log_keras_model(result.model, data.x_test[:3]).model_id
+    for context, metrics in linked.items():
+        mlflow.log_metrics(metrics, dataset=datasets[context], model_id=model_id)
+    with phases("plots and tables"):
+        log_validation_report(
+            result.val_labels, result.val_probabilities, dataset=datasets["validation"], model_id=model_id
+        )
     mlflow.log_dict({**result.phases, **phases.seconds}, names.PHASES)
 
 
@@ -134,8 +146,9 @@ def _log_stopped(stop: TrainingStopped, epochs: EpochLogger, title: str) -> None
     mlflow.set_tags({names.TAG_STOPPED: str(stop), **stop.tags})
 
 
-def _log_inputs(cfg: config.TrainConfig, data: Mnist) -> None:
-    """The configuration and where the data came from as params, and the three splits as datasets."""
+def _log_inputs(cfg: config.TrainConfig, data: Mnist) -> dict:
+    """The configuration and where the data came from as params, and the three splits as
+    datasets, which it returns by context."""
     mlflow.log_params(
         {
             **cfg.as_params(),
@@ -147,15 +160,20 @@ def _log_inputs(cfg: config.TrainConfig, data: Mnist) -> None:
     )
     fit, validation = split_validation(data.x_train, data.y_train, cfg.validation_split)
     splits = {"training": fit, "validation": validation, "test": (data.x_test, data.y_test)}
-    for context, (x, y) in splits.items():
-        with warnings.catch_warnings():
-            # MLflow registers its local-file source twice and warns that a path is
-            # ambiguous between the two identical candidates.
-            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
-            dataset = mlflow.data.from_numpy(
-                x, targets=y, source=data.source, name=names.DATASETS[context], digest=array_digest(x, y)
-            )
+    datasets = {
+        context: make_dataset(
+            mlflow.data.from_numpy,
+            x,
+            targets=y,
+            source=data.source,
+            name=names.DATASETS[context],
+            digest=array_digest(x, y),
+        )
+        for context, (x, y) in splits.items()
+    }
+    for context, dataset in datasets.items():
         _log_input(dataset, context)
+    return datasets
 
 
 def _log_input(dataset, context: str) -> None:

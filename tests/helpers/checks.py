@@ -78,6 +78,14 @@ def check_training_run(run_id: str, cfg, data_digest: str) -> None:
     assert example.shape[1:] == (28, 28) and example.dtype == np.float32
     probabilities = mlflow.pyfunc.load_model(uri).predict(example)
     assert probabilities.shape == (len(example), 10)
+    # the logged model's figures about a split name it: the run's dataset of that name and digest
+    logged = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
+    model_metrics = mlflow.get_logged_model(uri.removeprefix("models:/")).metrics
+    linked = {m.key: (m.dataset_name, m.dataset_digest) for m in model_metrics if m.dataset_name}
+    expected = {**names.DATASET_METRICS, "validation": (*names.DATASET_METRICS["validation"], "val_recall_3")}
+    for context, metrics in expected.items():
+        name = names.DATASETS[context]
+        assert {metric: linked.get(metric) for metric in metrics} == {m: (name, logged[name]) for m in metrics}
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
 
 
