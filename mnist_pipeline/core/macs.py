@@ -16,11 +16,8 @@ def linear_layers(cfg: TrainConfig) -> list[tuple[tuple[int, ...], tuple[int, ..
     for filters in cfg.conv_filters:
         layers.append(((side, side, channels), (KERNEL, KERNEL, channels, filters)))
         side, channels = (side - KERNEL + 1) // 2, filters
-    width = side * side * channels
-    for units in (*cfg.hidden_units, NUM_CLASSES):
-        layers.append(((width,), (width, units)))
-        width = units
-    return layers
+    widths = (side * side * channels, *cfg.hidden_units, NUM_CLASSES)  # each Dense layer's input, then its output
+    return layers + [((n_in,), (n_in, n_out)) for n_in, n_out in zip(widths, widths[1:])]
 
 
 def layer_macs(cfg: TrainConfig) -> list[int]:
