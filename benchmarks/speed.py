@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from mnist_pipeline.core import training
 from mnist_pipeline.core.config import TrainConfig
-from mnist_pipeline.core.data import Mnist, split_validation
+from mnist_pipeline.core.data import NUM_CLASSES, Mnist, split_validation
 from mnist_pipeline.core.macs import epoch_flops, linear_layers, training_macs
 from mnist_pipeline.core.models import build_model
 from mnist_pipeline.names import EPOCH_SECONDS
@@ -83,10 +83,10 @@ def keras_fit_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:
     ends = []
     build_model(cfg, steps_per_epoch=math.ceil(len(x) / cfg.batch_size)).fit(
         x.astype("float32"),
-        training.one_hot(y),
+        keras.utils.to_categorical(y, NUM_CLASSES).astype("float32"),
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,
-        validation_data=(xv.astype("float32"), training.one_hot(yv)),
+        validation_data=(xv.astype("float32"), keras.utils.to_categorical(yv, NUM_CLASSES).astype("float32")),
         callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(time.perf_counter()))],
         verbose=0,
     )

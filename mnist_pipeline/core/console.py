@@ -22,10 +22,9 @@ def summary(run_id: str, rows: list[dict]) -> str:
     width = max(len("variant"), *(len(row["variant"]) for row in rows))
     lines = [f"main run {run_id}", f"  {'variant':<{width}}  val_accuracy  test_accuracy  seconds"]
     for row in rows:
-        reused = "  (reused)" if row["reused"] else ""
         lines.append(
             f"  {row['variant']:<{width}}  {row['val_accuracy']:>12.4f}  {row['test_accuracy']:>13.4f}"
-            f"  {row['train_seconds']:>7.1f}{reused}"
+            f"  {row['train_seconds']:>7.1f}{'  (reused)' if row['reused'] else ''}"
         )
     return "\n".join(lines)
 

@@ -186,7 +186,8 @@ def _checked(arrays: dict[str, np.ndarray], where: str, source: str) -> Mnist:
             raise DataError(f"{where}: {split} split is empty")
         if y.max() >= NUM_CLASSES:
             raise DataError(f"{where}: {split} labels include {int(y.max())}, allowed 0-9")
-    return Mnist(**arrays, source=source, digest=content_digest(arrays))
+    # the four arrays in a fixed order: IDX and npz copies of MNIST have one digest
+    return Mnist(**arrays, source=source, digest=array_digest(*(arrays[key] for key in NPZ_KEYS)))
 
 
 def array_digest(*arrays: np.ndarray) -> str:
@@ -195,8 +196,3 @@ def array_digest(*arrays: np.ndarray) -> str:
     for array in arrays:
         md5.update(np.ascontiguousarray(array).tobytes())
     return md5.hexdigest()[:16]
-
-
-def content_digest(arrays: dict[str, np.ndarray]) -> str:
-    """The four arrays in a fixed order: IDX and npz copies of MNIST agree."""
-    return array_digest(*(arrays[key] for key in NPZ_KEYS))

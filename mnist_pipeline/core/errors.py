@@ -20,5 +20,4 @@ class Mismatch(Exception):
 
 def first_line(err: BaseException) -> str:
     """The first line of ``err``'s message, for a one-line report; '' if it has none."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else ""
+    return next(iter(str(err).strip().splitlines()), "")

@@ -120,8 +120,8 @@ class Loop:
         learning_rate = tf.cast(optimizer.learning_rate, tf.float32)
         for index, (weight, gradient) in enumerate(zip(self._weights, gradients)):
             tf.raw_ops.ResourceApplyRMSProp(
-                var=_handle(weight),
-                ms=_handle(optimizer._velocities[index]),  # RMSprop's one slot per weight, saved with the model
+                var=weight.handle,  # a Keras variable's handle is the one of the TensorFlow variable it wraps
+                ms=optimizer._velocities[index].handle,  # RMSprop's one slot per weight, saved with the model
                 mom=self._scratch[index].handle,  # the kernel's momentum slot: zero momentum, never read back
                 lr=learning_rate,
                 rho=tf.constant(optimizer.rho, tf.float32),
@@ -244,8 +244,3 @@ def _logits(probabilities):
 
 def _one_hot(labels):
     return tf.one_hot(labels, NUM_CLASSES, dtype=tf.float32)
-
-
-def _handle(variable) -> tf.Tensor:
-    """The resource handle of a TensorFlow variable, or of the one a Keras variable wraps."""
-    return variable.handle if isinstance(variable, tf.Variable) else variable.value.handle

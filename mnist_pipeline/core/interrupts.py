@@ -29,7 +29,6 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _state["depth"] -= 1
-        pending = _state["pending"]
-        if not _state["depth"] and pending:
-            _state["pending"] = None
+        if not _state["depth"] and _state["pending"]:
+            pending, _state["pending"] = _state["pending"], None
             raise KeyboardInterrupt(pending)

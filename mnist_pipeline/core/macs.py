@@ -2,7 +2,7 @@
 products and convolutions per image, and the FLOPs of an epoch. benchmarks/speed.py's roofline
 times them; tracking/training_dispatch.py starts the costliest trainings first."""
 
-import numpy as np
+import math
 
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES
@@ -16,21 +16,17 @@ def linear_layers(cfg: TrainConfig) -> list[tuple[tuple[int, ...], tuple[int, ..
     for filters in cfg.conv_filters:
         layers.append(((side, side, channels), (KERNEL, KERNEL, channels, filters)))
         side, channels = (side - KERNEL + 1) // 2, filters
-    width = side * side * channels
-    for units in (*cfg.hidden_units, NUM_CLASSES):
-        layers.append(((width,), (width, units)))
-        width = units
-    return layers
+    widths = (side * side * channels, *cfg.hidden_units, NUM_CLASSES)  # each Dense layer's input, then its output
+    return layers + [((n_in,), (n_in, n_out)) for n_in, n_out in zip(widths, widths[1:])]
 
 
 def layer_macs(cfg: TrainConfig) -> list[int]:
     """Multiply-adds of each layer's forward pass, per image: its weights times the places
     they apply at (a conv kernel at each output pixel, a Dense layer's weights once)."""
-    macs = []
-    for shape, weight in linear_layers(cfg):
-        places = (shape[0] - KERNEL + 1) ** 2 if len(weight) == 4 else 1
-        macs.append(places * int(np.prod(weight)))
-    return macs
+    return [
+        ((shape[0] - KERNEL + 1) ** 2 if len(weight) == 4 else 1) * math.prod(weight)
+        for shape, weight in linear_layers(cfg)
+    ]
 
 
 def training_macs(cfg: TrainConfig) -> int:

@@ -1,10 +1,8 @@
-"""Matplotlib figures from histories and predictions. Figures are returned, not saved."""
+"""Matplotlib figures from histories and predictions. Figures are returned, not saved.
 
-import matplotlib
+Each is a bare ``Figure``, not one of pyplot's: no backend or display is involved, and
+nothing holds it once its caller drops it (pyplot keeps its figures until closed)."""
 
-matplotlib.use("Agg")  # files only: runs on machines without a display
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -13,14 +11,14 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 def _per_epoch(panels: dict[tuple[str, str], dict[str, pd.Series]]) -> Figure:
     """Two panels side by side, each (title, y label) -> its lines (label -> values per epoch)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    axes = Figure(figsize=(10, 4), layout="constrained").subplots(1, 2)
     for ax, ((title, metric), lines) in zip(axes, panels.items()):
         for label, values in lines.items():
             ax.plot(values.index, values, "o-", label=label)
         ax.set(xlabel="epoch", ylabel=metric, title=title)
         ax.grid(alpha=0.3)
         ax.legend()
-    return fig
+    return axes[0].figure
 
 
 def learning_curves(history: pd.DataFrame, title: str) -> Figure:
@@ -32,10 +30,10 @@ def learning_curves(history: pd.DataFrame, title: str) -> Figure:
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figure:
     """Counts of true digit (rows) against predicted digit (columns) on the test set."""
-    fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
+    ax = Figure(figsize=(7, 6), layout="constrained").subplots()
     ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=range(10), ax=ax, colorbar=False, cmap="Blues")
     ax.set_title(f"{title}: test confusion matrix")
-    return fig
+    return ax.figure
 
 
 def misclassified(
@@ -52,7 +50,8 @@ def misclassified(
     tile = side + label
     mosaic = np.full((rows * tile, cols * tile), 255, np.uint8)  # white bands between the digits
     height = rows * 1.6 + 0.5  # inches: the tiles, and the title above them
-    fig, ax = plt.subplots(figsize=(cols * 1.6, height))
+    fig = Figure(figsize=(cols * 1.6, height))
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / height)
     for n, i in enumerate(wrong):
         top, left = (n // cols) * tile + label, (n % cols) * tile + label // 2
@@ -74,7 +73,7 @@ def validation_overlay(curves: dict[str, pd.DataFrame]) -> Figure:
 def seed_spread(results: pd.DataFrame, study: dict[str, float]) -> Figure:
     """Test accuracy of every seed per variant (dots), their mean ± std (bar) and the
     study's single figure (red cross)."""
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    ax = Figure(figsize=(7, 4), layout="constrained").subplots()
     accuracy = (100 * results["test_accuracy"]).groupby(results["variant"], sort=False)
     rng = np.random.default_rng(0)  # jitter only spreads the dots sideways
     for i, (_, seeds) in enumerate(accuracy):
@@ -89,8 +88,4 @@ def seed_spread(results: pd.DataFrame, study: dict[str, float]) -> Figure:
     ax.set(ylabel="test accuracy (%)", title=f"test accuracy over {spread['size'].max()} seeds")
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
-    return fig
-
-
-def close(fig: Figure) -> None:
-    plt.close(fig)
+    return ax.figure

@@ -8,6 +8,7 @@ any line the command line prints goes through ``redact``.
 """
 
 import configparser
+import contextlib
 import os
 import re
 
@@ -44,20 +45,14 @@ def url_user(url: str) -> str:
     return found["user"] if found else ""
 
 
-def _credentials_file_password() -> str:
-    parser = configparser.ConfigParser()
-    try:
-        parser.read(os.path.expanduser(CREDENTIALS_FILE))  # a file it cannot open is skipped
-    except configparser.Error:
-        return ""
-    return parser.get("mlflow", "mlflow_tracking_password", fallback="")
-
-
 def known() -> set[str]:
     """Every secret this process was given, as text."""
     values = {os.environ.get(name, "") for name in SECRET_VARIABLES}
     values |= {url_password(os.environ.get(name, "")) for name in URL_VARIABLES}
-    values.add(_credentials_file_password())
+    parser = configparser.ConfigParser()
+    with contextlib.suppress(configparser.Error):  # of a file it cannot parse, what it parsed is kept
+        parser.read(os.path.expanduser(CREDENTIALS_FILE))  # a file it cannot open is skipped
+    values.add(parser.get("mlflow", "mlflow_tracking_password", fallback=""))
     return {value for value in values if len(value) >= _MIN_SECRET}
 
 

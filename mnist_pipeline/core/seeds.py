@@ -28,8 +28,7 @@ def pairwise(results: pd.DataFrame) -> pd.DataFrame:
     whether the difference is larger than the seed noise (p < ALPHA)."""
     by_variant = {name: rows["test_accuracy"].to_numpy() for name, rows in results.groupby("variant", sort=False)}
     rows = []
-    for a, b in itertools.combinations(by_variant, 2):
-        x, y = by_variant[a], by_variant[b]
+    for (a, x), (b, y) in itertools.combinations(by_variant.items(), 2):
         p = welch_p(x, y) if len(x) >= 2 and len(y) >= 2 else np.nan  # one seed: no noise estimate
         rows.append((a, b, float(x.mean() - y.mean()), p, bool(p < ALPHA)))
     return pd.DataFrame(rows, columns=["a", "b", "mean_a_minus_b", "p_value", "larger_than_seed_noise"])

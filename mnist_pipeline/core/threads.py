@@ -13,10 +13,8 @@ import os
 
 def cores() -> int:
     """The CPU cores this process may run on (a container's or taskset's limit included)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    # sched_getaffinity (Linux only) counts the cores this process may use; cpu_count every core
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def plan(trainings: int, workers: int) -> tuple[int, int]:
@@ -42,9 +40,5 @@ def current() -> int:
     (TF_NUM_INTRAOP_THREADS, else one per core)."""
     import tensorflow as tf
 
-    return tf.config.threading.get_intra_op_parallelism_threads() or _from_environment() or cores()
-
-
-def _from_environment() -> int:
     value = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
-    return int(value) if value.isdigit() else 0
+    return tf.config.threading.get_intra_op_parallelism_threads() or (int(value) if value.isdigit() else 0) or cores()

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mnist_pipeline.core.config import TrainConfig
-from mnist_pipeline.core.data import NUM_CLASSES, Mnist, split_validation
+from mnist_pipeline.core.data import Mnist, split_validation
 from mnist_pipeline.core.fit import Loop, evaluation_tensors
 from mnist_pipeline.core.models import build_model
 from mnist_pipeline.core.phases import Phases
@@ -47,12 +47,7 @@ class TrainResult:
 
 
 def best_epoch(history: pd.DataFrame) -> int:
-    ranked = history.sort_values(["val_accuracy", "val_loss"], ascending=[False, True])
-    return int(ranked.index[0])
-
-
-def one_hot(labels: np.ndarray) -> np.ndarray:
-    return keras.utils.to_categorical(labels, NUM_CLASSES).astype("float32")
+    return int(history.sort_values(["val_accuracy", "val_loss"], ascending=[False, True]).index[0])
 
 
 def train(
@@ -80,7 +75,6 @@ def train(
             rows.append(row)
             if on_epoch is not None:
                 on_epoch(epoch, row)
-    train_seconds = phases.seconds["epochs"]
     with phases("test"):
         test_loss, test_accuracy, test_probabilities = loop.evaluate(data.x_test, data.y_test)
     history = pd.DataFrame(rows, index=pd.RangeIndex(1, len(rows) + 1, name="epoch"))[list(EPOCH_METRICS)]
@@ -92,7 +86,7 @@ def train(
         test_probabilities=test_probabilities,
         val_labels=y_val,
         val_probabilities=val_probabilities,
-        train_seconds=train_seconds,
-        samples_per_second=len(x_fit) * cfg.epochs / train_seconds,
+        train_seconds=phases.seconds["epochs"],
+        samples_per_second=len(x_fit) * cfg.epochs / phases.seconds["epochs"],
         phases=phases.seconds,
     )

@@ -187,11 +187,8 @@ def log_dict(values: dict, path: str, run_id: str) -> None:
 
 
 def log_figure(fig: Figure, path: str) -> None:
-    """The figure as a PNG artifact of the active run; the figure is closed."""
-    from mnist_pipeline.core import plots  # imported already by whoever drew it: `train` starts without it
-
+    """The figure as a PNG artifact of the active run."""
     mlflow.log_figure(fig, path)
-    plots.close(fig)
 
 
 def end_running(run_ids: list[str]) -> None:

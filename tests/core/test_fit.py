@@ -13,7 +13,7 @@ from helpers.checks import tensorflow_log_lines
 from mnist_pipeline.core.config import resolve
 from mnist_pipeline.core.fit import Loop, _logits, dropout, epoch_order, evaluation_tensors
 from mnist_pipeline.core.models import build_model
-from mnist_pipeline.core.training import one_hot, train
+from mnist_pipeline.core.training import train
 
 BATCH = 32
 N_FIT = 70  # two full batches and a last one of 6: the partial batch counts
@@ -22,6 +22,10 @@ N_FIT = 70  # two full batches and a last one of 6: the partial batch counts
 def _model(cfg):
     keras.utils.set_random_seed(cfg.seed)
     return build_model(cfg, steps_per_epoch=math.ceil(N_FIT / BATCH))
+
+
+def one_hot(labels):
+    return keras.utils.to_categorical(labels, 10).astype("float32")
 
 
 def _split(tiny_mnist, n=N_FIT, n_val=30):
