@@ -17,7 +17,7 @@ from mnist_pipeline.core.param_fields import Params, param
 ROLES = {
     "researchers": ("EDIT", "READ"),  # train, main, reproduce, sweep: runs, never a version or an alias
     "release_managers": ("EDIT", "MANAGE"),  # register, verify: versions, aliases (deleting one: MANAGE)
-    "consumers": ("READ", "READ"),  # predict, serve, evaluate (not logged): read the model
+    "consumers": ("READ", "READ"),  # predict, serve, evaluate (without --log): read the model
 }
 EXPERIMENT = "mnist"  # the team's experiment, unless `--experiment` names another
 # MLflow's user names: what its sign-up form takes (letters, digits and . _ @ + -)

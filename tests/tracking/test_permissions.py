@@ -38,7 +38,7 @@ READS = ["search runs, read a run", "read a version by alias", "download a regis
 ROLE_CALLS = {
     "researchers": [call for call, (resource, _) in NEEDS.items() if resource == "experiment"] + READS,
     "release_managers": list(NEEDS),  # register, verify; a lost race's version deleted
-    "consumers": READS,  # predict, serve, evaluate (its scores printed, not logged)
+    "consumers": READS,  # predict, serve, evaluate (without --log: no run)
 }
 EXPERIMENT, MODEL = "permission-table", "permission-table-model"
 
