@@ -22,7 +22,6 @@ BodyLimit:
 
 import asyncio
 import logging
-import sys
 
 import uvicorn
 from starlette.requests import ClientDisconnect, Request
@@ -91,12 +90,10 @@ def serving_app(holder: follower.Follower, max_bytes: int):
         if request.method == "POST" and not content_type:
             message = "a request needs a Content-Type header: application/json, text/csv or application/x-parquet"
             return serving_model.error(415, message, stamp)
+        answer = None  # the fast path's, else MLflow's handler's
         if request.method == "POST" and content_type == "application/json":
             answer = await asyncio.to_thread(version.predict_json, await request.body())
-            if answer is not None:
-                answer.headers.update(stamp)
-                return answer
-        response = await call_next(request)
+        response = answer or await call_next(request)
         response.headers.update(stamp)
         if 400 <= response.status_code < 500 and "json" not in response.headers.get("content-type", ""):
             text = b"".join([chunk async for chunk in response.body_iterator]).decode(errors="replace").strip()
@@ -108,7 +105,7 @@ def serving_app(holder: follower.Follower, max_bytes: int):
 
 def _log_events() -> None:
     """The follower's events (loaded, refused, store gone and back), one line each on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler()  # stderr
     handler.setFormatter(logging.Formatter("%(asctime)s mnist-pipeline serve: %(message)s", "%Y-%m-%dT%H:%M:%S"))
     follower.LOG.addHandler(handler)
     follower.LOG.setLevel(logging.INFO)

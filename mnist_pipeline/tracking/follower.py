@@ -45,16 +45,15 @@ class Follower:
         self._store_problem: str | None = None  # why the store cannot be read, while it cannot
         self._retrying: str | None = None  # a version whose download the store failed
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = threading.Thread(target=self._run, name="alias-follower", daemon=True)
 
     def start(self) -> None:
         if self.following:
-            self._thread = threading.Thread(target=self._run, name="alias-follower", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
+        if self._thread.is_alive():
             self._thread.join(timeout=RELEASE_SECONDS)
 
     def _run(self) -> None:

@@ -20,8 +20,7 @@ from mnist_pipeline.tracking import store
 
 
 def _admin_client():
-    with warnings.catch_warnings():  # the auth app's Starlette imports warn of a deprecation
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(action="ignore"):  # the auth app's Starlette imports warn of a deprecation
         from mlflow.server.auth.client import AuthServiceClient  # 2 s of imports
 
     return AuthServiceClient(mlflow.get_tracking_uri())
@@ -68,12 +67,10 @@ def _check_admin(admin, users: list[str]) -> None:
     """UserError unless this user is an admin and every member exists, before any change."""
     me, where = store.user(), mask_url(mlflow.get_tracking_uri())
     try:
-        is_admin = admin.get_user(me).is_admin
+        reason = None if admin.get_user(me).is_admin else "not an admin"
     except MlflowException as err:
-        is_admin, reason = False, first_line(err)[:200]
-    else:
-        reason = "not an admin"
-    if not is_admin:
+        reason = first_line(err)[:200]
+    if reason is not None:
         who = me or "(anonymous)"
         raise UserError(f"user {who} may not set a team up on {where} ({reason}): `team` needs the server's admin")
     missing = []
