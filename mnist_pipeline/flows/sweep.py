@@ -46,7 +46,7 @@ from optuna.trial import TrialState
 from mnist_pipeline import names
 from mnist_pipeline.core import promotion_rule
 from mnist_pipeline.core.commands import SweepParams
-from mnist_pipeline.core.config import TrainConfig, resolve
+from mnist_pipeline.core.config import TrainConfig, parse_overrides, resolve
 from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.errors import RegistrationError
 from mnist_pipeline.flows import study as studies
@@ -59,9 +59,8 @@ class OverBudget(Exception):
 
 
 def trial_config(params: dict, seed: int) -> TrainConfig:
-    """The final variant with a trial's parameters, as Optuna holds them."""
-    units = tuple(int(u) for u in params["hidden_units"].split(","))
-    return resolve(studies.VARIANT, {**params, "hidden_units": units, "seed": seed})
+    """The final variant with a trial's parameters, as Optuna holds them (hidden_units as text)."""
+    return resolve(studies.VARIANT, parse_overrides({**params, "seed": seed}))
 
 
 def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pruners.BasePruner | None = None) -> str:
@@ -102,8 +101,7 @@ def _trial(
     from mnist_pipeline.tracking import track_training  # TensorFlow: after the command's fast checks
 
     trial.set_user_attr(names.WORKER_ATTR, worker)
-    if studies.taken(trial.study, before=trial.number) >= params.n_trials:
-        trial.study.stop()
+    if studies.taken(trial.study, before=trial.number) >= params.n_trials:  # the budget callback then stops the study
         print(f"trial {trial.number}: not run, another worker took the study's last place")
         raise OverBudget
     suggested = space.suggest(trial)

@@ -50,17 +50,17 @@ def permission(resource_type: str, resource_id: str) -> str | None:
     response = http_request(get_default_host_creds(uri), _PERMISSION, "GET", params=params, **store.CHECK)
     if response.status_code == 404 and "permission" not in response.text:
         return None  # no auth app: the route does not exist
+    server = f"{_who()}: the tracking server {mask_url(uri)}"
     if response.status_code != 200:
         raise AccessError(
-            f"{_who()}: the tracking server {mask_url(uri)} did not say what it may do on "
-            f"{_KIND[resource_type]} {resource_id!r} (HTTP {response.status_code}: {response.text[:200]})"
+            f"{server} did not say what it may do on {_KIND[resource_type]} {resource_id!r} "
+            f"(HTTP {response.status_code}: {response.text[:200]})"
         )
     try:
         return response.json()["permission"]
     except (ValueError, KeyError, TypeError):  # not MLflow's auth app, or another version of it
         raise AccessError(
-            f"{_who()}: the tracking server {mask_url(uri)} answered its permission query without a "
-            f"permission ({response.text[:200]!r})"
+            f"{server} answered its permission query without a permission ({response.text[:200]!r})"
         ) from None
 
 

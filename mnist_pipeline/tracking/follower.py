@@ -71,11 +71,10 @@ class Follower:
         if version is None or version == self.alias_version:
             return
         self.alias_version = version
-        if version == self.current.version:
-            LOG.info("%s is back at %s, which serves", self._alias(), self.describe())
-            self.refused = None
-            return
-        self._swap_to(version)
+        if version != self.current.version:
+            return self._swap_to(version)
+        LOG.info("%s is back at %s, which serves", self._alias(), self.describe())
+        self.refused = None
 
     def _read_alias(self) -> str | None:
         """The version the alias names; None if it cannot be read now or was deleted (each
