@@ -184,13 +184,12 @@ def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str,
 def _row(trial: optuna.trial.FrozenTrial, trial_runs: dict) -> dict:
     """val_accuracy is the last epoch's the trial reached (a pruned trial's too)."""
     run = trial_runs.get(trial.user_attrs.get(names.RUN_ATTR))
-    steps = trial.intermediate_values
     return {
         "trial": trial.number,
         "state": trial.state.name,
         **{p: trial.params.get(p) for p in studies.PARAMS},
-        "epochs_done": len(steps),
-        "val_accuracy": steps[max(steps)] if steps else None,
+        "epochs_done": len(trial.intermediate_values),
+        "val_accuracy": trial.intermediate_values.get(trial.last_step),
         "test_accuracy": run.data.metrics.get("test_accuracy") if run else None,
         "run_id": trial.user_attrs.get(names.RUN_ATTR, ""),
         "worker": trial.user_attrs.get(names.WORKER_ATTR, ""),

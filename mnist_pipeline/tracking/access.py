@@ -155,8 +155,7 @@ def require_model_read(model_uri: str, command: str) -> None:
 
 def is_refusal(err: BaseException) -> bool:
     """Whether ``err`` is the server refusing a call (HTTP 403)."""
-    text = first_line(err)
-    return "error code 403" in text or "PERMISSION_DENIED" in text or "403 Client Error" in text
+    return any(mark in first_line(err) for mark in ("error code 403", "PERMISSION_DENIED", "403 Client Error"))
 
 
 def refused_during(err: BaseException, run_id: str, ended: bool = True) -> str:

@@ -109,7 +109,7 @@ class Follower:
         try:
             candidate = serving_model.load(f"models:/{self.target.name}/{version}", version, self.current)
         except serving_model.Refused as err:
-            return self._refuse(version, str(err))
+            return self._refuse(version, _why(err))
         except Exception as err:  # the artifacts could not be had: a bad version, or the store failed
             if _transient(err) or self._read_alias() != version:  # the store's fault, or the alias moved
                 return self._retry(version, err)
@@ -133,8 +133,8 @@ class Follower:
         self.alias_version = self.current.version  # so that the next round loads it again
 
     def _refuse(self, version: str, reason: str) -> None:
+        """``reason``: one line, with secrets masked (_why)."""
         self._retrying = None
-        reason = secrets.redact(reason)
         self.refused = {"version": version, "reason": reason, "at": serving_model.now()}
         LOG.warning(
             "refused version %s of %s: %s; still serving %s", version, self.target.name, reason, self.describe()

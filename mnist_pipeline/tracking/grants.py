@@ -19,13 +19,6 @@ from mnist_pipeline.core.secrets import mask_url
 from mnist_pipeline.tracking import store
 
 
-def _admin_client():
-    with warnings.catch_warnings(action="ignore"):  # the auth app's Starlette imports warn of a deprecation
-        from mlflow.server.auth.client import AuthServiceClient  # 2 s of imports
-
-    return AuthServiceClient(mlflow.get_tracking_uri())
-
-
 def _grant(admin, user: str, resource_type: str, resource_id: str, level: str) -> str:
     """Grant ``level``; returns what happened: 'granted', 'kept' or 'changed from X'."""
     try:
@@ -88,7 +81,10 @@ def _check_admin(admin, users: list[str]) -> None:
 
 def setup(params: TeamParams) -> list[str]:
     """Create what is missing and grant every member's role; one line per resource and member."""
-    admin = _admin_client()
+    with warnings.catch_warnings(action="ignore"):  # the auth app's Starlette imports warn of a deprecation
+        from mlflow.server.auth.client import AuthServiceClient  # 2 s of imports
+
+    admin = AuthServiceClient(mlflow.get_tracking_uri())
     _check_admin(admin, [user for user, *_ in params.grants()])
     experiment_id, lines = _resources(params.experiment, params.model_name)
     for user, role, on_experiment, on_model in params.grants():
