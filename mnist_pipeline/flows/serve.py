@@ -22,7 +22,6 @@ BodyLimit:
 
 import asyncio
 import logging
-import sys
 
 import uvicorn
 from starlette.requests import ClientDisconnect, Request
@@ -45,33 +44,29 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        chunks, size = [], 0
         try:
-            body = await asyncio.wait_for(self._read(Request(scope, receive)), self.seconds)
+            async with asyncio.timeout(self.seconds):
+                # read to its end even over the bound: an answer sent while the client still sends breaks its pipe
+                async for chunk in Request(scope, receive).stream():
+                    size += len(chunk)
+                    if size <= self.max_bytes:
+                        chunks.append(chunk)
         except TimeoutError:  # still sending
             message = f"request body not sent whole within {self.seconds} s"
             return await serving_model.error(408, message)(scope, receive, send)
         except ClientDisconnect:  # the client went away
             return None
-        if body is None:
+        if size > self.max_bytes:
             most = f"send at most about {max(1, self.max_bytes // IMAGE_JSON_BYTES)} images per request"
             message = f"request body over {self.max_bytes} bytes: {most}, or raise --max-request-mb"
             return await serving_model.error(413, message)(scope, receive, send)
-        pending = [{"type": "http.request", "body": body, "more_body": False}]
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
         async def replay():  # the whole body in one message, then what the client sends (its disconnect)
             return pending.pop() if pending else await receive()
 
         return await self.app(scope, replay, send)
-
-    async def _read(self, request: Request) -> bytes | None:
-        """The body; None once it is over the bound, read on to its end all the same (an answer
-        sent while the client still sends breaks its pipe)."""
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size <= self.max_bytes:
-                chunks.append(chunk)
-        return b"".join(chunks) if size <= self.max_bytes else None
 
 
 def serving_app(holder: follower.Follower, max_bytes: int):
@@ -91,12 +86,10 @@ def serving_app(holder: follower.Follower, max_bytes: int):
         if request.method == "POST" and not content_type:
             message = "a request needs a Content-Type header: application/json, text/csv or application/x-parquet"
             return serving_model.error(415, message, stamp)
+        answer = None  # the fast path's, else MLflow's handler's
         if request.method == "POST" and content_type == "application/json":
             answer = await asyncio.to_thread(version.predict_json, await request.body())
-            if answer is not None:
-                answer.headers.update(stamp)
-                return answer
-        response = await call_next(request)
+        response = answer or await call_next(request)
         response.headers.update(stamp)
         if 400 <= response.status_code < 500 and "json" not in response.headers.get("content-type", ""):
             text = b"".join([chunk async for chunk in response.body_iterator]).decode(errors="replace").strip()
@@ -106,20 +99,16 @@ def serving_app(holder: follower.Follower, max_bytes: int):
     return BodyLimit(app, max_bytes)
 
 
-def _log_events() -> None:
-    """The follower's events (loaded, refused, store gone and back), one line each on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s mnist-pipeline serve: %(message)s", "%Y-%m-%dT%H:%M:%S"))
-    follower.LOG.addHandler(handler)
-    follower.LOG.setLevel(logging.INFO)
-    follower.LOG.propagate = False
-
-
 def run(params: ServeParams) -> None:
     """Serve ``params.model_uri`` until interrupted, following its alias if it has one."""
     store.check_tracking_store()
     access.require_model_read(params.model_uri, "serve")
-    _log_events()
+    # the follower's events (loaded, refused, store gone and back), one line each on stderr
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s mnist-pipeline serve: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    follower.LOG.addHandler(handler)
+    follower.LOG.setLevel(logging.INFO)
+    follower.LOG.propagate = False
     holder = follower.Follower(params.model_uri, serving_model.load_first(params.model_uri), params.refresh_seconds)
     follower.LOG.info("serving %s from %s", holder.describe(), params.model_uri)
     holder.start()

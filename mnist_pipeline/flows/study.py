@@ -32,6 +32,7 @@ HEARTBEAT_SECONDS = 30  # a RUNNING trial sends one this often; silent for GRACE
 GRACE_SECONDS = 120
 PARENT_WAIT_SECONDS = 60  # a joining worker waits this long for the first to name the parent run
 STORAGE_ATTEMPTS = 3  # opening the Optuna database (see open_storage)
+TAKEN = tuple(s for s in TrialState if s != TrialState.FAIL)  # the trials that hold a place in the budget
 
 
 @dataclass(frozen=True)
@@ -106,13 +107,9 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             # CREATE TABLE IF NOT EXISTS (a known race); the loser's transaction rolled back
             # and the tables exist now: it tries again.
             if attempt == STORAGE_ATTEMPTS or not isinstance(err, (IntegrityError, ProgrammingError)):
-                raise _unopened(url, err) from None
+                reason = first_line(err)[:200] or type(err).__name__
+                raise UserError(f"Optuna storage {_shown(url)} cannot be opened ({reason})") from None
             time.sleep(attempt)
-
-
-def _unopened(url: str, err: Exception) -> UserError:
-    reason = first_line(err)[:200] or type(err).__name__
-    return UserError(f"Optuna storage {_shown(url)} cannot be opened ({reason})")
 
 
 def _shown(url: str) -> str:
@@ -169,7 +166,7 @@ def _wait_for_parent(study: optuna.Study, digest: str) -> str:
 
 def taken(study: optuna.Study, before: float = float("inf")) -> int:
     """Trials that hold a place in the budget (all but FAIL), numbered below ``before``."""
-    return sum(t.state != TrialState.FAIL and t.number < before for t in study.get_trials(deepcopy=False))
+    return sum(t.number < before for t in study.get_trials(deepcopy=False, states=TAKEN))
 
 
 def _end_stale_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

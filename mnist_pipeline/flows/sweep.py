@@ -46,11 +46,11 @@ from optuna.trial import TrialState
 from mnist_pipeline import names
 from mnist_pipeline.core import promotion_rule
 from mnist_pipeline.core.commands import SweepParams
-from mnist_pipeline.core.config import TrainConfig, resolve
+from mnist_pipeline.core.config import TrainConfig, parse_overrides, resolve
 from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.errors import RegistrationError
 from mnist_pipeline.flows import study as studies
-from mnist_pipeline.flows.study import PARAMS, VARIANT, SearchSpace
+from mnist_pipeline.flows.study import SearchSpace
 from mnist_pipeline.tracking import access, decisions, liveness, readback, registry, run_lifecycle
 
 
@@ -59,9 +59,8 @@ class OverBudget(Exception):
 
 
 def trial_config(params: dict, seed: int) -> TrainConfig:
-    """The final variant with a trial's parameters, as Optuna holds them."""
-    units = tuple(int(u) for u in params["hidden_units"].split(","))
-    return resolve(VARIANT, {**params, "hidden_units": units, "seed": seed})
+    """The final variant with a trial's parameters, as Optuna holds them (hidden_units as text)."""
+    return resolve(studies.VARIANT, parse_overrides({**params, "seed": seed}))
 
 
 def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pruners.BasePruner | None = None) -> str:
@@ -69,7 +68,7 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
     it holds ``params.n_trials`` or ``params.timeout`` passes, then log the trials table and
     register the best COMPLETE trial. Returns the parent run id. ``space`` and ``pruner``
     default to study.SEARCH_SPACE and study.median_pruner()."""
-    splits = [resolve(VARIANT, {"seed": params.training_seed}).validation_split]
+    splits = [resolve(studies.VARIANT, {"seed": params.training_seed}).validation_split]
     # a refusal to register is noted now, and said again with what to do once the trials are done
     kept = "the trials are run and kept"
     data = run_lifecycle.preflight("sweep", params.data_dir, splits, params.model_name, kept, ends_dead_runs=False)
@@ -89,8 +88,8 @@ def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pr
         )
     else:
         objective = functools.partial(_trial, params, data, space, parent_id, worker)
-        after_trial = functools.partial(_after_trial, params.n_trials)
-        study.optimize(objective, timeout=params.timeout or None, catch=(OverBudget,), callbacks=[after_trial])
+        budget = optuna.study.MaxTrialsCallback(params.n_trials, states=studies.TAKEN)  # all workers' trials
+        study.optimize(objective, timeout=params.timeout or None, catch=(OverBudget,), callbacks=[_after_trial, budget])
     summarize(study, parent_id, params.model_name, worker, params.gates())
     return parent_id
 
@@ -102,8 +101,7 @@ def _trial(
     from mnist_pipeline.tracking import track_training  # TensorFlow: after the command's fast checks
 
     trial.set_user_attr(names.WORKER_ATTR, worker)
-    if studies.taken(trial.study, before=trial.number) >= params.n_trials:
-        trial.study.stop()
+    if studies.taken(trial.study, before=trial.number) >= params.n_trials:  # the budget callback then stops the study
         print(f"trial {trial.number}: not run, another worker took the study's last place")
         raise OverBudget
     suggested = space.suggest(trial)
@@ -111,6 +109,7 @@ def _trial(
     print(f"trial {trial.number}: {shown}")
     cfg = trial_config(suggested, params.training_seed)
     tags = {names.TAG_STUDY: params.study_name, names.TAG_TRIAL: str(trial.number)}
+    tags |= {names.TAG_PARENT_RUN: parent_id, names.TAG_WORKER: worker}
     last = {}
 
     def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -123,13 +122,7 @@ def _trial(
             )
 
     try:
-        run_id = track_training.track_training(
-            cfg,
-            data,
-            after_epoch=after_epoch,
-            label=f"trial {trial.number}",
-            tags={names.TAG_PARENT_RUN: parent_id, names.TAG_WORKER: worker, **tags},
-        )
+        run_id = track_training.track_training(cfg, data, tags, after_epoch, label=f"trial {trial.number}")
     except track_training.TrainingStopped as stop:
         trial.set_user_attr(names.RUN_ATTR, stop.run_id)
         raise optuna.TrialPruned(str(stop)) from None
@@ -141,16 +134,14 @@ def _trial(
     return last["val_accuracy"]
 
 
-def _after_trial(n_trials: int, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """A line for each trial this worker trained, and the study stopped once it holds ``n_trials``."""
+def _after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """A line for each trial this worker trained."""
     if (epoch := trial.last_step) is not None:  # None: a trial not run (OverBudget)
         line = f"trial {trial.number}: {trial.state.name} after epoch {epoch}"
         line += f", val_accuracy {trial.intermediate_values[epoch]:.4f}"
         if trial.state == TrialState.COMPLETE:
             line += f"; best so far: trial {study.best_trial.number}, {study.best_value:.4f}"
         print(line)
-    if studies.taken(study) >= n_trials:
-        study.stop()
 
 
 def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str, gates: promotion_rule.Gates) -> None:
@@ -193,13 +184,12 @@ def summarize(study: optuna.Study, parent_id: str, model_name: str, worker: str,
 def _row(trial: optuna.trial.FrozenTrial, trial_runs: dict) -> dict:
     """val_accuracy is the last epoch's the trial reached (a pruned trial's too)."""
     run = trial_runs.get(trial.user_attrs.get(names.RUN_ATTR))
-    steps = trial.intermediate_values
     return {
         "trial": trial.number,
         "state": trial.state.name,
-        **{p: trial.params.get(p) for p in PARAMS},
-        "epochs_done": len(steps),
-        "val_accuracy": steps[max(steps)] if steps else None,
+        **{p: trial.params.get(p) for p in studies.PARAMS},
+        "epochs_done": len(trial.intermediate_values),
+        "val_accuracy": trial.intermediate_values.get(trial.last_step),
         "test_accuracy": run.data.metrics.get("test_accuracy") if run else None,
         "run_id": trial.user_attrs.get(names.RUN_ATTR, ""),
         "worker": trial.user_attrs.get(names.WORKER_ATTR, ""),

@@ -18,7 +18,6 @@ from mlflow.utils.rest_utils import http_request
 from mnist_pipeline.core.errors import UserError, first_line
 from mnist_pipeline.core.secrets import mask_url, redact
 from mnist_pipeline.tracking import model_uris, store
-from mnist_pipeline.tracking.store import user
 
 LEVELS = {"DENY": -1, "NO_PERMISSIONS": 0, "READ": 1, "USE": 2, "EDIT": 3, "MANAGE": 4}
 RUNS_NEED = "EDIT"  # creating runs in an experiment, logging to them, ending them
@@ -38,30 +37,30 @@ class Refusal(str):
 
 
 def _who() -> str:
-    return f"user {user()}" if user() else "an anonymous request (no MLFLOW_TRACKING_USERNAME)"
+    return f"user {store.user()}" if store.user() else "an anonymous request (no MLFLOW_TRACKING_USERNAME)"
 
 
 def permission(resource_type: str, resource_id: str) -> str | None:
     """This user's permission on a resource as the server resolves it (grants, else the
     server's default); None on a store without authentication."""
     uri = mlflow.get_tracking_uri()
-    if not (store.is_server(uri) and user()):  # an anonymous request: refused at the store check already
+    if not (store.is_server(uri) and store.user()):  # an anonymous request: refused at the store check already
         return None
-    params = {"username": user(), "resource_type": resource_type, "resource_id": resource_id}
+    params = {"username": store.user(), "resource_type": resource_type, "resource_id": resource_id}
     response = http_request(get_default_host_creds(uri), _PERMISSION, "GET", params=params, **store.CHECK)
     if response.status_code == 404 and "permission" not in response.text:
         return None  # no auth app: the route does not exist
+    server = f"{_who()}: the tracking server {mask_url(uri)}"
     if response.status_code != 200:
         raise AccessError(
-            f"{_who()}: the tracking server {mask_url(uri)} did not say what it may do on "
-            f"{_KIND[resource_type]} {resource_id!r} (HTTP {response.status_code}: {response.text[:200]})"
+            f"{server} did not say what it may do on {_KIND[resource_type]} {resource_id!r} "
+            f"(HTTP {response.status_code}: {response.text[:200]})"
         )
     try:
         return response.json()["permission"]
     except (ValueError, KeyError, TypeError):  # not MLflow's auth app, or another version of it
         raise AccessError(
-            f"{_who()}: the tracking server {mask_url(uri)} answered its permission query without a "
-            f"permission ({response.text[:200]!r})"
+            f"{server} answered its permission query without a permission ({response.text[:200]!r})"
         ) from None
 
 
@@ -78,7 +77,7 @@ def refusal(
     kind, label = _KIND[resource_type], label or repr(resource_id)
     return Refusal(
         f"{_who()} may not {action} {kind} {label} for `{command}`: that needs {needed} on it and "
-        f"{user()} has {held}; the server's admin or a user with MANAGE on the {kind} grants it with {TEAM_HINT}"
+        f"{store.user()} has {held}; the server's admin or a user with MANAGE on the {kind} grants it with {TEAM_HINT}"
     )
 
 
@@ -93,14 +92,12 @@ def experiment(command: str, experiment_id: str | None = None) -> tuple[str | No
     MLFLOW_EXPERIMENT_ID or MLFLOW_EXPERIMENT_NAME names, else Default. The id is None for
     a name that does not exist yet: the user who creates it holds MANAGE on it. The label is
     the name quoted, '' if this user may not read the experiment."""
-    experiment_id = experiment_id or mlflow.environment_variables.MLFLOW_EXPERIMENT_ID.get()
     name = mlflow.environment_variables.MLFLOW_EXPERIMENT_NAME.get()
-    client = mlflow.MlflowClient()
+    experiment_id = experiment_id or mlflow.environment_variables.MLFLOW_EXPERIMENT_ID.get() or (None if name else "0")
     try:
-        if experiment_id or not name:
-            experiment_id = experiment_id or "0"
-            return experiment_id, repr(client.get_experiment(experiment_id).name)
-        found = client.get_experiment_by_name(name)
+        if experiment_id:
+            return experiment_id, repr(mlflow.MlflowClient().get_experiment(experiment_id).name)
+        found = mlflow.MlflowClient().get_experiment_by_name(name)
     except MlflowException as err:
         if experiment_id:  # the name only labels a refusal line: none if it may not read it
             return experiment_id, ""
@@ -145,8 +142,7 @@ def registration_refusal(model_name: str, command: str) -> Refusal | None:
 def note_registration_refusal(model_name: str, command: str, kept: str) -> None:
     """Before any training: if this user may not register (``model_name`` '' : no
     registration), say so now in one note; the work (``kept``) is still done and kept."""
-    refused = registration_refusal(model_name, command) if model_name else None
-    if refused:
+    if model_name and (refused := registration_refusal(model_name, command)):
         print(f"note: {refused}; {kept} for a release manager", file=sys.stderr)
 
 
@@ -159,20 +155,16 @@ def require_model_read(model_uri: str, command: str) -> None:
 
 def is_refusal(err: BaseException) -> bool:
     """Whether ``err`` is the server refusing a call (HTTP 403)."""
-    text = first_line(err)
-    return "error code 403" in text or "PERMISSION_DENIED" in text or "403 Client Error" in text
+    return any(mark in first_line(err) for mark in ("error code 403", "PERMISSION_DENIED", "403 Client Error"))
 
 
 def refused_during(err: BaseException, run_id: str, ended: bool = True) -> str:
     """The line for a refusal in the middle of a run (a grant revoked since the checks)."""
-    fate = (
-        "ended FAILED"
-        if ended
-        else "could not be ended (refused too): it stays RUNNING until someone with EDIT ends it"
-    )
+    unended = "could not be ended (refused too): it stays RUNNING until someone with EDIT ends it"
     return (
-        f"{_who()} was refused by the tracking server ({redact(first_line(err))[:160]}); run {run_id} {fate}: "
-        f"a permission changed since the command's checks, or this step needs one docs/team-server.md lists"
+        f"{_who()} was refused by the tracking server ({redact(first_line(err))[:160]}); "
+        f"run {run_id} {'ended FAILED' if ended else unended}: a permission changed since the command's checks, "
+        "or this step needs one docs/team-server.md lists"
     )
 
 

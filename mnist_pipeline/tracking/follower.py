@@ -45,16 +45,15 @@ class Follower:
         self._store_problem: str | None = None  # why the store cannot be read, while it cannot
         self._retrying: str | None = None  # a version whose download the store failed
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = threading.Thread(target=self._run, name="alias-follower", daemon=True)
 
     def start(self) -> None:
         if self.following:
-            self._thread = threading.Thread(target=self._run, name="alias-follower", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
+        if self._thread.is_alive():
             self._thread.join(timeout=RELEASE_SECONDS)
 
     def _run(self) -> None:
@@ -72,11 +71,10 @@ class Follower:
         if version is None or version == self.alias_version:
             return
         self.alias_version = version
-        if version == self.current.version:
-            LOG.info("%s is back at %s, which serves", self._alias(), self.describe())
-            self.refused = None
-            return
-        self._swap_to(version)
+        if version != self.current.version:
+            return self._swap_to(version)
+        LOG.info("%s is back at %s, which serves", self._alias(), self.describe())
+        self.refused = None
 
     def _read_alias(self) -> str | None:
         """The version the alias names; None if it cannot be read now or was deleted (each
@@ -111,7 +109,7 @@ class Follower:
         try:
             candidate = serving_model.load(f"models:/{self.target.name}/{version}", version, self.current)
         except serving_model.Refused as err:
-            return self._refuse(version, str(err))
+            return self._refuse(version, _why(err))
         except Exception as err:  # the artifacts could not be had: a bad version, or the store failed
             if _transient(err) or self._read_alias() != version:  # the store's fault, or the alias moved
                 return self._retry(version, err)
@@ -135,8 +133,8 @@ class Follower:
         self.alias_version = self.current.version  # so that the next round loads it again
 
     def _refuse(self, version: str, reason: str) -> None:
+        """``reason``: one line, with secrets masked (_why)."""
         self._retrying = None
-        reason = secrets.redact(reason)
         self.refused = {"version": version, "reason": reason, "at": serving_model.now()}
         LOG.warning(
             "refused version %s of %s: %s; still serving %s", version, self.target.name, reason, self.describe()

@@ -19,14 +19,6 @@ from mnist_pipeline.core.secrets import mask_url
 from mnist_pipeline.tracking import store
 
 
-def _admin_client():
-    with warnings.catch_warnings():  # the auth app's Starlette imports warn of a deprecation
-        warnings.simplefilter("ignore")
-        from mlflow.server.auth.client import AuthServiceClient  # 2 s of imports
-
-    return AuthServiceClient(mlflow.get_tracking_uri())
-
-
 def _grant(admin, user: str, resource_type: str, resource_id: str, level: str) -> str:
     """Grant ``level``; returns what happened: 'granted', 'kept' or 'changed from X'."""
     try:
@@ -68,12 +60,10 @@ def _check_admin(admin, users: list[str]) -> None:
     """UserError unless this user is an admin and every member exists, before any change."""
     me, where = store.user(), mask_url(mlflow.get_tracking_uri())
     try:
-        is_admin = admin.get_user(me).is_admin
+        reason = None if admin.get_user(me).is_admin else "not an admin"
     except MlflowException as err:
-        is_admin, reason = False, first_line(err)[:200]
-    else:
-        reason = "not an admin"
-    if not is_admin:
+        reason = first_line(err)[:200]
+    if reason is not None:
         who = me or "(anonymous)"
         raise UserError(f"user {who} may not set a team up on {where} ({reason}): `team` needs the server's admin")
     missing = []
@@ -91,7 +81,10 @@ def _check_admin(admin, users: list[str]) -> None:
 
 def setup(params: TeamParams) -> list[str]:
     """Create what is missing and grant every member's role; one line per resource and member."""
-    admin = _admin_client()
+    with warnings.catch_warnings(action="ignore"):  # the auth app's Starlette imports warn of a deprecation
+        from mlflow.server.auth.client import AuthServiceClient  # 2 s of imports
+
+    admin = AuthServiceClient(mlflow.get_tracking_uri())
     _check_admin(admin, [user for user, *_ in params.grants()])
     experiment_id, lines = _resources(params.experiment, params.model_name)
     for user, role, on_experiment, on_model in params.grants():

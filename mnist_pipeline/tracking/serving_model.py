@@ -34,7 +34,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import scoring_server
-from mlflow.pyfunc.scoring_server import predictions_to_json
 from starlette.responses import JSONResponse, Response
 
 from mnist_pipeline.core.data import NUM_CLASSES
@@ -109,7 +108,7 @@ class Served:
         if problem := pixel_problem(inputs):
             return error(400, problem)
         answer = io.StringIO()
-        predictions_to_json(self.model.predict(inputs.astype(np.float32)), answer)
+        scoring_server.predictions_to_json(self.model.predict(inputs.astype(np.float32)), answer)
         return Response(answer.getvalue(), media_type="application/json")
 
 
@@ -152,11 +151,10 @@ def check(model, serving=None) -> None:
     schema = model.metadata.get_input_schema()
     if serving is not None and schema != serving.metadata.get_input_schema():
         raise Refused(f"input signature {schema} differs from the serving one's")
-    example = model.input_example
-    if example is None:
+    if model.input_example is None:
         raise Refused("has no input example to check it on")
     try:
-        probabilities = np.asarray(model.predict(np.asarray(example, dtype=np.float32)), dtype=np.float64)
+        probabilities = np.asarray(model.predict(np.asarray(model.input_example, dtype=np.float32)), dtype=np.float64)
     except Exception as err:  # the warm-up call: anything that fails here would fail a request
         raise Refused(f"fails on its input example: {first_line(err) or type(err).__name__}") from None
     if probabilities.ndim != 2 or probabilities.shape[1] != NUM_CLASSES:
