@@ -1,10 +1,10 @@
 """The README's pictures of the MLflow UI, taken from a real `mlflow ui`.
 
 A short `mlflow run .` (2 epochs per variant) fills a fresh store, `mlflow ui` serves it on
-a free port of 127.0.0.1, and Debian's Chromium, driven by Playwright, takes three pictures:
+a free port of 127.0.0.1, and Debian's Chromium, driven by Playwright, takes four pictures:
 the runs table with the variants nested under their `main` run, the compare view of the three
-variants, and the registered model with its aliases. They are written to docs/img/ as small
-palette PNGs.
+variants, the registered model with its aliases, and the champion's logged model with its
+metrics by dataset (after `evaluate --log`). They are written to docs/img/ as small palette PNGs.
 
     apt-get install chromium && pip install playwright    # once
     python docs/screenshots.py --data-dir ../shared/data/mnist
@@ -35,8 +35,11 @@ COLORS = 64  # palette size of the saved PNGs: text and charts stay sharp, files
 
 def fill_store(store: Path, data_dir: str) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db", "MNIST_DATA_DIR": data_dir}
-    command = ["mlflow", "run", str(ROOT), "--env-manager", "local", "-P", "epochs=2"]
-    subprocess.run(command, cwd=store, env=env, check=True, stdout=subprocess.DEVNULL)
+    command = ["mlflow", "run", str(ROOT), "--env-manager", "local"]
+    subprocess.run([*command, "-P", "epochs=2"], cwd=store, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*command, "-e", "evaluate", "-P", "log=true"], cwd=store, env=env, check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def free_port() -> int:
@@ -60,13 +63,15 @@ def start_ui(store: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("mlflow ui did not answer within 60 s")
 
 
-def ids(store: Path) -> tuple[str, list[str]]:
-    """The experiment's id and the variants' training run ids, from the store."""
+def ids(store: Path) -> tuple[str, list[str], str]:
+    """The experiment's id, the variants' training run ids and the champion's logged model id."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
     import mlflow
 
     [parent] = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'main'", output_format="list")
-    return parent.info.experiment_id, list(json.loads(parent.data.tags["children"]).values())
+    champion = mlflow.MlflowClient().get_model_version_by_alias("mnist-digits", "champion")
+    children = list(json.loads(parent.data.tags["children"]).values())
+    return parent.info.experiment_id, children, champion.source.removeprefix("models:/")
 
 
 def open_page(page, url: str, wait_for: str) -> None:
@@ -108,7 +113,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp)
         fill_store(store, args.data_dir)
-        experiment, children = ids(store)
+        experiment, children, model_id = ids(store)
         port = free_port()
         ui = start_ui(store, port)
         base = f"http://127.0.0.1:{port}/#"
@@ -126,6 +131,8 @@ def main() -> None:
                 shoot(page, OUT / "compare.png", {**CLIP, "height": 620})
                 open_page(page, f"{base}/models/mnist-digits", "champion")
                 shoot(page, OUT / "model.png", {**CLIP, "height": 520})
+                open_page(page, f"{base}/experiments/{experiment}/models/{model_id}", "accuracy_score")
+                shoot(page, OUT / "logged-model.png", {**CLIP, "height": 700})
                 browser.close()
         finally:
             ui.terminate()

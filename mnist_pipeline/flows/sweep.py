@@ -46,7 +46,7 @@ from optuna.trial import TrialState
 from mnist_pipeline import names
 from mnist_pipeline.core import promotion_rule
 from mnist_pipeline.core.commands import SweepParams
-from mnist_pipeline.core.config import TrainConfig, parse_overrides, resolve
+from mnist_pipeline.core.config import TrainConfig, resolve
 from mnist_pipeline.core.data import Mnist
 from mnist_pipeline.core.errors import RegistrationError
 from mnist_pipeline.flows import study as studies
@@ -60,7 +60,8 @@ class OverBudget(Exception):
 
 def trial_config(params: dict, seed: int) -> TrainConfig:
     """The final variant with a trial's parameters, as Optuna holds them (hidden_units as text)."""
-    return resolve(studies.VARIANT, parse_overrides({**params, "seed": seed}))
+    units = tuple(int(u) for u in params["hidden_units"].split(","))
+    return resolve(studies.VARIANT, {**params, "hidden_units": units, "seed": seed})
 
 
 def run(params: SweepParams, space: SearchSpace | None = None, pruner: optuna.pruners.BasePruner | None = None) -> str:
