@@ -131,7 +131,8 @@ def main() -> None:
                 shoot(page, OUT / "compare.png", {**CLIP, "height": 620})
                 open_page(page, f"{base}/models/mnist-digits", "champion")
                 shoot(page, OUT / "model.png", {**CLIP, "height": 520})
-                open_page(page, f"{base}/experiments/{experiment}/models/{model_id}", "accuracy_score")
+                open_page(page, f"{base}/experiments/{experiment}/models/{model_id}", "Metrics")
+                page.get_by_placeholder("Search metrics").fill("accuracy")  # the training's and the evaluation's
                 shoot(page, OUT / "logged-model.png", {**CLIP, "height": 700})
                 browser.close()
         finally:
