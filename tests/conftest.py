@@ -155,7 +155,8 @@ def registered(tracking_store, tiny_mnist_dir):
 
 @pytest.fixture(scope="module")
 def registered_once(tmp_path_factory, empty_store):
-    """`registered`, made once for a test module whose tests only read the store (serving)."""
+    """`registered`, made once for a test module whose tests share it: they read the store
+    (serving), or add runs no other test of the module counts (the registry's consumers)."""
     folder = tmp_path_factory.mktemp("registered")
     with pytest.MonkeyPatch.context() as monkeypatch:
         uri = _private_store(folder, empty_store, monkeypatch)
