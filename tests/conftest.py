@@ -5,6 +5,7 @@ pytest-xdist, which tests share a worker. The helpers they use live in helpers/.
 from __future__ import annotations
 
 import ast
+import collections
 import contextlib
 import functools
 import os
@@ -155,7 +156,8 @@ def registered(tracking_store, tiny_mnist_dir):
 
 @pytest.fixture(scope="module")
 def registered_once(tmp_path_factory, empty_store):
-    """`registered`, made once for a test module whose tests only read the store (serving)."""
+    """`registered`, made once for a test module whose tests share it: they read the store
+    (serving), or add runs no other test of the module counts (the registry's consumers)."""
     folder = tmp_path_factory.mktemp("registered")
     with pytest.MonkeyPatch.context() as monkeypatch:
         uri = _private_store(folder, empty_store, monkeypatch)
@@ -263,6 +265,11 @@ def team_server(postgres, tmp_path_factory):
 # xdist's public way, `--dist loadgroup` with xdist_group marks, groups nothing under pytest 9.2
 # (pytest-xdist#1386: it renames node ids, which pytest 9.2 no longer lets it), so this
 # scheduler overrides LoadScopeScheduling's private _split_scope: pyproject.toml bounds xdist.
+# The wall time is the slower worker's, so the groups are handed out longest first, lest a long
+# one start last while the other worker idles: xdist's order (most tests first) is the reverse
+# here. First the servers' group, then a module with a test on the real MNIST (slow), then
+# the modules of fewest tests, which are those of long ones (a training, a process, a server
+# each); the modules of many quick checks fill the end.
 SERVER_FIXTURES = {"postgres", "mlflow_server", "tracking_server", "server_store", "team_server"}
 
 
@@ -271,6 +278,19 @@ def _group(path: Path) -> str:
     functions = (node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.FunctionDef))
     uses = any(arg.arg in SERVER_FIXTURES for function in functions for arg in function.args.args)
     return "servers" if uses else str(path)
+
+
+@functools.cache
+def _slow(scope: str) -> bool:
+    return scope != "servers" and "pytest.mark.slow" in Path(scope).read_text()
+
+
+class _LongestFirst(collections.OrderedDict):
+    """The scheduler's queue of groups ({group: {node id: done}}), which hands out the longest first."""
+
+    def popitem(self, last=True):
+        scope = min(self, key=lambda scope: (scope != "servers", not _slow(scope), len(self[scope])))
+        return scope, self.pop(scope)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -282,6 +302,11 @@ def pytest_xdist_make_scheduler(config, log):
     assert "_split_scope" in vars(LoadScopeScheduling), "pytest-xdist no longer has the method ByGroup overrides"
 
     class ByGroup(LoadScopeScheduling):
+        def __init__(self, config, log):
+            super().__init__(config, log)
+            assert type(self.workqueue) is collections.OrderedDict, "pytest-xdist's queue of groups changed"
+            self.workqueue = _LongestFirst()
+
         def _split_scope(self, nodeid: str) -> str:
             return _group(config.rootpath / nodeid.split("::", 1)[0])
 

@@ -215,8 +215,8 @@ def test_nothing_to_register_is_a_one_line_error(tracking_store, capsys):
     assert "run_id='0123456789abcdef' is not a run" in capsys.readouterr().err
 
 
-def test_main_registers_its_best_child_and_register_does_not_duplicate(registered, tiny_mnist_dir):
-    runs = all_runs(registered)
+def test_main_registers_its_best_child_and_register_does_not_duplicate(registered_once, tiny_mnist_dir):
+    runs = all_runs(registered_once)
     [parent] = [r for r in runs if r.data.tags.get(names.TAG_ROLE) == "main"]
     children = json.loads(parent.data.tags[names.TAG_CHILDREN])
     best = registry.best_run(list(children.values()))
@@ -229,7 +229,9 @@ def test_main_registers_its_best_child_and_register_does_not_duplicate(registere
     assert len(mlflow.MlflowClient().search_model_versions(f"name = '{names.MODEL_NAME}'")) == 1
 
 
-def test_a_consumer_s_pyfunc_is_the_shipped_loader_quiet_and_the_keras_model_is_kept(registered, tiny_mnist, capfd):
+def test_a_consumer_s_pyfunc_is_the_shipped_loader_quiet_and_the_keras_model_is_kept(
+    registered_once, tiny_mnist, capfd
+):
     """pyfunc (and so both REST servers) loads with the loader shipped in the model; it
     prints nothing per call; the keras flavor still gives the Keras model, compiled without
     the training's steps_per_execution."""
@@ -253,7 +255,7 @@ def test_a_consumer_s_pyfunc_is_the_shipped_loader_quiet_and_the_keras_model_is_
     np.testing.assert_allclose(keras_model.predict(images, verbose=0), probabilities, rtol=1e-5, atol=1e-7)
 
 
-def test_champion_through_pyfunc_and_keras(registered, tiny_mnist):
+def test_champion_through_pyfunc_and_keras(registered_once, tiny_mnist):
     champion = mlflow.MlflowClient().get_model_version_by_alias(names.MODEL_NAME, names.CHAMPION)
     trained = mlflow.get_run(champion.tags["run_id"]).data.metrics
     model = mlflow.pyfunc.load_model(names.CHAMPION_URI)
@@ -271,7 +273,7 @@ def test_champion_through_pyfunc_and_keras(registered, tiny_mnist):
     np.testing.assert_allclose(safe.predict(tiny_mnist.x_test.astype(np.float32), verbose=0), probabilities, rtol=1e-5)
 
 
-def test_predict_pictures_and_idx_files(registered, tiny_mnist, tmp_path, capsys):
+def test_predict_pictures_and_idx_files(registered_once, tiny_mnist, tmp_path, capsys):
     # a test digit as a black-on-white picture, 3x larger: predict must undo both
     picture = tmp_path / "digit.png"
     Image.fromarray(255 - tiny_mnist.x_test[0]).resize((84, 84)).save(picture)
@@ -286,12 +288,12 @@ def test_predict_pictures_and_idx_files(registered, tiny_mnist, tmp_path, capsys
     assert [int(line.split(": ")[1].split()[0]) for line in lines[1:]] == list(expected)
 
 
-def test_bad_files_and_uris_are_one_line_errors(registered, tiny_mnist_dir, tmp_path, capsys):
+def test_bad_files_and_uris_are_one_line_errors(registered_once, tiny_mnist_dir, tmp_path, capsys):
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")
     a_digit = tmp_path / "digit.png"
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(a_digit)  # readable: the URI is what is wrong
-    runs_before = len(all_runs(registered))
+    runs_before = len(all_runs(registered_once))
     cases = [
         (["predict", str(not_an_image)], f"{not_an_image}: not a readable image"),
         (["predict", str(tmp_path / "missing.png")], "missing.png: no such file"),
@@ -309,7 +311,7 @@ def test_bad_files_and_uris_are_one_line_errors(registered, tiny_mnist_dir, tmp_
         assert cli.run(argv) == cli.USAGE_ERROR, argv
         err = capsys.readouterr().err
         assert expected in err and err.count("\n") == 1, err
-    assert len(all_runs(registered)) == runs_before
+    assert len(all_runs(registered_once)) == runs_before
 
 
 def test_convnet_is_tracked_like_the_dense_nets_and_its_version_carries_a_card(tracking_store, tiny_mnist):
