@@ -156,9 +156,14 @@ def decide_live(evidence: LiveEvidence, gates: LiveGates) -> LiveDecision:
     """The live gates in order: offline, min_shadow_images, challenger_errors, max_latency_ratio,
     min_labelled_images, max_accuracy_drop (the lower bound above -max_accuracy_drop)."""
     e, labelled = evidence, sum(evidence.paired)
+    both, only_champion, only_challenger, neither = e.paired
     ratio = e.p99_seconds[1] / e.p99_seconds[0]
     # one-sided 95% lower bound: the lower end of the two-sided 90% interval
-    difference, lower, _ = paired_difference(*e.paired, level=1 - 2 * ALPHA) if labelled else (np.nan,) * 3
+    difference, lower, _ = (
+        paired_difference(both, only_challenger, only_champion, neither, level=1 - 2 * ALPHA)
+        if labelled
+        else (np.nan,) * 3
+    )
     difference, lower = 100 * difference, 100 * lower
     p99 = "/".join(f"{1000 * s:.2f}" for s in e.p99_seconds)
     accuracy = f"{labelled} labelled ({labelled / max(e.shadowed, 1):.1%}): accuracy {difference:+.2f} pp"
@@ -201,7 +206,7 @@ def paired_difference(both: int, only_first: int, only_second: int, neither: int
     b = both * neither - only_first * only_second
     c = b - n / 2 if b > n / 2 else min(b, 0)
     phi = c / np.sqrt(margins) if margins else 0.0
-    d = p1 - p2
+    d = (only_first - only_second) / n  # p1 - p2, without its rounding
     lower = d - np.sqrt((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
     upper = d + np.sqrt((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2)
     return float(d), float(lower), float(upper)
