@@ -80,6 +80,8 @@ def test_agreement_from_the_table_is_the_share_of_images_both_classed_alike():
     figures = window.figures()
     assert figures["agreement"] == same / shadowed and figures["shadowed_images"] == shadowed
     assert 0 < figures["agreement"] < 1 and figures["challenger_errors"] > 0
+    # rows: the champion's class, columns: the challenger's
+    assert (window.tables()["agreement"].sum(axis=0).to_numpy() == window.challenger.predicted).all()
 
 
 def test_a_wrong_shape_is_an_error_of_the_challenger():
