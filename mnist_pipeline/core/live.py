@@ -107,7 +107,8 @@ class Window(_Sums):
         self.dropped += 1
 
     def label(self, labels: np.ndarray, champion_classes: np.ndarray, challenger_classes: np.ndarray | None) -> None:
-        """True labels of a request's images, with each model's classes (None: not shadowed)."""
+        """True labels of a request's images, with each model's classes (None: not shadowed).
+        They count in the window they arrive in, which may be later than the request's."""
         champion_ok = champion_classes == labels
         self.labelled += len(labels)
         self.champion_right += int(champion_ok.sum())

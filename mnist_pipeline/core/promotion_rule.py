@@ -120,9 +120,8 @@ class LiveEvidence:
     errors: int  # shadowed requests the challenger failed
     agreement: float  # share of the shadowed images both classed alike (nan without any)
     p99_seconds: tuple[float, float]  # champion's, challenger's compute time of a request
-    paired: tuple[
-        int, int, int, int
-    ]  # labelled images both scored: both right, only champion, only challenger, neither
+    # labelled images both scored: both right, only the champion, only the challenger, neither
+    paired: tuple[int, int, int, int]
 
     @classmethod
     def of(cls, window: Window, version: str, champion: str, offline_passed: bool) -> "LiveEvidence":
@@ -168,7 +167,7 @@ def decide_live(evidence: LiveEvidence, gates: LiveGates) -> LiveDecision:
     p99 = "/".join(f"{1000 * s:.2f}" for s in e.p99_seconds)
     accuracy = f"{labelled} labelled ({labelled / max(e.shadowed, 1):.1%}): accuracy {difference:+.2f} pp"
     figures = (
-        f"version {e.version} shadowing {e.champion}: {e.shadowed} images, {e.errors} errors, "
+        f"version {e.version} shadowing version {e.champion}: {e.shadowed} images, {e.errors} errors, "
         f"agreement {e.agreement:.2%}, p99 {p99} ms (x{ratio:.2f}), "
         + (f"{accuracy}, 95% lower bound {lower:+.2f} pp" if labelled else "no labels")
     )
@@ -202,7 +201,7 @@ def paired_difference(both: int, only_first: int, only_second: int, neither: int
     n = both + only_first + only_second + neither
     p1, p2 = (both + only_first) / n, (both + only_second) / n
     (l1, u1), (l2, u2) = (wilson(k, n, level) for k in (both + only_first, both + only_second))
-    margins = (both + only_first) * (only_second + neither) * (both + only_second) * (only_first + neither)
+    margins = np.prod([both + only_first, only_second + neither, both + only_second, only_first + neither], dtype=float)
     b = both * neither - only_first * only_second
     c = b - n / 2 if b > n / 2 else min(b, 0)
     phi = c / np.sqrt(margins) if margins else 0.0

@@ -115,7 +115,7 @@ def test_the_live_reason_gives_the_figures():
     decision = decide_live(replace(GOOD, paired=(9800, 100, 20, 80)), LiveGates())
     assert decision.difference == pytest.approx(-0.8) and decision.latency_ratio == pytest.approx(1.25)
     assert decision.reason == (
-        "refused by max_accuracy_drop: version 3 shadowing 2: 20000 images, 0 errors, agreement 99.00%, "
+        "refused by max_accuracy_drop: version 3 shadowing version 2: 20000 images, 0 errors, agreement 99.00%, "
         "p99 4.00/5.00 ms (x1.25), 10000 labelled (50.0%): accuracy -0.80 pp, 95% lower bound -0.99 pp; "
         "the bound needs to be above -0.20 pp"
     )
