@@ -178,6 +178,16 @@ class ServeParams(Params):
     max_request_mb: float = number(
         config.MAX_REQUEST_MB, "largest request body in MiB, > 0 (larger: HTTP 413)", "> 0", lambda v: v > 0
     )
+    shadow_fraction: float = number(
+        1.0,
+        "share of requests the challenger also scores, in [0, 1] (0: no shadowing)",
+        "in [0, 1]",
+        lambda v: 0 <= v <= 1,
+    )
+    shadow_timeout_seconds: float = number(
+        5.0, "seconds the challenger has for a request before it counts as an error, > 0", "> 0", lambda v: v > 0
+    )
+    window_seconds: float = number(60.0, "seconds of each window of serving figures, > 0", "> 0", lambda v: v > 0)
 
 
 @dataclass(frozen=True)

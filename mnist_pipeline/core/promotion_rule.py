@@ -14,12 +14,17 @@ champion only if it passes every gate, in this order:
    percentage points against the champion (means over seeds where there are several).
 
 The first version of a model has nothing to beat: it takes the alias.
+
+With ``require_shadow`` a version that passes becomes ``challenger`` instead, and `promote`
+moves ``champion`` to it on live evidence (decide_live, its gates in LiveGates).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.stats
+
+from mnist_pipeline.core.live import Window, quantile
 
 # Defaults, in percentage points, from five seeds per variant (docs/seeds.md). Two seeds of
 # one configuration differ in last-epoch val_accuracy by up to 0.17 points (baseline; final
@@ -95,3 +100,118 @@ def welch_p(a, b, alternative: str = "two-sided") -> float:
         differ = a[0] > b[0] if alternative == "greater" else a[0] != b[0]
         return 0.0 if differ else 1.0
     return float(scipy.stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
+
+
+# Defaults of the live gates (`promote`).
+MIN_SHADOW_IMAGES = 1000  # images the challenger scored on live traffic
+MIN_LABELLED_IMAGES = 1000  # labelled images both scored; 0: promote on agreement, latency and errors alone
+MAX_ACCURACY_DROP = 0.2  # percentage points: the same margin as MIN_IMPROVEMENT, the other way
+MAX_LATENCY_RATIO = 1.5  # challenger's p99 over the champion's
+
+
+@dataclass(frozen=True)
+class LiveEvidence:
+    """What the serving runs of a pair of versions saw, for the live gates."""
+
+    version: str  # the challenger's
+    champion: str  # the champion's version
+    offline_passed: bool  # the offline gates (decide) passed the challenger
+    shadowed: int  # images the challenger scored
+    errors: int  # shadowed requests the challenger failed
+    agreement: float  # share of the shadowed images both classed alike (nan without any)
+    p99_seconds: tuple[float, float]  # champion's, challenger's compute time of a request
+    # labelled images both scored: both right, only the champion, only the challenger, neither
+    paired: tuple[int, int, int, int]
+
+    @classmethod
+    def of(cls, window: Window, version: str, champion: str, offline_passed: bool) -> "LiveEvidence":
+        """The evidence in a pair's windows, summed."""
+        shadowed, table = int(window.agreement.sum()), window.paired
+        agreement = np.trace(window.agreement) / shadowed if shadowed else np.nan
+        p99 = quantile(window.champion.latency, 0.99), quantile(window.challenger.latency, 0.99)
+        paired = int(table[1, 1]), int(table[1, 0]), int(table[0, 1]), int(table[0, 0])
+        return cls(version, champion, offline_passed, shadowed, window.errors, float(agreement), p99, paired)
+
+
+@dataclass(frozen=True)
+class LiveGates:
+    min_shadow_images: int = MIN_SHADOW_IMAGES
+    min_labelled_images: int = MIN_LABELLED_IMAGES
+    max_accuracy_drop: float = MAX_ACCURACY_DROP  # percentage points of accuracy on the labelled images both scored
+    max_latency_ratio: float = MAX_LATENCY_RATIO
+
+
+@dataclass(frozen=True)
+class LiveDecision:
+    promote: bool
+    gate: str  # "passed", or the gate that refused
+    difference: float  # percentage points of accuracy, challenger minus champion, on the labelled images both scored
+    lower_bound: float  # its one-sided 95% lower confidence bound (pp); nan without labels
+    latency_ratio: float  # challenger's p99 over the champion's
+    reason: str  # one line for the console and the version tag
+
+
+def decide_live(evidence: LiveEvidence, gates: LiveGates) -> LiveDecision:
+    """The live gates in order: offline, min_shadow_images, challenger_errors, max_latency_ratio,
+    min_labelled_images, max_accuracy_drop (the lower bound above -max_accuracy_drop)."""
+    e, labelled = evidence, sum(evidence.paired)
+    both, only_champion, only_challenger, neither = e.paired
+    ratio = e.p99_seconds[1] / e.p99_seconds[0]
+    # one-sided 95% lower bound: the lower end of the two-sided 90% interval
+    difference, lower, _ = (
+        paired_difference(both, only_challenger, only_champion, neither, level=1 - 2 * ALPHA)
+        if labelled
+        else (np.nan,) * 3
+    )
+    difference, lower = 100 * difference, 100 * lower
+    p99 = "/".join(f"{1000 * s:.2f}" for s in e.p99_seconds)
+    accuracy = f"{labelled} labelled ({labelled / max(e.shadowed, 1):.1%}): accuracy {difference:+.2f} pp"
+    figures = (
+        f"version {e.version} shadowing version {e.champion}: {e.shadowed} images, {e.errors} errors, "
+        f"agreement {e.agreement:.2%}, p99 {p99} ms (x{ratio:.2f}), "
+        + (f"{accuracy}, 95% lower bound {lower:+.2f} pp" if labelled else "no labels")
+    )
+    checks = [  # (gate, refused, why)
+        ("offline", not e.offline_passed, "the offline gates refused it"),
+        ("min_shadow_images", e.shadowed < gates.min_shadow_images, f"needs {gates.min_shadow_images} images"),
+        ("challenger_errors", e.errors > 0, "needs none"),
+        ("max_latency_ratio", not ratio <= gates.max_latency_ratio, f"p99 needs x{gates.max_latency_ratio:.2f}"),
+        ("min_labelled_images", labelled < gates.min_labelled_images, f"needs {gates.min_labelled_images} labels"),
+        (
+            "max_accuracy_drop",
+            gates.min_labelled_images > 0 and not lower > -gates.max_accuracy_drop,
+            f"the bound needs to be above {-gates.max_accuracy_drop:+.2f} pp",
+        ),
+    ]
+    refused = [(gate, why) for gate, failed, why in checks if failed]
+    if refused:
+        gate, why = refused[0]
+        return LiveDecision(False, gate, difference, lower, ratio, f"refused by {gate}: {figures}; {why}")
+    alone = "" if gates.min_labelled_images else " on agreement, latency and errors alone (no labels required)"
+    return LiveDecision(True, "passed", difference, lower, ratio, f"{figures}: takes the champion alias{alone}")
+
+
+def paired_difference(both: int, only_first: int, only_second: int, neither: int, level: float = 0.95):
+    """The difference of two paired proportions (first minus second) and its two-sided ``level``
+    confidence interval, from the 2x2 table of who got each item right: (difference, lower, upper).
+
+    Newcombe's hybrid score interval for paired proportions (Newcombe 1998, Stat Med 17:2635,
+    method 10): each proportion's Wilson interval, their distances from the estimates combined
+    with phi, the table's correlation corrected for continuity (0 when a margin is empty)."""
+    n = both + only_first + only_second + neither
+    p1, p2 = (both + only_first) / n, (both + only_second) / n
+    (l1, u1), (l2, u2) = (wilson(k, n, level) for k in (both + only_first, both + only_second))
+    margins = np.prod([both + only_first, only_second + neither, both + only_second, only_first + neither], dtype=float)
+    b = both * neither - only_first * only_second
+    c = b - n / 2 if b > n / 2 else min(b, 0)
+    phi = c / np.sqrt(margins) if margins else 0.0
+    d = (only_first - only_second) / n  # p1 - p2, without its rounding
+    lower = d - np.sqrt((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
+    upper = d + np.sqrt((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2)
+    return float(d), float(lower), float(upper)
+
+
+def wilson(k: int, n: int, level: float) -> tuple[float, float]:
+    """Wilson's score interval for k successes in n, without continuity correction."""
+    interval = scipy.stats.binomtest(k, n).proportion_ci(level, method="wilson")
+    return interval.low, interval.high

@@ -10,28 +10,36 @@ BodyLimit:
 - BodyLimit answers 413 to a body over the bound, counted as it arrives (a Content-Length
   header is not trusted; the rest is read and dropped, so the client reads the answer), and
   408 to a body still incomplete after BODY_SECONDS;
-- GET /model says who serves;
+- GET /model says who serves, who is shadowed, and the live figures (tracking/shadowing.py);
+- POST /feedback takes the true labels of an answer (its X-Request-Id) from a holder of the
+  token in MNIST_PIPELINE_FEEDBACK_TOKEN;
 - the middleware picks the serving version once per request, so a swap never changes a
   request midway; answers a POST /invocations whose JSON body is ``{"inputs": <numbers>}`` of
   the signature's shape itself (one JSON decode, one array; MLflow's app decodes such a body
   twice and deep-copies it first, 45-90 ms for 100 images here) and hands any other to
-  MLflow's handler; stamps every /invocations answer with ``X-Model-Version``; and gives every
-  4xx a JSON body (MLflow's 415s are plain text, and a request without a Content-Type makes
-  its app fail with a 500).
+  MLflow's handler; stamps every /invocations answer with ``X-Model-Version`` and
+  ``X-Request-Id``, hands every answer to the shadow; and gives every 4xx a JSON body (MLflow's
+  415s are plain text, and a request without a Content-Type makes its app fail with a 500).
 """
 
 import asyncio
+import hmac
 import logging
+import os
+import uuid
 
+import orjson
 import uvicorn
 from starlette.requests import ClientDisconnect, Request
 
+from mnist_pipeline import names
 from mnist_pipeline.core.commands import ServeParams
-from mnist_pipeline.tracking import access, follower, serving_model, store
+from mnist_pipeline.tracking import access, follower, serving_model, shadowing, store
 
 IMAGE_JSON_BYTES = 5_000  # about one 28x28 image of "123.0, " values in a JSON request
 BODY_SECONDS = 30  # longest a client may take to send its body (a slow client holds a connection)
-VERSION_HEADER = "x-model-version"
+VERSION_HEADER, REQUEST_ID_HEADER = "x-model-version", "x-request-id"
+FEEDBACK_TOKEN = "MNIST_PIPELINE_FEEDBACK_TOKEN"  # the variable that holds the token /feedback asks for
 
 
 class BodyLimit:
@@ -69,11 +77,16 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
-def serving_app(holder: follower.Follower, max_bytes: int):
+def serving_app(holder: follower.Follower, max_bytes: int, shadow: shadowing.Shadow, challenger=None):
     """The ASGI app that serves the version ``holder.current`` names when each request arrives:
-    MLflow's (serving_model.scoring_app) with GET /model and the middleware, behind BodyLimit."""
+    MLflow's (serving_model.scoring_app) with GET /model, POST /feedback and the middleware,
+    behind BodyLimit; ``shadow`` counts the answers and shadows ``challenger`` (a Follower)."""
     app = serving_model.scoring_app(holder.current)
-    app.get("/model")(holder.state)
+    app.get("/model")(lambda: {**holder.state(), "challenger": challenger and challenger.state(), **shadow.state()})
+
+    @app.post("/feedback")
+    async def take_feedback(request: Request):
+        return await feedback(request, shadow)
 
     @app.middleware("http")
     async def route(request: Request, call_next):
@@ -83,20 +96,57 @@ def serving_app(holder: follower.Follower, max_bytes: int):
             return await call_next(request)
         stamp = {VERSION_HEADER: version.version} if version.version else {}
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        stamp[REQUEST_ID_HEADER] = uuid.uuid4().hex
         if request.method == "POST" and not content_type:
             message = "a request needs a Content-Type header: application/json, text/csv or application/x-parquet"
             return serving_model.error(415, message, stamp)
-        answer = None  # the fast path's, else MLflow's handler's
+        answer, noted = None, {}  # the fast path's answer, else MLflow's handler's; what predicted
+        serving_model.ANSWER.set(noted)
         if request.method == "POST" and content_type == "application/json":
             answer = await asyncio.to_thread(version.predict_json, await request.body())
         response = answer or await call_next(request)
         response.headers.update(stamp)
+        if noted and response.status_code == 200:
+            shadow.answered(stamp[REQUEST_ID_HEADER], champion=version, **noted)
         if 400 <= response.status_code < 500 and "json" not in response.headers.get("content-type", ""):
             text = b"".join([chunk async for chunk in response.body_iterator]).decode(errors="replace").strip()
             return serving_model.error(response.status_code, text, stamp)
         return response
 
     return BodyLimit(app, max_bytes)
+
+
+async def feedback(request: Request, shadow: shadowing.Shadow):
+    """POST /feedback: ``{"request_id": ..., "labels": [...]}`` from a holder of the token."""
+    token = os.environ.get(FEEDBACK_TOKEN)
+    if not token:
+        return serving_model.error(403, f"feedback is off: the server was started without {FEEDBACK_TOKEN}")
+    given = request.headers.get("authorization", "").encode()
+    if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+        return serving_model.error(401, "feedback needs the header Authorization: Bearer <the feedback token>")
+    try:
+        body = orjson.loads(await request.body())
+        request_id, labels = (body["request_id"], body["labels"]) if isinstance(body, dict) else (None, None)
+    except (ValueError, KeyError):
+        request_id = labels = None
+    if problem := shadow.feedback(request_id, labels):
+        return serving_model.error(*problem)
+    return {"request_id": request_id, "labels": len(labels)}
+
+
+def _challenger(params: ServeParams) -> follower.Follower | None:
+    """A follower of the challenger alias of the model ``params.model_uri`` follows, or None
+    (no alias followed, shadowing off, or the model URI names the challenger itself)."""
+    target = serving_model.target_of(params.model_uri)
+    if target.alias in (None, names.CHALLENGER) or params.shadow_fraction == 0 or params.refresh_seconds == 0:
+        return None
+    uri = f"models:/{target.name}@{names.CHALLENGER}"
+    try:
+        first = serving_model.load_first(uri)
+    except serving_model.ModelURIError as err:  # no challenger yet, or a bad one: the follower says when it comes
+        follower.LOG.info("no challenger to shadow now (%s)", err)
+        first = None
+    return follower.Follower(uri, first, params.refresh_seconds)
 
 
 def run(params: ServeParams) -> None:
@@ -111,9 +161,20 @@ def run(params: ServeParams) -> None:
     follower.LOG.propagate = False
     holder = follower.Follower(params.model_uri, serving_model.load_first(params.model_uri), params.refresh_seconds)
     follower.LOG.info("serving %s from %s", holder.describe(), params.model_uri)
-    holder.start()
+    challenger = _challenger(params)
+    shadow = shadowing.Shadow(
+        lambda: challenger and challenger.shadowed(),
+        params.shadow_fraction,
+        params.shadow_timeout_seconds,
+        params.window_seconds,
+    )
+    followers = [f for f in (holder, challenger) if f is not None]
+    for each in followers:
+        each.start()
     try:
-        app = serving_app(holder, int(params.max_request_mb * 1024 * 1024))
+        app = serving_app(holder, int(params.max_request_mb * 1024 * 1024), shadow, challenger)
         uvicorn.run(app, host=params.host, port=params.port, log_level="info")
     finally:
-        holder.stop()
+        shadow.stop()
+        for each in followers:
+            each.stop()

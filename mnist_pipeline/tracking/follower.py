@@ -5,8 +5,9 @@ version, that version is loaded beside the serving one, warmed and checked
 (tracking/serving_model.py), then swapped in by one assignment of ``current``: a request reads
 ``current`` once and finishes on the model it started with. A version that fails to load or
 fails its check is refused and not tried again until the alias moves. At most two models are
-held: before the next load the follower waits until the model it swapped out is released by
-its last request.
+held by a follower: before the next load it waits until the model it swapped out is released by
+its last request. `serve` runs one follower for the champion and, to shadow it, one for the
+challenger, which may hold nothing yet (``current`` None until the alias names a version).
 
 One log line per event (loaded, refused, store gone, store back, alias deleted, alias back),
 never one per poll.
@@ -16,6 +17,7 @@ import gc
 import logging
 import threading
 import time
+import weakref
 
 import mlflow
 import requests
@@ -34,13 +36,14 @@ class Follower:
     """Holds the version that serves (``current``) and, if ``refresh_seconds`` > 0 and the
     target has an alias, moves it to wherever the alias points, from a thread of its own."""
 
-    def __init__(self, model_uri: str, first: serving_model.Served, refresh_seconds: float, client=None):
+    def __init__(self, model_uri: str, first: serving_model.Served | None, refresh_seconds: float, client=None):
         self.uri, self.target, self.current = model_uri, serving_model.target_of(model_uri), first
         self.refresh_seconds = refresh_seconds
         self.following = self.target.alias is not None and refresh_seconds > 0
         self.client = client or mlflow.MlflowClient()
         self.refused: dict | None = None  # the version the alias points at and why it does not serve
-        self.alias_version: str | None = first.version
+        self.alias_version: str | None = first and first.version
+        self._swapped_out = lambda: None  # a weak reference to the version this follower swapped out
         self.alias_reads = 0  # how many times the alias was read: the follower is alive while it grows
         self._store_problem: str | None = None  # why the store cannot be read, while it cannot
         self._retrying: str | None = None  # a version whose download the store failed
@@ -71,7 +74,7 @@ class Follower:
         if version is None or version == self.alias_version:
             return
         self.alias_version = version
-        if version != self.current.version:
+        if self.current is None or version != self.current.version:
             return self._swap_to(version)
         LOG.info("%s is back at %s, which serves", self._alias(), self.describe())
         self.refused = None
@@ -115,10 +118,10 @@ class Follower:
                 return self._retry(version, err)
             return self._refuse(version, f"cannot be downloaded: {_why(err)}")
         self._retrying = None
-        was, self.current, self.refused = self.current.version, candidate, None
-        LOG.info(
-            "serving %s (was version %s), loaded and checked in %.1f s", self.describe(), was, time.monotonic() - start
-        )
+        was = f"version {self.current.version}" if self.current else "no version"
+        self._swapped_out = weakref.ref(self.current) if self.current else lambda: None
+        self.current, self.refused = candidate, None
+        LOG.info("serving %s (was %s), loaded and checked in %.1f s", self.describe(), was, time.monotonic() - start)
         self._wait_released()
         # A Keras model and its compiled function refer to each other, so freeing a version leaves
         # its model to the garbage collector, which may not run for a long time.
@@ -130,7 +133,7 @@ class Follower:
         if self._retrying != version:
             LOG.warning("version %s could not be downloaded (%s); trying again at the next read", version, _why(err))
             self._retrying = version
-        self.alias_version = self.current.version  # so that the next round loads it again
+        self.alias_version = self.current and self.current.version  # so that the next round loads it again
 
     def _refuse(self, version: str, reason: str) -> None:
         """``reason``: one line, with secrets masked (_why)."""
@@ -141,12 +144,11 @@ class Follower:
         )
 
     def _wait_released(self) -> None:
-        """Until no version but the serving one is held (the last request on the one swapped out
-        done), so that at most two are ever held; one still held after RELEASE_SECONDS is
-        reported and passed. Each look after the first follows a garbage collection (_swap_to
-        says why)."""
+        """Until the version this follower swapped out is released (its last request done), so
+        that it holds at most two; one still held after RELEASE_SECONDS is reported and passed.
+        Each look after the first follows a garbage collection (_swap_to says why)."""
         deadline, pause = time.monotonic() + RELEASE_SECONDS, 0.01
-        while len(serving_model.LIVE) > 1 and not self._stop.wait(pause):
+        while self._swapped_out() is not None and not self._stop.wait(pause):
             if time.monotonic() > deadline:
                 LOG.warning("the version swapped out is still held after %d s", RELEASE_SECONDS)
                 break
@@ -159,9 +161,9 @@ class Follower:
         return {
             "name": self.target.name,
             "alias": self.target.alias,
-            "version": current.version,
-            "run_id": current.run_id,
-            "loaded_at": current.loaded_at,
+            "version": current and current.version,
+            "run_id": current and current.run_id,
+            "loaded_at": current and current.loaded_at,
             "refused": self.refused,
             "uri": self.uri,
             "following": self.following,
@@ -172,11 +174,19 @@ class Follower:
             "models_held": len(serving_model.LIVE),
         }
 
+    def shadowed(self) -> serving_model.Served | None:
+        """The version the alias names now, if it is the one held (None: none, or the alias was
+        deleted, or the version it names is not loaded)."""
+        current = self.current
+        return current if current is not None and current.version == self.alias_version else None
+
     def _alias(self) -> str:
         return f"alias {self.target.alias} of {self.target.name}"
 
     def describe(self) -> str:
         """Who serves, for a log line."""
+        if self.current is None:
+            return f"no version of {self.target.name} yet"
         return f"version {self.current.version} of {self.target.name}" if self.current.version else self.uri
 
 

@@ -23,6 +23,7 @@ import importlib.util
 import io
 import os
 import tempfile
+import time
 import uuid
 import weakref
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ ERROR_CODES = {400: "INVALID_PARAMETER_VALUE", 413: "REQUEST_TOO_LARGE"}  # the 
 
 
 CURRENT: contextvars.ContextVar[Served] = contextvars.ContextVar("served_version")  # set per request
+# Per request, a dict that answer() fills with the images, the probabilities and their compute
+# seconds, for the shadow (tracking/shadowing.py): shared with the threads that predict.
+ANSWER: contextvars.ContextVar[dict] = contextvars.ContextVar("answer")
 LIVE = weakref.WeakSet()  # every Served not yet freed: /model reports how many
 
 
@@ -108,8 +112,17 @@ class Served:
         if problem := pixel_problem(inputs):
             return error(400, problem)
         answer = io.StringIO()
-        scoring_server.predictions_to_json(self.model.predict(inputs.astype(np.float32)), answer)
+        scoring_server.predictions_to_json(self.answer(inputs.astype(np.float32)), answer)
         return Response(answer.getvalue(), media_type="application/json")
+
+    def answer(self, data, params=None):
+        """The model's predictions for ``data``, noted with their compute seconds in the
+        request's ANSWER, if it has one."""
+        start = time.perf_counter()
+        probabilities = self.model.predict(data, params=params)
+        if (noted := ANSWER.get(None)) is not None:
+            noted.update(images=data, probabilities=np.asarray(probabilities), seconds=time.perf_counter() - start)
+        return probabilities
 
 
 def load(source: str, version: str | None, current: Served | None = None) -> Served:
@@ -179,7 +192,7 @@ class _Current:
         pixels = np.asarray(getattr(data, "values", data))
         if pixels.dtype.kind in "iuf" and (problem := pixel_problem(pixels)):
             raise MlflowException(problem, INVALID_PARAMETER_VALUE)
-        return CURRENT.get().model.predict(data, params=params)
+        return CURRENT.get().answer(data, params=params)
 
 
 def scoring_app(first: Served):

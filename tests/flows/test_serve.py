@@ -54,6 +54,18 @@ def raw_post(url: str, body: bytes, content_type: str | None) -> tuple[int, byte
 
 
 MAX_REQUEST_MB = 0.25  # 262,144 bytes: about 50 images as JSON
+FEEDBACK_TOKEN = "the-feedback-token-of-this-test"
+
+
+def send_feedback(url: str, body: bytes, token: str | None = FEEDBACK_TOKEN) -> tuple[int, dict]:
+    """POST /feedback with ``body``, and the token as a bearer (None: no Authorization header)."""
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    request = urllib.request.Request(f"{url}/feedback", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
 
 
 def chunked_post(url: str, chunks) -> int:
@@ -79,7 +91,7 @@ def served_champion(registered_once, tmp_path_factory):
     MAX_REQUEST_MB; stopped by its own process group."""
     port, log_path = free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
     log = open(log_path, "w+")  # noqa: SIM115 (the server writes it until the fixture ends)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered_once}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered_once, serve.FEEDBACK_TOKEN: FEEDBACK_TOKEN}
     command = [
         sys.executable,
         "-m",
@@ -260,3 +272,58 @@ def test_slow_clients_do_not_keep_others_waiting(served_champion, tiny_mnist):
         for connection in slow:
             connection.close()
     assert answers(f"{served_champion}/ping")
+
+
+def test_an_answer_s_request_id_takes_its_labels_once_from_a_holder_of_the_token(served_champion, tiny_mnist):
+    images, labels = tiny_mnist.x_test[:3], tiny_mnist.y_test[:3].tolist()
+    request = urllib.request.Request(
+        f"{served_champion}/invocations",
+        data=json.dumps({"inputs": images.astype(float).tolist()}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        request_id, predictions = response.headers["X-Request-Id"], json.loads(response.read())["predictions"]
+    before = serving.model_state(served_champion)["total"]
+    good = json.dumps({"request_id": request_id, "labels": labels}).encode()
+    refused = {
+        "no token": (send_feedback(served_champion, good, token=None), 401),
+        "a wrong token": (send_feedback(served_champion, good, token="guess"), 401),
+        "an unknown id": (
+            send_feedback(served_champion, json.dumps({"request_id": "x", "labels": labels}).encode()),
+            404,
+        ),
+        "too few labels": (
+            send_feedback(served_champion, json.dumps({"request_id": request_id, "labels": labels[:2]}).encode()),
+            400,
+        ),
+        "not JSON": (send_feedback(served_champion, b"labels: 1, 2, 3"), 400),
+    }
+    for case, ((status, error), expected) in refused.items():
+        assert status == expected and error["message"], (case, status, error)
+    assert send_feedback(served_champion, good) == (200, {"request_id": request_id, "labels": 3})
+    assert send_feedback(served_champion, good)[0] == 409  # labelled once
+    after = serving.model_state(served_champion)["total"]
+    right = int((np.argmax(predictions, axis=1) == labels).sum())
+    assert after["labelled_images"] - before.get("labelled_images", 0) == 3
+    assert after["labelled_images"] * after["champion_live_accuracy"] == pytest.approx(
+        before.get("labelled_images", 0) * before.get("champion_live_accuracy", 0) + right
+    )
+
+
+def test_generated_feedback_bodies_never_get_a_5xx(served_champion):
+    @settings(max_examples=150, deadline=None, derandomize=True, database=None)
+    @given(
+        body=st.binary(max_size=200)
+        | st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=5) | st.dictionaries(st.sampled_from(["request_id", "labels", "x"]), inner)
+            ),
+            max_leaves=20,
+        ).map(lambda value: json.dumps(value).encode())
+    )
+    def answers_4xx(body):
+        status, error = send_feedback(served_champion, body)
+        assert 400 <= status < 500 and error["message"], (body[:80], status, error)
+
+    answers_4xx()

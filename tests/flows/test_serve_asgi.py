@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+from starlette.requests import Request
+
 from mnist_pipeline.flows import serve
 
 
@@ -54,3 +56,14 @@ def test_a_body_not_sent_within_the_deadline_is_answered_408():
     sent, seen, _ = call(lambda inner: serve.BodyLimit(inner, max_bytes=10, seconds=0.2), [b"12"], stall=True)
     assert sent[0]["status"] == 408 and seen == []
     assert "not sent whole within 0.2 s" in json.loads(sent[1]["body"])["message"]
+
+
+def test_feedback_is_refused_403_when_the_server_has_no_token(monkeypatch):
+    monkeypatch.delenv(serve.FEEDBACK_TOKEN, raising=False)
+    scope = {"type": "http", "method": "POST", "path": "/feedback", "headers": [(b"authorization", b"Bearer x")]}
+
+    async def receive():
+        return {"type": "http.request", "body": b'{"request_id": "a", "labels": [1]}', "more_body": False}
+
+    response = asyncio.run(serve.feedback(Request(scope, receive), shadow=None))  # never reaches the shadow
+    assert response.status_code == 403 and serve.FEEDBACK_TOKEN in json.loads(response.body)["message"]

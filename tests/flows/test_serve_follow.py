@@ -78,7 +78,11 @@ def test_serve_follows_the_alias_under_load_and_refuses_a_broken_version(followi
     assert [state["version"] for _, _, _, state in moved] == ["2", "1", "2", "2"]
     assert after["version"] == "2" and after["run_id"] == versions["2"]
     assert after["refused"]["version"] == "3" and "does not load" in after["refused"]["reason"]
-    assert after["models_held"] == 1, "a swapped-out version is still held"
+    # version 1 is also the challenger (the first registration set both aliases): held by its own follower
+    assert after["challenger"]["version"] == "1"
+    assert after["models_held"] == 2, "a swapped-out version is still held"
+    # while version 2 served, version 1 scored in the shadow, and no answer above failed
+    assert after["total"]["shadowed_requests"] > 0 and after["total"]["challenger_errors"] == 0
 
     lines = log_path.read_text().splitlines()
     assert sum("refused version 3 of mnist-digits" in line for line in lines) == 1
