@@ -23,6 +23,7 @@ import mlflow
 import requests
 from mlflow.exceptions import MlflowException
 
+from mnist_pipeline import names
 from mnist_pipeline.core import secrets
 from mnist_pipeline.core.errors import first_line
 from mnist_pipeline.tracking import serving_model
@@ -185,9 +186,10 @@ class Follower:
 
     def describe(self) -> str:
         """Who serves, for a log line."""
+        shadowed = " (shadowed)" if self.target.alias == names.CHALLENGER else ""
         if self.current is None:
-            return f"no version of {self.target.name} yet"
-        return f"version {self.current.version} of {self.target.name}" if self.current.version else self.uri
+            return f"no version of {self.target.name} yet{shadowed}"
+        return f"version {self.current.version} of {self.target.name}{shadowed}" if self.current.version else self.uri
 
 
 def _transient(err: Exception) -> bool:
