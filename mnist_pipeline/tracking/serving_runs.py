@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 from mnist_pipeline import names
 from mnist_pipeline.core import live, secrets
@@ -144,7 +145,7 @@ class ServingRuns:
         except Exception as err:  # the store's errors come in many types
             return self._failed(err)
         if self._problem is not None:
-            waiting = len(self._buffer)
+            waiting = sum(kept.window is not None for kept in self._buffer)  # this one among them
             LOG.info(
                 "tracking store takes the serving figures again: %d windows kept are sent in order, %d were dropped",
                 waiting,
@@ -197,15 +198,15 @@ class ServingRuns:
             return self.client.get_experiment_by_name(self.experiment).experiment_id
 
     def _describe(self, pair) -> None:
-        """The new run's params, and the versions tagged with it (a refusal there: one line)."""
+        """The new run's params, and the versions tagged with it (refused, or no such version: one line)."""
         champion, challenger = pair
         params = {"model": self.model, "champion_version": champion, "challenger_version": challenger or "none"}
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in (params | self.settings).items()])
         for version in filter(None, pair):
             try:
                 self.client.set_model_version_tag(self.model, version, names.TAG_SERVING_RUN, self.run_id)
-            except Exception as err:
-                if not access.is_refusal(err):
+            except MlflowException as err:  # refused, or no such version: said; the store failing: sent again
+                if err.get_http_status_code() >= 500:
                     raise
                 LOG.warning("version %s is not tagged with its serving run: %s", version, _why(err)[:200])
         self._fresh = False
