@@ -27,7 +27,7 @@ from mnist_pipeline.core import live, secrets
 from mnist_pipeline.core.errors import first_line
 from mnist_pipeline.tracking import access, follower, liveness, store
 
-BUFFER_WINDOWS = 240  # windows kept while the store is away: 4 hours of 60 s windows, about 2 kB each
+BUFFER_WINDOWS = 240  # windows kept while the store is away: 4 hours of 60 s windows; 4 kB each (it, and the total)
 LOG = follower.LOG  # the server's one line per event
 
 
