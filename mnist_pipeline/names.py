@@ -65,6 +65,7 @@ TAG_DATA_SOURCE = "data_source"  # on main and reproduce runs
 TAG_ROLE = "role"  # on a run that is not a training run: one of the ROLE_* values
 ROLE_MAIN, ROLE_REPRODUCE, ROLE_EVALUATE, ROLE_SWEEP = "main", "reproduce", "evaluate", "sweep"
 ROLE_REGISTER = "register"
+ROLE_SERVE = "serve"  # a serving run (tracking/serving_runs.py)
 # On a `verify` training run, and on the version it verified.
 TAG_VERIFIES = "verifies"  # the run: "<model name>/<version>" it re-trained
 TAG_VERIFIED = "verified"  # the version: "<matches|DIFFERS> by run <run id>", the latest verify
@@ -92,6 +93,11 @@ TAG_BEST_PARAM_PREFIX = "best."  # best.<hyperparameter>
 # Optuna user attrs: on the study, and on each trial.
 PARENT_ATTR, DIGEST_ATTR = "mlflow_parent_run_id", "data_digest"
 RUN_ATTR, WORKER_ATTR = "mlflow_run_id", "worker"
+
+# A serving run: a window's figures are metrics (step = window number, core/live.Window.figures),
+# the pair's cumulative tables (core/live.Window.tables) these artifacts.
+SERVING_TABLES = {table: f"serving/{table}.csv" for table in ("agreement", "latency", "predicted", "counts")}
+TAG_SERVING_RUN = "serving_run"  # on a model version: the id of the latest run that served it
 
 # Model Registry.
 MODEL_NAME = "mnist-digits"  # default registered model name

@@ -188,6 +188,10 @@ class ServeParams(Params):
         5.0, "seconds the challenger has for a request before it counts as an error, > 0", "> 0", lambda v: v > 0
     )
     window_seconds: float = number(60.0, "seconds of each window of serving figures, > 0", "> 0", lambda v: v > 0)
+    serving_experiment: str = param(
+        "",
+        "experiment of the serving runs ('': <model name>-serving; 'unregistered-serving' for a URI naming no model)",
+    )
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from mnist_pipeline import names
 from mnist_pipeline.core.commands import ServeParams
-from mnist_pipeline.tracking import access, follower, serving_model, shadowing, store
+from mnist_pipeline.tracking import access, follower, serving_model, serving_runs, shadowing, store
 
 IMAGE_JSON_BYTES = 5_000  # about one 28x28 image of "123.0, " values in a JSON request
 BODY_SECONDS = 30  # longest a client may take to send its body (a slow client holds a connection)
@@ -77,12 +77,20 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
-def serving_app(holder: follower.Follower, max_bytes: int, shadow: shadowing.Shadow, challenger=None):
+def serving_app(holder: follower.Follower, max_bytes: int, shadow: shadowing.Shadow, challenger=None, runs=None):
     """The ASGI app that serves the version ``holder.current`` names when each request arrives:
     MLflow's (serving_model.scoring_app) with GET /model, POST /feedback and the middleware,
-    behind BodyLimit; ``shadow`` counts the answers and shadows ``challenger`` (a Follower)."""
+    behind BodyLimit; ``shadow`` counts the answers and shadows ``challenger`` (a Follower);
+    ``runs`` (ServingRuns) records the windows."""
     app = serving_model.scoring_app(holder.current)
-    app.get("/model")(lambda: {**holder.state(), "challenger": challenger and challenger.state(), **shadow.state()})
+    app.get("/model")(
+        lambda: {
+            **holder.state(),
+            "challenger": challenger and challenger.state(),
+            **shadow.state(),
+            **(runs.state() if runs else {}),
+        }
+    )
 
     @app.post("/feedback")
     async def take_feedback(request: Request):
@@ -149,6 +157,19 @@ def _challenger(params: ServeParams) -> follower.Follower | None:
     return follower.Follower(uri, first, params.refresh_seconds)
 
 
+def _serving_runs(params: ServeParams, holder: follower.Follower, challenger) -> serving_runs.ServingRuns:
+    """The serving runs of this server: the pair is the champion's version and the challenger's
+    while it is shadowed (another version, held), else None."""
+
+    def pair():
+        champion, shadowed = holder.current.version, challenger and challenger.shadowed()
+        return champion, shadowed.version if shadowed and shadowed.version != champion else None
+
+    model = holder.target.name or params.model_uri
+    experiment = params.serving_experiment or f"{holder.target.name or 'unregistered'}-serving"
+    return serving_runs.ServingRuns(model, experiment, pair, params.shadow_fraction, params.window_seconds)
+
+
 def run(params: ServeParams) -> None:
     """Serve ``params.model_uri`` until interrupted, following its alias if it has one."""
     store.check_tracking_store()
@@ -162,19 +183,21 @@ def run(params: ServeParams) -> None:
     holder = follower.Follower(params.model_uri, serving_model.load_first(params.model_uri), params.refresh_seconds)
     follower.LOG.info("serving %s from %s", holder.describe(), params.model_uri)
     challenger = _challenger(params)
+    runs = _serving_runs(params, holder, challenger)
     shadow = shadowing.Shadow(
         lambda: challenger and challenger.shadowed(),
         params.shadow_fraction,
         params.shadow_timeout_seconds,
         params.window_seconds,
+        runs.on_window,
     )
     followers = [f for f in (holder, challenger) if f is not None]
     for each in followers:
         each.start()
     try:
-        app = serving_app(holder, int(params.max_request_mb * 1024 * 1024), shadow, challenger)
+        app = serving_app(holder, int(params.max_request_mb * 1024 * 1024), shadow, challenger, runs)
         uvicorn.run(app, host=params.host, port=params.port, log_level="info")
     finally:
-        shadow.stop()
+        runs.close(*shadow.stop())
         for each in followers:
             each.stop()

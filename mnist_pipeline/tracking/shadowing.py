@@ -112,11 +112,18 @@ class Shadow:
         return None
 
     def _close_windows(self, seconds: float, on_window) -> None:
-        """Every ``seconds``, close the window and hand it to ``on_window(number, window)``."""
+        """Every ``seconds``, close the window and hand it to ``on_window(number, window)``;
+        when that returns True (a new pair of versions serves), the total starts again."""
         while not self._stop.wait(seconds):
             closed = self.close_window()
-            if on_window is not None:
-                on_window(self.windows, closed)
+            if on_window is not None and on_window(self.windows, closed):
+                self.restart()
+
+    def restart(self) -> None:
+        """The total and the window numbers start again (the closed windows' total: the current
+        window goes on)."""
+        with self._lock:
+            self.total, self.windows = live.Window(), 0
 
     def close_window(self) -> live.Window:
         """The current window, closed: added to the total, a new one begun."""
@@ -138,8 +145,9 @@ class Shadow:
             "total": total.figures(),
         }
 
-    def stop(self) -> None:
-        """The threads ended; a challenger call still running is left to end on its own."""
+    def stop(self) -> tuple[int, live.Window]:
+        """The threads ended; a challenger call still running is left to end on its own. The
+        last window's number and the window, closed, back."""
         self._stop.set()
         with contextlib.suppress(queue.Empty):
             while True:  # what waits is not shadowed: the server is going
@@ -148,3 +156,5 @@ class Shadow:
         for thread in self._threads:
             thread.join(timeout=self.timeout + 1)
         self._calls.shutdown(wait=False, cancel_futures=True)
+        last = self.close_window()
+        return self.windows, last
