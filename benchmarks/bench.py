@@ -152,8 +152,10 @@ def end_to_end(data_dir: str, images: np.ndarray) -> dict:
             phases = phase_rows(wall)
             speeds = serving.pyfunc_speed(images)
             speeds |= serving.rest_speed(images, env)
+            shadow = serving.shadow_overhead(images, env)
+            speeds |= serving.shadow_summary(shadow)
             speeds |= serving.follow_speed(images, env, f"{tmp}/broken")  # moves the alias: last
-    return {"mlflow_run_s": wall, **speeds, "phases": phases}
+    return {"mlflow_run_s": wall, **speeds, "phases": phases, "shadow": shadow}
 
 
 def phase_rows(wall: float) -> list[dict]:

@@ -30,6 +30,8 @@ def markdown(report: dict) -> str:
         rows = [{"measure": key, "value": value} for key, value in _measures(report).items()]
         parts += ["## End to end: the default `mlflow run .`, then its champion served", _table(rows)]
         parts += ["## Where the default `mlflow run .` spends its time", _table(report["end_to_end"]["phases"])]
+        title = "## The champion's latency with the challenger shadowed (on) and not (off), two servers in turns"
+        parts += [title, _table(report["end_to_end"]["shadow"])]
     return "\n\n".join(parts) + "\n"
 
 
@@ -39,7 +41,7 @@ def _table(rows: list[dict]) -> str:
 
 def _measures(report: dict) -> dict[str, float]:
     """The end-to-end numbers (none without that part), its phases' table aside."""
-    return {key: value for key, value in (report["end_to_end"] or {}).items() if key != "phases"}
+    return {key: value for key, value in (report["end_to_end"] or {}).items() if key not in ("phases", "shadow")}
 
 
 def write_report(report: dict, out: Path) -> list[Path]:

@@ -14,7 +14,7 @@ import mlflow
 import pytest
 
 import benchmarks
-from benchmarks import bench, report, speed
+from benchmarks import bench, report, serving, speed
 from helpers.stores import PROJECT_ROOT, all_runs
 from mnist_pipeline import cli
 
@@ -170,3 +170,24 @@ def test_python_m_benchmarks_is_the_command_mlproject_runs():
     )
     assert done.returncode == cli.USAGE_ERROR
     assert done.stderr.strip().splitlines()[-1].startswith("benchmarks: error: bench_epochs='1' is not allowed")
+
+
+def test_the_shadow_summary_is_each_open_loop_pair_s_ratio():
+    timings = {0: ((2, 10), (3, 20)), 1: ((2, 10), (2, 10)), 2: ((4, 10), (5, 30))}  # repeat: (off, on) p50, p99
+    rows = [
+        {"load": "open loop, 100/s", "shadow": shadow, "repeat": repeat, "p50_ms": p50, "p99_ms": p99}
+        | {"dropped_requests": 0.01 * repeat}
+        for repeat, pair in timings.items()
+        for shadow, (p50, p99) in zip(("off", "on"), pair)
+    ]
+    rows.append(
+        {"load": "saturation", "shadow": "on", "repeat": 0, "p50_ms": 99, "p99_ms": 999, "dropped_requests": 0.5}
+    )
+    summary = serving.shadow_summary(rows)
+    assert (summary["shadow_p50_ratio"], summary["shadow_p50_ratio_min"], summary["shadow_p50_ratio_max"]) == (
+        1.25,
+        1,
+        1.5,
+    )
+    assert (summary["shadow_p99_ratio"], summary["shadow_p99_ratio_max"]) == (2, 3)
+    assert summary["shadow_open_loop_max_dropped"] == 0.02  # saturation's drops are its own row's
