@@ -115,7 +115,8 @@ def shadow_overhead(images: np.ndarray, env: dict[str, str]) -> list[dict]:
             server([*command, "--shadow-fraction", "0"], env) as (off, _),
         ):
             servers = {"on": on, "off": off}
-            wait_for(lambda: model_state(on)["challenger"]["version"] == str(challenger.version), "the challenger loaded")
+            loaded = str(challenger.version)
+            wait_for(lambda: model_state(on)["challenger"]["version"] == loaded, "the challenger loaded")
             rate = load_test(off, images)["requests_per_s"] / 2
             for repeat, shadow in itertools.product(range(SHADOW_REPEATS), servers):
                 measured = _shadowed(
