@@ -2,6 +2,7 @@
 
 import contextlib
 import logging
+import time
 
 import mlflow
 import numpy as np
@@ -102,3 +103,11 @@ def tensorflow_log_lines():
         yield seen
     finally:
         tf.get_logger().removeHandler(handler)
+
+
+def wait_until(condition, seconds: float = 30.0) -> None:
+    """Until ``condition()`` is true, asked every 0.01 s; AssertionError after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        time.sleep(0.01)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers.checks import wait_until
 from mnist_pipeline import names
 from mnist_pipeline.core import live
 from mnist_pipeline.tracking import access, serving_runs, shadowing, store
@@ -24,15 +25,6 @@ def window(champion, challenger=None) -> live.Window:
     if challenger is not None:
         made.shadow(ours, np.eye(10)[challenger], 0.004)
     return made
-
-
-def wait_until(condition, seconds=30.0):
-    import time
-
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never came true"
-        time.sleep(0.01)
 
 
 @pytest.fixture

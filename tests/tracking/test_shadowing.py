@@ -8,6 +8,7 @@ import types
 import numpy as np
 import pytest
 
+from helpers.checks import wait_until
 from mnist_pipeline.tracking import shadowing
 
 CHAMPION = types.SimpleNamespace(version="1")
@@ -19,13 +20,6 @@ def one_hot(classes) -> np.ndarray:
 
 def version(predict, number="2"):
     return types.SimpleNamespace(version=number, model=types.SimpleNamespace(predict=predict))
-
-
-def wait_until(condition, seconds=30.0):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never came true"
-        time.sleep(0.01)
 
 
 @pytest.fixture
