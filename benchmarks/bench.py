@@ -20,7 +20,7 @@ from unittest import mock
 import mlflow
 import numpy as np
 
-from benchmarks import BENCH_EPOCHS, BenchParams, report, serving, speed
+from benchmarks import BENCH_EPOCHS, BenchParams, report, serving, shadow, speed
 from mnist_pipeline import names
 from mnist_pipeline.core import config, data, threads
 from mnist_pipeline.core.variants import VARIANTS
@@ -152,10 +152,10 @@ def end_to_end(data_dir: str, images: np.ndarray) -> dict:
             phases = phase_rows(wall)
             speeds = serving.pyfunc_speed(images)
             speeds |= serving.rest_speed(images, env)
-            shadow = serving.shadow_overhead(images, env)
-            speeds |= serving.shadow_summary(shadow)
+            shadow_rows = shadow.shadow_overhead(images, env)
+            speeds |= shadow.shadow_summary(shadow_rows)
             speeds |= serving.follow_speed(images, env, f"{tmp}/broken")  # moves the alias: last
-    return {"mlflow_run_s": wall, **speeds, "phases": phases, "shadow": shadow}
+    return {"mlflow_run_s": wall, **speeds, "phases": phases, "shadow": shadow_rows}
 
 
 def phase_rows(wall: float) -> list[dict]:

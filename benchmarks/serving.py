@@ -5,8 +5,6 @@
   `mlflow models serve --env-manager local` and `mnist-pipeline serve`;
 - load: a bounded load test against `mnist-pipeline serve` (``LOAD_CLIENTS`` threads,
   ``LOAD_REQUESTS`` one-image requests in all): errors, p50, p99, /health afterwards;
-- shadow: the champion's latency with the challenger shadowed and not, in turns, at half the
-  server's capacity (open loop) and at saturation, and the share dropped from the shadow;
 - follow: the load test again while the champion's alias moves, then SWAPS more swaps and the
   server's memory. Every request goes to 127.0.0.1, to a server this module started.
 """
@@ -24,7 +22,6 @@ import urllib.request
 
 import mlflow
 import numpy as np
-import pandas as pd
 import psutil
 
 from benchmarks.servers import answers, server, wait_for
@@ -37,8 +34,6 @@ LOAD_CLIENTS, LOAD_REQUESTS = 8, 2000
 FOLLOW_REFRESH_SECONDS = 1.0  # the follow benchmark's --refresh-seconds (the default is 30)
 STEADY_REQUESTS = 200  # answers awaited before each move of the alias and after the last
 SWAPS = 20  # swaps after the follow load test, for the server's memory
-SHADOW_SECONDS, SHADOW_REPEATS = 10.0, 3  # each open-loop run; on/off pairs, in turns
-OPEN_LOOP_THREADS = 32  # senders of the open loop: enough that a request is sent when it is due
 
 
 def pyfunc_speed(images: np.ndarray, single: int = 50) -> dict:
@@ -62,14 +57,14 @@ def rest_speed(images: np.ndarray, env: dict[str, str]) -> dict:
     """Per server, after a first request: one-image p50 and p95 (ms) of ONE_IMAGE_REQUESTS
     requests, and the images/s of BATCH_IMAGES-image requests; then the load test against
     `mnist-pipeline serve`."""
-    report, batch = {}, _body(images[:BATCH_IMAGES])
-    one = [_body(images[i % len(images)][None]) for i in range(ONE_IMAGE_REQUESTS)]
+    report, batch = {}, request_body(images[:BATCH_IMAGES])
+    one = [request_body(images[i % len(images)][None]) for i in range(ONE_IMAGE_REQUESTS)]
     for name, command in SERVERS.items():
         with server(command, env) as (url, _):
             post(url, one[0])  # warm up
             latencies = [timeit.timeit(functools.partial(post, url, body), number=1) for body in one]
             batched = timeit.repeat(functools.partial(post, url, batch), number=1, repeat=BATCH_REQUESTS)
-            report |= _ms(latencies, f"{name}_one_image_", 50, 95)
+            report |= percentiles_ms(latencies, f"{name}_one_image_", 50, 95)
             report[f"{name}_batch_images_per_s"] = BATCH_IMAGES / float(np.median(batched))
             if name == "pipeline_serve":
                 report |= {f"load_{key}": value for key, value in load_test(url, images).items()}
@@ -95,84 +90,6 @@ def follow_speed(images: np.ndarray, env: dict[str, str], folder: str) -> dict:
     return {f"follow_{key}": value for key, value in (report | {"refresh_s": FOLLOW_REFRESH_SECONDS}).items()} | memory
 
 
-def shadow_overhead(images: np.ndarray, env: dict[str, str]) -> list[dict]:
-    """`mnist-pipeline serve` of the champion with a challenger of another training run,
-    shadowed (--shadow-fraction 1) and not (0), two servers measured in turns: the capacity
-    (the load test, shadowing off), then SHADOW_REPEATS pairs of open-loop runs at half of it,
-    then the load test on each (saturation). A row per run: the champion's p50 and p99 (ms),
-    errors, and the share of requests shadowed and dropped from the shadow (GET /model)."""
-    client = mlflow.MlflowClient()
-    champion = client.get_model_version_by_alias(names.MODEL_NAME, names.CHAMPION)
-    experiment = client.get_run(champion.run_id).info.experiment_id
-    runs = client.search_runs([experiment], "attributes.status = 'FINISHED'")
-    other = next(r.info.run_id for r in runs if "variant" in r.data.params and r.info.run_id != champion.run_id)
-    challenger = client.create_model_version(names.MODEL_NAME, logged_model.logged_model_uri(other), run_id=other)
-    client.set_registered_model_alias(names.MODEL_NAME, names.CHALLENGER, challenger.version)
-    rows, command = [], SERVERS["pipeline_serve"]
-    try:
-        with (
-            server([*command, "--shadow-fraction", "1"], env) as (on, _),
-            server([*command, "--shadow-fraction", "0"], env) as (off, _),
-        ):
-            servers = {"on": on, "off": off}
-            loaded = str(challenger.version)
-            wait_for(lambda: model_state(on)["challenger"]["version"] == loaded, "the challenger loaded")
-            rate = load_test(off, images)["requests_per_s"] / 2
-            for repeat, shadow in itertools.product(range(SHADOW_REPEATS), servers):
-                measured = _shadowed(
-                    servers[shadow], lambda u=servers[shadow]: open_loop(u, images, rate, SHADOW_SECONDS)
-                )
-                rows.append({"load": f"open loop, {rate:.0f}/s", "shadow": shadow, "repeat": repeat, **measured})
-            for shadow, url in servers.items():
-                measured = _shadowed(url, lambda u=url: load_test(u, images))
-                rows.append({"load": f"saturation, {LOAD_CLIENTS} clients", "shadow": shadow, "repeat": 0, **measured})
-    finally:
-        client.set_registered_model_alias(names.MODEL_NAME, names.CHALLENGER, champion.version)
-    return rows
-
-
-def shadow_summary(rows: list[dict]) -> dict:
-    """The open-loop runs' on/off ratios of p50 and p99, pair by pair: their median and spread
-    (min, max), and the largest share dropped from the shadow."""
-    table = pd.DataFrame([row for row in rows if row["load"].startswith("open")])
-    pairs = table.pivot(index="repeat", columns="shadow", values=["p50_ms", "p99_ms"])
-    summary = {"shadow_open_loop_max_dropped": float(table["dropped_requests"].max())}
-    for q in ("p50", "p99"):
-        ratios = pairs[(f"{q}_ms", "on")] / pairs[(f"{q}_ms", "off")]
-        summary |= {f"shadow_{q}_ratio": float(ratios.median()), f"shadow_{q}_ratio_min": float(ratios.min())}
-        summary[f"shadow_{q}_ratio_max"] = float(ratios.max())
-    return summary
-
-
-def _shadowed(url: str, measure) -> dict:
-    """``measure()``'s p50, p99 and errors, and the shares of its requests shadowed and dropped."""
-    before = model_state(url)["total"]
-    result = measure()
-    after = model_state(url)["total"]
-    share = {
-        key: (after.get(key, 0) - before.get(key, 0)) / (after["requests"] - before["requests"])
-        for key in ("shadowed_requests", "dropped_requests")
-    }
-    return {key: result[key] for key in ("requests", "errors", "p50_ms", "p99_ms")} | share
-
-
-def open_loop(url: str, images: np.ndarray, rate: float, seconds: float) -> dict:
-    """One-image requests due at ``rate`` a second for ``seconds``, sent when due whatever the
-    answers (an open loop, as independent users send), each timed from when it was due."""
-    bodies = [_body(images[i][None]) for i in range(min(len(images), 1000))]
-    due = time.perf_counter() + 0.5 + np.arange(int(rate * seconds)) / rate
-
-    def send(n: int) -> tuple:
-        time.sleep(max(0.0, due[n] - time.perf_counter()))
-        status = _answer(url, bodies[n % len(bodies)], n)[1]
-        return time.perf_counter() - due[n], status
-
-    with concurrent.futures.ThreadPoolExecutor(OPEN_LOOP_THREADS) as pool:
-        answered = list(pool.map(send, range(len(due))))
-    latencies = [seconds for seconds, status in answered if status == 200]
-    return {"requests": len(answered), "errors": len(answered) - len(latencies), **_ms(latencies, "", 50, 99)}
-
-
 def load_test(url: str, images: np.ndarray, clients: int = LOAD_CLIENTS, requests: int = LOAD_REQUESTS) -> dict:
     """``requests`` one-image requests (and those in flight at the last) from ``clients``
     threads at once; then /health."""
@@ -183,7 +100,7 @@ def load_test(url: str, images: np.ndarray, clients: int = LOAD_CLIENTS, request
         "requests": len(answered),
         "clients": clients,
         "errors": len(answered) - len(latencies),
-        **_ms(latencies, "", 50, 99),
+        **percentiles_ms(latencies, "", 50, 99),
         "requests_per_s": len(latencies) / wall,
         "health_after": answers(f"{url}/health"),
     }
@@ -197,12 +114,12 @@ def follow_load(url: str, images: np.ndarray, move, moves, clients: int = LOAD_C
     image index, probabilities or error) and every move as (version, moved at, served or
     refused at, what /model said then), times in seconds of time.perf_counter."""
     answers_, stop, sent = [], threading.Event(), itertools.count()
-    bodies = [_body(images[i][None]) for i in range(min(len(images), requests))]
+    bodies = [request_body(images[i][None]) for i in range(min(len(images), requests))]
 
     def client() -> None:
         while (n := next(sent)) < requests or not stop.is_set():
             # its start, then its answer: a tuple's items are evaluated left to right
-            answers_.append((time.perf_counter(), *_answer(url, bodies[n % len(bodies)], n % len(bodies))))
+            answers_.append((time.perf_counter(), *timed_answer(url, bodies[n % len(bodies)], n % len(bodies))))
 
     moved, steady = [], min(STEADY_REQUESTS, requests)
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
@@ -220,7 +137,7 @@ def follow_load(url: str, images: np.ndarray, move, moves, clients: int = LOAD_C
     return answers_, moved
 
 
-def _answer(url: str, body: bytes, index: int) -> tuple:
+def timed_answer(url: str, body: bytes, index: int) -> tuple:
     request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -258,12 +175,12 @@ def follow_summary(answers_: list, moved: list) -> dict:
         "swaps": len(lags),
         "swap_lag_p50_s": float(np.median(lags)) if lags else float("nan"),
         "swap_lag_max_s": max(lags, default=float("nan")),
-        **_ms(latencies[False], "steady_", 50, 99),
-        **_ms(latencies[True], "swapping_", 50, 99),
+        **percentiles_ms(latencies[False], "steady_", 50, 99),
+        **percentiles_ms(latencies[True], "swapping_", 50, 99),
     }
 
 
-def _ms(seconds: list[float], prefix: str, *percents: int) -> dict[str, float]:
+def percentiles_ms(seconds: list[float], prefix: str, *percents: int) -> dict[str, float]:
     """``{prefix}p{q}_ms``: the ``q``th percentile of ``seconds`` in milliseconds, for each ``q``
     of ``percents`` (NaN for no seconds)."""
     return {f"{prefix}p{q}_ms": 1000 * float(np.percentile(seconds, q)) if seconds else float("nan") for q in percents}
@@ -282,7 +199,7 @@ def post(url: str, body: bytes) -> dict:
         return json.loads(response.read())
 
 
-def _body(images: np.ndarray) -> bytes:
+def request_body(images: np.ndarray) -> bytes:
     return json.dumps({"inputs": images.astype(float).tolist()}).encode()
 
 

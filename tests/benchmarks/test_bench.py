@@ -14,7 +14,7 @@ import mlflow
 import pytest
 
 import benchmarks
-from benchmarks import bench, report, serving, speed
+from benchmarks import bench, report, shadow, speed
 from helpers.stores import PROJECT_ROOT, all_runs
 from mnist_pipeline import cli
 
@@ -183,7 +183,7 @@ def test_the_shadow_summary_is_each_open_loop_pair_s_ratio():
     rows.append(
         {"load": "saturation", "shadow": "on", "repeat": 0, "p50_ms": 99, "p99_ms": 999, "dropped_requests": 0.5}
     )
-    summary = serving.shadow_summary(rows)
+    summary = shadow.shadow_summary(rows)
     assert (summary["shadow_p50_ratio"], summary["shadow_p50_ratio_min"], summary["shadow_p50_ratio_max"]) == (
         1.25,
         1,
