@@ -2,10 +2,13 @@
 requests in the shadow, and true labels sent back, counted in windows (core/live.py).
 
 The champion's answer never waits for the challenger: the request hands its images to a
-bounded queue and goes; one thread takes them to the challenger, one request at a time, each
-with SHADOW_TIMEOUT seconds. A full queue drops the request from the shadow (counted). A
-challenger that raises, answers late or answers anything but 10 finite probabilities a row
-counts as an error; nothing else happens. A challenger stuck in a call holds the shadow thread
+bounded queue and goes; one thread takes them to the challenger, the requests waiting together
+(up to SHADOW_BATCH images in one call: a call costs about as much for one image as for
+dozens), each call with the shadow's timeout. A request's challenger seconds are its share of
+its call's (by images): under load, when calls take several requests, an estimate. A full
+queue drops the request from the shadow (counted). A challenger that raises, answers late or
+answers anything but 10 finite probabilities a row counts as an error for each request of the
+call; nothing else happens. A challenger stuck in a call holds the shadow thread
 only: later requests wait in the queue, then are dropped, while the champion answers them.
 
 The last KEPT_REQUESTS requests are kept (each model's classes) for labels sent back by
@@ -26,6 +29,8 @@ import numpy as np
 from mnist_pipeline.core import live
 
 QUEUE_REQUESTS = 256  # requests waiting for the challenger; more are dropped from the shadow
+SHADOW_BATCH = 64  # images at most in one call of the challenger
+_STOP = object()  # the shadow thread's last item
 KEPT_REQUESTS = 10_000  # requests whose answers are kept for feedback (a few bytes an image)
 
 
@@ -79,18 +84,39 @@ class Shadow:
                 self.window.drop()
 
     def _work(self) -> None:
-        while (item := self._queue.get()) is not None:  # None: stop
-            request_id, images, classes, challenger = item
+        held = None  # an item taken from the queue that did not fit the last batch
+        while (first := self._queue.get() if held is None else held) is not _STOP:
+            batch, held = self._batch(first)
+            images = [item[1] for item in batch]
             start = time.perf_counter()
             try:
-                probabilities = self._calls.submit(challenger.model.predict, images).result(self.timeout)
-            except Exception:  # raised, or too late (TimeoutError): an error of the challenger
-                probabilities = None
-            seconds = time.perf_counter() - start
+                call = images[0] if len(batch) == 1 else np.concatenate(images)
+                answer = self._calls.submit(batch[0][3].model.predict, call).result(self.timeout)
+                parts = np.split(np.asarray(answer), np.cumsum([len(i) for i in images[:-1]]))
+            except Exception:  # raised, too late (TimeoutError), or not one row an image: the challenger's error
+                parts = [None] * len(batch)
+            share = (time.perf_counter() - start) / sum(len(i) for i in images)
             with self._lock:
-                theirs = self.window.shadow(classes, probabilities, seconds)
-                if theirs is not None and request_id in self._kept:
-                    self._kept[request_id].challenger = theirs.astype(np.uint8)
+                for (request_id, some, classes, _), probabilities in zip(batch, parts, strict=True):
+                    theirs = self.window.shadow(classes, probabilities, share * len(some))
+                    if theirs is not None and request_id in self._kept:
+                        self._kept[request_id].challenger = theirs.astype(np.uint8)
+
+    def _batch(self, first) -> tuple[list, object]:
+        """``first`` and the requests queued behind it for the same challenger, up to SHADOW_BATCH
+        images of one shape in all; and the item taken that does not fit (None: none)."""
+        batch, images = [first], len(first[1])
+        while isinstance(first[1], np.ndarray) and images < SHADOW_BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            same = item is not _STOP and item[3] is first[3] and isinstance(item[1], np.ndarray)
+            if not (same and item[1].shape[1:] == first[1].shape[1:] and images + len(item[1]) <= SHADOW_BATCH):
+                return batch, item
+            batch.append(item)
+            images += len(item[1])
+        return batch, None
 
     def feedback(self, request_id, labels) -> tuple[int, str] | None:
         """Count true ``labels`` (one digit 0-9 an image) of a kept request; if not, the HTTP
@@ -152,7 +178,7 @@ class Shadow:
         with contextlib.suppress(queue.Empty):
             while True:  # what waits is not shadowed: the server is going
                 self._queue.get_nowait()
-        self._queue.put(None)
+        self._queue.put(_STOP)
         for thread in self._threads:
             thread.join(timeout=self.timeout + 1)
         self._calls.shutdown(wait=False, cancel_futures=True)

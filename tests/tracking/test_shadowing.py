@@ -139,3 +139,24 @@ def test_only_the_last_kept_requests_take_feedback(shadows, monkeypatch):
     for request_id in "abc":
         answer(shadow, request_id, [0])
     assert shadow.feedback("a", [0])[0] == 404 and shadow.feedback("c", [0]) is None
+
+
+def test_requests_waiting_for_the_challenger_go_together_in_one_call(shadows):
+    release, calls = threading.Event(), []
+
+    def predict(images):
+        calls.append(len(images))
+        release.wait(30)
+        return one_hot(np.arange(len(images)) % 10)
+
+    shadow = shadows(version(predict))
+    answer(shadow, "first", [0])
+    wait_until(lambda: calls == [1])  # the first is in the challenger's hands; three more wait
+    for request_id, classes in (("a", [1, 2]), ("b", [3]), ("c", [4])):
+        answer(shadow, request_id, classes)
+    release.set()
+    wait_until(lambda: shadow.state()["total"].get("shadowed_requests") == 4)
+    assert calls == [1, 4]  # the three waiting: one call of their four images
+    figures = shadow.state()["total"]
+    assert figures["shadowed_images"] == 5 and figures["challenger_errors"] == 0
+    assert figures["agreement"] == 1 / 5  # the first (0 and 0), then 1, 2, 3, 4 against 0, 1, 2, 3: split back in order
