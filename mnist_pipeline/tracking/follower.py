@@ -66,7 +66,7 @@ class Follower:
                 self.poll()
             except Exception as err:  # the thread must outlive any surprise; the server keeps serving
                 LOG.error(
-                    "following %s failed this round (%s); still serving %s", self._alias(), _why(err), self.describe()
+                    "following %s failed this round (%s); still serving %s", self._alias(), why(err), self.describe()
                 )
 
     def poll(self) -> None:
@@ -88,10 +88,10 @@ class Follower:
         except Exception as err:  # the alias deleted, or the store's connection, driver or database failed
             if isinstance(err, MlflowException) and err.get_http_status_code() in _GONE:
                 if self.alias_version is not None:
-                    LOG.warning("%s was deleted (%s); still serving %s", self._alias(), _why(err), self.describe())
+                    LOG.warning("%s was deleted (%s); still serving %s", self._alias(), why(err), self.describe())
                 self.alias_version = None
                 return self._store_is(None)
-            return self._store_is(_why(err)[:300])
+            return self._store_is(why(err)[:300])
         self._store_is(None)
         self.alias_reads += 1
         return version
@@ -113,11 +113,11 @@ class Follower:
         try:
             candidate = serving_model.load(f"models:/{self.target.name}/{version}", version, self.current)
         except serving_model.Refused as err:
-            return self._refuse(version, _why(err))
+            return self._refuse(version, why(err))
         except Exception as err:  # the artifacts could not be had: a bad version, or the store failed
             if _transient(err) or self._read_alias() != version:  # the store's fault, or the alias moved
                 return self._retry(version, err)
-            return self._refuse(version, f"cannot be downloaded: {_why(err)}")
+            return self._refuse(version, f"cannot be downloaded: {why(err)}")
         self._retrying = None
         was = f"version {self.current.version}" if self.current else "no version"
         self._swapped_out = weakref.ref(self.current) if self.current else lambda: None
@@ -132,12 +132,12 @@ class Follower:
         """The store failed while ``version`` was downloaded: the next round tries it again
         (said once per version, not once per round)."""
         if self._retrying != version:
-            LOG.warning("version %s could not be downloaded (%s); trying again at the next read", version, _why(err))
+            LOG.warning("version %s could not be downloaded (%s); trying again at the next read", version, why(err))
             self._retrying = version
         self.alias_version = self.current and self.current.version  # so that the next round loads it again
 
     def _refuse(self, version: str, reason: str) -> None:
-        """``reason``: one line, with secrets masked (_why)."""
+        """``reason``: one line, with secrets masked (why)."""
         self._retrying = None
         self.refused = {"version": version, "reason": reason, "at": serving_model.now()}
         LOG.warning(
@@ -200,7 +200,7 @@ def _transient(err: Exception) -> bool:
     return isinstance(err, ConnectionError | TimeoutError | requests.RequestException)
 
 
-def _why(err: Exception) -> str:
+def why(err: Exception) -> str:
     """``err`` in one line, with any secret this process was given masked (a store's error can
     quote its URL)."""
     return secrets.redact(first_line(err)) or type(err).__name__

@@ -23,8 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from mnist_pipeline import names
-from mnist_pipeline.core import live, secrets
-from mnist_pipeline.core.errors import first_line
+from mnist_pipeline.core import live
 from mnist_pipeline.tracking import access, follower, liveness, store
 
 BUFFER_WINDOWS = 240  # windows kept while the store is away: 4 hours of 60 s windows; 4 kB each (it, and the total)
@@ -156,7 +155,7 @@ class ServingRuns:
 
     def _failed(self, err: Exception) -> bool:
         """The store did not take a window: one line when it goes; a refusal stops the recording."""
-        why = _why(err)[:300]
+        why = follower.why(err)[:300]
         if isinstance(err, access.AccessError) or access.is_refusal(err):
             with self._wake:
                 self.refused = why
@@ -208,7 +207,7 @@ class ServingRuns:
             except MlflowException as err:  # refused, or no such version: said; the store failing: sent again
                 if err.get_http_status_code() >= 500:
                     raise
-                LOG.warning("version %s is not tagged with its serving run: %s", version, _why(err)[:200])
+                LOG.warning("version %s is not tagged with its serving run: %s", version, follower.why(err)[:200])
         self._fresh = False
 
     def _finish(self) -> None:
@@ -222,9 +221,6 @@ class ServingRuns:
         try:
             self.client.set_terminated(self.run_id, "FINISHED")
         except Exception as err:
-            LOG.warning("serving run %s could not be ended (%s): the next serve ends it KILLED", self.run_id, _why(err))
-
-
-def _why(err: Exception) -> str:
-    """``err`` in one line, secrets masked (a store's error can quote its URL)."""
-    return secrets.redact(first_line(err)) or type(err).__name__
+            LOG.warning(
+                "serving run %s could not be ended (%s): the next serve ends it KILLED", self.run_id, follower.why(err)
+            )
