@@ -66,6 +66,7 @@ TAG_ROLE = "role"  # on a run that is not a training run: one of the ROLE_* valu
 ROLE_MAIN, ROLE_REPRODUCE, ROLE_EVALUATE, ROLE_SWEEP = "main", "reproduce", "evaluate", "sweep"
 ROLE_REGISTER = "register"
 ROLE_SERVE = "serve"  # a serving run (tracking/serving_runs.py)
+ROLE_PROMOTE = "promote"  # the run of a `promote` decision (flows/promote.py)
 # On a `verify` training run, and on the version it verified.
 TAG_VERIFIES = "verifies"  # the run: "<model name>/<version>" it re-trained
 TAG_VERIFIED = "verified"  # the version: "<matches|DIFFERS> by run <run id>", the latest verify
@@ -83,6 +84,9 @@ TAG_MODEL_URI, TAG_MODEL_ID = "model_uri", "model_id"  # on an evaluate run
 # On the run that registered a version (main, sweep parent), and the decision on the version.
 TAG_REGISTERED_MODEL, TAG_REGISTERED_VERSION = "registered_model", "registered_version"
 TAG_CHAMPION_DECISION = "champion_decision"
+# On a version: the offline gates' Decision.gate ("first", "passed", "require_shadow" or the gate
+# that refused; `promote` moves the champion only to a version they passed), and `promote`'s line.
+TAG_OFFLINE_GATE, TAG_PROMOTE_DECISION = "offline_gate", "promote_decision"
 # Sweep runs: trial runs carry all four, the sweep parent TAG_STUDY.
 TAG_STUDY, TAG_TRIAL, TAG_TRIAL_STATE, TAG_WORKER = "study_name", "trial_number", "trial_state", "worker"
 TAG_SWEEP_PARENT = "sweep_parent_run_id"  # on `mlflow run -e sweep`'s own run

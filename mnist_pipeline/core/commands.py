@@ -56,6 +56,14 @@ def _max_class_drop():
     return _points(promotion_rule.MAX_CLASS_DROP, "most points any digit's val recall may fall against the champion")
 
 
+def _require_shadow():
+    return switch(
+        False,
+        "true: a version that passes the gates becomes challenger only, and `promote` moves champion to it "
+        "on the server's live evidence",
+    )
+
+
 def _seconds(default, help: str, when_zero: str, parse=float):
     return number(default, f"{help} ({when_zero})", f"of seconds >= 0 ({when_zero})", lambda v: v >= 0, parse)
 
@@ -64,7 +72,7 @@ class _Gated:
     """Commands that may move the champion alias: the promotion gates (core/promotion_rule.py)."""
 
     def gates(self) -> promotion_rule.Gates:
-        return promotion_rule.Gates(self.min_improvement, self.max_class_drop)
+        return promotion_rule.Gates(self.min_improvement, self.max_class_drop, self.require_shadow)
 
 
 # The knobs train, main and reproduce take: TrainConfig's fields whose ``override`` is true,
@@ -107,6 +115,7 @@ class MainParams(_Gated, Overrides):
     model_name: str = _model_name("registered model name for the best run ('' : do not register)", optional=True)
     min_improvement: float = _min_improvement()
     max_class_drop: float = _max_class_drop()
+    require_shadow: bool = _require_shadow()
     data_dir: str = param("", DATA_DIR)
     workers: int = _workers()
 
@@ -148,6 +157,39 @@ class RegisterParams(_Gated, Params):
     model_name: str = _model_name("registered model name", optional=False)
     min_improvement: float = _min_improvement()
     max_class_drop: float = _max_class_drop()
+    require_shadow: bool = _require_shadow()
+
+
+def _count(default: int, help: str):
+    return integer(default, help, ">= 0", lambda v: v >= 0, parse_digits)
+
+
+@dataclass(frozen=True)
+class PromoteParams(Params):
+    """move champion to the challenger on the live evidence of its serving runs"""
+
+    model_name: str = _model_name("registered model name", optional=False)
+    min_shadow_images: int = _count(promotion_rule.MIN_SHADOW_IMAGES, "live images the challenger must have scored")
+    min_labelled_images: int = _count(
+        promotion_rule.MIN_LABELLED_IMAGES,
+        "labelled live images both must have scored (0: promote on agreement, latency and errors alone)",
+    )
+    max_accuracy_drop: float = _points(
+        promotion_rule.MAX_ACCURACY_DROP,
+        "points of live accuracy the challenger may be worse by, at the 95% lower bound",
+    )
+    max_latency_ratio: float = number(
+        promotion_rule.MAX_LATENCY_RATIO,
+        "most the challenger's p99 may be over the champion's, > 0",
+        "> 0",
+        lambda v: v > 0,
+    )
+    serving_experiment: str = param("", "experiment of the serving runs ('': <model name>-serving)")
+
+    def gates(self) -> promotion_rule.LiveGates:
+        return promotion_rule.LiveGates(
+            self.min_shadow_images, self.min_labelled_images, self.max_accuracy_drop, self.max_latency_ratio
+        )
 
 
 @dataclass(frozen=True)
@@ -219,6 +261,7 @@ class SweepParams(_Gated, Params):
     model_name: str = _model_name("registered model name for the best trial ('' : do not register)", optional=True)
     min_improvement: float = _min_improvement()
     max_class_drop: float = _max_class_drop()
+    require_shadow: bool = _require_shadow()
     data_dir: str = param("", DATA_DIR)
     seed: int | None = param(
         None,
@@ -246,6 +289,7 @@ COMMANDS: dict[str, type[Params]] = {
     "main": MainParams,
     "reproduce": ReproduceParams,
     "register": RegisterParams,
+    "promote": PromoteParams,
     "evaluate": EvaluateParams,
     "predict": PredictParams,
     "serve": ServeParams,

@@ -20,7 +20,9 @@ class Report:
     """What a set of predictions scores, per digit and in all."""
 
     predicted: np.ndarray  # (n,) the most probable digit
-    per_class: pd.DataFrame  # index "digit" "0".."9": precision, recall, f1-score, support
+    per_class: (
+        pd.DataFrame
+    )  # index "digit" "0".."9": precision, recall, f1-score, support, predicted (images classed so)
     confusion: pd.DataFrame  # index "true_digit", columns predicted_0..9: counts
 
 
@@ -37,6 +39,7 @@ def report(labels: np.ndarray, probabilities: np.ndarray) -> Report:
     predicted = probabilities.argmax(axis=1)
     by_class = classification_report(labels, predicted, labels=DIGITS, output_dict=True, zero_division=0)
     per_class = pd.DataFrame({str(d): by_class[str(d)] for d in DIGITS}).T.rename_axis("digit")
+    per_class["predicted"] = np.bincount(predicted, minlength=NUM_CLASSES)
     counts = confusion_matrix(labels, predicted, labels=DIGITS)
     confusion = pd.DataFrame(
         counts, index=pd.RangeIndex(NUM_CLASSES, name="true_digit"), columns=[f"predicted_{d}" for d in DIGITS]

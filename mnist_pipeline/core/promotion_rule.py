@@ -50,12 +50,13 @@ class Evidence:
 class Gates:
     min_improvement: float = MIN_IMPROVEMENT  # percentage points of val_accuracy
     max_class_drop: float = MAX_CLASS_DROP  # percentage points of any digit's val recall
+    require_shadow: bool = False  # a version that passes stays challenger until `promote` (decide_live)
 
 
 @dataclass(frozen=True)
 class Decision:
     promote: bool
-    gate: str  # "first" (no champion), "passed", or the gate that refused
+    gate: str  # "first" (no champion), "passed", "require_shadow" (passed, left to promote), or the gate that refused
     gain: float  # percentage points of val_accuracy over the champion (means over seeds if several)
     worst_digit: int | None  # the digit whose recall fell most (or rose least)
     worst_drop: float  # percentage points that digit's recall fell (negative: it rose)
@@ -64,6 +65,7 @@ class Decision:
 
 
 def decide(challenger: Evidence, champion: Evidence | None, gates: Gates) -> Decision:
+    """The offline gates; with ``gates.require_shadow`` a challenger that passes them is left to `promote`."""
     if champion is None:
         return Decision(True, "first", 0.0, None, 0.0, None, "the first version: takes the champion alias")
     seeds = len(challenger.accuracies), len(champion.accuracies)
@@ -87,6 +89,9 @@ def decide(challenger: Evidence, champion: Evidence | None, gates: Gates) -> Dec
         gate, why = "max_class_drop", f"digit {worst} recall {-drop:+.2f} pp"
     else:
         checked = "no per-digit recall to compare" if worst is None else f"no digit down {gates.max_class_drop:.2f} pp"
+        if gates.require_shadow:
+            reason = f"{versus}, {checked}: passes, stays challenger until `promote` moves the champion alias"
+            return Decision(False, "require_shadow", gain, worst, drop, p_value, reason)
         reason = f"{versus}, {checked}: takes the champion alias"
         return Decision(True, "passed", gain, worst, drop, p_value, reason)
     return Decision(False, gate, gain, worst, drop, p_value, f"refused by {gate}: {versus}; {why}")
@@ -102,6 +107,7 @@ def welch_p(a, b, alternative: str = "two-sided") -> float:
     return float(scipy.stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
 
 
+OFFLINE_PASSED = ("first", "passed", "require_shadow")  # Decision.gate of a version the offline gates passed
 # Defaults of the live gates (`promote`).
 MIN_SHADOW_IMAGES = 1000  # images the challenger scored on live traffic
 MIN_LABELLED_IMAGES = 1000  # labelled images both scored; 0: promote on agreement, latency and errors alone
@@ -115,7 +121,7 @@ class LiveEvidence:
 
     version: str  # the challenger's
     champion: str  # the champion's version
-    offline_passed: bool  # the offline gates (decide) passed the challenger
+    offline_gate: str  # the offline gates' Decision.gate on the challenger ('' : none recorded)
     shadowed: int  # images the challenger scored
     errors: int  # shadowed requests the challenger failed
     agreement: float  # share of the shadowed images both classed alike (nan without any)
@@ -124,13 +130,13 @@ class LiveEvidence:
     paired: tuple[int, int, int, int]
 
     @classmethod
-    def of(cls, window: Window, version: str, champion: str, offline_passed: bool) -> "LiveEvidence":
+    def of(cls, window: Window, version: str, champion: str, offline_gate: str) -> "LiveEvidence":
         """The evidence in a pair's windows, summed."""
         shadowed, table = int(window.agreement.sum()), window.paired
         agreement = np.trace(window.agreement) / shadowed if shadowed else np.nan
         p99 = quantile(window.champion.latency, 0.99), quantile(window.challenger.latency, 0.99)
         paired = int(table[1, 1]), int(table[1, 0]), int(table[0, 1]), int(table[0, 0])
-        return cls(version, champion, offline_passed, shadowed, window.errors, float(agreement), p99, paired)
+        return cls(version, champion, offline_gate, shadowed, window.errors, float(agreement), p99, paired)
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,11 @@ def decide_live(evidence: LiveEvidence, gates: LiveGates) -> LiveDecision:
         + (f"{accuracy}, 95% lower bound {lower:+.2f} pp" if labelled else "no labels")
     )
     checks = [  # (gate, refused, why)
-        ("offline", not e.offline_passed, "the offline gates refused it"),
+        (
+            "offline",
+            e.offline_gate not in OFFLINE_PASSED,
+            f"the offline gates did not pass it ({e.offline_gate or 'no decision recorded'})",
+        ),
         ("min_shadow_images", e.shadowed < gates.min_shadow_images, f"needs {gates.min_shadow_images} images"),
         ("challenger_errors", e.errors > 0, "needs none"),
         ("max_latency_ratio", not ratio <= gates.max_latency_ratio, f"p99 needs x{gates.max_latency_ratio:.2f}"),

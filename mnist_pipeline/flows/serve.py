@@ -87,7 +87,7 @@ def serving_app(holder: follower.Follower, max_bytes: int, shadow: shadowing.Sha
         lambda: {
             **holder.state(),
             "challenger": challenger and challenger.state(),
-            **shadow.state(),
+            **shadow.state(holder.current.reference),
             **(runs.state() if runs else {}),
         }
     )
@@ -166,8 +166,10 @@ def _serving_runs(params: ServeParams, holder: follower.Follower, challenger) ->
         return champion, shadowed.version if shadowed and shadowed.version != champion else None
 
     model = holder.target.name or params.model_uri
-    experiment = params.serving_experiment or f"{holder.target.name or 'unregistered'}-serving"
-    return serving_runs.ServingRuns(model, experiment, pair, params.shadow_fraction, params.window_seconds)
+    experiment = serving_runs.experiment_of(holder.target.name or "unregistered", params.serving_experiment)
+    return serving_runs.ServingRuns(
+        model, experiment, pair, params.shadow_fraction, params.window_seconds, lambda: holder.current.reference
+    )
 
 
 def run(params: ServeParams) -> None:

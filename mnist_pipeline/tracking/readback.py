@@ -83,6 +83,17 @@ def confusion_counts(run_id: str) -> np.ndarray | None:
     return pd.read_csv(io.StringIO(text), index_col="true_digit").to_numpy()
 
 
+def validation_predicted(run_id: str | None) -> np.ndarray | None:
+    """How many validation images a training run's model classed as each digit (its
+    tables/val_per_class.csv); None if it recorded none or cannot be read (a run from before,
+    or a user who may not read it)."""
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/{names.VAL_PER_CLASS}")
+        return pd.read_csv(io.StringIO(text))["predicted"].to_numpy(np.int64)
+    except Exception:  # the store's errors come in many types; no such column: KeyError
+        return None
+
+
 def runs_tagged(tags: dict[str, str], status: str = "", everywhere: bool = False, max_results: int = 100_000) -> list:
     """Runs with ``tags`` (and ``status``), newest first, in the active experiment (``everywhere``:
     in every experiment this user may read)."""

@@ -148,6 +148,8 @@ def register_run(
     if decision and decision.promote and not champion and holder is not None:
         reason += f"; version {holder.version} has since taken it"
     client.set_model_version_tag(model_name, version.version, names.TAG_CHAMPION_DECISION, reason)
+    if decision:
+        client.set_model_version_tag(model_name, version.version, names.TAG_OFFLINE_GATE, decision.gate)
     return Registration(version, created, champion, reason, decision, versus, gates)
 
 
@@ -156,6 +158,26 @@ def _champion(client, model_name: str) -> ModelVersion | None:
         return client.get_model_version_by_alias(model_name, names.CHAMPION)
     except MlflowException:
         return None
+
+
+def aliases(model_name: str, *wanted: str) -> list[str | None]:
+    """The versions the ``wanted`` aliases of ``model_name`` name (None: not set)."""
+    try:
+        held = mlflow.MlflowClient().get_registered_model(model_name).aliases
+    except MlflowException as err:
+        raise RegistryError(f"model_name={model_name!r}: {first_line(err)}") from None
+    return [None if held.get(alias) is None else str(held[alias]) for alias in wanted]
+
+
+def move_champion(model_name: str, expected: str, version: str) -> bool:
+    """Move ``champion`` from version ``expected`` to ``version``, unless another process moved
+    it meanwhile; whether ``version`` holds it now. (The registry has no compare-and-set: a
+    move in the moment between the read and the write is not seen.)"""
+    client = mlflow.MlflowClient()
+    if aliases(model_name, names.CHAMPION) != [expected]:
+        return False
+    client.set_registered_model_alias(model_name, names.CHAMPION, version)
+    return True
 
 
 def tag_version(version: ModelVersion, key: str, value: str) -> None:

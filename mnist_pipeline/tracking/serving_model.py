@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse, Response
 from mnist_pipeline.core.data import NUM_CLASSES
 from mnist_pipeline.core.errors import first_line
 from mnist_pipeline.core.pictures import pixel_problem
-from mnist_pipeline.tracking import model_uris
+from mnist_pipeline.tracking import model_uris, readback
 from mnist_pipeline.tracking.logged_model import ModelURIError
 
 MAX_NESTING = 32  # JSON levels; a request nests 4 ({"inputs": images, rows, pixels}), numpy allows 32
@@ -88,6 +88,7 @@ class Served:
     model: object
     version: str | None  # in the registry; None for a URI that names no registered version
     run_id: str | None
+    reference: np.ndarray | None = None  # its classes' counts on its validation split (the psi's reference)
     loaded_at: str = field(default_factory=now)
 
     def __post_init__(self):
@@ -136,7 +137,8 @@ def load(source: str, version: str | None, current: Served | None = None) -> Ser
         except Exception as err:  # anything a broken model file raises while it loads
             raise Refused(f"does not load: {first_line(err) or type(err).__name__}") from None
     check(model, current.model if current else None)
-    return Served(model, version, model.metadata.run_id)
+    run_id = model.metadata.run_id
+    return Served(model, version, run_id, readback.validation_predicted(run_id) if run_id else None)
 
 
 def _own_pyfunc(local: str) -> mlflow.pyfunc.PyFuncModel:

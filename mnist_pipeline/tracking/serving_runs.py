@@ -14,11 +14,13 @@ the figures stay in GET /model only.
 """
 
 import collections
+import io
 import threading
 import time
 from dataclasses import dataclass
 
 import mlflow
+import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
@@ -33,21 +35,26 @@ LOG = follower.LOG  # the server's one line per event
 @dataclass(frozen=True)
 class Closed:
     """A window to send: its pair, its number (None: the pair just began), when it closed (ms),
-    its figures and the pair's total up to it."""
+    its figures, the pair's total up to it, and the champion's validation classes (the psi's reference)."""
 
     pair: tuple[str | None, str | None]
     number: int | None = None
     at_ms: int = 0
     window: live.Window | None = None
     total: live.Window | None = None
+    reference: object = None
 
 
 class ServingRuns:
     """The serving runs of one server for ``model`` in ``experiment``; ``pair()`` names the
-    versions (champion, challenger or None) serving now. ``on_window`` is the Shadow's receiver."""
+    versions (champion, challenger or None) serving now, ``reference()`` the champion's classes
+    on its validation split (or None). ``on_window`` is the Shadow's receiver."""
 
-    def __init__(self, model: str, experiment: str, pair, fraction: float, window_seconds: float, client=None):
+    def __init__(
+        self, model: str, experiment: str, pair, fraction: float, window_seconds: float, reference=None, client=None
+    ):
         self.model, self.experiment, self.pair = model, experiment, pair
+        self.reference = reference or (lambda: None)
         self.settings = {"shadow_fraction": str(fraction), "window_seconds": str(window_seconds)}
         self.client = client or mlflow.MlflowClient()
         self.run_id: str | None = None  # the run of the pair being sent
@@ -55,7 +62,7 @@ class ServingRuns:
         self.dropped, self._dropped_away = 0, 0  # windows dropped: ever, and since the store went
         self._problem: str | None = None  # why the store does not take them, while it does not
         self._begun, self._fresh = None, False  # the pair of run_id; params and tags still to write
-        self._current, self._total = pair(), live.Window()
+        self._current, self._total, self._reference = pair(), live.Window(), self.reference()
         self._buffer: collections.deque[Closed] = collections.deque()
         self._wake, self._stop = threading.Condition(), False
         self._put(Closed(self._current))  # the first run starts now, with the server
@@ -66,11 +73,11 @@ class ServingRuns:
         """Window ``number`` closed: buffer it for the run of the pair it began with; whether
         a new pair begins now (the Shadow then starts its totals again)."""
         self._total = self._total + window
-        self._put(Closed(self._current, number, int(time.time() * 1000), window, self._total))
+        self._put(Closed(self._current, number, int(time.time() * 1000), window, self._total, self._reference))
         now = self.pair()
         if now == self._current:
             return False
-        self._current, self._total = now, live.Window()
+        self._current, self._total, self._reference = now, live.Window(), self.reference()
         self._put(Closed(now))
         return True
 
@@ -89,7 +96,7 @@ class ServingRuns:
         takes them within ``seconds``, and the run ended FINISHED."""
         if window is not None:
             self._total = self._total + window
-            self._put(Closed(self._current, number, int(time.time() * 1000), window, self._total))
+            self._put(Closed(self._current, number, int(time.time() * 1000), window, self._total, self._reference))
         with self._wake:
             self._stop = True
             self._wake.notify()
@@ -138,7 +145,10 @@ class ServingRuns:
                 if last:
                     for name, table in closed.total.tables().items():
                         self.client.log_text(self.run_id, table.to_csv(), names.SERVING_TABLES[name])
-                metrics = [Metric(k, v, closed.at_ms, closed.number) for k, v in closed.window.figures().items()]
+                metrics = [
+                    Metric(k, v, closed.at_ms, closed.number)
+                    for k, v in closed.window.figures(closed.reference).items()
+                ]
                 beat = [RunTag(k, v) for k, v in liveness.heartbeat().items()]
                 store.log_batch_once(self.run_id, metrics, beat)
         except Exception as err:  # the store's errors come in many types
@@ -224,3 +234,32 @@ class ServingRuns:
             LOG.warning(
                 "serving run %s could not be ended (%s): the next serve ends it KILLED", self.run_id, follower.why(err)
             )
+
+
+def experiment_of(model: str, given: str = "") -> str:
+    """The experiment of a model's serving runs: ``given``, else ``<model>-serving``."""
+    return given or f"{model}-serving"
+
+
+def pair_total(model: str, experiment: str, champion: str, challenger: str) -> tuple[live.Window, list[str]]:
+    """What every serving run of ``model`` in ``experiment`` saw of the pair (``champion``,
+    ``challenger``), summed from their tables (a run that has sent no window yet adds nothing);
+    and those runs' ids."""
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    pair = {"model": model, "champion_version": champion, "challenger_version": challenger}
+    query = " and ".join(
+        [f"tags.{names.TAG_ROLE} = '{names.ROLE_SERVE}'"] + [f"params.{k} = '{v}'" for k, v in pair.items()]
+    )
+    runs = client.search_runs([found.experiment_id], query, max_results=50_000) if found else []
+    total, ids = live.Window(), []
+    for run in runs:
+        try:
+            texts = {
+                n: mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{p}") for n, p in names.SERVING_TABLES.items()
+            }
+        except (MlflowException, OSError):  # no window sent yet
+            continue
+        total = total + live.Window.from_tables({n: pd.read_csv(io.StringIO(t), index_col=0) for n, t in texts.items()})
+        ids.append(run.info.run_id)
+    return total, ids

@@ -158,8 +158,9 @@ class Shadow:
             self.total, self.windows = self.total + closed, self.windows + 1
         return closed
 
-    def state(self) -> dict:
-        """What GET /model adds: the shadow's settings, the current window's and the total's figures."""
+    def state(self, reference: np.ndarray | None = None) -> dict:
+        """What GET /model adds: the shadow's settings, the current window's and the total's
+        figures (with the psi against ``reference``, the champion's validation classes)."""
         with self._lock:
             window, total = self.window + live.Window(), self.total + self.window
         return {
@@ -167,8 +168,8 @@ class Shadow:
             "shadow_timeout_seconds": self.timeout,
             "queued": self._queue.qsize(),
             "windows_closed": self.windows,
-            "window": window.figures(),
-            "total": total.figures(),
+            "window": window.figures(reference),
+            "total": total.figures(reference),
         }
 
     def stop(self) -> tuple[int, live.Window]:

@@ -45,6 +45,15 @@ def test_single_runs_pass_every_gate_or_name_the_one_that_refused(challenger, pr
     assert decision.p_value is None and "seeds" not in decision.reason
 
 
+def test_with_require_shadow_a_version_that_passes_is_left_to_promote():
+    shadowed = replace(GATES, require_shadow=True)
+    left = decide(single("2", 0.9950), single("1", 0.980), shadowed)
+    assert (left.promote, left.gate) == (False, "require_shadow")
+    assert left.reason.endswith("passes, stays challenger until `promote` moves the champion alias")
+    assert decide(single("2", 0.9814), single("1", 0.980), shadowed).gate == "min_improvement"  # refused as before
+    assert decide(single("1", 0.5), None, shadowed).promote  # nothing to shadow: the first takes the alias
+
+
 def test_the_reason_names_the_gate_the_gain_and_the_digit():
     decision = decide(single("2", 0.9850, {3: 0.969}), single("1", 0.980), GATES)
     assert decision.reason == "refused by max_class_drop: +0.500 pp over version 1; digit 3 recall -1.10 pp"
@@ -90,14 +99,15 @@ def test_the_paired_interval_gives_newcombes_published_limits(table, limits):
 
 
 # A challenger that passes every live gate: 10,000 labelled images, +0.4 pp, p99 x1.25.
-GOOD = LiveEvidence("3", "2", True, 20_000, 0, 0.99, (0.004, 0.005), (9800, 20, 60, 120))
+GOOD = LiveEvidence("3", "2", "require_shadow", 20_000, 0, 0.99, (0.004, 0.005), (9800, 20, 60, 120))
 
 
 @pytest.mark.parametrize(
     "change, gate",
     [
         ({}, "passed"),
-        ({"offline_passed": False, "errors": 1}, "offline"),  # the first gate that refuses names it
+        ({"offline_gate": "min_improvement", "errors": 1}, "offline"),  # the first gate that refuses names it
+        ({"offline_gate": ""}, "offline"),  # a version with no offline decision recorded
         ({"shadowed": 999}, "min_shadow_images"),
         ({"errors": 1}, "challenger_errors"),
         ({"p99_seconds": (0.004, 0.0061)}, "max_latency_ratio"),
@@ -133,7 +143,7 @@ def test_the_live_evidence_of_a_window():
     for seconds in (0.001, 0.002, 0.004):
         classes = window.answer(np.eye(10)[[1, 2]], seconds)
         window.label(np.array([1, 3]), classes, window.shadow(classes, np.eye(10)[[1, 3]], 2 * seconds))
-    evidence = LiveEvidence.of(window, "3", "2", offline_passed=True)
+    evidence = LiveEvidence.of(window, "3", "2", offline_gate="passed")
     assert (evidence.shadowed, evidence.errors, evidence.agreement) == (6, 0, 0.5)
     assert evidence.paired == (3, 0, 3, 0)  # both right on digit 1; only the challenger on 3
     assert 2 * 10**-0.1 < evidence.p99_seconds[1] / evidence.p99_seconds[0] < 2 * 10**0.1

@@ -98,6 +98,21 @@ def test_an_impossible_min_improvement_never_moves_the_alias(tracking_store, cap
     assert (row["promoted"], row["gate"], row["min_improvement"]) == (False, "min_improvement", 50.0)
 
 
+def test_with_require_shadow_a_passing_version_becomes_challenger_only(tracking_store):
+    shadowed, runs = promotion_rule.Gates(require_shadow=True), [scored_run(0.980), scored_run(0.990)]
+    assert registry.register_best(runs[:1], gates=shadowed).champion  # the first takes it
+    with mlflow.start_run() as decider:
+        second = registry.register_best(runs[1:], gates=shadowed)
+    assert not second.champion and second.decision.gate == "require_shadow"
+    assert champion_and_challenger() == ("1", "2")
+    client = mlflow.MlflowClient()
+    assert [client.get_model_version(names.MODEL_NAME, v).tags[names.TAG_OFFLINE_GATE] for v in "12"] == [
+        "first",
+        "require_shadow",
+    ]
+    assert _decisions(decider.info.run_id)["require_shadow"].tolist() == [True]
+
+
 def test_champion_moves_only_when_val_accuracy_improves(tracking_store):
     a, b, c, d = scored_run(0.90), scored_run(0.95), scored_run(0.93), scored_run(0.95, val_loss=0.01)
     first = registry.register_best([a])

@@ -49,7 +49,7 @@ def versions(tracking_store):
 
 
 def make(pair, client=None) -> serving_runs.ServingRuns:
-    return serving_runs.ServingRuns(MODEL, f"{MODEL}-serving", lambda: pair[0], 0.5, 60.0, client)
+    return serving_runs.ServingRuns(MODEL, f"{MODEL}-serving", lambda: pair[0], 0.5, 60.0, client=client)
 
 
 def runs_of(experiment=f"{MODEL}-serving"):
