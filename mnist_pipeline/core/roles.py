@@ -16,7 +16,7 @@ from mnist_pipeline.core.param_fields import Params, param
 # role -> (permission on the experiment, permission on the registered model)
 ROLES = {
     "researchers": ("EDIT", "READ"),  # train, main, reproduce, sweep: runs, never a version or an alias
-    "release_managers": ("EDIT", "MANAGE"),  # register, verify: versions, aliases (deleting one: MANAGE)
+    "release_managers": ("EDIT", "MANAGE"),  # register, verify, promote: versions, aliases (deleting one: MANAGE)
     "consumers": ("READ", "READ"),  # predict, serve, evaluate (without --log): read the model
 }
 EXPERIMENT = "mnist"  # the team's experiment, unless `--experiment` names another

@@ -84,6 +84,7 @@ class Session:
         self.step("researcher register", "rhea", register)
         self.step("consumer register", "cody", register)
         self.step("release manager register", "remy", register)
+        self.step("consumer promote", "cody", ["promote", "--model-name", MODEL])
         champion = f"models:/{MODEL}@champion"
         evaluate = ["evaluate", "--model-uri", champion, "--data-dir", self.data]
         self.step("consumer evaluate", "cody", evaluate)
@@ -197,6 +198,7 @@ def new_runs(before: dict, after: dict) -> dict:
         ("consumer sweep", "user cody may not create runs in experiment 'digits-team' (id 1) for `sweep`"),
         ("researcher register", f"user rhea may not register versions of registered model '{MODEL}' for `register`"),
         ("consumer register", "user cody may not create runs in experiment"),
+        ("consumer promote", f"user cody may not move the aliases of registered model '{MODEL}' for `promote`"),
         ("outsider evaluate", f"user otto may not read registered model '{MODEL}' for `evaluate`"),
         (
             "consumer evaluate --log",
