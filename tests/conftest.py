@@ -138,12 +138,12 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"workers that ended without checking their stores: {', '.join(WORKERS_SILENT)}")
 
 
-def _register(data_dir: Path) -> None:
-    """A `main` run of two tiny variants that registers its best child."""
+def _register(data_dir: Path, epochs: int = 2, batch_size: int = 64) -> None:
+    """A `main` run of two variants (tiny data: 2 epochs of batches of 64) that registers its best child."""
     from mnist_pipeline import cli
 
-    argv = ["main", "--variants", "baseline,final", "--epochs", "2", "--batch-size", "64", "--data-dir", str(data_dir)]
-    argv += ["--workers", "1"]  # in this process: workers start in seconds, these trainings take less
+    argv = ["main", "--variants", "baseline,final", "--epochs", str(epochs), "--batch-size", str(batch_size)]
+    argv += ["--data-dir", str(data_dir), "--workers", "1"]  # in this process: workers start in seconds
     assert cli.run(argv) == 0
 
 
@@ -162,6 +162,19 @@ def registered_once(tmp_path_factory, empty_store):
     with pytest.MonkeyPatch.context() as monkeypatch:
         uri = _private_store(folder, empty_store, monkeypatch)
         _register(write_idx_folder(folder / "tiny-mnist", tiny_arrays()))
+        yield uri
+        _leave_store()
+
+
+@pytest.fixture(scope="module")
+def registered_on_mnist(tmp_path_factory, empty_store):
+    """`registered_once` on the real MNIST: one epoch of baseline and final (about 30 s here)."""
+    from helpers.stores import REAL_MNIST
+
+    folder = tmp_path_factory.mktemp("registered-mnist")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        uri = _private_store(folder, empty_store, monkeypatch)
+        _register(REAL_MNIST, epochs=1, batch_size=128)
         yield uri
         _leave_store()
 

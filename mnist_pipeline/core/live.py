@@ -107,14 +107,19 @@ class Window(_Sums):
         self.dropped += 1
 
     def label(self, labels: np.ndarray, champion_classes: np.ndarray, challenger_classes: np.ndarray | None) -> None:
-        """True labels of a request's images, with each model's classes (None: not shadowed).
-        They count in the window they arrive in, which may be later than the request's."""
-        champion_ok = champion_classes == labels
+        """True labels of a request's images, with each model's classes (None: the challenger
+        has not scored it, or will not). They count in the window they arrive in, which may be
+        later than the request's."""
         self.labelled += len(labels)
-        self.champion_right += int(champion_ok.sum())
+        self.champion_right += int((champion_classes == labels).sum())
         if challenger_classes is not None:
-            both = 2 * champion_ok + (challenger_classes == labels)
-            self.paired += np.bincount(both, minlength=4).reshape(2, 2)
+            self.pair(labels, champion_classes, challenger_classes)
+
+    def pair(self, labels: np.ndarray, champion_classes: np.ndarray, challenger_classes: np.ndarray) -> None:
+        """Labelled images both scored, into the paired table: counted when the later of the
+        labels and the challenger's answer arrives."""
+        both = 2 * (champion_classes == labels) + (challenger_classes == labels)
+        self.paired += np.bincount(both, minlength=4).reshape(2, 2)
 
     def figures(self, reference: np.ndarray | None = None) -> dict[str, float]:
         """Flat metrics for MLflow. ``reference``: the champion's predicted-class counts on its

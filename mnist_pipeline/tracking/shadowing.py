@@ -12,7 +12,8 @@ call; nothing else happens. A challenger stuck in a call holds the shadow thread
 only: later requests wait in the queue, then are dropped, while the champion answers them.
 
 The last KEPT_REQUESTS requests are kept (each model's classes) for labels sent back by
-POST /feedback; an older request id is unknown.
+POST /feedback; an older request id is unknown. Labels that arrive before the challenger has
+scored their request are kept with it and paired when it does.
 """
 
 import collections
@@ -36,11 +37,12 @@ KEPT_REQUESTS = 10_000  # requests whose answers are kept for feedback (a few by
 
 @dataclass
 class Answered:
-    """A request kept for feedback: each model's classes (the challenger's once it scored it)."""
+    """A request kept for feedback: each model's classes (the challenger's once it scored it),
+    and its true labels once sent."""
 
     champion: np.ndarray
     challenger: np.ndarray | None = None
-    labelled: bool = False
+    labels: np.ndarray | None = None
 
 
 class Shadow:
@@ -99,8 +101,10 @@ class Shadow:
             with self._lock:
                 for (request_id, some, classes, _), probabilities in zip(batch, parts, strict=True):
                     theirs = self.window.shadow(classes, probabilities, share * len(some))
-                    if theirs is not None and request_id in self._kept:
-                        self._kept[request_id].challenger = theirs.astype(np.uint8)
+                    if theirs is not None and (kept := self._kept.get(request_id)) is not None:
+                        kept.challenger = theirs.astype(np.uint8)
+                        if kept.labels is not None:  # labelled before the challenger scored it
+                            self.window.pair(kept.labels, kept.champion, kept.challenger)
 
     def _batch(self, first) -> tuple[list, object]:
         """``first`` and the requests queued behind it for the same challenger, up to SHADOW_BATCH
@@ -131,10 +135,10 @@ class Shadow:
                 return 404, f"request_id {request_id[:64]!r} is unknown or expired (the last {KEPT_REQUESTS} are kept)"
             if len(labels) != len(answered.champion):
                 return 400, f"that request had {len(answered.champion)} images, not {len(labels)}"
-            if answered.labelled:
+            if answered.labels is not None:
                 return 409, "that request is labelled already"
-            answered.labelled = True
-            self.window.label(np.asarray(labels), answered.champion, answered.challenger)
+            answered.labels = np.asarray(labels, np.uint8)
+            self.window.label(answered.labels, answered.champion, answered.challenger)
         return None
 
     def _close_windows(self, seconds: float, on_window) -> None:

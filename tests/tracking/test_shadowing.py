@@ -123,6 +123,20 @@ def test_feedback_labels_a_kept_request_once_and_says_why_not_otherwise(shadows)
         assert shadow.feedback(request_id, labels)[0] == status, (request_id, labels)
 
 
+def test_labels_sent_before_the_challenger_scored_the_request_are_paired_when_it_does(shadows):
+    release = threading.Event()
+    shadow = shadows(version(lambda images: release.wait(30) and one_hot([7, 2])))
+    answer(shadow, "a", [7, 1])
+    assert shadow.feedback("a", [7, 2]) is None  # the challenger still holds its call
+    figures = shadow.state()["total"]
+    assert figures["labelled_images"] == 2 and figures["paired_images"] == 0
+    release.set()
+    wait_until(lambda: shadow.state()["total"]["paired_images"] == 2)
+    figures = shadow.state()["total"]
+    assert figures["challenger_live_accuracy"] == 1.0 and figures["only_challenger_right"] == 1
+    assert figures["labelled_images"] == 2 and figures["champion_live_accuracy"] == 0.5  # counted once
+
+
 def test_windows_close_into_the_total_and_go_to_their_receiver(shadows):
     closed = []
     shadow = shadows(None, window_seconds=0.05, on_window=lambda number, window: closed.append((number, window)))
