@@ -1,5 +1,6 @@
 """Against a real `mlflow server` on PostgreSQL: concurrent registration, the pipeline end to end."""
 
+import collections
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import urllib.parse
 import urllib.request
 
 import mlflow
+import numpy as np
 
 from helpers.stores import PROJECT_ROOT
 from mnist_pipeline import names
@@ -238,3 +240,49 @@ def test_an_epoch_s_send_leaves_the_environment_alone_while_system_metrics_run(s
     assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1, 2, 3, 4, 5]
     assert math.isnan(client.get_run(run_id).data.metrics["loss"])  # a NaN as MLflow's client sends it
     assert len(client.get_metric_history(run_id, "system/cpu_utilization_percentage")) >= 3
+
+
+def test_serving_outlives_a_server_that_stops_and_comes_back(mlflow_server, server_store, tiny_mnist_dir):
+    """`serve` answers every request while the tracking server is away; the windows that
+    waited are sent when it is back, and its serving run holds every window, in order, and
+    every request. (The session's server: it is up again for the tests after this one.)"""
+    import threading
+
+    from benchmarks import serving
+    from benchmarks.servers import answers, server, wait_for
+    from mnist_pipeline import cli
+
+    name = f"outage-serving-{os.getpid()}"
+    argv = ["main", "--variants", "baseline", "--epochs", "1", "--batch-size", "64", "--workers", "1"]
+    assert cli.run([*argv, "--data-dir", str(tiny_mnist_dir), "--model-name", name]) == 0
+    env = {**os.environ, "MNIST_PIPELINE_RETRY_SECONDS": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    command = [sys.executable, "-m", "mnist_pipeline", "serve", "--model-uri", f"models:/{name}@champion"]
+    body, statuses, stop = serving.request_body(np.zeros((1, 28, 28))), [], threading.Event()
+    try:
+        with server([*command, "--window-seconds", "1"], env) as (url, _):
+
+            def client() -> None:
+                while not stop.is_set():
+                    statuses.append(serving.timed_answer(url, body, 0)[1])
+
+            sender = threading.Thread(target=client)
+            sender.start()
+            wait_for(lambda: serving.model_state(url)["serving_run"], "the serving run", seconds=60)
+            mlflow_server.stop()
+            wait_for(lambda: serving.model_state(url)["windows_waiting"] >= 3, "windows waiting", seconds=60)
+            mlflow_server.start()  # the same port and store
+            wait_for(lambda: serving.model_state(url)["windows_waiting"] == 0, "the windows sent", seconds=120)
+            stop.set()
+            sender.join()
+            run_id = serving.model_state(url)["serving_run"]
+    finally:
+        stop.set()
+        if not answers(f"{mlflow_server.uri}/health"):
+            mlflow_server.stop()
+            mlflow_server.start()
+    assert statuses and set(statuses) == {200}, collections.Counter(statuses)
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run_id, "requests")
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert sorted(m.step for m in history) == list(range(1, len(history) + 1))  # every window, none twice
+    assert sum(m.value for m in history) == len(statuses)
