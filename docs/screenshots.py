@@ -3,8 +3,11 @@
 A short `mlflow run .` (2 epochs per variant) fills a fresh store, `mlflow ui` serves it on
 a free port of 127.0.0.1, and Debian's Chromium, driven by Playwright, takes four pictures:
 the runs table with the variants nested under their `main` run, the compare view of the three
-variants, the registered model with its aliases, and the champion's logged model with its
-metrics by dataset (after `evaluate --log`). They are written to docs/img/ as small palette PNGs.
+variants, the registered model with its aliases, the champion's logged model with its
+metrics by dataset (after `evaluate --log`), and a serving run: `mnist-pipeline serve` of the
+champion shadowing another variant's version as challenger, the test images replayed with their
+labels for SERVE_SECONDS in windows of WINDOW_SECONDS. They are written to docs/img/ as small
+palette PNGs.
 
     apt-get install chromium && pip install playwright    # once
     python docs/screenshots.py --data-dir ../shared/data/mnist
@@ -31,6 +34,8 @@ CHROMIUM = "/usr/bin/chromium"
 VIEWPORT = {"width": 1440, "height": 800}
 CLIP = {"x": 200, "y": 0, "width": 1240, "height": 420}  # the page without MLflow's sidebar
 COLORS = 64  # palette size of the saved PNGs: text and charts stay sharp, files stay small
+SERVE_SECONDS, WINDOW_SECONDS = 60, 5
+TOKEN = "screenshots-feedback-token"
 
 
 def fill_store(store: Path, data_dir: str) -> None:
@@ -40,6 +45,67 @@ def fill_store(store: Path, data_dir: str) -> None:
     subprocess.run(
         [*command, "-e", "evaluate", "-P", "log=true"], cwd=store, env=env, check=True, stdout=subprocess.DEVNULL
     )
+
+
+def serve_and_replay(store: Path, data_dir: str) -> None:
+    """A challenger (the baseline's run, registered), `serve` of the champion shadowing it, and
+    test images replayed with their labels from two clients; then serve stopped (its last window sent)."""
+    import concurrent.futures
+
+    import mlflow
+    import numpy as np
+
+    from mnist_pipeline.core import data
+    from mnist_pipeline.tracking import logged_model
+
+    client = mlflow.MlflowClient()
+    [baseline] = mlflow.search_runs(
+        search_all_experiments=True, filter_string="params.variant = 'baseline'", output_format="list"
+    )
+    version = client.create_model_version("mnist-digits", logged_model.logged_model_uri(baseline.info.run_id))
+    client.set_registered_model_alias("mnist-digits", "challenger", version.version)
+    port, env = free_port(), {**os.environ, "MNIST_PIPELINE_FEEDBACK_TOKEN": TOKEN}
+    command = ["mnist-pipeline", "serve", "--port", str(port), "--window-seconds", str(WINDOW_SECONDS)]
+    server = subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, mnist = f"http://127.0.0.1:{port}", data.load(data_dir or None)
+    wait_until(lambda: (json.loads(get(f"{url}/model")).get("challenger") or {}).get("version") == version.version)
+
+    def post(path: str, body: dict) -> str:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+        request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), headers=headers)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.headers.get("X-Request-Id")
+
+    def replay(start: int) -> None:
+        end = time.monotonic() + SERVE_SECONDS
+        for i in range(start, len(mnist.y_test), 2):
+            if time.monotonic() > end:
+                return
+            request_id = post("/invocations", {"inputs": mnist.x_test[i : i + 1].astype(np.float64).tolist()})
+            post("/feedback", {"request_id": request_id, "labels": [int(mnist.y_test[i])]})
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            list(pool.map(replay, (0, 1)))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def get(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.read().decode()
+    except OSError:
+        return "{}"
+
+
+def wait_until(condition, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not within {seconds} s")
+        time.sleep(0.5)
 
 
 def free_port() -> int:
@@ -52,15 +118,12 @@ def start_ui(store: Path, port: int) -> subprocess.Popen:
     command = ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}/mlflow.db", "--host", "127.0.0.1"]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     ui = subprocess.Popen([*command, "--port", str(port)], cwd=store, **quiet)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return ui
-        except OSError:
-            time.sleep(0.5)
-    ui.terminate()
-    raise RuntimeError("mlflow ui did not answer within 60 s")
+    try:
+        wait_until(lambda: get(f"http://127.0.0.1:{port}/health") != "{}", 60)
+    except RuntimeError:
+        ui.terminate()
+        raise
+    return ui
 
 
 def ids(store: Path) -> tuple[str, list[str], str]:
@@ -107,6 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR", ""), help="MNIST folder")
     args = parser.parse_args()
+    import mlflow
     from playwright.sync_api import sync_playwright
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -114,6 +178,7 @@ def main() -> None:
         store = Path(tmp)
         fill_store(store, args.data_dir)
         experiment, children, model_id = ids(store)
+        serve_and_replay(store, args.data_dir)
         port = free_port()
         ui = start_ui(store, port)
         base = f"http://127.0.0.1:{port}/#"
@@ -134,6 +199,12 @@ def main() -> None:
                 open_page(page, f"{base}/experiments/{experiment}/models/{model_id}", "Metrics")
                 page.get_by_placeholder("Search metrics").fill("accuracy")  # the training's and the evaluation's
                 shoot(page, OUT / "logged-model.png", {**CLIP, "height": 700})
+                serving = mlflow.get_experiment_by_name("mnist-digits-serving").experiment_id
+                [run] = mlflow.search_runs(
+                    [serving], filter_string="params.challenger_version != 'none'", output_format="list"
+                )
+                open_page(page, f"{base}/experiments/{serving}/runs/{run.info.run_id}/model-metrics", "agreement")
+                shoot(page, OUT / "serving-run.png", {**CLIP, "height": 700})
                 browser.close()
         finally:
             ui.terminate()

@@ -22,8 +22,8 @@ def run(params: PromoteParams) -> promotion_rule.LiveDecision:
     access.require("promote", "move the aliases of", "registered_model", name, access.REGISTER_NEEDS)
     champion, challenger = registry.aliases(name, names.CHAMPION, names.CHALLENGER)
     if champion is None or challenger in (None, champion):
-        holds = f"champion is version {champion}" if champion else "no version holds champion"
-        raise UserError(f"{name}: nothing to promote ({holds}, challenger is {challenger or 'not set'})")
+        held = f"champion is version {champion}" if champion else "no version holds champion"
+        raise UserError(f"{name}: nothing to promote ({held}, challenger is {challenger or 'not set'})")
     access.require_runs("promote")  # refused before any run
     experiment = serving_runs.experiment_of(name, params.serving_experiment)
     window, runs = serving_runs.pair_total(name, experiment, champion, challenger)
@@ -32,10 +32,8 @@ def run(params: PromoteParams) -> promotion_rule.LiveDecision:
         window, challenger, champion, version.tags.get(names.TAG_OFFLINE_GATE, "")
     )
     decision = promotion_rule.decide_live(evidence, params.gates())
-    tags = {names.TAG_ROLE: names.ROLE_PROMOTE}
-    with run_lifecycle.ended_run(
-        tags, **({} if run_lifecycle.launched_by_mlflow_run() else {"run_name": "promote"})
-    ) as run:
+    named = {} if run_lifecycle.launched_by_mlflow_run() else {"run_name": "promote"}  # mlflow run's own run is named
+    with run_lifecycle.ended_run({names.TAG_ROLE: names.ROLE_PROMOTE}, **named) as decider:
         run_lifecycle.log_missing_params(
             {"model_name": name, "champion_version": champion, "challenger_version": challenger}
         )
@@ -44,6 +42,6 @@ def run(params: PromoteParams) -> promotion_rule.LiveDecision:
         if decision.promote and not holds:
             reason += f"; not moved: champion no longer names version {champion}"
         registry.tag_version(version, names.TAG_PROMOTE_DECISION, reason)
-        decisions.log_live_decision(evidence, decision, params.gates(), name, runs, holds, run.info.run_id)
+        decisions.log_live_decision(evidence, decision, params.gates(), name, runs, holds, decider.info.run_id)
     print(f"{name} version {challenger}: {reason} ({len(runs)} serving runs in experiment {experiment!r})")
     return decision

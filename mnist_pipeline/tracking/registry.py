@@ -7,7 +7,9 @@ validation score chose them. Test accuracy is recorded beside it, never used to 
 Aliases: ``challenger`` always points at the newest registered candidate. ``champion``
 moves to a new version only if it passes the promotion gates against the current champion
 (core/promotion_rule.py: min_improvement, Welch's test over seeds where both have several,
-max_class_drop), compared on validation scores read from the store. Each decision is one
+max_class_drop), compared on validation scores read from the store; with ``require_shadow``
+one that passes stays challenger, and flows/promote.py moves the alias on live evidence
+(``move_champion``). Each decision is one
 printed line, the version's ``champion_decision`` tag, and a row of the deciding run's
 registry/decisions.csv (``decisions.log_decision``).
 """
