@@ -9,9 +9,8 @@ moves to a new version only if it passes the promotion gates against the current
 (core/promotion_rule.py: min_improvement, Welch's test over seeds where both have several,
 max_class_drop), compared on validation scores read from the store; with ``require_shadow``
 one that passes stays challenger, and flows/promote.py moves the alias on live evidence
-(``move_champion``). Each decision is one
-printed line, the version's ``champion_decision`` tag, and a row of the deciding run's
-registry/decisions.csv (``decisions.log_decision``).
+(``move_champion``). Each decision is one printed line, the version's ``champion_decision``
+tag, and a row of the deciding run's registry/decisions.csv (``decisions.log_decision``).
 """
 
 import json
