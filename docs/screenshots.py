@@ -66,9 +66,14 @@ def serve_and_replay(store: Path, data_dir: str) -> None:
     client.set_registered_model_alias("mnist-digits", "challenger", version.version)
     port, env = free_port(), {**os.environ, "MNIST_PIPELINE_FEEDBACK_TOKEN": TOKEN}
     command = ["mnist-pipeline", "serve", "--port", str(port), "--window-seconds", str(WINDOW_SECONDS)]
-    server = subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(store / "serve.log", "w") as log:
+        server = subprocess.Popen(command, cwd=store, env=env, stdout=log, stderr=subprocess.STDOUT)
     url, mnist = f"http://127.0.0.1:{port}", data.load(data_dir or None)
-    wait_until(lambda: (json.loads(get(f"{url}/model")).get("challenger") or {}).get("version") == version.version)
+    try:
+        wait_until(lambda: (json.loads(get(f"{url}/model")).get("challenger") or {}).get("version") == str(version.version))
+    except RuntimeError:
+        server.terminate()
+        raise RuntimeError(f"serve: no challenger: {(store / 'serve.log').read_text()[-2000:]}") from None
 
     def post(path: str, body: dict) -> str:
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
