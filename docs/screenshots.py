@@ -70,7 +70,9 @@ def serve_and_replay(store: Path, data_dir: str) -> None:
         server = subprocess.Popen(command, cwd=store, env=env, stdout=log, stderr=subprocess.STDOUT)
     url, mnist = f"http://127.0.0.1:{port}", data.load(data_dir or None)
     try:
-        wait_until(lambda: (json.loads(get(f"{url}/model")).get("challenger") or {}).get("version") == str(version.version))
+        wait_until(
+            lambda: (json.loads(get(f"{url}/model")).get("challenger") or {}).get("version") == str(version.version)
+        )
     except RuntimeError:
         server.terminate()
         raise RuntimeError(f"serve: no challenger: {(store / 'serve.log').read_text()[-2000:]}") from None

@@ -110,9 +110,10 @@ def serving_app(holder: follower.Follower, max_bytes: int, shadow: shadowing.Sha
             return serving_model.error(415, message, stamp)
         answer, noted = None, {}  # the fast path's answer, else MLflow's handler's; what predicted
         serving_model.ANSWER.set(noted)
-        if request.method == "POST" and content_type == "application/json":
-            answer = await asyncio.to_thread(version.predict_json, await request.body())
-        response = answer or await call_next(request)
+        with shadow.champion_working():  # the challenger waits for an idle moment
+            if request.method == "POST" and content_type == "application/json":
+                answer = await asyncio.to_thread(version.predict_json, await request.body())
+            response = answer or await call_next(request)
         response.headers.update(stamp)
         if noted and response.status_code == 200:
             shadow.answered(stamp[REQUEST_ID_HEADER], champion=version, **noted)

@@ -1,11 +1,13 @@
 """What `serve` sees live: the champion's answers, the challenger scoring a share of the same
 requests in the shadow, and true labels sent back, counted in windows (core/live.py).
 
-The champion's answer never waits for the challenger: the request hands its images to a
-bounded queue and goes; one thread takes them to the challenger, the requests waiting together
-(up to SHADOW_BATCH images in one call: a call costs about as much for one image as for
-dozens), each call with the shadow's timeout. A request's challenger seconds are its share of
-its call's (by images): under load, when calls take several requests, an estimate. A full
+The champion's answer never waits for the challenger, and the challenger takes as little of
+the CPU from it as it can: the request hands its images to a bounded queue and goes; one thread
+takes them to the challenger, the requests waiting together or arriving within SHADOW_LINGER
+(up to SHADOW_BATCH images in one call: a call costs about as much for one image as for dozens,
+so fewer calls cost the CPU less), each call made only at a moment when no champion request is
+under way (champion_working), in a thread of the lowest CPU priority, with the shadow's timeout.
+A request's challenger seconds are its share of its call's (by images): an estimate. A full
 queue drops the request from the shadow (counted). A challenger that raises, answers late or
 answers anything but 10 finite probabilities a row counts as an error for each request of the
 call; nothing else happens. A challenger stuck in a call holds the shadow thread
@@ -18,6 +20,7 @@ scored their request are kept with it and paired when it does.
 
 import collections
 import contextlib
+import os
 import queue
 import random
 import threading
@@ -31,6 +34,7 @@ from mnist_pipeline.core import live
 
 QUEUE_REQUESTS = 256  # requests waiting for the challenger; more are dropped from the shadow
 SHADOW_BATCH = 64  # images at most in one call of the challenger
+SHADOW_LINGER = 0.25  # seconds a call waits for more requests to go with the first
 _STOP = object()  # the shadow thread's last item
 KEPT_REQUESTS = 10_000  # requests whose answers are kept for feedback (a few bytes an image)
 
@@ -45,6 +49,13 @@ class Answered:
     labels: np.ndarray | None = None
 
 
+def _yield_cpu() -> None:
+    """Lowest CPU priority for this thread (Linux: a thread's own nice value), so that when the
+    champion and the challenger both want a core, the champion gets it."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the same priority as the rest
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 class Shadow:
     """The live figures of one server: the current window and the closed ones' total, the
     shadow queue and its thread, the requests kept for feedback. ``challenger()`` gives the
@@ -56,8 +67,10 @@ class Shadow:
         self._lock = threading.Lock()  # the windows and the kept requests
         self._queue = queue.Queue(QUEUE_REQUESTS)
         self._kept: collections.OrderedDict[str, Answered] = collections.OrderedDict()
-        self._calls = ThreadPoolExecutor(1, "challenger")  # the challenger's calls, waited on with a timeout
+        # the challenger's calls, waited on with a timeout, in a thread the OS runs after the others
+        self._calls = ThreadPoolExecutor(1, "challenger", initializer=_yield_cpu)
         self._stop = threading.Event()
+        self._idle, self._working = threading.Condition(), 0  # champion requests being answered
         self._threads = [
             threading.Thread(target=self._work, name="shadow", daemon=True),
             threading.Thread(target=self._close_windows, args=(window_seconds, on_window), name="windows", daemon=True),
@@ -85,10 +98,26 @@ class Shadow:
             with self._lock:
                 self.window.drop()
 
+    @contextlib.contextmanager
+    def champion_working(self):
+        """Around the champion's work on a request: the challenger is called only when none is
+        under way, so that it takes the CPU from no answer."""
+        with self._idle:
+            self._working += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._working -= 1
+                if not self._working:
+                    self._idle.notify_all()
+
     def _work(self) -> None:
         held = None  # an item taken from the queue that did not fit the last batch
         while (first := self._queue.get() if held is None else held) is not _STOP:
             batch, held = self._batch(first)
+            with self._idle:  # an idle moment (stop: the queue is emptied)
+                self._idle.wait_for(lambda: not self._working or self._stop.is_set())
             images = [item[1] for item in batch]
             start = time.perf_counter()
             try:
@@ -107,12 +136,13 @@ class Shadow:
                             self.window.pair(kept.labels, kept.champion, kept.challenger)
 
     def _batch(self, first) -> tuple[list, object]:
-        """``first`` and the requests queued behind it for the same challenger, up to SHADOW_BATCH
-        images of one shape in all; and the item taken that does not fit (None: none)."""
-        batch, images = [first], len(first[1])
+        """``first`` and the requests queued behind it, or arriving within SHADOW_LINGER seconds,
+        for the same challenger, up to SHADOW_BATCH images of one shape in all; and the item taken
+        that does not fit (None: none)."""
+        batch, images, deadline = [first], len(first[1]), time.monotonic() + SHADOW_LINGER
         while isinstance(first[1], np.ndarray) and images < SHADOW_BATCH:
             try:
-                item = self._queue.get_nowait()
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
             same = item is not _STOP and item[3] is first[3] and isinstance(item[1], np.ndarray)
@@ -180,6 +210,8 @@ class Shadow:
         """The threads ended; a challenger call still running is left to end on its own. The
         last window's number and the window, closed, back."""
         self._stop.set()
+        with self._idle:
+            self._idle.notify_all()
         with contextlib.suppress(queue.Empty):
             while True:  # what waits is not shadowed: the server is going
                 self._queue.get_nowait()

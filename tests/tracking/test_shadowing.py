@@ -51,6 +51,18 @@ def test_the_champion_never_waits_for_a_challenger_that_is_stuck(shadows):
     assert figures["agreement"] == 0.5 and figures["challenger_errors"] == 0
 
 
+def test_the_challenger_is_called_only_while_no_champion_request_is_under_way(shadows, monkeypatch):
+    monkeypatch.setattr(shadowing, "SHADOW_LINGER", 0.0)  # a call as soon as the request is taken
+    called = threading.Event()
+    shadow = shadows(version(lambda images: called.set() or one_hot([3] * len(images))))
+    with shadow.champion_working():
+        answer(shadow, "a", [3])
+        wait_until(lambda: shadow.state()["queued"] == 0)  # taken by the shadow thread
+        assert not called.wait(0.5)  # without the wait for an idle moment: called within milliseconds
+    wait_until(called.is_set)
+    wait_until(lambda: shadow.state()["total"].get("shadowed_images") == 1)
+
+
 @pytest.mark.parametrize(
     "predict",
     [
@@ -71,10 +83,10 @@ def test_a_failing_challenger_is_an_error_and_nothing_else(shadows, predict):
 
 def test_a_full_queue_drops_requests_from_the_shadow_and_counts_them(shadows, monkeypatch):
     monkeypatch.setattr(shadowing, "QUEUE_REQUESTS", 3)
-    release = threading.Event()
-    shadow = shadows(version(lambda images: release.wait(30) and one_hot([0] * len(images))))
+    called, release = threading.Event(), threading.Event()
+    shadow = shadows(version(lambda images: called.set() or release.wait(30) and one_hot([0] * len(images))))
     answer(shadow, "first", [0])
-    wait_until(lambda: shadow.state()["queued"] == 0)  # the first is in the challenger's hands
+    wait_until(called.is_set)  # the first is in the challenger's hands
     for n in range(5):
         answer(shadow, f"r{n}", [0])
     assert shadow.state()["total"]["dropped_requests"] == 2  # 3 wait in the queue
