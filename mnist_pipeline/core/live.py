@@ -47,14 +47,18 @@ def _zeros(*shape):
 class Scores(_Sums):
     """What one model answered in a window."""
 
-    latency: np.ndarray = _zeros(len(LATENCY_EDGES) + 1)  # requests per compute-time bucket
+    latency: np.ndarray = _zeros(len(LATENCY_EDGES) + 1)  # timed requests per compute-time bucket
     predicted: np.ndarray = _zeros(NUM_CLASSES)  # images per predicted class
     top_probability: float = 0.0  # sum over images of the top probability
+    requests: int = 0
 
-    def record(self, probabilities: np.ndarray, seconds: float) -> np.ndarray:
-        """Count one call: its (n, 10) probabilities and compute seconds; its classes back."""
+    def record(self, probabilities: np.ndarray, seconds: float | None) -> np.ndarray:
+        """Count one request: its (n, 10) probabilities and compute seconds (None: not timed on
+        its own); its classes back."""
         classes = probabilities.argmax(axis=1)
-        self.latency[np.searchsorted(LATENCY_EDGES, seconds, side="right")] += 1
+        self.requests += 1
+        if seconds is not None:
+            self.latency[np.searchsorted(LATENCY_EDGES, seconds, side="right")] += 1
         self.predicted += np.bincount(classes, minlength=NUM_CLASSES)
         self.top_probability += float(probabilities.max(axis=1).sum())
         return classes
@@ -64,11 +68,10 @@ class Scores(_Sums):
         images = self.predicted.sum()
         if not images:
             return {}
-        return {
-            f"{name}_p50_ms": 1000 * quantile(self.latency, 0.5),
-            f"{name}_p99_ms": 1000 * quantile(self.latency, 0.99),
-            f"{name}_mean_top_probability": self.top_probability / images,
-        }
+        timed = (
+            {f"{name}_p{q}_ms": 1000 * quantile(self.latency, q / 100) for q in (50, 99)} if self.latency.any() else {}
+        )
+        return timed | {f"{name}_mean_top_probability": self.top_probability / images}
 
 
 @dataclass(eq=False)  # arrays: compare figures() or tables()
@@ -90,9 +93,10 @@ class Window(_Sums):
         """The champion's (n, 10) answer to a request and its compute seconds; its classes back."""
         return self.champion.record(probabilities, seconds)
 
-    def shadow(self, champion_classes: np.ndarray, probabilities, seconds: float) -> np.ndarray | None:
-        """The challenger's answer to a shadowed request (None if it raised or timed out); its
-        classes back, or None when the answer counted as an error."""
+    def shadow(self, champion_classes: np.ndarray, probabilities, seconds: float | None) -> np.ndarray | None:
+        """The challenger's answer to a shadowed request (None if it raised or timed out) and its
+        compute seconds (None: scored with others, not timed); its classes back, or None when the
+        answer counted as an error."""
         if not valid(probabilities, len(champion_classes)):
             self.errors += 1
             return None
@@ -126,9 +130,9 @@ class Window(_Sums):
         validation split, for the psi. A ratio over nothing (no shadowed or labelled image) is left out."""
         shadowed, paired, images = self.agreement.sum(), self.paired.sum(), self.champion.predicted.sum()
         figures = {
-            "requests": self.champion.latency.sum(),
+            "requests": self.champion.requests,
             "images": images,
-            "shadowed_requests": self.challenger.latency.sum(),
+            "shadowed_requests": self.challenger.requests,
             "shadowed_images": shadowed,
             "dropped_requests": self.dropped,
             "challenger_errors": self.errors,
@@ -163,6 +167,7 @@ class Window(_Sums):
             "labelled": self.labelled,
             "champion_right": self.champion_right,
             **{f"{name}_top_probability": scores.top_probability for name, scores in per_model.items()},
+            **{f"{name}_requests": scores.requests for name, scores in per_model.items()},
             **{f"paired_{c}{k}": self.paired[c, k] for c in (0, 1) for k in (0, 1)},
         }
         latency = pd.DataFrame(
@@ -186,6 +191,7 @@ class Window(_Sums):
                 tables["latency"][name].to_numpy(np.int64),
                 tables["predicted"][name].to_numpy(np.int64),
                 float(counts[f"{name}_top_probability"]),
+                int(counts[f"{name}_requests"]),
             )
             for name in MODELS
         }

@@ -7,7 +7,9 @@ takes them to the challenger, the requests waiting together or arriving within S
 (up to SHADOW_BATCH images in one call: a call costs about as much for one image as for dozens,
 so fewer calls cost the CPU less), each call made only at a moment when no champion request is
 under way (champion_working), in a thread of the lowest CPU priority, with the shadow's timeout.
-A request's challenger seconds are its share of its call's (by images): an estimate. A full
+A batched call's time says nothing of how long one request would take the challenger, so
+every TIMED_EVERY seconds one request is scored alone and timed: those requests make the
+challenger's latency figures, as every request makes the champion's. A full
 queue drops the request from the shadow (counted). A challenger that raises, answers late or
 answers anything but 10 finite probabilities a row counts as an error for each request of the
 call; nothing else happens. A challenger stuck in a call holds the shadow thread
@@ -20,6 +22,7 @@ scored their request are kept with it and paired when it does.
 
 import collections
 import contextlib
+import math
 import os
 import queue
 import random
@@ -35,6 +38,7 @@ from mnist_pipeline.core import live
 QUEUE_REQUESTS = 256  # requests waiting for the challenger; more are dropped from the shadow
 SHADOW_BATCH = 64  # images at most in one call of the challenger
 SHADOW_LINGER = 0.25  # seconds a call waits for more requests to go with the first
+TIMED_EVERY = 0.25  # seconds between requests scored alone, whose compute time is the challenger's latency
 _STOP = object()  # the shadow thread's last item
 KEPT_REQUESTS = 10_000  # requests whose answers are kept for feedback (a few bytes an image)
 
@@ -114,8 +118,11 @@ class Shadow:
 
     def _work(self) -> None:
         held = None  # an item taken from the queue that did not fit the last batch
+        timed_at = -math.inf  # when the last request was timed alone
         while (first := self._queue.get() if held is None else held) is not _STOP:
-            batch, held = self._batch(first)
+            alone = time.monotonic() - timed_at >= TIMED_EVERY  # a request scored and timed on its own
+            batch, held = ([first], None) if alone else self._batch(first)
+            timed_at = time.monotonic() if alone else timed_at
             with self._idle:  # an idle moment (stop: the queue is emptied)
                 self._idle.wait_for(lambda: not self._working or self._stop.is_set())
             images = [item[1] for item in batch]
@@ -126,10 +133,10 @@ class Shadow:
                 parts = np.split(np.asarray(answer), np.cumsum([len(i) for i in images[:-1]]))
             except Exception:  # raised, too late (TimeoutError), or not one row an image: the challenger's error
                 parts = [None] * len(batch)
-            share = (time.perf_counter() - start) / sum(len(i) for i in images)
+            seconds = time.perf_counter() - start if alone else None
             with self._lock:
-                for (request_id, some, classes, _), probabilities in zip(batch, parts, strict=True):
-                    theirs = self.window.shadow(classes, probabilities, share * len(some))
+                for (request_id, _, classes, _), probabilities in zip(batch, parts, strict=True):
+                    theirs = self.window.shadow(classes, probabilities, seconds)
                     if theirs is not None and (kept := self._kept.get(request_id)) is not None:
                         kept.challenger = theirs.astype(np.uint8)
                         if kept.labels is not None:  # labelled before the challenger scored it

@@ -103,7 +103,8 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
         self.options: list[str] = []  # more `mlflow server` options
-        self.env: dict[str, str] = {}  # more variables for the server
+        # more variables for the server; MLflow's job runner (huey consumers), which no test uses, spared
+        self.env: dict[str, str] = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
     def start(self) -> MlflowServer:
         log = self.root / "mlflow-server.log"
@@ -155,9 +156,8 @@ class AuthServer(MlflowServer):
         )
         self.admin_password = secrets["admin"]
         self.options = ["--app-name", "basic-auth"]
-        self.env = {
+        self.env |= {
             "MLFLOW_AUTH_CONFIG_PATH": str(config),
             "MLFLOW_AUTH_ADMIN_PASSWORD": secrets["admin"],
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets["key"],
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # spares its job-runner processes
         }

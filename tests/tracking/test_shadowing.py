@@ -94,6 +94,19 @@ def test_a_full_queue_drops_requests_from_the_shadow_and_counts_them(shadows, mo
     wait_until(lambda: shadow.state()["total"].get("shadowed_requests") == 4)
 
 
+def test_now_and_then_a_request_is_scored_alone_and_its_time_is_the_challenger_s_latency(shadows, monkeypatch):
+    monkeypatch.setattr(shadowing, "TIMED_EVERY", 3600.0)  # the first request alone, then batches only
+    calls = []
+    shadow = shadows(version(lambda images: calls.append(len(images)) or one_hot([0] * len(images))))
+    for n in range(4):
+        answer(shadow, f"r{n}", [0])
+    wait_until(lambda: shadow.state()["total"].get("shadowed_requests") == 4)
+    assert calls[0] == 1 and sum(calls) == 4
+    with shadow._lock:
+        timed = (shadow.total + shadow.window).challenger.latency.sum()
+    assert timed == 1 and "challenger_p99_ms" in shadow.state()["total"]
+
+
 def test_the_champion_s_own_version_is_not_shadowed(shadows):
     calls = []
     shadow = shadows(version(lambda images: calls.append(len(images)) or one_hot([0] * len(images)), number="1"))
