@@ -8,8 +8,9 @@ takes them to the challenger, the requests waiting together or arriving within S
 so fewer calls cost the CPU less), each call made only at a moment when no champion request is
 under way (champion_working), in a thread of the lowest CPU priority, with the shadow's timeout.
 A batched call's time says nothing of how long one request would take the challenger, so
-every TIMED_EVERY seconds one request is scored alone and timed: those requests make the
-challenger's latency figures, as every request makes the champion's. A full
+every TIMED_EVERY seconds one request is scored alone, at the champion's CPU priority, and
+timed: those requests make the challenger's latency figures, as every request makes the
+champion's. A full
 queue drops the request from the shadow (counted). A challenger that raises, answers late or
 answers anything but 10 finite probabilities a row counts as an error for each request of the
 call; nothing else happens. A challenger stuck in a call holds the shadow thread
@@ -71,8 +72,10 @@ class Shadow:
         self._lock = threading.Lock()  # the windows and the kept requests
         self._queue = queue.Queue(QUEUE_REQUESTS)
         self._kept: collections.OrderedDict[str, Answered] = collections.OrderedDict()
-        # the challenger's calls, waited on with a timeout, in a thread the OS runs after the others
+        # the challenger's calls, waited on with a timeout: batches in a thread the OS runs after
+        # the others; the requests timed alone at the priority the champion has, to be comparable
         self._calls = ThreadPoolExecutor(1, "challenger", initializer=_yield_cpu)
+        self._timed_calls = ThreadPoolExecutor(1, "challenger-timed")
         self._stop = threading.Event()
         self._idle, self._working = threading.Condition(), 0  # champion requests being answered
         self._threads = [
@@ -129,7 +132,8 @@ class Shadow:
             start = time.perf_counter()
             try:
                 call = images[0] if len(batch) == 1 else np.concatenate(images)
-                answer = self._calls.submit(batch[0][3].model.predict, call).result(self.timeout)
+                calls = self._timed_calls if alone else self._calls
+                answer = calls.submit(batch[0][3].model.predict, call).result(self.timeout)
                 parts = np.split(np.asarray(answer), np.cumsum([len(i) for i in images[:-1]]))
             except Exception:  # raised, too late (TimeoutError), or not one row an image: the challenger's error
                 parts = [None] * len(batch)
@@ -225,6 +229,7 @@ class Shadow:
         self._queue.put(_STOP)
         for thread in self._threads:
             thread.join(timeout=self.timeout + 1)
-        self._calls.shutdown(wait=False, cancel_futures=True)
+        for calls in (self._calls, self._timed_calls):
+            calls.shutdown(wait=False, cancel_futures=True)
         last = self.close_window()
         return self.windows, last
