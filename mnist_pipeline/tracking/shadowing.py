@@ -61,6 +61,13 @@ def _yield_cpu() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
+def _timed(predict, images):
+    """``predict(images)`` and its seconds, as the champion's are timed (serving_model.Served.answer)."""
+    start = time.perf_counter()
+    answer = predict(images)
+    return answer, time.perf_counter() - start
+
+
 class Shadow:
     """The live figures of one server: the current window and the closed ones' total, the
     shadow queue and its thread, the requests kept for feedback. ``challenger()`` gives the
@@ -128,16 +135,15 @@ class Shadow:
             timed_at = time.monotonic() if alone else timed_at
             with self._idle:  # an idle moment (stop: the queue is emptied)
                 self._idle.wait_for(lambda: not self._working or self._stop.is_set())
-            images = [item[1] for item in batch]
-            start = time.perf_counter()
+            images, seconds = [item[1] for item in batch], None
             try:
                 call = images[0] if len(batch) == 1 else np.concatenate(images)
                 calls = self._timed_calls if alone else self._calls
-                answer = calls.submit(batch[0][3].model.predict, call).result(self.timeout)
+                answer, spent = calls.submit(_timed, batch[0][3].model.predict, call).result(self.timeout)
                 parts = np.split(np.asarray(answer), np.cumsum([len(i) for i in images[:-1]]))
+                seconds = spent if alone else None
             except Exception:  # raised, too late (TimeoutError), or not one row an image: the challenger's error
                 parts = [None] * len(batch)
-            seconds = time.perf_counter() - start if alone else None
             with self._lock:
                 for (request_id, _, classes, _), probabilities in zip(batch, parts, strict=True):
                     theirs = self.window.shadow(classes, probabilities, seconds)
