@@ -110,11 +110,14 @@ def _owner(run) -> str:
 
 
 def _end(run, reason: str) -> bool:
-    """End ``run`` KILLED at its last heartbeat, its epochs kept; whether the server let it."""
+    """End ``run`` KILLED at its last heartbeat, its epochs (a serving run: its windows) kept;
+    whether the server let it."""
     client, run_id = mlflow.MlflowClient(), run.info.run_id
     was = f"run {run_id} ({run.info.run_name}) was RUNNING, {reason}"
+    serving = run.data.tags.get(names.TAG_ROLE) == names.ROLE_SERVE
+    metric, unit = ("requests", "windows") if serving else ("val_accuracy", "epochs")
     try:
-        epochs = len(client.get_metric_history(run_id, "val_accuracy"))
+        kept = len(client.get_metric_history(run_id, metric))
         client.set_terminated(run_id, "KILLED", end_time=_last_heartbeat(run))
     except MlflowException as err:
         if not access.is_refusal(err):
@@ -122,7 +125,7 @@ def _end(run, reason: str) -> bool:
         refusal = redact(first_line(err))[:160]
         print(f"note: {was}: user {user()} may not end it, left RUNNING ({refusal})", file=sys.stderr)
         return False
-    print(f"{was}: ended KILLED, {epochs} epochs kept")
+    print(f"{was}: ended KILLED, {kept} {unit} kept")
     return True
 
 

@@ -3,6 +3,7 @@ params, metrics by step, tables and version tags; a pair change; a store that go
 comes back; the buffer's bound; a user who may not create runs."""
 
 import logging
+import time
 import types
 
 import mlflow
@@ -13,7 +14,7 @@ import pytest
 from helpers.checks import wait_until
 from mnist_pipeline import names
 from mnist_pipeline.core import live
-from mnist_pipeline.tracking import access, serving_runs, shadowing, store
+from mnist_pipeline.tracking import access, liveness, serving_runs, shadowing, store
 
 MODEL = "digits"
 
@@ -212,3 +213,19 @@ def test_a_user_who_may_not_create_runs_serves_on_with_one_line_and_no_run(versi
     runs.close(3, window([2]))
     assert runs_of() == [] and runs.state()["windows_waiting"] == 0
     assert lines == [f"serving figures are not recorded in MLflow, only in GET /model: {refusal}"]
+
+
+def test_the_run_of_a_server_that_died_ends_killed_with_its_windows_when_the_next_serve_begins(versions, capsys):
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment(f"{MODEL}-serving")
+    gone = {**liveness.tags(), names.TAG_PID: "999999", names.TAG_PROCESS_START: "1.000"}  # this user, a dead process
+    dead = client.create_run(experiment, tags={**gone, names.TAG_ROLE: names.ROLE_SERVE}, run_name="serve v1")
+    for step in (1, 2):
+        client.log_metric(dead.info.run_id, "requests", 5, timestamp=int(time.time() * 1000), step=step)
+    runs = make([(versions[0], None)])
+    wait_until(lambda: client.get_run(dead.info.run_id).info.status == "KILLED")
+    runs.close()
+    [line] = [x for x in capsys.readouterr().out.splitlines() if dead.info.run_id in x]
+    assert line.startswith(f"run {dead.info.run_id} (serve v1) was RUNNING") and line.endswith(
+        "ended KILLED, 2 windows kept"
+    )
