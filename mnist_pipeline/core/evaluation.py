@@ -20,9 +20,7 @@ class Report:
     """What a set of predictions scores, per digit and in all."""
 
     predicted: np.ndarray  # (n,) the most probable digit
-    per_class: (
-        pd.DataFrame
-    )  # index "digit" "0".."9": precision, recall, f1-score, support, predicted (images classed so)
+    per_class: pd.DataFrame  # index "digit" "0".."9": precision, recall, f1-score, support, predicted
     confusion: pd.DataFrame  # index "true_digit", columns predicted_0..9: counts
 
 

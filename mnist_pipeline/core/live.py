@@ -50,7 +50,7 @@ class Scores(_Sums):
     latency: np.ndarray = _zeros(len(LATENCY_EDGES) + 1)  # timed requests per compute-time bucket
     predicted: np.ndarray = _zeros(NUM_CLASSES)  # images per predicted class
     top_probability: float = 0.0  # sum over images of the top probability
-    requests: int = 0
+    requests: int = 0  # answered, timed or not
 
     def record(self, probabilities: np.ndarray, seconds: float | None) -> np.ndarray:
         """Count one request: its (n, 10) probabilities and compute seconds (None: not timed on
