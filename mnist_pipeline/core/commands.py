@@ -33,14 +33,15 @@ _variants = partial(param, DEFAULT_VARIANTS, "comma-separated variant names", co
 _force = partial(switch, False, "true: retrain even if a matching FINISHED run exists")
 
 
+def _count(default: int, help: str):
+    return integer(default, help, ">= 0", lambda v: v >= 0, parse_digits)
+
+
 def _workers():
-    return integer(
+    return _count(
         0,
         "trainings at once, each in a process of its own on an equal share of the CPU cores "
         "(0: one per core, at most one per run to train; 1: one at a time, in this process)",
-        ">= 0",
-        lambda v: v >= 0,
-        parse_digits,
     )
 
 
@@ -158,10 +159,6 @@ class RegisterParams(_Gated, Params):
     min_improvement: float = _min_improvement()
     max_class_drop: float = _max_class_drop()
     require_shadow: bool = _require_shadow()
-
-
-def _count(default: int, help: str):
-    return integer(default, help, ">= 0", lambda v: v >= 0, parse_digits)
 
 
 @dataclass(frozen=True)

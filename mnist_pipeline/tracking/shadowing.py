@@ -10,11 +10,11 @@ under way (champion_working), in a thread of the lowest CPU priority, with the s
 A batched call's time says nothing of how long one request would take the challenger, so
 every TIMED_EVERY seconds one request is scored alone, at the champion's CPU priority, and
 timed: those requests make the challenger's latency figures, as every request makes the
-champion's. A full
-queue drops the request from the shadow (counted). A challenger that raises, answers late or
-answers anything but 10 finite probabilities a row counts as an error for each request of the
-call; nothing else happens. A challenger stuck in a call holds the shadow thread
-only: later requests wait in the queue, then are dropped, while the champion answers them.
+champion's. A full queue drops the request from the shadow (counted). A challenger that
+raises, answers late or answers anything but 10 finite probabilities a row counts as an error
+for each request of the call; nothing else happens. A challenger stuck in a call holds the
+shadow thread only: later requests wait in the queue, then are dropped, while the champion
+answers them.
 
 The last KEPT_REQUESTS requests are kept (each model's classes) for labels sent back by
 POST /feedback; an older request id is unknown. Labels that arrive before the challenger has
