@@ -64,7 +64,8 @@ def build_parser(
         command.set_defaults(params=params, **params.defaults())  # before the options: their defaults
         for f in fields(params):
             flag = f.name if f.metadata["positional"] else f"--{f.name.replace('_', '-')}"
-            command.add_argument(flag, nargs="+" if f.metadata["positional"] else None, help=f.metadata["help"])
+            help = f.metadata["help"].replace("%", "%%")  # argparse formats help with %: a literal % doubled
+            command.add_argument(flag, nargs="+" if f.metadata["positional"] else None, help=help)
     return parser
 
 

@@ -1,5 +1,6 @@
 """The command line: validation at the edge, before any MLflow run exists."""
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -114,6 +115,18 @@ def test_console_script_and_module_expose_the_same_commands():
         for command in ([sys.executable, "-m", "mnist_pipeline", "--help"], ["mnist-pipeline", "--help"])
     ]
     assert listed_commands(helps[0]) == listed_commands(helps[1]) == list(COMMANDS) + list(ADMIN_COMMANDS)
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, *ADMIN_COMMANDS])
+def test_every_command_s_help_prints_each_parameter_s_help_whole(command, capsys):
+    """argparse reads a help text as a %-format: a literal '%' (promote's "95% lower bound") must reach the screen."""
+    parser = cli.build_parser()
+    with pytest.raises(SystemExit) as done:
+        parser.parse_args([command, "--help"])
+    assert done.value.code == 0
+    out = "".join(capsys.readouterr().out.split())  # argparse wraps lines, hyphens too
+    for f in dataclasses.fields(cli.ALL_COMMANDS[command]):
+        assert "".join(f.metadata["help"].split()) in out, f.name
 
 
 # MLproject's entry points: the package's commands, and the benchmark's (from the project folder)
