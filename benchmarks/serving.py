@@ -23,6 +23,7 @@ import urllib.request
 import mlflow
 import numpy as np
 import psutil
+from mlflow.entities.model_registry import ModelVersion
 
 from benchmarks.servers import answers, server, wait_for
 from mnist_pipeline import names
@@ -210,15 +211,22 @@ def bench_versions(name: str, alias: str, folder: str) -> dict[str, str]:
     order, and the alias's first."""
     client = mlflow.MlflowClient()
     first = client.get_model_version_by_alias(name, alias)
-    experiment = client.get_run(first.run_id).info.experiment_id
-    runs = client.search_runs([experiment], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
-    other = next(r.info.run_id for r in runs if "variant" in r.data.params and r.info.run_id != first.run_id)
-    second = client.create_model_version(name, logged_model.logged_model_uri(other), run_id=other)
+    second = other_version(name, first)
     broken = mlflow.artifacts.download_artifacts(f"models:/{name}/{first.version}", dst_path=folder)
     with open(f"{broken}/data/model.keras", "wb") as model_file:
         model_file.write(b"not a Keras file")
     third = client.create_model_version(name, broken, run_id=first.run_id)
     return {str(v.version): v.run_id for v in (first, second, third)}
+
+
+def other_version(name: str, first) -> ModelVersion:
+    """A new version of ``name``: the model of the newest other FINISHED training run in the
+    experiment of version ``first``'s run."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_run(first.run_id).info.experiment_id
+    runs = client.search_runs([experiment], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+    other = next(r.info.run_id for r in runs if "variant" in r.data.params and r.info.run_id != first.run_id)
+    return client.create_model_version(name, logged_model.logged_model_uri(other), run_id=other)
 
 
 def alias_mover(name: str, alias: str):

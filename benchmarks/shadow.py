@@ -12,9 +12,17 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.servers import server, wait_for
-from benchmarks.serving import LOAD_CLIENTS, SERVERS, load_test, model_state, percentiles_ms, request_body, timed_answer
+from benchmarks.serving import (
+    LOAD_CLIENTS,
+    SERVERS,
+    load_test,
+    model_state,
+    other_version,
+    percentiles_ms,
+    request_body,
+    timed_answer,
+)
 from mnist_pipeline import names
-from mnist_pipeline.tracking import logged_model
 
 SHADOW_SECONDS, SHADOW_REPEATS = 20.0, 5  # each open-loop run; on/off pairs, in turns (p99 of 10 s runs varied 2x)
 OPEN_LOOP_THREADS = 32  # senders of the open loop: enough that a request is sent when it is due
@@ -28,10 +36,7 @@ def shadow_overhead(images: np.ndarray, env: dict[str, str]) -> list[dict]:
     errors, and the share of requests shadowed and dropped from the shadow (GET /model)."""
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias(names.MODEL_NAME, names.CHAMPION)
-    experiment = client.get_run(champion.run_id).info.experiment_id
-    runs = client.search_runs([experiment], "attributes.status = 'FINISHED'")
-    other = next(r.info.run_id for r in runs if "variant" in r.data.params and r.info.run_id != champion.run_id)
-    challenger = client.create_model_version(names.MODEL_NAME, logged_model.logged_model_uri(other), run_id=other)
+    challenger = other_version(names.MODEL_NAME, champion)
     client.set_registered_model_alias(names.MODEL_NAME, names.CHALLENGER, challenger.version)
     rows, command = [], SERVERS["pipeline_serve"]
     try:

@@ -21,7 +21,6 @@ from helpers.stores import REAL_MNIST
 from mnist_pipeline import cli, names
 from mnist_pipeline.core import data
 from mnist_pipeline.flows import serve
-from mnist_pipeline.tracking import logged_model
 
 pytestmark = pytest.mark.slow  # real MNIST
 TOKEN = "the-feedback-token-of-this-test"
@@ -79,12 +78,9 @@ def test_replayed_labels_give_each_model_its_offline_accuracy_and_promote_decide
 ):
     images, labels = test_split
     client, champion = mlflow.MlflowClient(), champion_version()
-    other = next(
-        r.info.run_id
-        for r in mlflow.search_runs(filter_string="params.variant != ''", output_format="list")
-        if r.info.run_id != client.get_model_version(names.MODEL_NAME, champion).run_id
+    challenger = str(
+        serving.other_version(names.MODEL_NAME, client.get_model_version(names.MODEL_NAME, champion)).version
     )
-    challenger = str(client.create_model_version(names.MODEL_NAME, logged_model.logged_model_uri(other)).version)
     client.set_registered_model_alias(names.MODEL_NAME, names.CHALLENGER, challenger)
     # what the offline gates with require_shadow leave: a challenger for promote (the tag they set)
     client.set_model_version_tag(names.MODEL_NAME, challenger, names.TAG_OFFLINE_GATE, "require_shadow")
