@@ -8,6 +8,7 @@ parameter, the value and what is allowed.
 """
 
 import argparse
+import gc
 import importlib
 import logging
 import os
@@ -16,10 +17,11 @@ import sys
 from dataclasses import fields
 
 from mnist_pipeline.core import interrupts
-from mnist_pipeline.core.commands import COMMANDS
+from mnist_pipeline.core.commands import COMMANDS, Overrides
 from mnist_pipeline.core.errors import Mismatch, UserError
 from mnist_pipeline.core.roles import ADMIN_COMMANDS
 from mnist_pipeline.core.secrets import redact
+from mnist_pipeline.tracking import worker_context
 
 PROG = "mnist-pipeline"
 USAGE_ERROR = 2
@@ -28,7 +30,7 @@ MISMATCH = 1  # `verify` found that a re-training does not reproduce the version
 # for) and MLflow's artifact download bars are off unless the environment says otherwise;
 # TensorFlow's warnings and errors still show. On a CPU with AVX-512, TensorFlow turns its
 # oneDNN kernels on by default and says so in two lines TF_CPP_MIN_LOG_LEVEL does not hide;
-# off, such a CPU runs the Eigen kernels every other CPU runs (README, "Entry points and parameters").
+# off, such a CPU runs the Eigen kernels every other CPU runs (docs/commands.md, "The console").
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TF_ENABLE_ONEDNN_OPTS": "0"}
 # Bounded retries against an HTTP tracking server for the whole process: a server that dies
 # mid-run fails the run's next call after about 1 + 2 + 4 s of back-off instead of MLflow's
@@ -77,6 +79,8 @@ def run(argv: list[str] | None = None, parser=None, flows: str = "mnist_pipeline
     command, params_class = args.pop("command"), args.pop("params")
     try:
         params = params_class.from_strings(args)
+        if isinstance(params, Overrides) and params.processes() > 1:
+            worker_context.start()  # the workers' code loads while this process imports the command's
         importlib.import_module(f"{flows}.{command}").run(params)
     except (UserError, Mismatch) as err:
         kind, status = ("mismatch", MISMATCH) if isinstance(err, Mismatch) else ("error", USAGE_ERROR)
@@ -96,8 +100,12 @@ def main(parser=None, flows: str = "mnist_pipeline.flows") -> None:
     signal.signal(signal.SIGTERM, interrupts.handler)
     signal.signal(signal.SIGINT, interrupts.handler)
     try:
-        sys.exit(run(None, parser, flows))
+        status = run(None, parser, flows)
     except KeyboardInterrupt as stop:
         name = str(stop) or "SIGINT"
         print(f"{parser.prog}: interrupted by {name}: open runs ended KILLED", file=sys.stderr)
-        sys.exit(128 + signal.Signals[name].value)
+        status = 128 + signal.Signals[name].value
+    # The interpreter's last garbage collection would visit every object MLflow, pandas and
+    # TensorFlow made, 0.7 s here; frozen, they are left to the process's end (atexit still runs).
+    gc.freeze()
+    sys.exit(status)

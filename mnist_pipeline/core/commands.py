@@ -7,7 +7,7 @@ from dataclasses import Field, dataclass, make_dataclass, replace
 from functools import partial
 
 from mnist_pipeline import names
-from mnist_pipeline.core import config, promotion_rule
+from mnist_pipeline.core import config, promotion_rule, threads
 from mnist_pipeline.core.config import EACH_VARIANT, KNOBS, OVERRIDABLE, ConfigError, TrainConfig, parse_digits
 from mnist_pipeline.core.param_fields import Params, integer, number, optional, param, switch, text
 from mnist_pipeline.core.variants import DEFAULT_VARIANTS, VARIANTS
@@ -93,6 +93,11 @@ class Overrides(Params, _Knobs):
 
     def check(self) -> None:
         self.configs()
+
+    def processes(self) -> int:
+        """How many processes train this command's runs at once (core/threads.py): more than
+        one only for a command that has ``workers`` (main, reproduce)."""
+        return threads.plan(len(self.configs()), getattr(self, "workers", 1))[0]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ def run(params: MainParams) -> pd.DataFrame:
     phases.seconds["start and imports"] = phases.total()
     with phases("data and store checks"):
         configs = params.configs()
-        training_dispatch.prepare(len(configs), params.workers)
         splits, kept = [cfg.validation_split for cfg in configs], "the runs are trained and kept"
         data = run_lifecycle.preflight("main", params.data_dir, splits, params.model_name, kept)
     return compare(configs, data, params, phases)

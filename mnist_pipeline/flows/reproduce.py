@@ -22,7 +22,6 @@ from mnist_pipeline.tracking import readback, run_lifecycle, training_dispatch
 def run(params: ReproduceParams) -> pd.DataFrame:
     """Returns the seed table."""
     configs = params.configs()
-    training_dispatch.prepare(len(configs), params.workers)
     data = run_lifecycle.preflight("reproduce", params.data_dir, [cfg.validation_split for cfg in configs])
     seed_list = ",".join(map(str, sorted({c.seed for c in configs})))
     logged = {"variants": ",".join(params.variants), "seeds": seed_list, "force": str(params.force).lower()}

@@ -1,8 +1,7 @@
 """Which process trains: `main`'s and `reproduce`'s runs (reused, trained here, or trained
 side by side in worker processes), and one training on a given thread count (`verify`).
 
-Workers (tracking/training_worker.py) are forked from multiprocessing's fork server, a process
-that imported the training code (TensorFlow too) but never ran an op. Each takes this
+Workers (tracking/training_worker.py) come from tracking/worker_context.py's fork server. Each takes this
 process's environment, sets its thread count before its first op, then trains the trainings
 this process hands it, one at a time, costliest first, and logs each as a child of the parent
 run itself, as a run trained here is logged (track_training.track_training). Their lines come
@@ -20,7 +19,6 @@ label. A run records the thread count it trained on (core/threads.py: why).
 
 import contextlib
 import math
-import multiprocessing
 import sys
 import time
 from multiprocessing.connection import wait
@@ -36,15 +34,9 @@ from mnist_pipeline.tracking.readback import ChildRun
 from mnist_pipeline.tracking.run_keys import find_reusable_run, run_key
 from mnist_pipeline.tracking.run_lifecycle import ended_run, launched_by_mlflow_run
 from mnist_pipeline.tracking.training_worker import Job, Setup
+from mnist_pipeline.tracking.worker_context import CONTEXT
 
 STOP_SECONDS = 120  # an interrupted worker's time to end its run KILLED, history and plots logged
-# The fork server (Linux, macOS): it imports the training code once, as the first worker
-# starts, and forks each worker ready to train; elsewhere each worker is spawned and imports
-# it itself (about 5 s here, two workers importing at once on 2 cores: 8 s).
-FORKSERVER = "forkserver" in multiprocessing.get_all_start_methods()
-CONTEXT = multiprocessing.get_context("forkserver" if FORKSERVER else "spawn")
-if FORKSERVER:
-    CONTEXT.set_forkserver_preload(["mnist_pipeline.tracking.track_training"])
 
 
 def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool, workers: int = 0) -> list[ChildRun]:
@@ -59,15 +51,6 @@ def train_or_reuse(configs: list[TrainConfig], data: Mnist, force: bool, workers
     parent = mlflow.active_run().info
     trained = _train(todo, data, processes, Setup(parent.experiment_id, parent.run_id, per_worker))
     return [ChildRun(cfg.variant, run_id or trained[cfg], run_id is not None) for cfg, run_id in zip(configs, reused)]
-
-
-def prepare(trainings: int, workers: int) -> None:
-    """If ``trainings`` will go to workers, start the fork server now: it imports the training
-    code while this process loads the data and checks the store."""
-    if threads.plan(trainings, workers)[0] > 1 and FORKSERVER:
-        import multiprocessing.forkserver
-
-        multiprocessing.forkserver.ensure_running()
 
 
 def track_alone(
