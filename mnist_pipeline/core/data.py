@@ -57,7 +57,7 @@ def load(data_dir: str | os.PathLike | None = None) -> Mnist:
         return _load_keras_download()
     path = Path(folder).expanduser()
     if not path.is_dir():
-        raise DataError(f"{path}: no such data folder; {HOW_TO_POINT}")
+        raise DataError(f"{path}: no such data folder; {HOW_TO_POINT}, or set neither to download MNIST with Keras")
     if _find(path, IDX_FILES["train"][0]):
         return _load_idx_folder(path)
     if (path / NPZ_FILE).is_file():

@@ -28,8 +28,11 @@ def test_environment_variable_is_the_fallback(tiny_mnist_dir, monkeypatch):
     assert data.load().source == str(tiny_mnist_dir.resolve())
 
 
-def test_missing_folder_says_how_to_point_at_data(tmp_path):
-    with pytest.raises(DataError, match=r"no such data folder; pass data_dir .* MNIST_DATA_DIR"):
+def test_missing_folder_says_both_ways_to_the_data(tmp_path):
+    """A folder, or none at all: Keras' download (a newcomer without a local copy)."""
+    with pytest.raises(
+        DataError, match=r"no such data folder; pass data_dir .* MNIST_DATA_DIR .* download MNIST with Keras"
+    ):
         data.load(tmp_path / "nowhere")
 
 
