@@ -10,7 +10,7 @@ labels for SERVE_SECONDS in windows of WINDOW_SECONDS. They are written to docs/
 palette PNGs.
 
     apt-get install chromium && pip install playwright    # once
-    python docs/screenshots.py --data-dir ../shared/data/mnist
+    python docs/screenshots.py                            # MNIST: --data-dir, else $MNIST_DATA_DIR, else Keras
 """
 
 from __future__ import annotations
