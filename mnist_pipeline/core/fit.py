@@ -56,10 +56,13 @@ class Loop:
         # Each Loop traces its epoch once and its evaluation once (any number of images). Each is
         # a partial: TensorFlow counts traces per function code, all instances together, and warns
         # of retracing after 5 in 11 calls; a partial has no code, so each Loop's are counted alone.
-        self._train = tf.function(functools.partial(self._train_epoch))
+        # autograph off: the loops are tf.while_loop already, and converting the Python took
+        # half of the trace (0.5-0.8 s a run here) for the same graph
+        self._train = tf.function(functools.partial(self._train_epoch), autograph=False)
         self._evaluate = tf.function(
             functools.partial(self._evaluate_all),
             input_signature=[tf.TensorSpec((None, *x.shape[1:]), tf.float32), tf.TensorSpec((None,), tf.int32)],
+            autograph=False,
         )
 
     def trace(self) -> None:

@@ -22,7 +22,6 @@ moves ``champion`` to it on live evidence (decide_live, its gates in LiveGates).
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
 
 from mnist_pipeline.core.live import Window, quantile
 
@@ -104,6 +103,8 @@ def welch_p(a, b, alternative: str = "two-sided") -> float:
     if np.ptp(a) == 0 and np.ptp(b) == 0:
         differ = a[0] > b[0] if alternative == "greater" else a[0] != b[0]
         return 0.0 if differ else 1.0
+    import scipy.stats  # here: its 1 s import would delay every command's start (the CLI imports this module)
+
     return float(scipy.stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
 
 
@@ -223,5 +224,7 @@ def paired_difference(both: int, only_first: int, only_second: int, neither: int
 
 def wilson(k: int, n: int, level: float) -> tuple[float, float]:
     """Wilson's score interval for k successes in n, without continuity correction."""
+    import scipy.stats  # here, as in welch_p
+
     interval = scipy.stats.binomtest(k, n).proportion_ci(level, method="wilson")
     return interval.low, interval.high
