@@ -1,12 +1,12 @@
 """Which process trains: `main`'s and `reproduce`'s runs (reused, trained here, or trained
 side by side in worker processes), and one training on a given thread count (`verify`).
 
-Workers (tracking/training_worker.py) come from tracking/worker_context.py's fork server. Each takes this
-process's environment, sets its thread count before its first op, then trains the trainings
-this process hands it, one at a time, costliest first, and logs each as a child of the parent
-run itself, as a run trained here is logged (track_training.track_training). Their lines come
-here over each worker's own pipe and are printed as they come, every line naming its run's
-label. A run records the thread count it trained on (core/threads.py: why).
+Workers (tracking/training_worker.py) come from tracking/worker_context.py's fork server.
+Each takes this process's environment, sets its thread count before its first op, then trains
+the trainings this process hands it, one at a time, costliest first, and logs each as a child
+of the parent run itself, as a run trained here is logged (track_training.track_training).
+Their lines come here over each worker's own pipe and are printed as they come, every line
+naming its run's label. A run records the thread count it trained on (core/threads.py: why).
 
 - A failed training stops the handing out: the trainings under way finish, then its error
   is raised here.

@@ -109,6 +109,37 @@ def listed_commands(help_text: str) -> list[str]:
     return re.search(r"\{([a-z,]+)\}", help_text).group(1).split(",")
 
 
+@pytest.mark.parametrize(
+    ("argv", "starts"),
+    [
+        (["main", "--workers", "2"], True),
+        (["reproduce", "--variants", "baseline", "--seeds", "2", "--workers", "2"], True),
+        (["main", "--workers", "1"], False),  # one process: this one trains
+        (["main", "--variants", "final", "--workers", "2"], False),  # one training
+        (["train", "--variant", "final"], False),
+    ],
+)
+def test_the_workers_fork_server_starts_before_the_command_s_code_only_for_trainings_side_by_side(
+    argv, starts, monkeypatch, tracking_store
+):
+    """Side by side (main, reproduce on more than one process), the fork server starts as soon as
+    the parameters are read, before the command's own imports; otherwise never."""
+    events = []
+    monkeypatch.setattr(cli.worker_context, "start", lambda: events.append("fork server"))
+    imported = cli.importlib.import_module
+
+    def import_module(name, *package):
+        if name.startswith("mnist_pipeline.flows"):
+            events.append(name)
+        return imported(name, *package)
+
+    monkeypatch.setattr(cli.importlib, "import_module", import_module)
+    status = cli.run([*argv, "--data-dir", "/nonexistent/mnist"])  # refused at the data check: no training
+    assert status == cli.USAGE_ERROR
+    expected = ["fork server", f"mnist_pipeline.flows.{argv[0]}"] if starts else [f"mnist_pipeline.flows.{argv[0]}"]
+    assert events == expected
+
+
 def test_console_script_and_module_expose_the_same_commands():
     helps = [
         subprocess.run(command, capture_output=True, text=True, check=True).stdout
