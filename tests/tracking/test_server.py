@@ -10,8 +10,9 @@ import urllib.request
 
 import mlflow
 import numpy as np
+import pytest
 
-from helpers.stores import PROJECT_ROOT
+from helpers.stores import PROJECT_ROOT, environment
 from mnist_pipeline import names
 
 REGISTER_TOGETHER = """
@@ -128,69 +129,93 @@ def test_main_against_the_server_end_to_end(server_store, tmp_path, tiny_mnist_d
     assert probabilities.shape == (2, 10)
 
 
-def test_training_outlives_a_server_that_stops_and_comes_back(mlflow_server, tmp_path, tiny_mnist_dir):
-    """The server dies after epoch 2 and returns: training goes on, the kept epochs are sent
-    when it answers again, and the run ends FINISHED with every epoch. (The session's server:
-    it is up again for the tests after this one.)"""
-    import time
+@pytest.fixture(scope="module")
+def outage(mlflow_server, tmp_path_factory) -> dict:
+    """The session's server stops and comes back once, while a `train` child (40 epochs, tiny
+    data) is past its second epoch and `serve` answers a client non-stop with 1 s windows:
+    what each saw and logged. The server stays away until serve has 3 windows waiting, and
+    is up again for the tests after these."""
+    import threading
 
-    from helpers.servers import answers
+    from benchmarks import serving
+    from benchmarks.servers import answers, server, wait_for
+    from helpers.data import tiny_arrays, write_idx_folder
+    from mnist_pipeline import cli
 
-    server = mlflow_server
-    experiment = f"outage-{os.getpid()}"
+    root = tmp_path_factory.mktemp("outage")
+    data = str(write_idx_folder(root / "tiny", tiny_arrays()))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=server.uri, MLFLOW_EXPERIMENT_NAME=experiment, MNIST_PIPELINE_RETRY_SECONDS="2")
+    env |= {"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLFLOW_EXPERIMENT_NAME": f"outage-{os.getpid()}"}
+    name, client = f"outage-serving-{os.getpid()}", mlflow.MlflowClient(mlflow_server.uri)
+    # the champion to serve, registered in this process
+    with environment({k: None for k in os.environ if k.startswith("MLFLOW_")} | env):
+        argv = ["main", "--variants", "baseline", "--epochs", "1", "--batch-size", "64", "--workers", "1"]
+        try:
+            assert cli.run([*argv, "--data-dir", data, "--model-name", name]) == 0
+        finally:
+            mlflow.set_tracking_uri(None)
+            mlflow.tracking.fluent._active_experiment_id = None
     epochs = 40  # the outage starts after epoch 2; the end may wait for the server
+    train = [sys.executable, "-m", "mnist_pipeline", "train", "--variant", "baseline", "--epochs", str(epochs)]
+    train += ["--batch-size", "64", "--data-dir", data]
     child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mnist_pipeline",
-            "train",
-            "--variant",
-            "baseline",
-            "--epochs",
-            str(epochs),
-            "--batch-size",
-            "64",
-            "--data-dir",
-            str(tiny_mnist_dir),
-        ],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        train, env=env | {"MNIST_PIPELINE_RETRY_SECONDS": "2"}, cwd=root, stderr=subprocess.PIPE, text=True
     )
-    client = mlflow.MlflowClient(server.uri)
+    serve = [sys.executable, "-m", "mnist_pipeline", "serve", "--model-uri", f"models:/{name}@champion"]
+    serve_env = env | {"MNIST_PIPELINE_RETRY_SECONDS": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    body, statuses, stop = serving.request_body(np.zeros((1, 28, 28))), [], threading.Event()
+
+    def training_run() -> str | None:
+        """The child's run (the experiment's training run still RUNNING) once it has logged two epochs."""
+        experiment = client.get_experiment_by_name(env["MLFLOW_EXPERIMENT_NAME"]).experiment_id
+        runs = client.search_runs([experiment], "attributes.status = 'RUNNING'")
+        [run] = [r.info.run_id for r in runs if names.TAG_VARIANT in r.data.tags] or [None]
+        return run if run and len(client.get_metric_history(run, "val_accuracy")) >= 2 else None
+
     try:
-        deadline = time.monotonic() + 180
-        while True:  # two epochs logged, then the server goes away
-            assert child.poll() is None, child.stderr.read()[-3000:]
-            assert time.monotonic() < deadline
-            found = client.search_experiments(filter_string=f"name = '{experiment}'")
-            runs = client.search_runs([found[0].experiment_id]) if found else []
-            if runs and len(client.get_metric_history(runs[0].info.run_id, "val_accuracy")) >= 2:
-                break
-            time.sleep(0.3)
-        run_id = runs[0].info.run_id
-        server.stop()
-        time.sleep(4)  # training goes on without the server
-        assert child.poll() is None, child.stderr.read()[-3000:]
-        server.start()  # the same port and store
+        with server([*serve, "--window-seconds", "1"], serve_env) as (url, _):
+
+            def send() -> None:
+                while not stop.is_set():
+                    statuses.append(serving.timed_answer(url, body, 0)[1])
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            wait_for(lambda: serving.model_state(url)["serving_run"], "the serving run", seconds=60)
+            run_id = wait_for(training_run, "two epochs of the training run", child, seconds=180)
+            mlflow_server.stop()
+            wait_for(lambda: serving.model_state(url)["windows_waiting"] >= 3, "windows waiting", seconds=60)
+            training_went_on = child.poll() is None
+            mlflow_server.start()  # the same port and store
+            wait_for(lambda: serving.model_state(url)["windows_waiting"] == 0, "the windows sent", seconds=120)
+            stop.set()
+            sender.join()
+            serving_run = serving.model_state(url)["serving_run"]
         _, stderr = child.communicate(timeout=600)
-        run = client.get_run(run_id)
-        steps = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
     finally:
+        stop.set()
         if child.poll() is None:
             child.kill()
-        if not answers(f"{server.uri}/health"):  # the session's server, for the tests after this one
-            server.stop()
-            server.start()
-    assert child.returncode == 0, stderr[-3000:]
+        if not answers(f"{mlflow_server.uri}/health"):
+            mlflow_server.stop()
+            mlflow_server.start()
+    return {
+        "training": (child.returncode, stderr, training_went_on, client.get_run(run_id), epochs),
+        "steps": [m.step for m in client.get_metric_history(run_id, "val_accuracy")],
+        "statuses": statuses,
+        "serving run": client.get_run(serving_run),
+        "windows": client.get_metric_history(serving_run, "requests"),
+    }
+
+
+def test_training_outlives_a_server_that_stops_and_comes_back(outage):
+    """Training goes on while the server is away, the kept epochs are sent when it answers
+    again, and the run ends FINISHED with every epoch."""
+    returncode, stderr, went_on, run, epochs = outage["training"]
+    assert went_on and returncode == 0, stderr[-3000:]
     assert "did not take the metrics" in stderr and "answers again" in stderr
     assert run.info.status == "FINISHED"
-    assert sorted(steps) == list(range(1, epochs + 1))
+    assert sorted(outage["steps"]) == list(range(1, epochs + 1))
 
 
 def test_an_epoch_s_send_leaves_the_environment_alone_while_system_metrics_run(server_store, monkeypatch):
@@ -242,47 +267,12 @@ def test_an_epoch_s_send_leaves_the_environment_alone_while_system_metrics_run(s
     assert len(client.get_metric_history(run_id, "system/cpu_utilization_percentage")) >= 3
 
 
-def test_serving_outlives_a_server_that_stops_and_comes_back(mlflow_server, server_store, tiny_mnist_dir):
+def test_serving_outlives_a_server_that_stops_and_comes_back(outage):
     """`serve` answers every request while the tracking server is away; the windows that
     waited are sent when it is back, and its serving run holds every window, in order, and
-    every request. (The session's server: it is up again for the tests after this one.)"""
-    import threading
-
-    from benchmarks import serving
-    from benchmarks.servers import answers, server, wait_for
-    from mnist_pipeline import cli
-
-    name = f"outage-serving-{os.getpid()}"
-    argv = ["main", "--variants", "baseline", "--epochs", "1", "--batch-size", "64", "--workers", "1"]
-    assert cli.run([*argv, "--data-dir", str(tiny_mnist_dir), "--model-name", name]) == 0
-    env = {**os.environ, "MNIST_PIPELINE_RETRY_SECONDS": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-    command = [sys.executable, "-m", "mnist_pipeline", "serve", "--model-uri", f"models:/{name}@champion"]
-    body, statuses, stop = serving.request_body(np.zeros((1, 28, 28))), [], threading.Event()
-    try:
-        with server([*command, "--window-seconds", "1"], env) as (url, _):
-
-            def client() -> None:
-                while not stop.is_set():
-                    statuses.append(serving.timed_answer(url, body, 0)[1])
-
-            sender = threading.Thread(target=client)
-            sender.start()
-            wait_for(lambda: serving.model_state(url)["serving_run"], "the serving run", seconds=60)
-            mlflow_server.stop()
-            wait_for(lambda: serving.model_state(url)["windows_waiting"] >= 3, "windows waiting", seconds=60)
-            mlflow_server.start()  # the same port and store
-            wait_for(lambda: serving.model_state(url)["windows_waiting"] == 0, "the windows sent", seconds=120)
-            stop.set()
-            sender.join()
-            run_id = serving.model_state(url)["serving_run"]
-    finally:
-        stop.set()
-        if not answers(f"{mlflow_server.uri}/health"):
-            mlflow_server.stop()
-            mlflow_server.start()
+    every request."""
+    statuses, history = outage["statuses"], outage["windows"]
     assert statuses and set(statuses) == {200}, collections.Counter(statuses)
-    client = mlflow.MlflowClient()
-    history = client.get_metric_history(run_id, "requests")
-    assert client.get_run(run_id).info.status == "FINISHED"
+    assert outage["serving run"].info.status == "FINISHED"
     assert sorted(m.step for m in history) == list(range(1, len(history) + 1))  # every window, none twice
     assert sum(m.value for m in history) == len(statuses)
