@@ -158,9 +158,11 @@ def outage(mlflow_server, tmp_path_factory) -> dict:
     epochs = 40  # the outage starts after epoch 2; the end may wait for the server
     train = [sys.executable, "-m", "mnist_pipeline", "train", "--variant", "baseline", "--epochs", str(epochs)]
     train += ["--batch-size", "64", "--data-dir", data]
-    child = subprocess.Popen(
-        train, env=env | {"MNIST_PIPELINE_RETRY_SECONDS": "2"}, cwd=root, stderr=subprocess.PIPE, text=True
-    )
+    log = root / "train-stderr.log"  # a file, not a pipe: a full pipe would stall the child
+    with log.open("w") as stderr:
+        child = subprocess.Popen(
+            train, env=env | {"MNIST_PIPELINE_RETRY_SECONDS": "2"}, cwd=root, stdout=subprocess.DEVNULL, stderr=stderr
+        )
     serve = [sys.executable, "-m", "mnist_pipeline", "serve", "--model-uri", f"models:/{name}@champion"]
     serve_env = env | {"MNIST_PIPELINE_RETRY_SECONDS": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     body, statuses, stop = serving.request_body(np.zeros((1, 28, 28))), [], threading.Event()
@@ -182,7 +184,7 @@ def outage(mlflow_server, tmp_path_factory) -> dict:
             sender = threading.Thread(target=send)
             sender.start()
             wait_for(lambda: serving.model_state(url)["serving_run"], "the serving run", seconds=60)
-            run_id = wait_for(training_run, "two epochs of the training run", child, seconds=180)
+            run_id = wait_for(training_run, "two epochs of the training run", child, log, seconds=180)
             mlflow_server.stop()
             wait_for(lambda: serving.model_state(url)["windows_waiting"] >= 3, "windows waiting", seconds=60)
             training_went_on = child.poll() is None
@@ -191,7 +193,7 @@ def outage(mlflow_server, tmp_path_factory) -> dict:
             stop.set()
             sender.join()
             serving_run = serving.model_state(url)["serving_run"]
-        _, stderr = child.communicate(timeout=600)
+        child.wait(timeout=600)
     finally:
         stop.set()
         if child.poll() is None:
@@ -200,7 +202,7 @@ def outage(mlflow_server, tmp_path_factory) -> dict:
             mlflow_server.stop()
             mlflow_server.start()
     return {
-        "training": (child.returncode, stderr, training_went_on, client.get_run(run_id), epochs),
+        "training": (child.returncode, log.read_text(), training_went_on, client.get_run(run_id), epochs),
         "steps": [m.step for m in client.get_metric_history(run_id, "val_accuracy")],
         "statuses": statuses,
         "serving run": client.get_run(serving_run),
