@@ -202,7 +202,11 @@ def outage(mlflow_server, tmp_path_factory) -> dict:
             mlflow_server.stop()
             mlflow_server.start()
     return {
-        "training": (child.returncode, log.read_text(), training_went_on, client.get_run(run_id), epochs),
+        "training went on": training_went_on,
+        "returncode": child.returncode,
+        "stderr": log.read_text(),
+        "training run": client.get_run(run_id),
+        "epochs": epochs,
         "steps": [m.step for m in client.get_metric_history(run_id, "val_accuracy")],
         "statuses": statuses,
         "serving run": client.get_run(serving_run),
@@ -213,11 +217,11 @@ def outage(mlflow_server, tmp_path_factory) -> dict:
 def test_training_outlives_a_server_that_stops_and_comes_back(outage):
     """Training goes on while the server is away, the kept epochs are sent when it answers
     again, and the run ends FINISHED with every epoch."""
-    returncode, stderr, went_on, run, epochs = outage["training"]
-    assert went_on and returncode == 0, stderr[-3000:]
+    stderr = outage["stderr"]
+    assert outage["training went on"] and outage["returncode"] == 0, stderr[-3000:]
     assert "did not take the metrics" in stderr and "answers again" in stderr
-    assert run.info.status == "FINISHED"
-    assert sorted(outage["steps"]) == list(range(1, epochs + 1))
+    assert outage["training run"].info.status == "FINISHED"
+    assert sorted(outage["steps"]) == list(range(1, outage["epochs"] + 1))
 
 
 def test_an_epoch_s_send_leaves_the_environment_alone_while_system_metrics_run(server_store, monkeypatch):
