@@ -76,9 +76,26 @@ class TrainConfig(Params):
     )
     # seeds Python, NumPy and TensorFlow once per run
     seed: int = integer(42, "random seed, integer >= 0", "in [0, 2**32)", lambda v: 0 <= v < 2**32)
+    # the training images' random moves, drawn per image and composed into one (core/augment.py)
     augment_shift: float = number(
         0.0,
-        "random shift of training images, fraction of the side (0: none)",
+        "random shift of training images, up to this fraction of the side each way (0: none)",
+        "in [0, 0.5)",
+        lambda v: 0 <= v < 0.5,
+        unlogged=0.0,
+        override=False,
+    )
+    augment_rotation: float = number(
+        0.0,
+        "random rotation of training images, up to this many degrees each way (0: none)",
+        "in [0, 45]",
+        lambda v: 0 <= v <= 45,
+        unlogged=0.0,
+        override=False,
+    )
+    augment_zoom: float = number(
+        0.0,
+        "random zoom of training images, up to this fraction in or out (0: none)",
         "in [0, 0.5)",
         lambda v: 0 <= v < 0.5,
         unlogged=0.0,

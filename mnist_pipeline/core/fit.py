@@ -2,8 +2,8 @@
 
 Keras' ``fit`` pays per step for its data adapter, its metric objects and its optimizer's
 bookkeeping; this loop does what the study needs inside one graph. The network is still
-the Keras model from models.py: its layers are called with ``training=True`` (random shifts
-active), each Dropout layer as a mask the loop draws (``dropout``: Keras' inverted Dropout
+the Keras model from models.py: its layers are called with ``training=True``, each Dropout
+layer as a mask the loop draws (``dropout``: Keras' inverted Dropout
 from fewer random bits). Its loss is the compiled categorical cross-entropy on the softmax
 output plus, for each kernel with an L2 regularizer, l2 * sum(w ** 2), whose gradient the
 loop adds itself; its optimizer is the compiled ``keras.optimizers.RMSprop``, whose slots
@@ -19,6 +19,7 @@ the last batch is the remainder, smaller than the others, as in Keras.
 """
 
 import functools
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -27,6 +28,7 @@ import tensorflow as tf
 from mnist_pipeline.core.data import NUM_CLASSES
 
 EVAL_BATCH = 1000  # images per forward pass when evaluating; the convnet's activations bound it
+AUGMENT_STREAM = -1  # the augmentation's draws from a step's seed, apart from the Dropout masks' (0, 1, ...)
 
 
 class Loop:
@@ -36,15 +38,27 @@ class Loop:
     ``fused``: each weight's RMSprop update is TensorFlow's one fused kernel
     (``ResourceApplyRMSProp``: Keras' formula, rounded in another order) instead of Keras'
     ~10 element-wise ops (``optimizer.apply``). ``shuffle=False`` keeps the given order.
+    ``augment(images, seed)``: what each training batch becomes before the model sees it
+    (augment.py's random rotations, zooms and shifts), drawn from the step's seed.
     """
 
-    def __init__(self, model: keras.Model, x, y, batch_size: int, seed: int, fused: bool = True, shuffle: bool = True):
+    def __init__(
+        self,
+        model: keras.Model,
+        x,
+        y,
+        batch_size: int,
+        seed: int,
+        fused: bool = True,
+        shuffle: bool = True,
+        augment: Callable | None = None,
+    ):
         optimizer = model.optimizer
         if not isinstance(optimizer, keras.optimizers.RMSprop) or optimizer.momentum or optimizer.centered:
             raise ValueError("Loop trains with plain RMSprop only (no momentum, not centered)")
         if model.loss != "categorical_crossentropy":
             raise ValueError(f"Loop trains with the categorical cross-entropy only, not {model.loss!r}")
-        self.model, self.batch_size, self.fused, self.shuffle = model, batch_size, fused, shuffle
+        self.model, self.batch_size, self.fused, self.shuffle, self.augment = model, batch_size, fused, shuffle, augment
         self.x, self.labels = tf.constant(x), tf.constant(y, tf.int32)
         self._seed = seed
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -90,8 +104,11 @@ class Loop:
 
         def step(i, indices):
             x, labels = tf.cast(tf.gather(self.x, indices), tf.float32), tf.gather(self.labels, indices)
+            seed = tf.random.experimental.stateless_fold_in(epoch_seed, i)
+            if self.augment is not None:  # outside the tape: nothing to differentiate
+                x = self.augment(x, tf.random.experimental.stateless_fold_in(seed, AUGMENT_STREAM))
             with tf.GradientTape() as tape:
-                probabilities = self._forward(x, tf.random.experimental.stateless_fold_in(epoch_seed, i))
+                probabilities = self._forward(x, seed)
                 loss = _cross_entropy(labels, probabilities)
             gradients = tape.gradient(loss, self._weights)
             # L2 as Keras adds it, l2 * sum(w ** 2) to the loss, its gradient 2 * l2 * w added here

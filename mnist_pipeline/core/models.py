@@ -8,13 +8,12 @@ from mnist_pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES
 
 
 def build_model(cfg: TrainConfig, steps_per_epoch: int | None = None) -> keras.Model:
-    """A compiled network taking raw (n, 28, 28) pixels 0-255, giving 10 probabilities.
-    ``steps_per_epoch``: gradient steps per epoch, which a decaying learning rate needs."""
+    """A compiled network taking raw (n, 28, 28) pixels 0-255, giving 10 probabilities; the
+    training images' augmentation is fit.Loop's, not a layer here. ``steps_per_epoch``:
+    gradient steps per epoch, which a decaying learning rate needs."""
     kernel_regularizer = keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
-    # conv blocks and shifts work on (28, 28, 1) images; the dense nets need neither
-    image = [keras.layers.Reshape((*IMAGE_SHAPE, 1))] if cfg.conv_filters or cfg.augment_shift else []
-    if cfg.augment_shift:  # shifted copies of the training images, black borders; inactive at inference
-        image.append(keras.layers.RandomTranslation(cfg.augment_shift, cfg.augment_shift, fill_mode="constant"))
+    # conv blocks work on (28, 28, 1) images; the dense nets on the pixels as given
+    image = [keras.layers.Reshape((*IMAGE_SHAPE, 1))] if cfg.conv_filters else []
     conv = []
     for filters in cfg.conv_filters:
         conv += [

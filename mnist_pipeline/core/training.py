@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from mnist_pipeline.core import augment
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import Mnist, split_validation
 from mnist_pipeline.core.fit import Loop, evaluation_tensors
@@ -62,7 +63,8 @@ def train(
     phases = Phases()
     with phases("build"):
         model = build_model(cfg, steps_per_epoch=math.ceil(len(x_fit) / cfg.batch_size))
-        loop = Loop(model, x_fit, y_fit, cfg.batch_size, cfg.seed, fused=cfg.fused_rmsprop)
+        augmentation = augment.for_config(cfg)
+        loop = Loop(model, x_fit, y_fit, cfg.batch_size, cfg.seed, fused=cfg.fused_rmsprop, augment=augmentation)
         loop.trace()
         validation = evaluation_tensors(x_val, y_val)  # converted once, evaluated every epoch
     rows = []

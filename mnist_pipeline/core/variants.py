@@ -44,15 +44,20 @@ VARIANTS: dict[str, Variant] = {
         epochs=13,
     ),
     "convnet": Variant(
-        description="Conv 32/64 3x3 relu with 2x2 max-pool, Dense 128 relu, Dropout 0.5, "
-        "training images shifted up to 10%, cosine learning-rate decay (not in the study)",
+        description="Conv 32/64 3x3 relu with 2x2 max-pool, Dense 128 relu, Dropout 0.25, training images "
+        "turned up to 10 degrees, zoomed and shifted up to 10%, cosine learning-rate decay (not in the study)",
         study_test_accuracy=math.nan,
         conv_filters=(32, 64),
         hidden_units=(128,),
-        dropout=0.5,  # as the study's baseline
+        # ours, chosen on validation (docs/seeds.md): with the augmentation below, 0.5 (the
+        # study's baseline's) left this net short of capacity
+        dropout=0.25,
         l2=0.0,
-        # ours: without shifts this net overfits (99.23% test, validation flat from epoch 5)
+        # ours: without shifts this net overfits (99.23% test, validation flat from epoch 5);
+        # rotations and zooms with them, chosen on validation, gave 0.1 point more (docs/seeds.md)
         augment_shift=0.1,  # up to 2.8 pixels each way
+        augment_rotation=10.0,  # degrees each way
+        augment_zoom=0.1,  # 0.9 to 1.1 times the size
         # ours: at a constant rate its last epochs jump about (test 98.85-99.41% over 3 seeds
         # with Keras fit, 99.13-99.35% over 5 with the loop); decayed, they settle
         cosine_decay=True,

@@ -11,7 +11,7 @@ from mnist_pipeline.core.config import OVERRIDABLE, ConfigError, TrainConfig
 
 def test_the_overrides_are_train_config_s_overridable_knobs_each_of_its_type_or_none():
     assert [f.name for f in fields(Overrides)] == list(OVERRIDABLE)
-    assert {"augment_shift", "cosine_decay"}.isdisjoint(OVERRIDABLE)  # set by a variant only
+    assert {"augment_shift", "augment_rotation", "augment_zoom", "cosine_decay"}.isdisjoint(OVERRIDABLE)  # a variant's
     knobs, overrides = typing.get_type_hints(TrainConfig), typing.get_type_hints(Overrides)
     assert all(overrides[name] == knobs[name] | None for name in OVERRIDABLE)
     assert all(f.default is None for f in fields(Overrides))

@@ -69,7 +69,8 @@ def test_a_knob_a_run_did_not_log_is_what_runs_trained_with_before_it():
     logged = {key: str(value) for key, value in resolve("convnet").as_params().items()}
     unlogged = {name: knob.metadata["unlogged"] for name, knob in KNOBS.items() if "unlogged" in knob.metadata}
     # no shift, a constant rate, Keras' RMSprop ops: how runs trained before these knobs
-    assert unlogged.items() >= {"augment_shift": 0.0, "cosine_decay": False, "fused_rmsprop": False}.items()
+    before = {"augment_shift": 0.0, "augment_rotation": 0.0, "augment_zoom": 0.0, "cosine_decay": False}
+    assert unlogged.items() >= (before | {"fused_rmsprop": False}).items()
     for name in unlogged:
         del logged[name]
     assert config.logged_config(logged) == dataclasses.replace(resolve("convnet"), **unlogged)
@@ -136,10 +137,20 @@ def test_bad_values_name_parameter_value_and_what_is_allowed(name, text, allowed
     assert allowed in message and "\n" not in message
 
 
-@pytest.mark.parametrize("shift", [-0.1, 0.5, float("nan")])
-def test_augment_shift_is_checked_though_only_a_variant_sets_it(shift):
-    with pytest.raises(ConfigError, match=rf"augment_shift={shift} is not allowed: must be a number in \[0, 0.5\)"):
-        dataclasses.replace(resolve("convnet"), augment_shift=shift)
+@pytest.mark.parametrize(
+    "name, value, allowed",
+    [
+        ("augment_shift", -0.1, r"\[0, 0.5\)"),
+        ("augment_shift", 0.5, r"\[0, 0.5\)"),
+        ("augment_shift", float("nan"), r"\[0, 0.5\)"),
+        ("augment_rotation", 46.0, r"\[0, 45\]"),
+        ("augment_rotation", -1.0, r"\[0, 45\]"),
+        ("augment_zoom", 0.5, r"\[0, 0.5\)"),
+    ],
+)
+def test_the_augmentation_is_checked_though_only_a_variant_sets_it(name, value, allowed):
+    with pytest.raises(ConfigError, match=rf"{name}={value} is not allowed: must be a number in {allowed}"):
+        dataclasses.replace(resolve("convnet"), **{name: value})
 
 
 def test_unknown_variant():

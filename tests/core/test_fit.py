@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from helpers.checks import tensorflow_log_lines
+from mnist_pipeline.core import augment
 from mnist_pipeline.core.config import resolve
 from mnist_pipeline.core.fit import Loop, _logits, dropout, epoch_order, evaluation_tensors
 from mnist_pipeline.core.models import build_model
@@ -141,11 +142,12 @@ def test_fused_kernel_updates_keras_rmsprop_slots_and_nothing_else(tiny_mnist, s
 
 
 def test_each_epoch_is_one_graph_traced_once(tiny_mnist):
-    """The convnet's random shifts and Dropout run inside the compiled epoch: three epochs
-    trace it once, and evaluations of any number of images trace one evaluation."""
+    """The convnet's random rotations, zooms and shifts and its Dropout run inside the compiled
+    epoch: three epochs trace it once, and evaluations of any number of images trace one
+    evaluation."""
     cfg = resolve("convnet", {"conv_filters": (4,), "hidden_units": (8,), "epochs": 3})
     (x, y), (xv, yv) = _split(tiny_mnist, n=100, n_val=40)
-    loop = Loop(_model(cfg), x, y, BATCH, seed=cfg.seed)
+    loop = Loop(_model(cfg), x, y, BATCH, seed=cfg.seed, augment=augment.for_config(cfg))
     losses = [loop.epoch()["loss"] for _ in range(3)]
     loop.evaluate(xv, yv)
     loop.evaluate(xv[:7], yv[:7])
@@ -154,15 +156,19 @@ def test_each_epoch_is_one_graph_traced_once(tiny_mnist):
     assert loop._evaluate.experimental_get_tracing_count() == 1
 
 
-@pytest.mark.parametrize("dropout, shift", [(0.5, 0.0), (0.0, 0.1)], ids=["dropout", "shifts"])
-def test_dropout_and_shifts_act_in_training_only(tiny_mnist, dropout, shift):
-    """At a learning rate too small to move the weights, the training loss (Dropout or random
-    shifts active) differs from the loss of the same weights in inference mode, which is the
-    same twice; Dropout's training loss is the higher."""
+@pytest.mark.parametrize(
+    "dropout, moves",
+    [(0.5, {}), (0.0, {"augment_shift": 0.1}), (0.0, {"augment_rotation": 10.0}), (0.0, {"augment_zoom": 0.1})],
+    ids=["dropout", "shifts", "rotations", "zooms"],
+)
+def test_dropout_and_augmentation_act_in_training_only(tiny_mnist, dropout, moves):
+    """At a learning rate too small to move the weights, the training loss (Dropout, or random
+    shifts, rotations or zooms of the training images) differs from the loss of the same
+    weights in inference mode, which is the same twice; Dropout's training loss is the higher."""
     cfg = resolve("baseline", {"epochs": 1, "batch_size": BATCH, "learning_rate": 1e-12})
-    cfg = dataclasses.replace(cfg, dropout=dropout, augment_shift=shift)
+    cfg = dataclasses.replace(cfg, dropout=dropout, **moves)
     (x, y), _ = _split(tiny_mnist, n=200)
-    loop = Loop(_model(cfg), x, y, BATCH, seed=cfg.seed, shuffle=False)
+    loop = Loop(_model(cfg), x, y, BATCH, seed=cfg.seed, shuffle=False, augment=augment.for_config(cfg))
     training_loss = loop.epoch()["loss"]
     inference_loss, _, first = loop.evaluate(x, y)
     _, _, second = loop.evaluate(x, y)

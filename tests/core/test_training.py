@@ -74,12 +74,25 @@ def test_train_returns_history_per_epoch_and_test_scores(tiny_mnist):
     assert result.test_accuracy > 0.5  # the synthetic digits are easy: it must learn
 
 
-def test_same_seed_same_result(tiny_mnist):
-    cfg = resolve("baseline", {"epochs": 1, "batch_size": 64})
+@pytest.mark.parametrize(
+    "name, knobs",
+    [("baseline", {"epochs": 1}), ("convnet", {"epochs": 2, "conv_filters": (4, 8), "hidden_units": (16,)})],
+)
+def test_same_seed_same_result(tiny_mnist, name, knobs):
+    """What `verify` relies on: a config trains twice to the same weights, optimizer slots
+    and scores, the convnet's random rotations, zooms, shifts and Dropout included."""
+    cfg = resolve(name, {"batch_size": 64, **knobs})
     first, second = (train(cfg, tiny_mnist) for _ in range(2))
+    for a, b in zip(
+        first.model.variables + first.model.optimizer.variables,
+        second.model.variables + second.model.optimizer.variables,
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.array(a), np.array(b), err_msg=a.path)
     pd.testing.assert_frame_equal(
         first.history.drop(columns="epoch_seconds"), second.history.drop(columns="epoch_seconds")
     )
+    assert first.test_accuracy == second.test_accuracy
 
 
 def test_best_epoch_breaks_ties_on_lower_val_loss():

@@ -59,11 +59,17 @@ def test_verify_finds_the_champion_equal_refuses_other_data_and_catches_a_differ
 
 
 def test_a_run_is_trained_again_as_it_was_logged():
-    """Its params decide, the variant's fields included: a convnet logged before its rate
-    decayed (no cosine_decay param) is trained again at a constant rate."""
+    """Its params decide, the variant's fields included: a convnet logged before its images
+    were turned and zoomed (no augment_rotation, augment_zoom params), with Dropout 0.5, is
+    trained again with shifts alone and that Dropout; one logged before its rate decayed (no
+    cosine_decay param) is trained again at a constant rate."""
     from mnist_pipeline.core.config import logged_config, resolve
 
     logged = {name: str(value) for name, value in resolve("convnet").as_params().items()}
     assert logged_config(logged) == resolve("convnet")
+    del logged["augment_rotation"], logged["augment_zoom"]
+    logged["dropout"] = "0.5"
+    shifts_only = dataclasses.replace(resolve("convnet"), augment_rotation=0.0, augment_zoom=0.0, dropout=0.5)
+    assert logged_config(logged) == shifts_only
     del logged["cosine_decay"]
-    assert logged_config(logged) == dataclasses.replace(resolve("convnet"), cosine_decay=False)
+    assert logged_config(logged) == dataclasses.replace(shifts_only, cosine_decay=False)
