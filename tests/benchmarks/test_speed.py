@@ -1,5 +1,7 @@
 """The roofline's arithmetic, and that it counts the products TensorFlow really runs."""
 
+import dataclasses
+
 import pytest
 
 from benchmarks import speed
@@ -81,3 +83,23 @@ def test_the_plain_loop_is_a_dense_network_s_reference():
     from mnist_pipeline.core.config import resolve
 
     assert speed.has_plain_loop(resolve("final")) and not speed.has_plain_loop(resolve("convnet"))
+
+
+def test_keras_fit_trains_the_convnet_on_images_augmented_as_the_loop_does(tiny_mnist):
+    """Keras' reference sees the training images the loop would: a convnet's batches moved by
+    augment.py's function (the labels kept), a dense network's as given; it times the epochs
+    after the warm-up, as written and tuned."""
+    import numpy as np
+
+    from mnist_pipeline.core.config import resolve
+
+    x, y = tiny_mnist.x_train[:64].astype("float32"), np.eye(10, dtype="float32")[tiny_mnist.y_train[:64]]
+    convnet = resolve("convnet", {"conv_filters": (4,), "hidden_units": (8,), "epochs": 2, "batch_size": 32})
+    plain = speed._keras_training_data(
+        dataclasses.replace(convnet, augment_shift=0.0, augment_rotation=0.0, augment_zoom=0.0), x, y
+    )
+    moved = speed._keras_training_data(convnet, x, y)
+    for (images, labels), (moved_images, moved_labels) in zip(plain, moved, strict=True):
+        np.testing.assert_array_equal(labels, moved_labels)  # the same shuffle: the seed's
+        assert not np.array_equal(images, moved_images)
+    assert len(speed.keras_fit_epochs(convnet, tiny_mnist, speed.KERAS_TUNED)) == 1
