@@ -340,7 +340,9 @@ def test_convnet_is_tracked_like_the_dense_nets_and_its_version_carries_a_card(t
     run_id = track_training.track_training(cfg, data)
     check_training_run(run_id, cfg, data.digest)  # same params, metrics, artifacts, signature
     run = mlflow.get_run(run_id)
-    assert run.data.params["conv_filters"] == "32,64" and run.data.params["augment_shift"] == "0.1"
+    assert run.data.params["conv_filters"] == "32,64" and run.data.params["dropout"] == "0.25"
+    moves = {"augment_shift": "0.1", "augment_rotation": "10.0", "augment_zoom": "0.1"}
+    assert moves.items() <= run.data.params.items()
 
     number = registry.register_run(run, chosen_from="a test").version.version
     version = mlflow.MlflowClient().get_model_version(names.MODEL_NAME, number)
@@ -372,10 +374,15 @@ def test_convnet_is_tracked_like_the_dense_nets_and_its_version_carries_a_card(t
         data.source,
         "| conv_filters | `32,64` |",
         "| variant | `convnet` |",
+        *(f"| {name} | `{value}` |" for name, value in moves.items()),
         f'mlflow.pyfunc.load_model("{this}")',
         f'"models:/{names.MODEL_NAME}@champion"',
         f'mlflow.keras.load_model("{this}")',
         f"mnist-pipeline serve --model-uri {this}",
     ):
         assert text in card, text
-    assert mlflow.keras.load_model(this).count_params() == int(run.data.params["num_parameters"])
+    keras_model = mlflow.keras.load_model(this)
+    assert keras_model.count_params() == int(run.data.params["num_parameters"])
+    # the augmentation was the training's: the registered network is the layers a consumer expects
+    kinds = {type(layer).__name__ for layer in keras_model.layers}
+    assert kinds == {"Rescaling", "Reshape", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dropout"}
