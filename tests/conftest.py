@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers.data import tiny_arrays, write_idx_folder
+from helpers.stores import forget_store
 from mnist_pipeline.core import data
 
 
@@ -67,7 +68,7 @@ def _leave_store() -> None:
 
     while mlflow.active_run():
         mlflow.end_run("FAILED")
-    mlflow.set_tracking_uri(None)
+    forget_store()
 
 
 @pytest.fixture
@@ -239,10 +240,7 @@ def server_store(tracking_server, request, monkeypatch, tmp_path):
     mlflow.set_tracking_uri(tracking_server)
     mlflow.set_experiment(experiment)
     yield tracking_server
-    while mlflow.active_run():
-        mlflow.end_run("FAILED")
-    mlflow.set_tracking_uri(None)
-    mlflow.tracking.fluent._active_experiment_id = None
+    _leave_store()
 
 
 @pytest.fixture(scope="session")

@@ -36,14 +36,8 @@ class PruneTrial(optuna.pruners.BasePruner):
         return trial.number == self.number
 
 
-@pytest.fixture
-def sweep_store(tracking_store):
-    yield tracking_store
-    mlflow.tracking.fluent._active_experiment_id = None  # sweep.run sets the parent's experiment
-
-
 def test_local_sweep_children_of_one_parent_pruned_trial_kept_but_never_registered(
-    sweep_store, tiny_mnist, tiny_mnist_dir, tmp_path
+    tracking_store, tiny_mnist, tiny_mnist_dir, tmp_path
 ):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     params = SweepParams.from_strings(
@@ -59,7 +53,7 @@ def test_local_sweep_children_of_one_parent_pruned_trial_kept_but_never_register
     )
     parent_id = sweep.run(params, space=TINY_SPACE, pruner=PruneTrial(1))
 
-    runs = all_runs(sweep_store)
+    runs = all_runs(tracking_store)
     assert {r.info.status for r in runs} == {"FINISHED"}  # nothing left RUNNING, nothing failed
     [parent] = [r for r in runs if r.data.tags.get(names.TAG_ROLE) == "sweep"]
     assert parent.info.run_id == parent_id
@@ -104,7 +98,7 @@ def test_local_sweep_children_of_one_parent_pruned_trial_kept_but_never_register
     # The same command again: the study holds its 3 trials, so it only summarizes and
     # registers, which finds the existing version.
     assert sweep.run(params, space=TINY_SPACE) == parent_id
-    assert len(all_runs(sweep_store)) == len(runs)
+    assert len(all_runs(tracking_store)) == len(runs)
     assert len(client.search_model_versions("name = 'sweep-digits'")) == 1
 
 
@@ -126,7 +120,7 @@ def test_local_sweep_children_of_one_parent_pruned_trial_kept_but_never_register
     ],
 )
 def test_bad_sweep_parameters_exit_2_before_any_run_or_study(
-    argv, expected, sweep_store, tiny_mnist_dir, tmp_path, capsys
+    argv, expected, tracking_store, tiny_mnist_dir, tmp_path, capsys
 ):
     if "--data-dir" not in argv:
         argv = [*argv, "--data-dir", str(tiny_mnist_dir)]
@@ -134,11 +128,11 @@ def test_bad_sweep_parameters_exit_2_before_any_run_or_study(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mnist-pipeline: error: ")
     assert expected in err
-    assert all_runs(sweep_store) == []
+    assert all_runs(tracking_store) == []
     assert not (tmp_path / "optuna.db").exists()  # the default storage: no study either
 
 
-def test_a_trial_whose_worker_went_silent_is_failed_and_its_run_killed(sweep_store, tmp_path, monkeypatch):
+def test_a_trial_whose_worker_went_silent_is_failed_and_its_run_killed(tracking_store, tmp_path, monkeypatch):
     monkeypatch.setattr(studies, "HEARTBEAT_SECONDS", 1)
     monkeypatch.setattr(studies, "GRACE_SECONDS", 1)
     storage = studies.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")

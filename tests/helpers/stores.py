@@ -25,6 +25,15 @@ def all_runs(uri: str):
     return client.search_runs(ids, max_results=1000) if ids else []
 
 
+def forget_store() -> None:
+    """Forget the tracking URI and the experiment that a command run in this process chose, as a
+    new process starts (the experiment is a private attribute of MLflow's fluent API: named here alone)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    mlflow.tracking.fluent._active_experiment_id = None
+
+
 @contextlib.contextmanager
 def environment(values: dict[str, str | None]):
     """Environment variables set (None: unset) for the block; the whole environment is put back after it."""

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers.stores import environment
+from helpers.stores import environment, forget_store
 
 ROLES = {"rhea": "researchers", "remy": "release_managers", "cody": "consumers"}
 OUTSIDER = "otto"  # a user of the server with no grant in the team
@@ -64,8 +64,7 @@ class Team:
             try:
                 code = cli.run(argv)
             finally:
-                mlflow.set_tracking_uri(None)
-                mlflow.tracking.fluent._active_experiment_id = None
+                forget_store()
         outcome = Outcome(code, out.getvalue(), err.getvalue())
         self.printed += [outcome.out, outcome.err]
         return outcome

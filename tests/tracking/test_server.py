@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from helpers.stores import PROJECT_ROOT, environment
+from helpers.stores import PROJECT_ROOT, environment, forget_store
 from mnist_pipeline import names
 
 REGISTER_TOGETHER = """
@@ -153,8 +153,7 @@ def outage(mlflow_server, tmp_path_factory) -> dict:
         try:
             assert cli.run([*argv, "--data-dir", data, "--model-name", name]) == 0
         finally:
-            mlflow.set_tracking_uri(None)
-            mlflow.tracking.fluent._active_experiment_id = None
+            forget_store()
     epochs = 40  # the outage starts after epoch 2; the end may wait for the server
     train = [sys.executable, "-m", "mnist_pipeline", "train", "--variant", "baseline", "--epochs", str(epochs)]
     train += ["--batch-size", "64", "--data-dir", data]
