@@ -1,7 +1,8 @@
 """Random rotations, zooms and shifts of the training images, composed into one affine map per
-image, so that an image is resampled once however many are asked (Keras' three layers one
-after the other resample it three times: blurrier digits, and 0.1 point less validation
-accuracy for the convnet here, docs/seeds.md).
+image, so that an image is resampled once however many are asked (Keras' RandomRotation,
+RandomZoom and RandomTranslation one after the other resample it three times: blurrier digits,
+and for the convnet 99.28% validation accuracy against this map's 99.42% at one seed,
+docs/seeds.md).
 
 fit.Loop applies it to each training batch before the model, from the step's seed: the model
 never holds it, so a saved model is plain Keras layers that any consumer loads.

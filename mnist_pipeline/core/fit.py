@@ -3,11 +3,12 @@
 Keras' ``fit`` pays per step for its data adapter, its metric objects and its optimizer's
 bookkeeping; this loop does what the study needs inside one graph. The network is still
 the Keras model from models.py: its layers are called with ``training=True``, each Dropout
-layer as a mask the loop draws (``dropout``: Keras' inverted Dropout
-from fewer random bits). Its loss is the compiled categorical cross-entropy on the softmax
-output plus, for each kernel with an L2 regularizer, l2 * sum(w ** 2), whose gradient the
-loop adds itself; its optimizer is the compiled ``keras.optimizers.RMSprop``, whose slots
-are the ones updated and saved. Per epoch, as Keras' ``fit`` reports them:
+layer as a mask the loop draws (``dropout``: Keras' inverted Dropout from fewer random
+bits), after the batch's augmentation if any (augment.py). Its loss is the compiled
+categorical cross-entropy on the softmax output plus, for each kernel with an L2
+regularizer, l2 * sum(w ** 2), whose gradient the loop adds itself; its optimizer is the
+compiled ``keras.optimizers.RMSprop``, whose slots are the ones updated and saved. Per
+epoch, as Keras' ``fit`` reports them:
 
 - ``loss`` and ``accuracy``: means over the epoch's training images of each batch's loss
   (before its update, with Dropout active) and of its categorical accuracy;
