@@ -73,3 +73,16 @@ def test_a_run_is_trained_again_as_it_was_logged():
     assert logged_config(logged) == shifts_only
     del logged["cosine_decay"]
     assert logged_config(logged) == dataclasses.replace(shifts_only, cosine_decay=False)
+
+
+def test_verify_reproduces_a_convnet_version_exactly(tracking_store, tiny_mnist_dir, capfd):
+    """A convnet's random rotations, zooms and shifts (drawn from each step's seed), its
+    Dropout and its decaying rate come back the same: its version re-trains to equal scores."""
+    data = ["--data-dir", str(tiny_mnist_dir)]
+    small = ["--conv-filters", "4,8", "--hidden-units", "16", "--epochs", "2", "--batch-size", "64"]
+    assert cli.run(["main", "--variants", "convnet", *small, "--workers", "1", *data]) == 0
+    capfd.readouterr()
+    assert cli.run(["verify", *data]) == 0
+    out = capfd.readouterr().out
+    assert "verifying mnist-digits version 1: convnet, seed 42" in out and "code: the same" in out
+    assert out.count("(+0.00 pp, must be equal): matches") == 2
