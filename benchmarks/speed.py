@@ -1,5 +1,5 @@
-"""Speed measurements without MLflow: Keras' fit as a user writes it, the project's loop,
-its knobs, and the roofline.
+"""Speed measurements without MLflow: Keras' fit as a user writes it and tuned, the project's
+loop, its knobs, and the roofline.
 
 Every epoch time is a median over epochs after a warm-up epoch: Keras' fit's from epoch-end
 timestamps, the project's loop's as it measures each epoch itself, the plain loop's from a
