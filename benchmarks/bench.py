@@ -106,9 +106,9 @@ def pipeline(cfg: config.TrainConfig, mnist: data.Mnist) -> dict:
 
 def variant_row(cfg: config.TrainConfig, mnist: data.Mnist, rounds: int = speed.ROUNDS) -> dict:
     """One row of the main table, every ratio computed from this row's own timings. Keras'
-    fit as written and tuned, the tracked pipeline and (for a dense network) the plain loop take turns for
-    ``rounds`` rounds, so a slow spell of the host falls on all; each time is the median over
-    every timed epoch of its kind."""
+    fit as written and tuned, the tracked pipeline and (for a dense network) the plain loop
+    take turns for ``rounds`` rounds, so a slow spell of the host falls on all; each time is
+    the median over every timed epoch of its kind."""
     trainings = {
         "keras": lambda: speed.keras_fit_epochs(cfg, mnist),
         "keras_tuned": lambda: speed.keras_fit_epochs(cfg, mnist, speed.KERAS_TUNED),
