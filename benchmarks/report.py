@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 from matplotlib.figure import Figure
 
-from benchmarks.speed import KERAS_TUNED
+from benchmarks import KERAS_TUNED
 from mnist_pipeline.tracking import run_lifecycle
 
 BENCH_DIR = "bench"  # the run's artifact folder: bench.json, bench.md, scaling.png

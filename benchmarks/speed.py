@@ -31,9 +31,6 @@ SCALING_WIDTHS = (1, 4)  # multiples of the final variant's hidden widths
 SCALING_BATCHES = (128, 512)
 SCALING_EPOCHS = 2  # 1 warm-up + 1 timed, for each scaling point
 ROUNDS = 2  # the trainings compared take turns this many times per variant
-# Keras tuned: its steps per compiled call; 64 was its fastest for final here (2.4-2.5 s an
-# epoch against 2.9-4.0 s as written, EPYC), and the fair reference for the loop
-KERAS_TUNED = 64
 
 
 def _linear(x, w):
@@ -80,20 +77,26 @@ def epoch_times(ends: list[float]) -> list[float]:
 
 def keras_fit_epochs(cfg: TrainConfig, mnist: Mnist, steps_per_execution: int = 1) -> list[float]:
     """Epoch times (after the warm-up) of the same network as a Keras user trains it:
-    compiled with ``RMSprop``, categorical cross-entropy and accuracy, and ``fit``; a
-    convnet's training images augmented by the loop's function, mapped over a tf.data
-    pipeline. ``steps_per_execution``: 1 as a user writes it, KERAS_TUNED as Keras is tuned."""
+    compiled with ``RMSprop``, categorical cross-entropy and accuracy, and ``fit`` on the
+    arrays, or for an augmented network (the convnet) on ``augmented_batches``.
+    ``steps_per_execution``: 1 as a user writes it, benchmarks.KERAS_TUNED as Keras is tuned."""
     keras.utils.set_random_seed(cfg.seed)
     (x, y), (xv, yv) = split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
     model = build_model(cfg, steps_per_epoch=math.ceil(len(x) / cfg.batch_size))
+    # compiled again only to set steps_per_execution: build_model's optimizer and loss kept
     model.compile(
         optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], steps_per_execution=steps_per_execution
     )
+    x, y = x.astype("float32"), keras.utils.to_categorical(y, NUM_CLASSES).astype("float32")
+    moves = augment.for_config(cfg)
+    if moves is None:  # the arrays, as a user passes them
+        training = {"x": x, "y": y, "batch_size": cfg.batch_size}
+    else:  # the dataset shuffles
+        training = {"x": augmented_batches(x, y, cfg.batch_size, cfg.seed, moves), "shuffle": False}
     ends = []
     model.fit(
-        _keras_training_data(cfg, x.astype("float32"), keras.utils.to_categorical(y, NUM_CLASSES).astype("float32")),
+        **training,
         epochs=cfg.epochs,
-        shuffle=False,  # the dataset shuffles
         validation_data=(xv.astype("float32"), keras.utils.to_categorical(yv, NUM_CLASSES).astype("float32")),
         callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(time.perf_counter()))],
         verbose=0,
@@ -101,15 +104,14 @@ def keras_fit_epochs(cfg: TrainConfig, mnist: Mnist, steps_per_execution: int = 
     return epoch_times(ends)
 
 
-def _keras_training_data(cfg: TrainConfig, x, y) -> tf.data.Dataset:
-    """Shuffled batches of (images, one-hot labels), each batch augmented as fit.Loop does
-    (none for a dense network) with a seed of its own, prepared while the model trains."""
-    batches = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=cfg.seed).batch(cfg.batch_size)
-    moves = augment.for_config(cfg)
-    if moves is not None:
-        seeds = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=True).batch(2)
-        batches = tf.data.Dataset.zip(batches, seeds).map(lambda batch, seed: (moves(batch[0], seed), batch[1]))
-    return batches.prefetch(tf.data.AUTOTUNE)
+def augmented_batches(x, y, batch_size: int, seed: int, moves) -> tf.data.Dataset:
+    """Shuffled batches of (images, labels), each batch's images passed through ``moves``
+    (augment.py's function, as fit.Loop applies it) with a seed of its own, new every epoch;
+    prepared while the model trains, as a Keras user augments."""
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).batch(batch_size)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    moved = tf.data.Dataset.zip(batches, seeds).map(lambda batch, step_seed: (moves(batch[0], step_seed), batch[1]))
+    return moved.prefetch(tf.data.AUTOTUNE)
 
 
 def loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:

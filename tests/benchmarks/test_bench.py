@@ -14,7 +14,7 @@ import mlflow
 import pytest
 
 import benchmarks
-from benchmarks import bench, report, shadow, speed
+from benchmarks import KERAS_TUNED, bench, report, shadow, speed
 from helpers.stores import PROJECT_ROOT, all_runs
 from mnist_pipeline import cli
 
@@ -48,7 +48,7 @@ def fed(monkeypatch):
         return [1.0, 1.0] if cfg.fused_rmsprop else [1.2, 1.6]
 
     monkeypatch.delenv(SYSTEM_METRICS, raising=False)
-    fits = {1: keras_fit, speed.KERAS_TUNED: keras_tuned}
+    fits = {1: keras_fit, KERAS_TUNED: keras_tuned}
     monkeypatch.setattr(
         speed, "keras_fit_epochs", lambda cfg, mnist, steps_per_execution=1: next(fits[steps_per_execution])
     )

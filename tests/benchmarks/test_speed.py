@@ -1,7 +1,5 @@
 """The roofline's arithmetic, and that it counts the products TensorFlow really runs."""
 
-import dataclasses
-
 import pytest
 
 from benchmarks import speed
@@ -86,20 +84,29 @@ def test_the_plain_loop_is_a_dense_network_s_reference():
 
 
 def test_keras_fit_trains_the_convnet_on_images_augmented_as_the_loop_does(tiny_mnist):
-    """Keras' reference sees the training images the loop would: a convnet's batches moved by
-    augment.py's function (the labels kept), a dense network's as given; it times the epochs
-    after the warm-up, as written and tuned."""
+    """Keras' reference for the convnet sees what the loop would: each shuffled batch moved by
+    augment.py's function with the dataset's seeds, new draws every epoch, labels kept; it
+    times the epochs after the warm-up, as written and tuned."""
     import numpy as np
+    import tensorflow as tf
 
+    from benchmarks import KERAS_TUNED
+    from mnist_pipeline.core import augment
     from mnist_pipeline.core.config import resolve
 
     x, y = tiny_mnist.x_train[:64].astype("float32"), np.eye(10, dtype="float32")[tiny_mnist.y_train[:64]]
     convnet = resolve("convnet", {"conv_filters": (4,), "hidden_units": (8,), "epochs": 2, "batch_size": 32})
-    plain = speed._keras_training_data(
-        dataclasses.replace(convnet, augment_shift=0.0, augment_rotation=0.0, augment_zoom=0.0), x, y
-    )
-    moved = speed._keras_training_data(convnet, x, y)
-    for (images, labels), (moved_images, moved_labels) in zip(plain, moved, strict=True):
-        np.testing.assert_array_equal(labels, moved_labels)  # the same shuffle: the seed's
-        assert not np.array_equal(images, moved_images)
-    assert len(speed.keras_fit_epochs(convnet, tiny_mnist, speed.KERAS_TUNED)) == 1
+    moves = augment.for_config(convnet)
+    dataset = speed.augmented_batches(x, y, 32, seed=7, moves=moves)
+    shuffled = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(64, seed=7).batch(32)
+    seeds = tf.data.Dataset.random(seed=7, rerandomize_each_iteration=True).batch(2)
+    drawn = []
+    for _ in range(2):  # each epoch iterates all three again
+        epoch_seeds = [seed for seed, _ in zip(seeds, range(2), strict=False)]
+        for (images, labels), (raw, raw_labels), seed in zip(dataset, shuffled, epoch_seeds, strict=True):
+            np.testing.assert_array_equal(labels, raw_labels)
+            np.testing.assert_allclose(images, moves(raw, seed), rtol=0, atol=1e-3)
+            assert not np.array_equal(images, raw)
+        drawn.append(np.array(epoch_seeds))
+    assert not np.array_equal(*drawn)  # other draws in the second epoch
+    assert len(speed.keras_fit_epochs(convnet, tiny_mnist, KERAS_TUNED)) == 1
