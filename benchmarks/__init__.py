@@ -22,8 +22,8 @@ from mnist_pipeline.core.commands import DATA_DIR
 from mnist_pipeline.core.param_fields import Params, param, switch
 
 BENCH_EPOCHS = 4  # `bench`: per timed training, 1 warm-up epoch + 3 timed
-# Keras tuned: its steps per compiled call, its fastest for final on these CPUs (docs/speed.md);
-# the fair reference for the loop, beside Keras as a user writes it (1)
+# Keras tuned (a prefetched tf.data pipeline): its steps per compiled call, its fastest for
+# final on these CPUs (docs/speed.md); the fair reference for the loop, beside Keras as written
 KERAS_TUNED = 64
 
 

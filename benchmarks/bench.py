@@ -20,7 +20,7 @@ from unittest import mock
 import mlflow
 import numpy as np
 
-from benchmarks import BENCH_EPOCHS, KERAS_TUNED, BenchParams, report, serving, shadow, speed
+from benchmarks import BENCH_EPOCHS, BenchParams, report, serving, shadow, speed
 from mnist_pipeline import names
 from mnist_pipeline.core import config, data, threads
 from mnist_pipeline.core.variants import VARIANTS
@@ -111,7 +111,7 @@ def variant_row(cfg: config.TrainConfig, mnist: data.Mnist, rounds: int = speed.
     the median over every timed epoch of its kind."""
     trainings = {
         "keras": lambda: speed.keras_fit_epochs(cfg, mnist),
-        "keras_tuned": lambda: speed.keras_fit_epochs(cfg, mnist, KERAS_TUNED),
+        "keras_tuned": lambda: speed.keras_fit_epochs(cfg, mnist, tuned=True),
         "pipeline": lambda: pipeline(cfg, mnist),
     }
     if speed.has_plain_loop(cfg):

@@ -27,9 +27,9 @@ LOGGED = (
 
 def markdown(report: dict) -> str:
     parts = [
-        "## Variants (s/epoch: median of every epoch after each warm-up; Keras' fit as written and with "
-        f"steps_per_execution={KERAS_TUNED} (tuned), the tracked pipeline and the plain TensorFlow loop, "
-        "untracked, in turns)",
+        "## Variants (s/epoch: median of every epoch after each warm-up; Keras' fit as written and tuned "
+        f"(a prefetched tf.data pipeline, steps_per_execution={KERAS_TUNED}), the tracked pipeline and the "
+        "plain TensorFlow loop, untracked, in turns)",
         _table(report["variants"]),
     ]
     title = "## RMSprop's update in the loop, Keras' ops and the fused kernel in turns (other float rounding only)"

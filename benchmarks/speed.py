@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import KERAS_TUNED
 from mnist_pipeline.core import augment, training
 from mnist_pipeline.core.config import TrainConfig
 from mnist_pipeline.core.data import NUM_CLASSES, Mnist, split_validation
@@ -75,24 +76,23 @@ def epoch_times(ends: list[float]) -> list[float]:
     return np.diff(ends)[WARMUP_EPOCHS - 1 :].tolist()
 
 
-def keras_fit_epochs(cfg: TrainConfig, mnist: Mnist, steps_per_execution: int = 1) -> list[float]:
+def keras_fit_epochs(cfg: TrainConfig, mnist: Mnist, tuned: bool = False) -> list[float]:
     """Epoch times (after the warm-up) of the same network as a Keras user trains it:
     compiled with ``RMSprop``, categorical cross-entropy and accuracy, and ``fit`` on the
-    arrays, or for an augmented network (the convnet) on ``augmented_batches``.
-    ``steps_per_execution``: 1 as a user writes it, benchmarks.KERAS_TUNED as Keras is tuned."""
+    arrays (``tuned``: on ``batches``, KERAS_TUNED steps a compiled call); an augmented
+    network (the convnet) always on ``batches``, which augments."""
     keras.utils.set_random_seed(cfg.seed)
     (x, y), (xv, yv) = split_validation(mnist.x_train, mnist.y_train, cfg.validation_split)
     model = build_model(cfg, steps_per_epoch=math.ceil(len(x) / cfg.batch_size))
     # compiled again only to set steps_per_execution: build_model's optimizer and loss kept
-    model.compile(
-        optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], steps_per_execution=steps_per_execution
-    )
+    steps = KERAS_TUNED if tuned else 1
+    model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], steps_per_execution=steps)
     x, y = x.astype("float32"), keras.utils.to_categorical(y, NUM_CLASSES).astype("float32")
     moves = augment.for_config(cfg)
-    if moves is None:  # the arrays, as a user passes them
+    if tuned or moves:  # the dataset shuffles
+        training = {"x": batches(x, y, cfg.batch_size, cfg.seed, moves), "shuffle": False}
+    else:  # the arrays, as a user passes them
         training = {"x": x, "y": y, "batch_size": cfg.batch_size}
-    else:  # the dataset shuffles
-        training = {"x": augmented_batches(x, y, cfg.batch_size, cfg.seed, moves), "shuffle": False}
     ends = []
     model.fit(
         **training,
@@ -104,14 +104,15 @@ def keras_fit_epochs(cfg: TrainConfig, mnist: Mnist, steps_per_execution: int = 
     return epoch_times(ends)
 
 
-def augmented_batches(x, y, batch_size: int, seed: int, moves) -> tf.data.Dataset:
-    """Shuffled batches of (images, labels), each batch's images passed through ``moves``
-    (augment.py's function, as fit.Loop applies it) with a seed of its own, new every epoch;
-    prepared while the model trains, as a Keras user augments."""
-    batches = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).batch(batch_size)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    moved = tf.data.Dataset.zip(batches, seeds).map(lambda batch, step_seed: (moves(batch[0], step_seed), batch[1]))
-    return moved.prefetch(tf.data.AUTOTUNE)
+def batches(x, y, batch_size: int, seed: int, moves=None) -> tf.data.Dataset:
+    """Shuffled batches of (images, labels), prepared while the model trains, as a Keras user
+    tunes the input; with ``moves`` (augment.py's function, as fit.Loop applies it) each
+    batch's images are passed through it with a seed of their own, new every epoch."""
+    shuffled = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).batch(batch_size)
+    if moves is not None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        shuffled = tf.data.Dataset.zip(shuffled, seeds).map(lambda batch, step: (moves(batch[0], step), batch[1]))
+    return shuffled.prefetch(tf.data.AUTOTUNE)
 
 
 def loop_epochs(cfg: TrainConfig, mnist: Mnist) -> list[float]:

@@ -1,8 +1,7 @@
 """Random rotations, zooms and shifts of the training images, composed into one affine map per
 image, so that an image is resampled once however many are asked (Keras' RandomRotation,
-RandomZoom and RandomTranslation one after the other resample it three times: blurrier digits,
-and for the convnet 99.28% validation accuracy against this map's 99.42% at one seed,
-docs/seeds.md).
+RandomZoom and RandomTranslation one after the other resample it three times, blurring the
+digits and taking longer; docs/seeds.md has the trial of both).
 
 fit.Loop applies it to each training batch before the model, from the step's seed: the model
 never holds it, so a saved model is plain Keras layers that any consumer loads.
@@ -38,12 +37,14 @@ def random_affine(images, seed, rotation: float, zoom: float, shift: float) -> t
     angle = draws[0] * (rotation * math.pi / 180)
     scale = 1 + draws[1] * zoom  # input pixels per output pixel: above 1 the digit shrinks
     move_x, move_y = draws[2] * (shift * SIDE), draws[3] * (shift * SIDE)
-    cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
+    cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale  # the rotation's entries, scaled
     # each output pixel p samples the input at R (p - c) + c + move; the rows of R are (cos, -sin), (sin, cos)
     zeros = tf.zeros_like(cos)
     transforms = tf.stack(
         [cos, -sin, CENTER * (1 - cos + sin) + move_x, sin, cos, CENTER * (1 - sin - cos) + move_y, zeros, zeros],
         axis=1,
     )
-    moved = keras.ops.image.affine_transform(images[..., None], transforms, "bilinear", fill_mode="constant")
+    moved = keras.ops.image.affine_transform(
+        images[..., None], transforms, "bilinear", "constant", data_format="channels_last"
+    )
     return moved[..., 0]

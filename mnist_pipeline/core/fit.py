@@ -59,7 +59,8 @@ class Loop:
             raise ValueError("Loop trains with plain RMSprop only (no momentum, not centered)")
         if model.loss != "categorical_crossentropy":
             raise ValueError(f"Loop trains with the categorical cross-entropy only, not {model.loss!r}")
-        self.model, self.batch_size, self.fused, self.shuffle, self.augment = model, batch_size, fused, shuffle, augment
+        self.model, self.batch_size, self.fused, self.shuffle = model, batch_size, fused, shuffle
+        self.augment = augment
         self.x, self.labels = tf.constant(x), tf.constant(y, tf.int32)
         self._seed = seed
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)

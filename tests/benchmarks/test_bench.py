@@ -14,7 +14,7 @@ import mlflow
 import pytest
 
 import benchmarks
-from benchmarks import KERAS_TUNED, bench, report, shadow, speed
+from benchmarks import bench, report, shadow, speed
 from helpers.stores import PROJECT_ROOT, all_runs
 from mnist_pipeline import cli
 
@@ -48,10 +48,8 @@ def fed(monkeypatch):
         return [1.0, 1.0] if cfg.fused_rmsprop else [1.2, 1.6]
 
     monkeypatch.delenv(SYSTEM_METRICS, raising=False)
-    fits = {1: keras_fit, KERAS_TUNED: keras_tuned}
-    monkeypatch.setattr(
-        speed, "keras_fit_epochs", lambda cfg, mnist, steps_per_execution=1: next(fits[steps_per_execution])
-    )
+    fits = {False: keras_fit, True: keras_tuned}
+    monkeypatch.setattr(speed, "keras_fit_epochs", lambda cfg, mnist, tuned=False: next(fits[tuned]))
     monkeypatch.setattr(speed, "plain_loop_epochs", lambda cfg, mnist: next(plain))
     monkeypatch.setattr(speed, "loop_epochs", loop_epochs)
     monkeypatch.setattr(speed, "roofline", lambda cfg, mnist: {"roofline_s": 0.5, "matmul_gflops": 100.0})

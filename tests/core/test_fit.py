@@ -164,7 +164,8 @@ def test_each_epoch_is_one_graph_traced_once(tiny_mnist):
 def test_dropout_and_augmentation_act_in_training_only(tiny_mnist, dropout, moves):
     """At a learning rate too small to move the weights, the training loss (Dropout, or random
     shifts, rotations or zooms of the training images) differs from the loss of the same
-    weights in inference mode, which is the same twice; Dropout's training loss is the higher."""
+    weights in inference mode (which never augments), the same twice; Dropout's training loss
+    is the higher."""
     cfg = resolve("baseline", {"epochs": 1, "batch_size": BATCH, "learning_rate": 1e-12})
     cfg = dataclasses.replace(cfg, dropout=dropout, **moves)
     (x, y), _ = _split(tiny_mnist, n=200)

@@ -61,8 +61,9 @@ def test_verify_finds_the_champion_equal_refuses_other_data_and_catches_a_differ
 def test_a_run_is_trained_again_as_it_was_logged():
     """Its params decide, the variant's fields included: a convnet logged before its images
     were turned and zoomed (no augment_rotation, augment_zoom params), with Dropout 0.5, is
-    trained again with shifts alone and that Dropout; one logged before its rate decayed (no
-    cosine_decay param) is trained again at a constant rate."""
+    trained again with shifts alone and that Dropout (the shifts now by the loop's map: with
+    other code, verify compares within the seed spread); one logged before its rate decayed
+    (no cosine_decay param) is trained again at a constant rate."""
     from mnist_pipeline.core.config import logged_config, resolve
 
     logged = {name: str(value) for name, value in resolve("convnet").as_params().items()}
